@@ -1,0 +1,51 @@
+"""The ``motte`` command's entry point, kept light: see :mod:`motte.cli.app` for the commands."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if _is_nil_run(args):
+        # Start the keep process before loading the CLI machinery: their start-ups overlap.
+        from motte.host.backends.nil_spawn import prespawn
+
+        prespawn()
+    import click
+
+    from motte.cli.app import cli
+    from motte.shared.errors import EXIT_MOTTE_ERROR, MotteError
+
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="motte", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("motte: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MotteError as exc:
+        if debug:
+            raise
+        click.echo(f"motte: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("motte: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"motte: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
+        sys.exit(EXIT_MOTTE_ERROR)
+
+
+
+def _is_nil_run(args: list[str]) -> bool:
+    words = [a for a in args if a != "--debug"]
+    if not words or words[0] != "run" or "--help" in args or "-h" in args:
+        return False
+    return any(a == "--backend=nil" or (a == "--backend" and b == "nil") for a, b in zip(args, args[1:] + [""]))

@@ -1,0 +1,152 @@
+"""``motte run``: run a local WebAssembly workload in a keep."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from motte.shared.errors import MotteError
+
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+WASM_MAGIC = b"\0asm"
+
+
+def parse_size(text: str) -> int:
+    """``1073741824``, ``512M``, ``512MiB``, ``1G``, ``1GiB`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 64M, 512MiB, 1G)")
+    return int(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_env(values: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env
+
+
+def parse_dirs(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    dirs = []
+    for item in values:
+        host, sep, guest = item.partition("::")
+        guest = guest if sep else host
+        if not host or not guest:
+            raise click.BadParameter(f"{item!r} is not HOST_DIR[::GUEST_DIR]", param_hint="--dir")
+        path = Path(host)
+        if not path.is_dir():
+            raise MotteError(f"--dir {item}: {host} is not a directory", hint="create it or fix the path")
+        dirs.append((str(path.resolve()), guest))
+    return tuple(dirs)
+
+
+def read_workload(path: Path) -> bytes:
+    try:
+        wasm = path.read_bytes()
+    except FileNotFoundError:
+        raise MotteError(f"{path}: no such file", hint="give the path of a .wasm workload") from None
+    except IsADirectoryError:
+        raise MotteError(f"{path}: is a directory, not a .wasm file") from None
+    except OSError as exc:
+        raise MotteError(f"{path}: cannot read: {exc.strerror}") from None
+    if not wasm.startswith(WASM_MAGIC):
+        raise MotteError(f"{path}: not a WebAssembly module (no \\0asm header)",
+                         hint="build the workload for wasm32-wasi")
+    if len(wasm) < 8:
+        raise MotteError(f"{path}: truncated WebAssembly module ({len(wasm)} bytes)")
+    return wasm
+
+
+def load_config(path: Path | None) -> object:
+    from motte.shared.enarx_config import default_config, parse_enarx_toml
+
+    if path is None:
+        return default_config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MotteError(f"{path}: no such file", hint="give the path of an Enarx.toml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MotteError(f"{path}: cannot read: {exc}") from None
+    return parse_enarx_toml(text, source=str(path))
+
+
+def default_backend() -> str:
+    try:
+        from motte.host.platform import strongest_backend  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return "nil"
+    return str(strongest_backend())
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("wasm", type=click.Path(path_type=Path, dir_okay=True))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--backend", type=click.Choice(["auto", "nil", "kvm"]), default="auto", show_default=True,
+              help="Where the keep runs. auto picks the strongest this host supports (see 'motte platform info').")
+@click.option("--wasmcfgfile", type=click.Path(path_type=Path), help="Workload config (Enarx.toml).")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Add to the workload's environment.")
+@click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]", help="Preopen a host directory.")
+@click.option("--max-memory", default="1G", show_default=True, metavar="SIZE",
+              help="Cap on the workload's linear memory (e.g. 64M, 1G).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Wall-clock deadline for the workload.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="Accelerator for the kvm backend.")
+@click.option("--no-cache", is_flag=True, help="Compile the module afresh; do not use the module cache.")
+def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | None, env: tuple[str, ...],
+        dirs: tuple[str, ...], max_memory: str, timeout: float | None, accel: str, no_cache: bool) -> None:
+    """Run the WebAssembly (WASI) workload WASM in a keep.
+
+    Arguments after WASM (use -- before any that start with a dash) are passed to the workload,
+    after those in the config file. The workload's exit status becomes motte's. motte's own
+    statuses: 124 deadline passed, 125 motte error, 134 trap, 137 memory limit reached.
+
+    \b
+    Examples:
+      motte run hello.wasm
+      motte run --backend nil --wasmcfgfile Enarx.toml app.wasm -- --flag value
+      motte run --env KEY=VALUE --dir ./data::/data app.wasm -- args
+    """
+    from motte.host.backends import LaunchSpec, get_backend
+    from motte.host.paths import module_cache_dir
+    from motte.host.session import RunRequest, run_workload
+
+    memory = parse_size(max_memory)
+    if memory < 64 << 10:
+        raise click.BadParameter("must be at least 64KiB (one wasm page)", param_hint="--max-memory")
+    config = load_config(wasmcfgfile).with_extra(args=list(args), env=parse_env(env))  # type: ignore[attr-defined]
+    cache = None if no_cache else str(module_cache_dir())
+    request = RunRequest(read_workload(wasm), config, parse_dirs(dirs), memory, timeout, cache)
+    chosen = default_backend() if backend == "auto" else backend
+    for spec in config.files:
+        if spec.kind in ("listen", "connect") and spec.prot == "tcp":
+            click.echo(f"motte: warning: {spec.kind} socket {spec.name!r} uses plaintext TCP, as the config asks",
+                       err=True)
+    keep = get_backend(chosen).launch(LaunchSpec(memory_bytes=memory, accel=accel))
+    try:
+        if sys.stderr.isatty():
+            click.echo(f"motte: keep on backend {keep.backend}: {keep.isolation}", err=True)
+        result = run_workload(keep, request)
+    finally:
+        keep.close()
+    if result.reason == "exit" and not result.message:
+        sys.exit(result.status)
+    report = {
+        "trap": "the workload trapped",
+        "timeout": "deadline passed",
+        "memory": "memory limit reached",
+        "error": "error",
+    }.get(result.reason, result.reason)
+    click.echo(f"motte: {report}: {result.message}", err=True)
+    if result.backtrace:
+        click.echo("wasm backtrace:", err=True)
+        for line in result.backtrace:
+            click.echo(f"  {line}", err=True)
+    sys.exit(result.status)

@@ -1,0 +1,508 @@
+"""The ``kvm`` backend: the keep runs in a QEMU micro-VM.
+
+The guest is the pinned Debian cloud kernel booted PVH-direct (``-M microvm``, no firmware, no
+disk, no NIC, no serial port) with the keep image as its initramfs. The only device is one
+virtio serial port, wired to a unix socket in a per-keep run directory: that is the channel.
+QEMU is started with ``wait=on``, so the guest does not start until the launcher has connected,
+and no byte the keep writes can be dropped for want of a reader (pitfall 5 of the VM notes).
+
+Accelerator: ``kvm`` where KVM can really boot a guest, else QEMU's TCG emulator with
+``-cpu max`` (wasmtime needs SSE4.1; the default ``qemu64`` CPU would SIGILL). ``auto`` decides
+with :func:`kvm_verdict`: a paravirtual KVM (``kvm_pvm``, as on this project's CI machines)
+emulates every guest ring-0 instruction, so a stock kernel boots at 1/1000 speed and dies; there
+``auto`` uses TCG without trying. Elsewhere a probe boot decides once and the verdict is cached.
+
+Isolation: the workload cannot reach the host except through the channel; the host can read the
+keep's memory (no encryption: that is what ``snp``/``tdx`` add) and there is no attestation.
+
+Cleanup: every keep has a private run directory (socket, QEMU log); ``close`` kills QEMU by PID
+and removes the directory. QEMU runs under ``setpriv --pdeathsig KILL`` when launched from the
+main thread, so it dies with the host process even on SIGKILL; run directories whose host
+process is gone are swept at the next launch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform as platform_mod
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from motte.host.backends.base import Backend, KeepHandle, LaunchSpec, Progress
+from motte.host.image.cache import cache_root
+from motte.shared.endpoint import ChannelClosed, Endpoint, SocketTransport, Timeout
+from motte.shared.errors import MotteError
+
+QEMU = "qemu-system-x86_64"
+QEMU_HINT = "apt-get install qemu-system-x86"
+MIB = 1 << 20
+#: Guest RAM beyond the workload's cap: kernel (~30 MB), the unpacked initramfs, which stays in
+#: RAM as the root filesystem (~62 MB), Python + wasmtime + cryptography (~60 MB), and room for
+#: Cranelift's compile-time memory. The VM notes measured 156-160 MB in use at boot.
+RUNTIME_OVERHEAD_MIB = 256
+#: A first boot attempt that shows no HELLO by then is taken for a hang (2-4% of TCG boots hang
+#: silently, per the notes; a normal TCG boot takes 2-4 s, under load up to ~10 s). The retry
+#: gets the rest of ``LaunchSpec.boot_timeout``.
+HANG_TIMEOUT = 25.0
+CONNECT_POLL = 0.005
+RUNDIR_PREFIX = "motte-kvm-"
+Accel = Literal["kvm", "tcg"]
+
+
+# ---- QEMU command line (pure) ---------------------------------------------------------------
+
+
+def guest_memory_mib(memory_bytes: int) -> int:
+    """Guest RAM for a workload cap: the cap plus the runtime's overhead, rounded up to 2 MiB."""
+    mib = math.ceil(max(memory_bytes, 0) / MIB) + RUNTIME_OVERHEAD_MIB
+    return mib + (mib % 2)
+
+
+def microvm_command(
+    *,
+    accel: Accel,
+    vmlinux: str,
+    initrd: str,
+    cmdline: str,
+    memory_mib: int,
+    vcpus: int,
+    socket_path: str,
+    qemu: str = QEMU,
+    console_log: str | None = None,
+    sandbox: bool = True,
+) -> list[str]:
+    """The QEMU command line of a kvm keep. Pure: what the tests check, what launch runs."""
+    cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    # isa-serial only for the debug console; rtc stays on (rtc=off made boots slow or hang).
+    machine = "microvm,x-option-roms=off,isa-serial=" + ("on" if console_log else "off")
+    command = [
+        qemu, "-nodefaults", "-no-user-config", *cpu,
+        "-machine", machine,
+        "-m", str(memory_mib), "-smp", str(vcpus),
+        "-kernel", vmlinux, "-initrd", initrd, "-append", cmdline,
+        "-no-reboot", "-display", "none", "-monitor", "none",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=ch0,path={socket_path},server=on,wait=on",
+        "-device", "virtserialport,chardev=ch0,name=motte.0",
+    ]  # fmt: skip
+    if console_log:
+        command += ["-serial", f"file:{console_log}"]
+    if sandbox:
+        # QEMU's seccomp filter: a guest that escaped into QEMU still cannot spawn processes,
+        # gain privileges or use obsolete system calls.
+        command += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    return command
+
+
+# ---- probing --------------------------------------------------------------------------------
+
+
+def qemu_path() -> str | None:
+    return shutil.which(QEMU)
+
+
+def qemu_version(qemu: str | None = None) -> tuple[int, int, int] | None:
+    binary = qemu or qemu_path()
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def require_qemu() -> str:
+    binary = qemu_path()
+    if binary is None:
+        raise MotteError(f"{QEMU} is not installed; the kvm backend needs it", hint=QEMU_HINT)
+    return binary
+
+
+@dataclass(frozen=True)
+class KvmVerdict:
+    usable: bool
+    reason: str
+    probed: bool  # a probe boot ran (else the verdict follows from the host's facts)
+    fingerprint: str = ""
+    checked_at: float = 0.0
+
+
+def is_pvm() -> bool:
+    """``/dev/kvm`` is PVM, a paravirtual KVM that emulates the guest's ring 0 in software."""
+    return os.path.isdir("/sys/module/kvm_pvm")
+
+
+def _verdict_file() -> Path:
+    return cache_root() / "kvm-verdict.json"
+
+
+def _fingerprint() -> str:
+    # The verdict holds for this host kernel, this QEMU and these KVM modules.
+    modules = sorted(m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}"))
+    return json.dumps([platform_mod.release(), qemu_version(), modules])
+
+
+def kvm_verdict(*, probe: bool = False, timeout: float = 30.0, progress: Progress | None = None) -> KvmVerdict:
+    """Whether KVM can boot the keep on this host (cached; ``probe=True`` boots to find out again)."""
+    if not os.path.exists("/dev/kvm"):
+        return KvmVerdict(False, "/dev/kvm does not exist (no KVM module loaded, or not exposed here)", False)
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return KvmVerdict(False, "no read/write permission on /dev/kvm (join the 'kvm' group)", False)
+    fingerprint = _fingerprint()
+    if not probe:
+        try:
+            cached = json.loads(_verdict_file().read_text())
+            if cached.get("fingerprint") == fingerprint:
+                return KvmVerdict(**cached)
+        except (OSError, ValueError, TypeError):
+            pass
+        if is_pvm():
+            return KvmVerdict(
+                False,
+                "/dev/kvm is PVM (kvm_pvm): it emulates the guest kernel's ring 0 in software, so a stock "
+                "kernel boots ~1000x slower and dies on cmpxchg16b/xrstor",
+                False,
+                fingerprint,
+                time.time(),
+            )
+    verdict = _probe_boot(timeout, fingerprint, progress)
+    with contextlib.suppress(OSError):
+        _verdict_file().parent.mkdir(parents=True, exist_ok=True)
+        _verdict_file().write_text(json.dumps(dataclasses.asdict(verdict)) + "\n")
+    return verdict
+
+
+def _probe_boot(timeout: float, fingerprint: str, progress: Progress | None) -> KvmVerdict:
+    started = time.monotonic()
+    try:
+        keep = KvmBackend(guest_mode="selftest", retry_hangs=False).launch(
+            LaunchSpec(memory_bytes=0, boot_timeout=timeout, accel="kvm"), progress
+        )
+    except MotteError as exc:
+        return KvmVerdict(False, f"a probe boot under KVM failed: {exc.message}", True, fingerprint, time.time())
+    try:
+        keep.endpoint.send_control("bye")
+        keep.wait(5)
+    finally:
+        keep.close()
+    seconds = time.monotonic() - started
+    return KvmVerdict(True, f"a probe boot under KVM said HELLO in {seconds:.2f} s", True, fingerprint, time.time())
+
+
+def resolve_accel(requested: str, progress: Progress | None = None) -> tuple[Accel, str]:
+    """``(accelerator, why)`` for ``auto``, ``kvm`` or ``tcg``."""
+    if requested == "tcg":
+        return "tcg", "TCG requested"
+    if requested == "kvm":
+        return "kvm", "KVM requested"
+    if requested != "auto":
+        raise MotteError(f"unknown accelerator {requested!r}", hint="use auto, kvm or tcg")
+    verdict = kvm_verdict(progress=progress)
+    if verdict.usable:
+        return "kvm", verdict.reason
+    return "tcg", f"KVM unusable: {verdict.reason}"
+
+
+# ---- run directories and process hygiene ----------------------------------------------------
+
+_live: set[KvmKeep] = set()
+_live_lock = threading.Lock()
+
+
+def _close_all_at_exit() -> None:
+    with _live_lock:
+        keeps = list(_live)
+    for keep in keeps:
+        keep.close(grace=0)
+
+
+atexit.register(_close_all_at_exit)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_rundirs() -> None:
+    """Remove run directories of host processes that died without cleaning up (SIGKILL)."""
+    base = Path(tempfile.gettempdir())
+    for rundir in base.glob(f"{RUNDIR_PREFIX}*"):
+        try:
+            owner = int((rundir / "host.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not _pid_alive(owner):
+            shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip() and "QEMU waiting for connection" not in line]
+    return " | ".join(kept[-lines:])
+
+
+# ---- the keep handle ------------------------------------------------------------------------
+
+
+class KvmKeep(KeepHandle):
+    backend = "kvm"
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        endpoint: Endpoint,
+        rundir: Path,
+        accel: Accel,
+        command: Sequence[str],
+        boot_seconds: float,
+        attempts: int,
+    ):
+        self.process = process
+        self.endpoint = endpoint
+        self.rundir = rundir
+        self.accel = accel
+        self.command = list(command)
+        self.boot_seconds = boot_seconds
+        self.attempts = attempts
+        self.isolation = (
+            f"a micro-VM under QEMU ({'KVM' if accel == 'kvm' else 'TCG software emulation'}): the workload "
+            "cannot reach the host except through the channel, but the host can read the keep's memory; "
+            "no attestation"
+        )
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def memory_pid(self) -> int | None:
+        return self.process.pid
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self, grace: float = 2.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.endpoint.close()
+            if self.wait(grace) is None:
+                _kill(self.process)
+        finally:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            with _live_lock:
+                _live.discard(self)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (QEMU exits at once on it), then SIGKILL; always reaps, so no zombie is left."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(1.0)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+
+
+# ---- the backend ----------------------------------------------------------------------------
+
+
+class BootHang(MotteError):
+    """The guest did not say HELLO in time and QEMU is still running."""
+
+
+class KvmBackend(Backend):
+    name = "kvm"
+
+    def __init__(
+        self,
+        *,
+        guest_mode: str | None = None,
+        retry_hangs: bool = True,
+        vmlinux: str | None = None,
+        initrd: str | None = None,
+        cmdline: str | None = None,
+    ):
+        """``guest_mode`` selects ``MOTTE_MODE`` in the guest (None: the keep runtime;
+        ``"selftest"``: the image's channel self test). ``vmlinux``/``initrd``/``cmdline`` override
+        the cached image (tests, experiments); by default the image is built on first use."""
+        self.guest_mode = guest_mode
+        self.retry_hangs = retry_hangs
+        self.vmlinux = vmlinux
+        self.initrd = initrd
+        self.cmdline = cmdline
+        #: MOTTE_KVM_CONSOLE=<file>: attach a serial console and log the guest's kernel output
+        #: there (a different command line, so a different measurement; for debugging only)
+        self.console_log = os.environ.get("MOTTE_KVM_CONSOLE") or None
+
+    def _image(self, progress: Progress | None) -> tuple[str, str, str]:
+        if self.vmlinux and self.initrd:
+            return self.vmlinux, self.initrd, self.cmdline or "quiet panic=-1"
+        from motte.host.image.build import cached_image, ensure_image, kernel_cmdline
+
+        image = cached_image()
+        if image is None:
+            if progress:
+                progress("building the keep image (first use; cached afterwards)")
+            image = ensure_image(progress)
+        cmdline = self.cmdline or kernel_cmdline(self.guest_mode, console=bool(self.console_log))
+        return str(image.vmlinux), str(image.initrd), cmdline
+
+    def launch(self, spec: LaunchSpec, progress: Progress | None = None) -> KeepHandle:
+        qemu = require_qemu()
+        if spec.vcpus < 1:
+            raise MotteError(f"a keep needs at least one vCPU, not {spec.vcpus}")
+        vmlinux, initrd, cmdline = self._image(progress)
+        accel, why = resolve_accel(spec.accel, progress)
+        sweep_stale_rundirs()
+        deadline = time.monotonic() + spec.boot_timeout
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = deadline - time.monotonic()
+            # The first attempt gets HANG_TIMEOUT; a retry gets what is left of boot_timeout.
+            budget = min(remaining, HANG_TIMEOUT) if self.retry_hangs and attempts == 1 else remaining
+            if progress:
+                progress(f"booting the micro-VM ({accel}: {why})" if attempts == 1 else "the boot hung; retrying once")
+            try:
+                return self._boot(qemu, accel, spec, vmlinux, initrd, cmdline, max(budget, 1.0), attempts)
+            except BootHang as exc:
+                if not self.retry_hangs or attempts >= 2 or deadline - time.monotonic() < 2.0:
+                    raise MotteError(
+                        f"the kvm keep did not boot: {exc.message}"
+                        + (f" ({attempts} attempts)" if attempts > 1 else ""),
+                        hint=exc.hint,
+                    ) from None
+
+    def _boot(
+        self,
+        qemu: str,
+        accel: Accel,
+        spec: LaunchSpec,
+        vmlinux: str,
+        initrd: str,
+        cmdline: str,
+        budget: float,
+        attempt: int,
+    ) -> KvmKeep:
+        started = time.monotonic()
+        rundir = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX))
+        process: subprocess.Popen[bytes] | None = None
+        endpoint: Endpoint | None = None
+        keep: KvmKeep | None = None
+        try:
+            (rundir / "host.pid").write_text(str(os.getpid()))
+            socket_path = rundir / "keep.sock"
+            log_path = rundir / "qemu.log"
+            command = microvm_command(
+                accel=accel,
+                vmlinux=vmlinux,
+                initrd=initrd,
+                cmdline=cmdline,
+                memory_mib=guest_memory_mib(spec.memory_bytes),
+                vcpus=spec.vcpus,
+                socket_path=str(socket_path),
+                qemu=qemu,
+                console_log=self.console_log,
+            )
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    _with_pdeathsig(command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={"PATH": os.defpath, "LC_ALL": "C"},
+                )
+            sock = _connect(socket_path, process, started + budget, log_path)
+            endpoint = Endpoint(SocketTransport(sock), "host", name="kvm-keep").start()
+            keep = KvmKeep(process, endpoint, rundir, accel, command, 0.0, attempt)
+            with _live_lock:
+                _live.add(keep)
+            try:
+                endpoint.hello(timeout=max(budget - (time.monotonic() - started), 0.1), backend="kvm")
+            except Timeout:
+                raise BootHang(
+                    f"no HELLO from the guest within {budget:.0f} s ({accel})",
+                    hint="TCG boots hang now and then; a slow or loaded host may need a larger boot timeout",
+                ) from None
+            except ChannelClosed as exc:
+                status = process.wait(5) if process.poll() is None else process.returncode
+                raise MotteError(
+                    f"the micro-VM ended before the keep said HELLO (QEMU status {status}): "
+                    f"{_tail(log_path) or exc.message}",
+                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see "
+                    "its console",
+                ) from None
+            keep.boot_seconds = time.monotonic() - started
+            return keep
+        except BaseException:
+            # Whatever went wrong (including KeyboardInterrupt): no QEMU, socket or directory stays.
+            if keep is not None:
+                keep.close(grace=0)
+            else:
+                if endpoint is not None:
+                    endpoint.close()
+                if process is not None:
+                    _kill(process)
+                shutil.rmtree(rundir, ignore_errors=True)
+            raise
+
+
+def _with_pdeathsig(command: list[str]) -> list[str]:
+    # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so it is only safe
+    # from the main thread (whose end is the process's end). setpriv sets it, then execs QEMU.
+    setpriv = shutil.which("setpriv")
+    if setpriv and threading.current_thread() is threading.main_thread():
+        return [setpriv, "--pdeathsig", "KILL", "--", *command]
+    return command
+
+
+def _connect(path: Path, process: subprocess.Popen[bytes], deadline: float, log_path: Path) -> socket.socket:
+    """Connect to QEMU's chardev socket as soon as it exists (QEMU holds the guest until then)."""
+    while True:
+        if process.poll() is not None:
+            tail = _tail(log_path)
+            raise MotteError(
+                f"QEMU exited with status {process.returncode} before the keep started: {tail or 'no output'}"
+            )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        if time.monotonic() > deadline:
+            raise BootHang("QEMU did not open its channel socket in time")
+        time.sleep(CONNECT_POLL)

@@ -1,0 +1,80 @@
+"""The ``nil`` backend: the keep runtime in a child process of the host. No isolation at all.
+
+It exists for development and as the baseline: the child runs exactly the in-keep code a VM keep
+runs, and talks to the host only over the channel (a socketpair), so every protocol path is
+exercised without a hypervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from motte.host.backends.base import Backend, KeepHandle, LaunchSpec, Progress
+from motte.host.backends.nil_spawn import spawn_nil_keep, take_prespawned
+from motte.shared.endpoint import Endpoint, SocketTransport
+from motte.shared.errors import MotteError
+
+
+class NilKeep(KeepHandle):
+    backend = "nil"
+    isolation = "a child process of the host: no isolation, no memory protection, no attestation"
+
+    def __init__(self, pid: int, endpoint: Endpoint):
+        self.pid = pid
+        self.endpoint = endpoint
+        self._status: int | None = None
+        self._closed = False
+
+    def memory_pid(self) -> int | None:
+        return self.pid
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self._status is not None:
+            return self._status
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            except ChildProcessError:
+                self._status = -1  # already reaped elsewhere
+                return self._status
+            if pid == self.pid:
+                self._status = os.waitstatus_to_exitcode(status)
+                return self._status
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def close(self, grace: float = 2.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.endpoint.close()
+        if self.wait(grace) is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.wait()
+
+
+class NilBackend(Backend):
+    name = "nil"
+
+    def launch(self, spec: LaunchSpec, progress: Progress | None = None) -> KeepHandle:
+        try:
+            pid, host_sock = take_prespawned() or spawn_nil_keep()
+        except OSError as exc:
+            raise MotteError(f"cannot start the nil keep: {exc}") from exc
+        endpoint = Endpoint(SocketTransport(host_sock), "host", name="nil-keep").start()
+        keep = NilKeep(pid, endpoint)
+        try:
+            endpoint.hello(timeout=spec.boot_timeout)
+        except MotteError as exc:
+            keep.close(grace=0)
+            raise MotteError(f"the nil keep did not start: {exc}") from exc
+        return keep

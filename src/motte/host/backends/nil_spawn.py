@@ -1,0 +1,99 @@
+"""Starting the nil keep's process, kept free of heavy imports.
+
+Two ways, one result (a child process running :func:`motte.keep.__main__.serve` on its end of a
+socketpair):
+
+- ``prespawn``: ``motte run --backend nil`` forks the keep first thing, while the host process is
+  still single-threaded and has loaded nothing but the interpreter. The child skips a second
+  interpreter start-up, and loads the engine while the host loads its CLI.
+- ``spawn_nil_keep``: anywhere else (libraries, tests: possibly multi-threaded, where ``fork``
+  is unsafe) the child is a fresh ``python -I -m motte.keep``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import sys
+
+Started = tuple[int, socket.socket]  # (child pid, host end of the channel)
+_prespawned: Started | None = None
+
+
+def spawn_nil_keep() -> Started:
+    import subprocess
+
+    host_sock, keep_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    command = [sys.executable, "-I", "-m", "motte.keep", "--channel-fd", str(keep_sock.fileno())]
+    try:
+        process = subprocess.Popen(
+            command,
+            pass_fds=(keep_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            # The keep's stdout is unused (stdio travels on the channel); its stderr stays, for
+            # diagnostics of a keep that dies before the channel is up.
+            stdout=subprocess.DEVNULL,
+            env=_keep_environment(),
+        )
+    except OSError:
+        host_sock.close()
+        raise
+    finally:
+        keep_sock.close()
+    process.returncode = 0  # the NilKeep handle reaps it, by pid; stop Popen from trying too
+    return process.pid, host_sock
+
+
+def prespawn() -> None:
+    global _prespawned
+    host_sock, keep_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the keep
+        status = 1
+        try:
+            host_sock.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.environ.clear()
+            os.environ.update(_keep_environment())
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides when the keep ends
+            from motte.keep.__main__ import serve
+
+            status = serve(keep_sock, backend="nil")
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    keep_sock.close()
+    _prespawned = (pid, host_sock)
+    atexit.register(_discard)
+
+
+def take_prespawned() -> Started | None:
+    global _prespawned
+    started, _prespawned = _prespawned, None
+    return started
+
+
+def _discard() -> None:
+    # The run never used the keep (bad input, --help): end it.
+    started = take_prespawned()
+    if started is not None:
+        pid, sock = started
+        sock.close()
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _keep_environment() -> dict[str, str]:
+    # A minimal environment: nothing of the host's leaks into the keep by accident.
+    env = {"PATH": os.defpath}
+    for key in ("LANG", "LC_ALL", "TMPDIR"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env

@@ -1,0 +1,176 @@
+"""Drive one workload run in a keep from the host: send it, pump its stdio, collect its end.
+
+The host sees the workload here (``motte run`` loads a local file through the host, as in
+Enarx); the confidential path is ``motte deploy``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from motte.host.backends.base import KeepHandle
+from motte.shared.enarx_config import WorkloadConfig
+from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeout
+from motte.shared.errors import EXIT_MOTTE_ERROR, EXIT_TIMEOUT, MotteError
+
+WASM_CHUNK = 1 << 20
+GRACE = 5.0  # seconds past the workload deadline before the host stops waiting for the keep
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    wasm: bytes
+    config: WorkloadConfig
+    dirs: tuple[tuple[str, str], ...] = ()
+    memory_limit: int = 1 << 30
+    timeout: float | None = None
+    cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
+
+
+@dataclass
+class RunResult:
+    status: int
+    reason: str
+    message: str = ""
+    backtrace: list[str] = field(default_factory=list)
+    cached: bool | None = None
+
+
+@dataclass(frozen=True)
+class HostStdio:
+    stdin: int = 0
+    stdout: int = 1
+    stderr: int = 2
+
+
+def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None = None) -> RunResult:
+    stdio = stdio or HostStdio()
+    endpoint = keep.endpoint
+    wasm_stream = endpoint.open_stream("wasm")
+    streams: dict[int, int] = {}
+    pumps: list[threading.Thread] = []
+    stdin_fed = False
+    for fd, spec in enumerate(request.config.files):
+        if spec.kind not in ("stdin", "stdout", "stderr"):
+            continue
+        stream = endpoint.open_stream(spec.kind, fd=fd)
+        streams[fd] = stream
+        if spec.kind == "stdin":
+            if stdin_fed:
+                endpoint.eof(stream)  # one host stdin: only the first stdin file is fed
+            else:
+                stdin_fed = True
+                pumps.append(_daemon(_pump_stdin, endpoint, stream, stdio.stdin))
+        else:
+            endpoint.eof(stream)  # nothing flows host -> keep on an output
+            target = stdio.stdout if spec.kind == "stdout" else stdio.stderr
+            pumps.append(_daemon(_pump_output, endpoint, stream, target))
+    endpoint.send_control(
+        "launch",
+        config=request.config.to_json(),
+        wasm={"stream": wasm_stream, "size": len(request.wasm), "sha256": hashlib.sha256(request.wasm).hexdigest()},
+        stdio={str(fd): stream for fd, stream in streams.items()},
+        dirs=[{"host": host, "guest": guest} for host, guest in request.dirs],
+        limits={"memory": request.memory_limit, "timeout": request.timeout},
+        cache_dir=request.cache_dir,
+    )
+    _daemon(_send_wasm, endpoint, wasm_stream, request.wasm).start()
+    for pump in pumps:
+        pump.start()
+    result = _await_exit(keep, request)
+    outputs = [p for p in pumps if p.name == _pump_output.__name__]
+    for pump in outputs:
+        pump.join(timeout=10.0)
+    try:
+        endpoint.send_control("bye")
+        endpoint.flush(timeout=2.0)
+    except MotteError:
+        pass
+    return result
+
+
+def _await_exit(keep: KeepHandle, request: RunRequest) -> RunResult:
+    endpoint = keep.endpoint
+    hard_deadline = None if request.timeout is None else time.monotonic() + request.timeout + GRACE
+    cached: bool | None = None
+    while True:
+        wait = None if hard_deadline is None else max(0.0, hard_deadline - time.monotonic())
+        try:
+            message = endpoint.recv_control(timeout=wait)
+        except Timeout:
+            keep.close(grace=0)
+            return RunResult(EXIT_TIMEOUT, "timeout", f"the keep did not stop at its {request.timeout:g} s deadline")
+        except ChannelClosed as exc:
+            status = keep.wait(timeout=2.0)
+            detail = f" (keep process exit status {status})" if status is not None else ""
+            return RunResult(EXIT_MOTTE_ERROR, "error", f"the keep ended without reporting an exit: {exc}{detail}")
+        op = message.get("op")
+        if op == "stats":
+            cached = bool(message.get("cached"))
+        elif op == "exit":
+            return _exit_result(message, cached)
+
+
+def _exit_result(message: dict[str, object], cached: bool | None) -> RunResult:
+    status = message.get("status")
+    reason = message.get("reason")
+    text = message.get("message")
+    backtrace = message.get("backtrace")
+    if not isinstance(status, int) or not 0 <= status <= 255 or not isinstance(reason, str):
+        return RunResult(EXIT_MOTTE_ERROR, "error", "the keep sent a malformed exit report")
+    lines = [str(line) for line in backtrace] if isinstance(backtrace, list) else []
+    return RunResult(status, reason, text if isinstance(text, str) else "", lines[:64], cached)
+
+
+def _daemon(target: Callable[..., None], *args: object) -> threading.Thread:
+    # Daemon threads: a pump blocked on a terminal's stdin must not keep the CLI alive.
+    return threading.Thread(target=target, args=args, name=target.__name__, daemon=True)
+
+
+def _send_wasm(endpoint: Endpoint, stream: int, wasm: bytes) -> None:
+    try:
+        view = memoryview(wasm)
+        for offset in range(0, len(view), WASM_CHUNK):
+            endpoint.write(stream, view[offset : offset + WASM_CHUNK])
+        endpoint.eof(stream)
+    except MotteError:
+        pass  # the keep went away; the exit report (or its absence) says why
+
+
+def _pump_stdin(endpoint: Endpoint, stream: int, source: int) -> None:
+    try:
+        while True:
+            try:
+                data = os.read(source, 64 << 10)
+            except OSError:
+                data = b""
+            if not data:
+                endpoint.eof(stream)
+                return
+            endpoint.write(stream, data)
+    except (StreamAborted, ChannelClosed, MotteError):
+        pass
+
+
+def _pump_output(endpoint: Endpoint, stream: int, target: int) -> None:
+    while True:
+        try:
+            data = endpoint.read(stream, 1 << 20)
+        except (StreamAborted, ChannelClosed):
+            return
+        if not data:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(target, view) :]
+        except OSError as exc:
+            # The reader went away (e.g. `| head`): tell the keep, as a closed pipe would.
+            endpoint.reset(stream, "EPIPE" if exc.errno == errno.EPIPE else f"host write failed: {exc.strerror}")
+            return

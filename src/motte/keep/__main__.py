@@ -1,0 +1,56 @@
+"""Entry point of the keep: ``python -m motte.keep --channel-fd N | --channel-device NAME``.
+
+HELLO goes out before the engine is imported, so the host can send the workload while the keep
+is still loading wasmtime.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+USAGE = "usage: python -m motte.keep (--channel-fd N | --channel-device NAME)"
+
+
+def serve(channel: socket.socket | int, backend: str) -> int:
+    """Run the keep on a channel (a connected socket, or a raw fd such as a virtio port)."""
+    from motte.shared.endpoint import Endpoint, FdTransport, SocketTransport
+    from motte.shared.errors import MotteError
+
+    transport = SocketTransport(channel) if isinstance(channel, socket.socket) else FdTransport(channel)
+    endpoint = Endpoint(transport, "keep", name="keep").start()
+    try:
+        endpoint.send_hello(backend=backend, evidence="none", python=sys.version.split()[0])
+        from motte.keep.runtime import KeepRuntime  # loads the engine while the host answers
+
+        endpoint.await_hello(timeout=60.0)
+
+        # Only a nil keep shares the host's file system, so only it may use the host's cache.
+        KeepRuntime(endpoint, allow_host_cache=backend == "nil").serve()
+    except MotteError as exc:
+        print(f"motte keep: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        endpoint.flush(timeout=5.0)
+        endpoint.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("--channel-fd", "--channel-device"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] == "--channel-fd":
+        return serve(socket.socket(fileno=int(argv[1])), backend="nil")
+    from motte.keep.vm_channel import open_virtio_port  # type: ignore[import-not-found,unused-ignore]
+
+    return serve(open_virtio_port(argv[1], timeout=30.0), backend="kvm")
+
+
+if __name__ == "__main__":
+    status = main(sys.argv[1:])
+    # Everything the host must see is flushed: skip interpreter teardown (tens of ms with the
+    # engine loaded), which matters for start-up-bound workloads.
+    sys.stderr.flush()
+    os._exit(status)

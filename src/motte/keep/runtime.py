@@ -1,0 +1,309 @@
+"""The keep runtime: receive a workload over the channel, run it, report how it ended.
+
+The same code runs in every backend; only the transport under the channel differs.
+
+Sequence on the channel (after HELLO)::
+
+    host -> keep   OPEN wasm stream, OPEN one stream per stdio file, CONTROL launch
+    host -> keep   DATA (the wasm bytes), EOF
+    keep -> host   CONTROL started {cached, compile_ms}
+    both           DATA on stdio streams
+    keep -> host   CONTROL exit {status, reason, message, backtrace}
+    host -> keep   CONTROL bye           (only then may a VM keep power off: nothing is lost)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+
+from motte.keep.engine import ModuleCache, make_engine
+from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiError, WasiFile
+from motte.keep.wasi.fs import open_preopen
+from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
+from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
+from motte.shared.enarx_config import ConfigError, WorkloadConfig
+from motte.shared.endpoint import Endpoint
+from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
+
+MAX_WASM_SIZE = 512 << 20
+WASM_PAGE = 64 << 10
+ARGV0 = "main.wasm"
+
+
+@dataclass
+class Outcome:
+    """How the workload ended; sent to the host as the ``exit`` control message."""
+
+    status: int
+    reason: str  # exit | trap | timeout | memory | error
+    message: str = ""
+    backtrace: list[str] = field(default_factory=list)
+
+    def to_message(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "message": self.message, "backtrace": self.backtrace}
+
+
+class LaunchError(MotteError):
+    """The workload could not be started (bad module, bad launch request)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    config: WorkloadConfig
+    wasm_stream: int
+    wasm_size: int
+    wasm_sha256: str
+    stdio_streams: dict[int, int]  # fd -> stream
+    dirs: list[tuple[str, str]]  # (host path, guest path)
+    memory_limit: int
+    timeout: float | None
+    cache_dir: str | None
+
+    @classmethod
+    def parse(cls, message: dict[str, Any]) -> Launch:
+        """Validate a launch request: it comes from the untrusted host."""
+        try:
+            config = WorkloadConfig.from_json(message.get("config"))
+            wasm = message["wasm"]
+            stdio = {int(fd): _int(stream, "stream") for fd, stream in dict(message.get("stdio", {})).items()}
+            dirs = [(_str(d["host"], "dir"), _str(d["guest"], "dir")) for d in message.get("dirs", [])]
+            limits = message.get("limits", {})
+            timeout = limits.get("timeout")
+            launch = cls(
+                config=config,
+                wasm_stream=_int(wasm["stream"], "wasm.stream"),
+                wasm_size=_int(wasm["size"], "wasm.size"),
+                wasm_sha256=_str(wasm["sha256"], "wasm.sha256"),
+                stdio_streams=stdio,
+                dirs=dirs,
+                memory_limit=_int(limits["memory"], "limits.memory"),
+                timeout=None if timeout is None else float(timeout),
+                cache_dir=None if message.get("cache_dir") is None else _str(message["cache_dir"], "cache_dir"),
+            )
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LaunchError(f"malformed launch request: {exc}") from None
+        if not 0 < launch.wasm_size <= MAX_WASM_SIZE:
+            raise LaunchError(f"workload size {launch.wasm_size} outside 1..{MAX_WASM_SIZE} bytes")
+        if launch.memory_limit < WASM_PAGE:
+            raise LaunchError("memory limit below one wasm page")
+        return launch
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    return value
+
+
+class KeepRuntime:
+    def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False):
+        self.endpoint = endpoint
+        self.allow_host_cache = allow_host_cache
+        self.engine = make_engine()
+
+    def serve(self) -> Outcome:
+        """Handle one launch request; always tells the host how it ended."""
+        try:
+            message = self.endpoint.recv_control()
+            if message.get("op") != "launch":
+                raise LaunchError(f"expected a launch request, got {message.get('op')!r}")
+            outcome = self.run(Launch.parse(message))
+        except MotteError as exc:
+            outcome = Outcome(EXIT_MOTTE_ERROR, "error", str(exc))
+        self.endpoint.send_control("exit", **outcome.to_message())
+        try:
+            self.endpoint.recv_control(timeout=10.0)  # "bye": the host has everything
+        except MotteError:
+            pass
+        return outcome
+
+    def _receive_wasm(self, launch: Launch) -> bytes:
+        chunks = bytearray()
+        while True:
+            data = self.endpoint.read(launch.wasm_stream, 1 << 20, timeout=60.0)
+            if not data:
+                break
+            chunks += data
+            if len(chunks) > launch.wasm_size:
+                raise LaunchError("the host sent more workload bytes than it announced")
+        if len(chunks) != launch.wasm_size:
+            raise LaunchError(f"workload truncated: {len(chunks)} of {launch.wasm_size} bytes arrived")
+        wasm = bytes(chunks)
+        if hashlib.sha256(wasm).hexdigest() != launch.wasm_sha256:
+            raise LaunchError("workload digest mismatch: the bytes that arrived are not the ones announced")
+        return wasm
+
+    def _files(self, launch: Launch, outputs: ChannelOutputs) -> list[WasiFile]:
+        files: list[WasiFile] = []
+        for fd, spec in enumerate(launch.config.files):
+            if spec.kind == "null":
+                files.append(NullFile())
+            elif spec.kind in ("stdin", "stdout", "stderr"):
+                stream = launch.stdio_streams.get(fd)
+                if stream is None:
+                    raise LaunchError(f"no channel stream for fd {fd} ({spec.kind})")
+                if spec.kind == "stdin":
+                    files.append(ChannelInput(self.endpoint, stream, on_block=outputs))
+                    self.endpoint.eof(stream)  # nothing flows keep -> host on stdin
+                else:
+                    output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout")
+                    outputs.add(output)
+                    files.append(output)
+            else:
+                raise LaunchError(
+                    f"files[{fd}] has kind {spec.kind!r}: listen/connect sockets are not supported by this "
+                    "keep runtime yet"
+                )
+        for host_path, guest_path in launch.dirs:
+            try:
+                files.append(open_preopen(host_path, guest_path))
+            except WasiError as exc:
+                raise LaunchError(f"cannot preopen {guest_path}: {exc}") from None
+        return files
+
+    def run(self, launch: Launch) -> Outcome:
+        wasm = self._receive_wasm(launch)
+        started = time.monotonic()
+        try:
+            cache = ModuleCache(launch.cache_dir if self.allow_host_cache else None)
+            compiled = cache.load(self.engine, wasm, launch.wasm_sha256)
+        except wasmtime.WasmtimeError as exc:
+            raise LaunchError(f"not a valid WebAssembly module: {_first_line(exc)}") from None
+        compile_ms = (time.monotonic() - started) * 1000
+        outputs = ChannelOutputs()
+        files = self._files(launch, outputs)
+        memory = GuestMemory()
+        deadline = None if launch.timeout is None else time.monotonic() + launch.timeout
+        wasi = Preview1(
+            [ARGV0, *launch.config.args], launch.config.workload_env(), files, memory,
+            deadline=deadline, before_block=outputs.flush_all,
+        )
+        linker = wasmtime.Linker(self.engine)
+        host = HostFunctions(linker)
+        wasi.register(host)
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=launch.memory_limit)
+        store.set_epoch_deadline(1)
+        timer = None
+        if launch.timeout is not None:
+            timer = threading.Timer(launch.timeout, self.engine.increment_epoch)
+            timer.daemon = True
+            timer.start()
+        outputs.start()
+        try:
+            outcome = self._execute(store, linker, host, compiled.module, memory, launch)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            outputs.stop()
+            for file in files:
+                try:
+                    file.close()
+                except OSError:
+                    pass
+        outcome.message = outcome.message or ""
+        self.endpoint.send_control("stats", cached=compiled.from_cache, compile_ms=round(compile_ms, 3))
+        return outcome
+
+    def _execute(self, store: wasmtime.Store, linker: wasmtime.Linker, host: HostFunctions,
+                 module: wasmtime.Module, memory: GuestMemory, launch: Launch) -> Outcome:
+        try:
+            instance = linker.instantiate(store, module)
+        except wasmtime.Trap as exc:
+            return self._classify_trap(exc, host, memory, launch)
+        except wasmtime.WasmtimeError as exc:
+            text = _first_line(exc)
+            hint = "raise --max-memory" if "exceeds memory limits" in text else None
+            raise LaunchError(f"cannot instantiate the workload: {text}", hint=hint) from None
+        exports = instance.exports(store)
+        exported_memory = exports.get("memory")
+        if isinstance(exported_memory, wasmtime.Memory):
+            memory.bind(store, exported_memory)
+        start = exports.get("_start")
+        if not isinstance(start, wasmtime.Func):
+            raise LaunchError(
+                "the module has no _start function: it is not a WASI command",
+                hint="build it as an executable (e.g. zig cc -target wasm32-wasi, not a library)",
+            )
+        try:
+            start(store)
+        except wasmtime.Trap as exc:
+            return self._classify_trap(exc, host, memory, launch)
+        except wasmtime.WasmtimeError as exc:
+            pending = host.take_pending()
+            if isinstance(pending, HostTrap):
+                return self._ended(pending.outcome, memory, launch)
+            return Outcome(EXIT_TRAP, "trap", _first_line(exc))
+        return self._ended(ProcExit(0), memory, launch)
+
+    def _ended(self, how: object, memory: GuestMemory, launch: Launch) -> Outcome:
+        if isinstance(how, DeadlineHit):
+            return _timeout(launch)
+        assert isinstance(how, ProcExit)
+        status = how.status
+        if status != 0 and _at_memory_limit(memory, launch):
+            return _memory_outcome(launch, f"it then exited with status {status}")
+        if status > 255:
+            return Outcome(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {status}, beyond 255")
+        return Outcome(status, "exit")
+
+    def _classify_trap(self, trap: wasmtime.Trap, host: HostFunctions, memory: GuestMemory,
+                       launch: Launch) -> Outcome:
+        pending = host.take_pending()
+        if isinstance(pending, HostTrap):
+            return self._ended(pending.outcome, memory, launch)
+        if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+            return _timeout(launch)
+        backtrace = [_frame_text(i, frame) for i, frame in enumerate(trap.frames)]
+        cause = _trap_cause(trap.message)
+        if _at_memory_limit(memory, launch):
+            return _memory_outcome(launch, f"it then trapped: {cause}")
+        if pending is not None:
+            return Outcome(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
+        return Outcome(EXIT_TRAP, "trap", cause, backtrace)
+
+
+def _timeout(launch: Launch) -> Outcome:
+    return Outcome(EXIT_TIMEOUT, "timeout", f"the workload ran past its {launch.timeout:g} s deadline")
+
+
+def _at_memory_limit(memory: GuestMemory, launch: Launch) -> bool:
+    # A refused memory.grow leaves the memory within one page of the cap; wasmtime's C API does
+    # not report the refusal itself.
+    return memory.bound and memory.size() + WASM_PAGE > launch.memory_limit
+
+
+def _memory_outcome(launch: Launch, then: str) -> Outcome:
+    mib = launch.memory_limit / (1 << 20)
+    return Outcome(EXIT_MEMORY, "memory", f"the workload reached its memory limit of {mib:g} MiB; {then}")
+
+
+def _frame_text(index: int, frame: wasmtime.Frame) -> str:
+    name = frame.func_name or f"<func {frame.func_index}>"
+    module = frame.module_name or ARGV0
+    return f"{index}: {frame.module_offset:#x} - {module}!{name}"
+
+
+def _trap_cause(message: str) -> str:
+    # wasmtime's message embeds its own backtrace, then "Caused by:" and the cause: keep the cause.
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "trap"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

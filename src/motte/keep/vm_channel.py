@@ -1,0 +1,68 @@
+"""Inside a VM keep: find and open the virtio serial port that carries the channel.
+
+The host names the port (``-device virtserialport,name=motte.0``); the guest kernel lists it as
+``/sys/class/virtio-ports/vportNpM/name`` and devtmpfs makes ``/dev/vportNpM``. Two races are
+handled here, both seen on real boots:
+
+* the port may not be enumerated yet when the keep starts (the virtio driver probes
+  asynchronously), so the sysfs listing is polled;
+* the device node appears before the port is ready, and ``open`` fails with ENXIO for a moment
+  (pitfall 2 in the VM notes), so the open is retried.
+
+Only the standard library: this module is part of the keep's trusted computing base.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+PORTS_DIR = "/sys/class/virtio-ports"
+_RETRY_ERRNOS = (errno.ENXIO, errno.ENOENT, errno.ENODEV, errno.EBUSY)
+
+
+class PortNotFound(OSError):
+    """No virtio serial port of that name appeared, or it never became openable, in time."""
+
+
+def find_virtio_port(name: str, ports_dir: str = PORTS_DIR) -> str | None:
+    """The ``vportNpM`` device name whose sysfs ``name`` is ``name``, or None if none is (yet)."""
+    try:
+        entries = sorted(os.listdir(ports_dir))
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(ports_dir, entry, "name"), encoding="utf-8") as handle:
+                if handle.read().strip() == name:
+                    return entry
+        except OSError:
+            continue  # the port is being set up or torn down; look again next round
+    return None
+
+
+def open_virtio_port(
+    name: str, timeout: float, *, ports_dir: str = PORTS_DIR, dev_dir: str = "/dev", poll: float = 0.005
+) -> int:
+    """Open the named virtio serial port read-write; return its file descriptor.
+
+    Waits up to ``timeout`` seconds for the port to appear and become openable.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: OSError | None = None
+    while True:
+        port = find_virtio_port(name, ports_dir)
+        if port is not None:
+            try:
+                return os.open(os.path.join(dev_dir, port), os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno not in _RETRY_ERRNOS:
+                    raise
+                last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error.strerror})" if last_error is not None else ""
+            raise PortNotFound(
+                errno.ENODEV, f"virtio serial port {name!r} did not appear within {timeout:g} s{detail}"
+            )
+        time.sleep(poll)

@@ -1,0 +1,227 @@
+"""What a WASI file descriptor can be: the base class, null, and channel-backed streams."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from motte.keep.wasi.abi import FILESTAT, STREAM_RIGHTS, Errno, FdFlags, Filetype
+from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
+from motte.shared.endpoint import Timeout as EndpointTimeout
+
+
+class WasiError(Exception):
+    """A WASI call fails with ``errno`` (returned to the workload, not a trap)."""
+
+    def __init__(self, errno: Errno, detail: str = ""):
+        super().__init__(f"{errno.name}: {detail}" if detail else errno.name)
+        self.errno = errno
+
+
+class DeadlineExceeded(Exception):
+    """A blocking call ran into the workload's wall-clock deadline."""
+
+
+class WasiFile:
+    """A file descriptor's object. Operations it does not support fail as POSIX would."""
+
+    filetype = Filetype.UNKNOWN
+    rights_base = 0
+    rights_inheriting = 0
+
+    def __init__(self) -> None:
+        self.flags = FdFlags(0)
+
+    def read(self, size: int, deadline: float | None) -> bytes:
+        raise WasiError(Errno.BADF)
+
+    def write(self, data: bytes, deadline: float | None) -> int:
+        raise WasiError(Errno.BADF)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        raise WasiError(Errno.SPIPE)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        raise WasiError(Errno.SPIPE)
+
+    def seek(self, offset: int, whence: int) -> int:
+        raise WasiError(Errno.SPIPE)
+
+    def stat(self) -> bytes:
+        """A packed WASI filestat."""
+        return FILESTAT.pack(0, 0, self.filetype, 1, 0, 0, 0, 0)
+
+    def set_flags(self, flags: FdFlags) -> None:
+        # Only NONBLOCK can change after open, as with fcntl(F_SETFL) on most systems.
+        if flags & ~FdFlags.NONBLOCK:
+            raise WasiError(Errno.NOTSUP)
+        self.flags = FdFlags((self.flags & ~FdFlags.NONBLOCK) | flags)
+
+    def readable_now(self) -> bool:
+        """A read would not block (data, EOF or an error is ready)."""
+        return True
+
+    def writable_now(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullFile(WasiFile):
+    """``kind = "null"``: reads see EOF, writes vanish."""
+
+    filetype = Filetype.CHARACTER_DEVICE
+    rights_base = STREAM_RIGHTS
+
+    def read(self, size: int, deadline: float | None) -> bytes:
+        return b""
+
+    def write(self, data: bytes, deadline: float | None) -> int:
+        return len(data)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded()
+    return remaining
+
+
+class ChannelInput(WasiFile):
+    """A stream the host feeds (stdin)."""
+
+    filetype = Filetype.CHARACTER_DEVICE
+    rights_base = STREAM_RIGHTS
+
+    def __init__(self, endpoint: Endpoint, stream: int, on_block: ChannelOutputs | None = None):
+        super().__init__()
+        self.endpoint = endpoint
+        self.stream = stream
+        self._on_block = on_block
+
+    def read(self, size: int, deadline: float | None) -> bytes:
+        try:
+            data = self.endpoint.read_nowait(self.stream, size)
+            if data is not None:
+                return data
+            if self.flags & FdFlags.NONBLOCK:
+                raise WasiError(Errno.AGAIN)
+            # About to block for input: output written so far (a prompt) must reach the user.
+            if self._on_block is not None:
+                self._on_block.flush_all()
+            while True:
+                try:
+                    return self.endpoint.read(self.stream, size, timeout=_remaining(deadline))
+                except EndpointTimeout:
+                    continue  # _remaining raises once the deadline has really passed
+        except (StreamAborted, ChannelClosed):
+            return b""  # the host went away: the workload sees end of input
+
+    def readable_now(self) -> bool:
+        return self.endpoint.readable(self.stream)
+
+
+class ChannelOutput(WasiFile):
+    """A stream to the host (stdout, stderr). Small writes are coalesced into large frames."""
+
+    filetype = Filetype.CHARACTER_DEVICE
+    rights_base = STREAM_RIGHTS
+    COALESCE = 256 << 10
+
+    def __init__(self, endpoint: Endpoint, stream: int, *, buffered: bool):
+        super().__init__()
+        self.endpoint = endpoint
+        self.stream = stream
+        self.buffered = buffered
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def write(self, data: bytes, deadline: float | None) -> int:
+        if self.broken:
+            raise WasiError(Errno.PIPE)
+        # One lock covers buffering and sending, so the flusher thread cannot reorder chunks.
+        with self._lock:
+            if not self.buffered:
+                self._send(data, deadline)
+                return len(data)
+            self._buffer += data
+            if len(self._buffer) >= self.COALESCE:
+                self._send_buffer(deadline)
+        return len(data)
+
+    def _send_buffer(self, deadline: float | None) -> None:
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
+        self._send(chunk, deadline)
+
+    def _send(self, data: bytes, deadline: float | None) -> None:
+        try:
+            self.endpoint.write(self.stream, data, deadline=deadline)
+        except EndpointTimeout:
+            raise DeadlineExceeded() from None
+        except (StreamAborted, ChannelClosed):
+            self.broken = True
+            raise WasiError(Errno.PIPE) from None
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buffer:
+                try:
+                    self._send_buffer(None)
+                except WasiError:
+                    pass
+
+    def pending(self) -> bool:
+        return bool(self._buffer)
+
+    def writable_now(self) -> bool:
+        return self.broken or self.endpoint.write_window(self.stream) > 0
+
+    def close(self) -> None:
+        self.flush()
+        self.endpoint.eof(self.stream)
+
+
+class ChannelOutputs:
+    """Flushes buffered outputs: before the workload blocks, and every ``interval`` seconds so
+    output from a long computation is not held back."""
+
+    def __init__(self, interval: float = 0.02):
+        self.outputs: list[ChannelOutput] = []
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, output: ChannelOutput) -> None:
+        self.outputs.append(output)
+
+    def flush_all(self) -> None:
+        for output in self.outputs:
+            output.flush()
+
+    def start(self) -> None:
+        if any(o.buffered for o in self.outputs):
+            self._thread = threading.Thread(target=self._run, name="stdout-flusher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            for output in self.outputs:
+                if output.pending():
+                    output.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush_all()

@@ -1,0 +1,598 @@
+"""The ``wasi_snapshot_preview1`` functions over motte's own file descriptor table."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from motte.keep.wasi import abi
+from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
+from motte.keep.wasi.files import DeadlineExceeded, WasiError, WasiFile
+from motte.keep.wasi.fs import OsDir, pack_dirents, pack_filestat, set_times
+from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
+
+MODULE = "wasi_snapshot_preview1"
+MAX_FDS = 1024
+MAX_IO = 16 << 20  # bytes one read/write call moves at most: bounds the keep's own buffers
+
+
+@dataclass(frozen=True)
+class ProcExit:
+    status: int
+
+
+@dataclass(frozen=True)
+class DeadlineHit:
+    pass
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class Preview1:
+    """One workload's WASI state: arguments, environment and file descriptors."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], files: Sequence[WasiFile],
+                 memory: GuestMemory, deadline: float | None = None,
+                 before_block: Callable[[], None] | None = None):
+        self.memory = memory
+        self.args = [a.encode() for a in args]
+        self.env = [f"{k}={v}".encode() for k, v in env.items()]
+        self.fds: dict[int, WasiFile] = dict(enumerate(files))
+        self.deadline = deadline
+        self._before_block = before_block or (lambda: None)
+        self._dir_cache: dict[int, list[tuple[bytes, int, Filetype]]] = {}
+
+    # ---- registration ----
+
+    def register(self, host: HostFunctions) -> None:
+        table: list[tuple[str, str, str, Callable[..., int | None]]] = [
+            ("args_get", "ii", "i", self.args_get),
+            ("args_sizes_get", "ii", "i", self.args_sizes_get),
+            ("environ_get", "ii", "i", self.environ_get),
+            ("environ_sizes_get", "ii", "i", self.environ_sizes_get),
+            ("clock_res_get", "ii", "i", self.clock_res_get),
+            ("clock_time_get", "iIi", "i", self.clock_time_get),
+            ("fd_advise", "iIIi", "i", self.fd_advise),
+            ("fd_allocate", "iII", "i", self.fd_allocate),
+            ("fd_close", "i", "i", self.fd_close),
+            ("fd_datasync", "i", "i", self.fd_sync),
+            ("fd_fdstat_get", "ii", "i", self.fd_fdstat_get),
+            ("fd_fdstat_set_flags", "ii", "i", self.fd_fdstat_set_flags),
+            ("fd_fdstat_set_rights", "iII", "i", self.fd_fdstat_set_rights),
+            ("fd_filestat_get", "ii", "i", self.fd_filestat_get),
+            ("fd_filestat_set_size", "iI", "i", self.fd_filestat_set_size),
+            ("fd_filestat_set_times", "iIIi", "i", self.fd_filestat_set_times),
+            ("fd_pread", "iiiIi", "i", self.fd_pread),
+            ("fd_prestat_get", "ii", "i", self.fd_prestat_get),
+            ("fd_prestat_dir_name", "iii", "i", self.fd_prestat_dir_name),
+            ("fd_pwrite", "iiiIi", "i", self.fd_pwrite),
+            ("fd_read", "iiii", "i", self.fd_read),
+            ("fd_readdir", "iiiIi", "i", self.fd_readdir),
+            ("fd_renumber", "ii", "i", self.fd_renumber),
+            ("fd_seek", "iIii", "i", self.fd_seek),
+            ("fd_sync", "i", "i", self.fd_sync),
+            ("fd_tell", "ii", "i", self.fd_tell),
+            ("fd_write", "iiii", "i", self.fd_write),
+            ("path_create_directory", "iii", "i", self.path_create_directory),
+            ("path_filestat_get", "iiiii", "i", self.path_filestat_get),
+            ("path_filestat_set_times", "iiiiIIi", "i", self.path_filestat_set_times),
+            ("path_link", "iiiiiii", "i", self.path_link),
+            ("path_open", "iiiiiIIii", "i", self.path_open),
+            ("path_readlink", "iiiiii", "i", self.path_readlink),
+            ("path_remove_directory", "iii", "i", self.path_remove_directory),
+            ("path_rename", "iiiiii", "i", self.path_rename),
+            ("path_symlink", "iiiii", "i", self.path_symlink),
+            ("path_unlink_file", "iii", "i", self.path_unlink_file),
+            ("poll_oneoff", "iiii", "i", self.poll_oneoff),
+            ("proc_exit", "i", "", self.proc_exit),
+            ("proc_raise", "i", "i", self.proc_raise),
+            ("sched_yield", "", "i", self.sched_yield),
+            ("random_get", "ii", "i", self.random_get),
+            ("sock_accept", "iii", "i", self.sock_accept),
+            ("sock_recv", "iiiiii", "i", self.sock_recv),
+            ("sock_send", "iiiii", "i", self.sock_send),
+            ("sock_shutdown", "ii", "i", self.sock_shutdown),
+        ]
+        for name, params, results, func in table:
+            host.define(MODULE, name, params.replace("i", I32).replace("I", I64), results, _errno_boundary(func))
+
+    # ---- helpers ----
+
+    def _file(self, fd: int) -> WasiFile:
+        file = self.fds.get(fd)
+        if file is None:
+            raise WasiError(Errno.BADF)
+        return file
+
+    def _dir(self, fd: int) -> OsDir:
+        file = self._file(fd)
+        if not isinstance(file, OsDir):
+            raise WasiError(Errno.NOTDIR)
+        return file
+
+    def _path(self, ptr: int, length: int) -> str:
+        if length > 4096:
+            raise WasiError(Errno.NAMETOOLONG)
+        try:
+            path = self.memory.read_string(ptr, length)
+        except UnicodeDecodeError:
+            raise WasiError(Errno.ILSEQ) from None
+        if "\0" in path:
+            raise WasiError(Errno.INVAL)
+        return path
+
+    def _new_fd(self, file: WasiFile) -> int:
+        for fd in range(len(self.fds) + 1):
+            if fd not in self.fds:
+                if fd >= MAX_FDS:
+                    break
+                self.fds[fd] = file
+                return fd
+        file.close()
+        raise WasiError(Errno.NFILE)
+
+    def _put_buffers(self, strings: list[bytes], ptrs: int, buf: int) -> int:
+        offset = buf
+        for index, value in enumerate(strings):
+            self.memory.write_u32(ptrs + 4 * index, offset)
+            self.memory.write(offset, value + b"\0")
+            offset += len(value) + 1
+        return Errno.SUCCESS
+
+    # ---- args, environment, clocks, random ----
+
+    def args_get(self, argv: int, buf: int) -> int:
+        return self._put_buffers(self.args, argv, buf)
+
+    def args_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
+        self.memory.write_u32(count_ptr, len(self.args))
+        self.memory.write_u32(size_ptr, sum(len(a) + 1 for a in self.args))
+        return Errno.SUCCESS
+
+    def environ_get(self, environ: int, buf: int) -> int:
+        return self._put_buffers(self.env, environ, buf)
+
+    def environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
+        self.memory.write_u32(count_ptr, len(self.env))
+        self.memory.write_u32(size_ptr, sum(len(e) + 1 for e in self.env))
+        return Errno.SUCCESS
+
+    _CLOCKS = {
+        abi.CLOCK_REALTIME: time.CLOCK_REALTIME,
+        abi.CLOCK_MONOTONIC: time.CLOCK_MONOTONIC,
+        abi.CLOCK_PROCESS_CPUTIME: time.CLOCK_PROCESS_CPUTIME_ID,
+        abi.CLOCK_THREAD_CPUTIME: time.CLOCK_THREAD_CPUTIME_ID,
+    }
+
+    def clock_res_get(self, clock: int, res_ptr: int) -> int:
+        if clock not in self._CLOCKS:
+            raise WasiError(Errno.INVAL)
+        self.memory.write_u64(res_ptr, max(1, int(time.clock_getres(self._CLOCKS[clock]) * 1e9)))
+        return Errno.SUCCESS
+
+    def clock_time_get(self, clock: int, _precision: int, time_ptr: int) -> int:
+        if clock not in self._CLOCKS:
+            raise WasiError(Errno.INVAL)
+        self.memory.write_u64(time_ptr, time.clock_gettime_ns(self._CLOCKS[clock]))
+        return Errno.SUCCESS
+
+    def random_get(self, buf: int, length: int) -> int:
+        if length > MAX_IO:
+            raise WasiError(Errno.INVAL)
+        self.memory.write(buf, secrets.token_bytes(length))
+        return Errno.SUCCESS
+
+    # ---- file descriptors ----
+
+    def fd_advise(self, fd: int, _offset: int, _length: int, advice: int) -> int:
+        self._file(fd)
+        if advice > 5:
+            raise WasiError(Errno.INVAL)
+        return Errno.SUCCESS
+
+    def fd_allocate(self, fd: int, offset: int, length: int) -> int:
+        file = self._file(fd)
+        if not hasattr(file, "fd") or file.filetype != Filetype.REGULAR_FILE:
+            raise WasiError(Errno.BADF)
+        size = os.fstat(file.fd).st_size
+        if offset + length > size:
+            os.ftruncate(file.fd, offset + length)
+        return Errno.SUCCESS
+
+    def fd_close(self, fd: int) -> int:
+        file = self.fds.pop(fd, None)
+        if file is None:
+            raise WasiError(Errno.BADF)
+        self._dir_cache.pop(fd, None)
+        file.close()
+        return Errno.SUCCESS
+
+    def fd_sync(self, fd: int) -> int:
+        self._file(fd).sync()
+        return Errno.SUCCESS
+
+    def fd_fdstat_get(self, fd: int, ptr: int) -> int:
+        file = self._file(fd)
+        self.memory.write(ptr, abi.FDSTAT.pack(file.filetype, file.flags, file.rights_base, file.rights_inheriting))
+        return Errno.SUCCESS
+
+    def fd_fdstat_set_flags(self, fd: int, flags: int) -> int:
+        self._file(fd).set_flags(FdFlags(flags & 0x1F))
+        return Errno.SUCCESS
+
+    def fd_fdstat_set_rights(self, fd: int, base: int, inheriting: int) -> int:
+        file = self._file(fd)
+        # Rights may only shrink.
+        if base & ~file.rights_base or inheriting & ~file.rights_inheriting:
+            raise WasiError(Errno.NOTCAPABLE)
+        file.rights_base, file.rights_inheriting = base, inheriting
+        return Errno.SUCCESS
+
+    def fd_filestat_get(self, fd: int, ptr: int) -> int:
+        self.memory.write(ptr, self._file(fd).stat())
+        return Errno.SUCCESS
+
+    def fd_filestat_set_size(self, fd: int, size: int) -> int:
+        file = self._file(fd)
+        if not hasattr(file, "fd") or isinstance(file, OsDir):
+            raise WasiError(Errno.BADF)
+        os.ftruncate(file.fd, size)
+        return Errno.SUCCESS
+
+    def fd_filestat_set_times(self, fd: int, atim: int, mtim: int, flags: int) -> int:
+        file = self._file(fd)
+        if not hasattr(file, "fd"):
+            raise WasiError(Errno.BADF)
+        set_times(file.fd, atim, mtim, flags)
+        return Errno.SUCCESS
+
+    def fd_prestat_get(self, fd: int, ptr: int) -> int:
+        file = self._file(fd)
+        if not isinstance(file, OsDir) or file.guest_path is None:
+            raise WasiError(Errno.BADF)
+        self.memory.write(ptr, abi.PRESTAT.pack(abi.PREOPEN_TYPE_DIR, len(file.guest_path.encode())))
+        return Errno.SUCCESS
+
+    def fd_prestat_dir_name(self, fd: int, path: int, length: int) -> int:
+        file = self._file(fd)
+        if not isinstance(file, OsDir) or file.guest_path is None:
+            raise WasiError(Errno.BADF)
+        name = file.guest_path.encode()
+        if length < len(name):
+            raise WasiError(Errno.NAMETOOLONG)
+        self.memory.write(path, name)
+        return Errno.SUCCESS
+
+    def fd_read(self, fd: int, iovs: int, count: int, nread_ptr: int) -> int:
+        file = self._file(fd)
+        vectors = self.memory.read_iovecs(iovs, count)
+        total = min(sum(length for _, length in vectors), MAX_IO)
+        data = file.read(total, self.deadline) if total else b""
+        self._scatter(vectors, data)
+        self.memory.write_u32(nread_ptr, len(data))
+        return Errno.SUCCESS
+
+    def fd_pread(self, fd: int, iovs: int, count: int, offset: int, nread_ptr: int) -> int:
+        file = self._file(fd)
+        vectors = self.memory.read_iovecs(iovs, count)
+        total = min(sum(length for _, length in vectors), MAX_IO)
+        data = file.pread(total, offset)
+        self._scatter(vectors, data)
+        self.memory.write_u32(nread_ptr, len(data))
+        return Errno.SUCCESS
+
+    def _scatter(self, vectors: list[tuple[int, int]], data: bytes) -> None:
+        offset = 0
+        for ptr, length in vectors:
+            if offset >= len(data):
+                break
+            piece = data[offset : offset + length]
+            self.memory.write(ptr, piece)
+            offset += len(piece)
+
+    def _gather(self, iovs: int, count: int) -> bytes:
+        if count == 1:  # the common case, without building a list
+            ptr = self.memory.read_u32(iovs)
+            length = self.memory.read_u32(iovs + 4)
+            if length > MAX_IO:
+                raise WasiError(Errno.INVAL)
+            return self.memory.read(ptr, length)
+        vectors = self.memory.read_iovecs(iovs, count)
+        if sum(length for _, length in vectors) > MAX_IO:
+            raise WasiError(Errno.INVAL)
+        return b"".join(self.memory.read(ptr, length) for ptr, length in vectors)
+
+    def fd_write(self, fd: int, iovs: int, count: int, nwritten_ptr: int) -> int:
+        file = self.fds.get(fd)
+        if file is None:
+            raise WasiError(Errno.BADF)
+        written = file.write(self._gather(iovs, count), self.deadline)
+        self.memory.write_u32(nwritten_ptr, written)
+        return Errno.SUCCESS
+
+    def fd_pwrite(self, fd: int, iovs: int, count: int, offset: int, nwritten_ptr: int) -> int:
+        file = self._file(fd)
+        written = file.pwrite(self._gather(iovs, count), offset)
+        self.memory.write_u32(nwritten_ptr, written)
+        return Errno.SUCCESS
+
+    def fd_readdir(self, fd: int, buf: int, length: int, cookie: int, bufused_ptr: int) -> int:
+        directory = self._dir(fd)
+        # A listing is taken at cookie 0 and reused for the follow-up calls of the same pass.
+        if cookie == 0 or fd not in self._dir_cache:
+            self._dir_cache[fd] = directory.readdir()
+        data = pack_dirents(self._dir_cache[fd], cookie, length)
+        self.memory.write(buf, data)
+        self.memory.write_u32(bufused_ptr, len(data))
+        return Errno.SUCCESS
+
+    def fd_renumber(self, fd: int, to: int) -> int:
+        file = self._file(fd)
+        target = self._file(to)
+        if fd != to:
+            target.close()
+            self.fds[to] = file
+            del self.fds[fd]
+        return Errno.SUCCESS
+
+    def fd_seek(self, fd: int, offset: int, whence: int, newoffset_ptr: int) -> int:
+        file = self._file(fd)
+        if isinstance(file, OsDir):
+            raise WasiError(Errno.BADF)
+        position = file.seek(_signed64(offset), whence)
+        self.memory.write_u64(newoffset_ptr, position)
+        return Errno.SUCCESS
+
+    def fd_tell(self, fd: int, ptr: int) -> int:
+        return self.fd_seek(fd, 0, abi.WHENCE_CUR, ptr)
+
+    # ---- paths ----
+
+    def path_create_directory(self, fd: int, path_ptr: int, length: int) -> int:
+        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
+        try:
+            os.mkdir(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+        return Errno.SUCCESS
+
+    def _stat_path(self, fd: int, flags: int, path: str) -> os.stat_result:
+        directory = self._dir(fd)
+        if flags & abi.LOOKUP_SYMLINK_FOLLOW:
+            target = directory.open(path, follow=True, oflags_creat=False, excl=False, trunc=False,
+                                    directory=False, read=True, write=False, fdflags=FdFlags(0))
+            try:
+                return os.fstat(target.fd)  # type: ignore[attr-defined]
+            finally:
+                target.close()
+        parent, name = directory.parent_of(path)
+        try:
+            return os.stat(name, dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
+
+    def path_filestat_get(self, fd: int, flags: int, path_ptr: int, length: int, ptr: int) -> int:
+        st = self._stat_path(fd, flags, self._path(path_ptr, length))
+        self.memory.write(ptr, pack_filestat(st))
+        return Errno.SUCCESS
+
+    def path_filestat_set_times(self, fd: int, flags: int, path_ptr: int, length: int,
+                                atim: int, mtim: int, fst: int) -> int:
+        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
+        try:
+            set_times(name, atim, mtim, fst, dir_fd=parent, follow=bool(flags & abi.LOOKUP_SYMLINK_FOLLOW))
+        finally:
+            os.close(parent)
+        return Errno.SUCCESS
+
+    def path_link(self, old_fd: int, old_flags: int, old_ptr: int, old_len: int,
+                  new_fd: int, new_ptr: int, new_len: int) -> int:
+        old_parent, old_name = self._dir(old_fd).parent_of(self._path(old_ptr, old_len))
+        try:
+            new_parent, new_name = self._dir(new_fd).parent_of(self._path(new_ptr, new_len))
+            try:
+                os.link(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent,
+                        follow_symlinks=bool(old_flags & abi.LOOKUP_SYMLINK_FOLLOW))
+            finally:
+                os.close(new_parent)
+        finally:
+            os.close(old_parent)
+        return Errno.SUCCESS
+
+    def path_open(self, fd: int, dirflags: int, path_ptr: int, length: int, oflags: int,
+                  rights_base: int, _rights_inheriting: int, fdflags: int, fd_ptr: int) -> int:
+        directory = self._dir(fd)
+        path = self._path(path_ptr, length)
+        write = bool(rights_base & (Rights.FD_WRITE | Rights.FD_ALLOCATE | Rights.FD_FILESTAT_SET_SIZE))
+        write = write or bool(oflags & OFlags.TRUNC)
+        read = bool(rights_base & (Rights.FD_READ | Rights.FD_READDIR)) or not write
+        file = directory.open(
+            path, follow=bool(dirflags & abi.LOOKUP_SYMLINK_FOLLOW), oflags_creat=bool(oflags & OFlags.CREAT),
+            excl=bool(oflags & OFlags.EXCL), trunc=bool(oflags & OFlags.TRUNC),
+            directory=bool(oflags & OFlags.DIRECTORY), read=read, write=write, fdflags=FdFlags(fdflags & 0x1F),
+        )
+        self.memory.write_u32(fd_ptr, self._new_fd(file))
+        return Errno.SUCCESS
+
+    def path_readlink(self, fd: int, path_ptr: int, length: int, buf: int, buf_len: int, used_ptr: int) -> int:
+        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
+        try:
+            target = os.fsencode(os.readlink(name, dir_fd=parent))
+        finally:
+            os.close(parent)
+        data = target[:buf_len]
+        self.memory.write(buf, data)
+        self.memory.write_u32(used_ptr, len(data))
+        return Errno.SUCCESS
+
+    def path_remove_directory(self, fd: int, path_ptr: int, length: int) -> int:
+        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
+        try:
+            if name == ".":
+                raise WasiError(Errno.INVAL)
+            os.rmdir(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+        return Errno.SUCCESS
+
+    def path_rename(self, fd: int, old_ptr: int, old_len: int, new_fd: int, new_ptr: int, new_len: int) -> int:
+        old_parent, old_name = self._dir(fd).parent_of(self._path(old_ptr, old_len))
+        try:
+            new_parent, new_name = self._dir(new_fd).parent_of(self._path(new_ptr, new_len))
+            try:
+                os.rename(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent)
+            finally:
+                os.close(new_parent)
+        finally:
+            os.close(old_parent)
+        return Errno.SUCCESS
+
+    def path_symlink(self, old_ptr: int, old_len: int, fd: int, new_ptr: int, new_len: int) -> int:
+        target = self._path(old_ptr, old_len)
+        # An absolute target could only ever point outside the sandbox: refuse it up front.
+        if target.startswith("/"):
+            raise WasiError(Errno.NOTCAPABLE)
+        parent, name = self._dir(fd).parent_of(self._path(new_ptr, new_len))
+        try:
+            os.symlink(target, name, dir_fd=parent)
+        finally:
+            os.close(parent)
+        return Errno.SUCCESS
+
+    def path_unlink_file(self, fd: int, path_ptr: int, length: int) -> int:
+        path = self._path(path_ptr, length)
+        parent, name = self._dir(fd).parent_of(path)
+        try:
+            if path.endswith("/"):
+                raise WasiError(Errno.NOTDIR)
+            os.unlink(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+        return Errno.SUCCESS
+
+    # ---- polling, process, scheduling ----
+
+    def poll_oneoff(self, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
+        if count == 0 or count > 4096:
+            raise WasiError(Errno.INVAL)
+        raw = self.memory.read(in_ptr, abi.SUBSCRIPTION_SIZE * count)
+        now = time.monotonic_ns()
+        clocks: list[tuple[int, int]] = []  # (due monotonic ns, userdata)
+        fds: list[tuple[int, int, int]] = []  # (userdata, kind, fd)
+        for index in range(count):
+            base = index * abi.SUBSCRIPTION_SIZE
+            userdata, tag = abi.SUBSCRIPTION_HEAD.unpack_from(raw, base)
+            if tag == abi.EVENT_CLOCK:
+                clock_id, timeout, _precision, flags = abi.SUBSCRIPTION_CLOCK.unpack_from(raw, base + 16)
+                if clock_id not in self._CLOCKS:
+                    raise WasiError(Errno.INVAL)
+                if flags & abi.SUBCLOCK_ABSTIME:
+                    current = time.clock_gettime_ns(self._CLOCKS[clock_id])
+                    due = now + max(0, timeout - current)
+                else:
+                    due = now + timeout
+                clocks.append((due, userdata))
+            elif tag in (abi.EVENT_FD_READ, abi.EVENT_FD_WRITE):
+                (fd,) = abi.SUBSCRIPTION_FD.unpack_from(raw, base + 16)
+                fds.append((userdata, tag, fd))
+            else:
+                raise WasiError(Errno.INVAL)
+        self._before_block()
+        events = self._poll_wait(clocks, fds)
+        out = b"".join(events)
+        self.memory.write(out_ptr, out)
+        self.memory.write_u32(nevents_ptr, len(events))
+        return Errno.SUCCESS
+
+    def _poll_wait(self, clocks: list[tuple[int, int]], fds: list[tuple[int, int, int]]) -> list[bytes]:
+        first_due = min((due for due, _ in clocks), default=None)
+        while True:
+            events: list[bytes] = []
+            for userdata, kind, fd in fds:
+                file = self.fds.get(fd)
+                if file is None:
+                    events.append(abi.EVENT.pack(userdata, Errno.BADF, kind, 0, 0))
+                elif (file.readable_now() if kind == abi.EVENT_FD_READ else file.writable_now()):
+                    events.append(abi.EVENT.pack(userdata, 0, kind, 0, 0))
+            now = time.monotonic_ns()
+            for due, userdata in clocks:
+                if due <= now:
+                    events.append(abi.EVENT.pack(userdata, 0, abi.EVENT_CLOCK, 0, 0))
+            if events:
+                return events
+            wait_ns = None if first_due is None else first_due - now
+            if self.deadline is not None:
+                left = int((self.deadline - time.monotonic()) * 1e9)
+                if left <= 0:
+                    raise HostTrap(DeadlineHit())
+                wait_ns = left if wait_ns is None else min(wait_ns, left)
+            self._wait_any(fds, None if wait_ns is None else wait_ns / 1e9)
+
+    def _wait_any(self, fds: list[tuple[int, int, int]], timeout: float | None) -> None:
+        streams = []
+        endpoint = None
+        for _, kind, fd in fds:
+            file = self.fds.get(fd)
+            stream = getattr(file, "stream", None)
+            if stream is not None and kind == abi.EVENT_FD_READ:
+                streams.append(stream)
+                endpoint = file.endpoint  # type: ignore[union-attr]
+        if endpoint is not None:
+            # Waits on the channel, so a stream becoming readable ends the wait early.
+            endpoint.wait(streams, timeout if timeout is not None else 1.0)
+        elif timeout is not None:
+            time.sleep(max(0.0, timeout))
+        else:
+            time.sleep(0.01)  # only write-interest on a full stream: re-check shortly
+
+    def proc_exit(self, status: int) -> None:
+        raise HostTrap(ProcExit(status))
+
+    def proc_raise(self, _signal: int) -> int:
+        raise WasiError(Errno.NOSYS)
+
+    def sched_yield(self) -> int:
+        os.sched_yield()
+        return Errno.SUCCESS
+
+    # ---- sockets (listen/connect arrive with keep networking) ----
+
+    def sock_accept(self, fd: int, _flags: int, _fd_ptr: int) -> int:
+        self._file(fd)
+        raise WasiError(Errno.NOTSOCK)
+
+    def sock_recv(self, fd: int, *_: int) -> int:
+        self._file(fd)
+        raise WasiError(Errno.NOTSOCK)
+
+    def sock_send(self, fd: int, *_: int) -> int:
+        self._file(fd)
+        raise WasiError(Errno.NOTSOCK)
+
+    def sock_shutdown(self, fd: int, _how: int) -> int:
+        self._file(fd)
+        raise WasiError(Errno.NOTSOCK)
+
+
+def _errno_boundary(func: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Turn the failures a WASI call may have into the errno the workload gets."""
+
+    def call(*args: int) -> int | None:
+        try:
+            return func(*args)
+        except WasiError as exc:
+            return int(exc.errno)
+        except GuestFault:
+            return int(Errno.FAULT)
+        except OSError as exc:
+            return int(abi.wasi_errno(exc))
+        except DeadlineExceeded:
+            raise HostTrap(DeadlineHit()) from None
+
+    call.__name__ = func.__name__
+    return call

@@ -1,0 +1,1 @@
+"""Pure formats shared by the host and the keep: no I/O, no imports outside this package."""

@@ -1,0 +1,702 @@
+"""The workload config, in Enarx's ``Enarx.toml`` format (see DESIGN.md, "The workload config").
+
+Pure: it parses text it is given and never opens a file. It runs in the keep too, where the config
+arrives as JSON from an untrusted host, so :meth:`WorkloadConfig.from_json` validates as strictly as
+the TOML parser does.
+
+Semantic errors name the file, the line and the key (``Enarx.toml:12: files[3].prot: ...``).
+``tomllib`` reports lines only for syntax errors, so :class:`_Locator` scans the (already valid)
+TOML text once to map each key path to the line it is written on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import difflib
+import json
+import re
+import tomllib
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from motte.shared.errors import MotteError
+
+FileKind = Literal["null", "stdin", "stdout", "stderr", "listen", "connect"]
+Protocol = Literal["tls", "tcp"]
+
+# Literal-typed lookups, so validated strings get their Literal type without casts.
+_KINDS: dict[str, FileKind] = {
+    "null": "null",
+    "stdin": "stdin",
+    "stdout": "stdout",
+    "stderr": "stderr",
+    "listen": "listen",
+    "connect": "connect",
+}
+_PROTOCOLS: dict[str, Protocol] = {"tls": "tls", "tcp": "tcp"}
+_DEFAULT_PORTS: dict[Protocol, int] = {"tls": 443, "tcp": 80}
+_DEFAULT_ADDR = "::"
+
+# The keys each kind takes, in the order hints list them.
+_KIND_KEYS: dict[FileKind, tuple[str, ...]] = {
+    "null": ("kind", "name"),
+    "stdin": ("kind", "name"),
+    "stdout": ("kind", "name"),
+    "stderr": ("kind", "name"),
+    "listen": ("kind", "name", "prot", "addr", "port"),
+    "connect": ("kind", "name", "prot", "host", "port", "ca"),
+}
+_FILE_KEYS = ("kind", "name", "prot", "addr", "host", "port", "ca")
+_TOP_KEYS = ("steward", "args", "env", "files")
+
+# FD_COUNT and FD_NAMES describe the files motte actually opened, so they override the user's env.
+FD_COUNT = "FD_COUNT"
+FD_NAMES = "FD_NAMES"
+_NAME_SEPARATOR = ":"
+
+
+class ConfigError(MotteError):
+    """An invalid workload config. ``source``, ``line`` and ``path`` locate it for callers and tests."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        source: str | None = None,
+        line: int | None = None,
+        path: str | None = None,
+    ):
+        super().__init__(message, hint=hint)
+        self.source = source
+        self.line = line
+        self.path = path
+
+
+class FrozenEnv(Mapping[str, str]):
+    """An immutable, hashable str -> str mapping, so a WorkloadConfig can be frozen and hashable."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | None = None):
+        self._items: dict[str, str] = dict(items or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenEnv({self._items!r})"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One pre-opened file; file *i* of a config is the workload's WASI fd *i*."""
+
+    kind: FileKind
+    name: str
+    prot: Protocol | None = None
+    addr: str | None = None  # listen only
+    host: str | None = None  # connect only
+    port: int | None = None  # listen/connect, defaults applied
+    ca: str | None = None  # connect + tls only: path of an extra CA bundle (motte extension)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name}
+        for key in ("prot", "addr", "host", "port", "ca"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+_EMPTY_ENV: Mapping[str, str] = MappingProxyType({})
+_DEFAULT_FILES = (FileSpec("stdin", "stdin"), FileSpec("stdout", "stdout"), FileSpec("stderr", "stderr"))
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """A validated workload config. The defaults are the config a workload gets without Enarx.toml."""
+
+    steward: str | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=FrozenEnv)
+    files: tuple[FileSpec, ...] = _DEFAULT_FILES
+
+    def __post_init__(self) -> None:
+        # Normalise what callers pass (lists, dicts) so the instance really is immutable and hashable.
+        object.__setattr__(self, "args", tuple(self.args))
+        if not isinstance(self.env, FrozenEnv):
+            object.__setattr__(self, "env", FrozenEnv(self.env))
+        object.__setattr__(self, "files", tuple(self.files))
+
+    def fd_names(self) -> str:
+        return _NAME_SEPARATOR.join(f.name for f in self.files)
+
+    def workload_env(self) -> dict[str, str]:
+        """The workload's environment: its env plus FD_COUNT and FD_NAMES (motte's win, as in Enarx)."""
+        env = dict(self.env)
+        env[FD_COUNT] = str(len(self.files))
+        env[FD_NAMES] = self.fd_names()
+        return env
+
+    def with_extra(self, args: Sequence[str] = (), env: Mapping[str, str] = _EMPTY_ENV) -> WorkloadConfig:
+        """Add the command line's trailing args and ``--env`` values: args are appended, env merged with
+        the command line winning. They are validated like the file's."""
+        if isinstance(args, str):
+            raise TypeError("args must be a sequence of strings, not a string")
+        report = _Reporter("command line", None)
+        extra_args = [_check_arg(a, ("args", i), report) for i, a in enumerate(args)]
+        extra_env = _check_env(dict(env), report)
+        merged = {**self.env, **extra_env}
+        return WorkloadConfig(self.steward, (*self.args, *extra_args), FrozenEnv(merged), self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain JSON-able dict, with every default resolved, for the host <-> keep channel."""
+        out: dict[str, Any] = {}
+        if self.steward is not None:
+            out["steward"] = self.steward
+        out["args"] = list(self.args)
+        out["env"] = dict(self.env)
+        out["files"] = [f.to_json() for f in self.files]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, *, source: str = "workload config") -> WorkloadConfig:
+        """Validate a dict from :meth:`to_json` (or anything else: the host is untrusted).
+
+        The rules are the TOML ones; anything invalid raises :class:`ConfigError` naming the field.
+        """
+        return _build(data, _Reporter(source, None))
+
+
+def default_config() -> WorkloadConfig:
+    """The config of a workload without Enarx.toml: stdin, stdout and stderr."""
+    return WorkloadConfig()
+
+
+def parse_enarx_toml(text: str, source: str = "Enarx.toml") -> WorkloadConfig:
+    """Parse and validate the text of an Enarx.toml. ``source`` names it in error messages."""
+    # Editors on Windows may save a byte-order mark, which tomllib rejects; it is not content.
+    text = text.removeprefix("\ufeff")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        line = _toml_error_line(message, text)
+        where = f"{source}:{line}" if line is not None else source
+        raise ConfigError(f"{where}: invalid TOML: {message}", source=source, line=line) from None
+    return _build(data, _Reporter(source, _Locator(text).line_of))
+
+
+def _toml_error_line(message: str, text: str) -> int | None:
+    m = re.search(r"\(at line (\d+), column \d+\)", message)
+    if m:
+        return int(m.group(1))
+    if "at end of document" in message:
+        return max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
+    return None
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+_Path = tuple[str | int, ...]
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}#\r\n]+")
+
+
+def _format_path(path: _Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            key = part if _BARE_KEY.fullmatch(part) else _quote(part)
+            out += f".{key}" if out else key
+    return out
+
+
+def _quote(value: str, limit: int = 60) -> str:
+    """A string for a message: quoted, shortened, control characters escaped (it may be hostile)."""
+    short = value[:limit]
+    text = json.dumps(short, ensure_ascii=False)
+    text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+    return text + ("…" if len(value) > limit else "")
+
+
+def _show(value: Any) -> str:
+    """A value of the expected type, for "got ..." in a message."""
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _describe(value: Any) -> str:
+    """A value of the wrong type, for "got ..." in a message: its TOML type, and the value if short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {_show(value)}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        return f"string {_quote(value)}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return {"datetime": "a date-time", "date": "a date", "time": "a time"}.get(
+        type(value).__name__, f"a {type(value).__name__}"
+    )
+
+
+def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f'did you mean "{close[0]}"? ' if close else ""
+
+
+class _Reporter:
+    """Builds ConfigErrors for one source; ``locate`` maps a key path to its line, if known."""
+
+    def __init__(self, source: str, locate: Callable[[_Path], int | None] | None):
+        self.source = source
+        self.locate = locate
+
+    def error(
+        self, path: _Path, message: str, *, hint: str | None = None, at: _Path | None = None
+    ) -> ConfigError:
+        line = self.locate(at if at is not None else path) if self.locate else None
+        where = f"{self.source}:{line}" if line is not None else self.source
+        shown = _format_path(path)
+        text = f"{where}: {shown}: {message}" if shown else f"{where}: {message}"
+        return ConfigError(text, hint=hint, source=self.source, line=line, path=shown or None)
+
+
+def _has_control(value: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in value)
+
+
+def _is_utf8(value: str) -> bool:
+    # Lone surrogates (from a hostile JSON peer, or text decoded with surrogateescape) cannot be
+    # encoded for the workload.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _string(value: Any, path: _Path, report: _Reporter, what: str = "a string") -> str:
+    if not isinstance(value, str):
+        raise report.error(path, f"must be {what}, got {_describe(value)}")
+    if not _is_utf8(value):
+        raise report.error(path, "must be valid Unicode (it has a lone surrogate)")
+    return value
+
+
+def _check_arg(value: Any, path: _Path, report: _Reporter) -> str:
+    text = _string(value, path, report)
+    if "\0" in text:
+        # WASI hands args to the workload as NUL-terminated strings.
+        raise report.error(path, "must not contain a NUL character")
+    return text
+
+
+def _check_env(value: Any, report: _Reporter) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise report.error(("env",), f"must be a table of strings, got {_describe(value)}")
+    env: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise report.error(("env",), f"keys must be strings, got {_describe(key)}")
+        if not _is_utf8(key):
+            raise report.error(("env",), f"key {_quote(key)} must be valid Unicode (it has a lone surrogate)")
+        path: _Path = ("env", key)
+        # WASI passes the environment as NUL-terminated "KEY=VALUE" strings.
+        if not key or "=" in key or "\0" in key:
+            raise report.error(path, 'a variable name must be non-empty, without "=" or NUL')
+        text = _string(item, path, report)
+        if "\0" in text:
+            raise report.error(path, "must not contain a NUL character")
+        env[key] = text
+    return env
+
+
+def _check_steward(value: Any, report: _Reporter) -> str:
+    path: _Path = ("steward",)
+    url = _string(value, path, report, "an https:// URL")
+    hint = 'e.g. steward = "https://steward.example.com"'
+    if _has_control(url) or any(c.isspace() for c in url):
+        raise report.error(path, f"must be an https:// URL, got {_quote(url)}", hint=hint)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        if parts.port == 0:  # reading .port raises ValueError for a port that is not a number
+            raise ValueError("port 0")
+    except ValueError:
+        raise report.error(path, f"is not a valid URL: {_quote(url)}", hint=hint) from None
+    if parts.scheme.lower() != "https" or not host:
+        # The Steward issues the keep's certificate; it must be reached over an authenticated channel.
+        raise report.error(path, f"must be an https:// URL, got {_quote(url)}", hint=hint)
+    return url
+
+
+def _check_name(value: Any, path: _Path, report: _Reporter) -> str:
+    name = _string(value, path, report)
+    if not name:
+        raise report.error(path, "must not be empty")
+    if _NAME_SEPARATOR in name:
+        raise report.error(
+            path,
+            f'must not contain ":", got {_quote(name)}',
+            hint='":" separates the names in FD_NAMES; choose another name',
+        )
+    if _has_control(name):
+        raise report.error(path, f"must not contain control characters, got {_quote(name)}")
+    return name
+
+
+def _check_host(value: Any, path: _Path, report: _Reporter, what: str) -> str:
+    text = _string(value, path, report)
+    if not text or _has_control(text) or any(c.isspace() for c in text):
+        raise report.error(path, f"must be {what}, got {_quote(text)}")
+    return text
+
+
+def _check_port(value: Any, path: _Path, report: _Reporter) -> int:
+    what = "an integer from 1 to 65535"
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = f"write port = {value} without quotes" if isinstance(value, str) and value.isdigit() else None
+        raise report.error(path, f"must be {what}, got {_describe(value)}", hint=hint)
+    if not 1 <= value <= 65535:
+        raise report.error(path, f"must be {what}, got {value}")
+    return value
+
+
+def _check_file(entry: Any, index: int, report: _Reporter) -> FileSpec:
+    base: _Path = ("files", index)
+    if not isinstance(entry, dict):
+        raise report.error(
+            base,
+            f"must be a table, got {_describe(entry)}",
+            hint='write each file as a [[files]] table with a kind, e.g. kind = "stdin"',
+        )
+    kinds_hint = "kind is one of " + ", ".join(_KINDS)
+    if "kind" not in entry:
+        raise report.error((*base, "kind"), "is required", hint=kinds_hint)
+    raw_kind = _string(entry["kind"], (*base, "kind"), report)
+    kind = _KINDS.get(raw_kind)
+    if kind is None:
+        raise report.error((*base, "kind"), f"unknown kind {_quote(raw_kind)}", hint=kinds_hint)
+
+    allowed = _KIND_KEYS[kind]
+    takes = f"a {kind} entry takes " + ", ".join(allowed)
+    for key in entry:
+        if not isinstance(key, str):
+            raise report.error(base, f"keys must be strings, got {_describe(key)}")
+        if key not in _FILE_KEYS:
+            raise report.error((*base, key), "unknown key", hint=_did_you_mean(key, allowed) + takes)
+        if key not in allowed:
+            raise report.error((*base, key), f'is not valid for kind "{kind}"', hint=takes)
+
+    if kind in ("null", "stdin", "stdout", "stderr"):
+        name = _check_name(entry["name"], (*base, "name"), report) if "name" in entry else kind
+        return FileSpec(kind, name)
+
+    if "prot" not in entry:
+        raise report.error(
+            (*base, "prot"),
+            f'is required for kind "{kind}"',
+            hint='add prot = "tls", which Enarx assumed, or prot = "tcp"',
+            at=base,
+        )
+    raw_prot = _string(entry["prot"], (*base, "prot"), report)
+    prot = _PROTOCOLS.get(raw_prot)
+    if prot is None:
+        raise report.error((*base, "prot"), f'must be "tls" or "tcp", got {_quote(raw_prot)}')
+    port = _check_port(entry["port"], (*base, "port"), report) if "port" in entry else _DEFAULT_PORTS[prot]
+
+    if kind == "listen":
+        if "name" not in entry:
+            raise report.error(
+                (*base, "name"),
+                'is required for kind "listen"',
+                hint="the workload finds its socket by this name in FD_NAMES",
+            )
+        name = _check_name(entry["name"], (*base, "name"), report)
+        addr = (
+            _check_host(entry["addr"], (*base, "addr"), report, "an address to listen on")
+            if "addr" in entry
+            else _DEFAULT_ADDR
+        )
+        return FileSpec(kind, name, prot=prot, addr=addr, port=port)
+
+    if "host" not in entry:
+        raise report.error((*base, "host"), 'is required for kind "connect"', hint="the host to connect to")
+    host = _check_host(entry["host"], (*base, "host"), report, "a host name or address")
+    if "name" in entry:
+        name = _check_name(entry["name"], (*base, "name"), report)
+    elif _NAME_SEPARATOR in host:
+        # The name defaults to the host, and an IPv6 address would split FD_NAMES.
+        raise report.error(
+            (*base, "name"),
+            f'must be set, since host {_quote(host)} contains ":"',
+            hint='":" separates the names in FD_NAMES; set a name',
+            at=(*base, "host"),
+        )
+    else:
+        name = host
+    ca = None
+    if "ca" in entry:
+        ca = _string(entry["ca"], (*base, "ca"), report, "a path to a CA bundle")
+        if not ca or _has_control(ca):
+            raise report.error((*base, "ca"), f"must be a path to a CA bundle, got {_quote(ca)}")
+        if prot != "tls":
+            raise report.error(
+                (*base, "ca"), 'is only valid with prot = "tls"', hint='set prot = "tls" or remove ca'
+            )
+    return FileSpec(kind, name, prot=prot, host=host, port=port, ca=ca)
+
+
+def _build(data: Any, report: _Reporter) -> WorkloadConfig:
+    if not isinstance(data, dict):
+        raise report.error((), f"must be a table, got {_describe(data)}")
+    top_hint = "the top-level keys are " + ", ".join(_TOP_KEYS)
+    for key in data:
+        if not isinstance(key, str):
+            raise report.error((), f"keys must be strings, got {_describe(key)}")
+        if key not in _TOP_KEYS:
+            raise report.error((key,), "unknown key", hint=_did_you_mean(key, _TOP_KEYS) + top_hint)
+
+    steward = _check_steward(data["steward"], report) if "steward" in data else None
+
+    raw_args = data.get("args", [])
+    if not isinstance(raw_args, list):
+        raise report.error(
+            ("args",),
+            f"must be an array of strings, got {_describe(raw_args)}",
+            hint='e.g. args = ["--verbose"]',
+        )
+    args = tuple(_check_arg(a, ("args", i), report) for i, a in enumerate(raw_args))
+
+    env = _check_env(data.get("env", {}), report)
+
+    # As in Enarx, a config without `files` has no files; only a missing Enarx.toml means stdio.
+    raw_files = data.get("files", [])
+    if not isinstance(raw_files, list):
+        raise report.error(
+            ("files",),
+            f"must be an array of tables, got {_describe(raw_files)}",
+            hint="write [[files]] tables",
+        )
+    files = tuple(_check_file(entry, i, report) for i, entry in enumerate(raw_files))
+    return WorkloadConfig(steward=steward, args=args, env=FrozenEnv(env), files=files)
+
+
+# --- finding the line of a key ---------------------------------------------------------------------
+
+
+class _ScanError(Exception):
+    """The scanner met something it does not understand; the lines found so far still serve."""
+
+
+class _Locator:
+    """Maps key paths of a valid TOML document to the line each is written on.
+
+    A small scanner that understands just enough TOML to skip values: strings of all four kinds,
+    arrays and inline tables (whose elements and keys it records too), comments and table headers.
+    ``[[files]]`` headers count up so path ``("files", 3, "prot")`` is the prot of the fourth entry.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+        self.lines: dict[_Path, int] = {}
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        self._aot_index: dict[_Path, int] = {}
+        # It only runs on text tomllib accepted; should it still get lost, what it found so far serves.
+        with contextlib.suppress(_ScanError, IndexError, ValueError):
+            self._scan()
+
+    def line_of(self, path: _Path) -> int | None:
+        """The line of ``path``, or else of its nearest enclosing key or table that is written down."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def _line(self, pos: int) -> int:
+        return bisect.bisect_right(self._line_starts, pos)
+
+    def _record(self, path: _Path, pos: int) -> None:
+        self.lines.setdefault(path, self._line(pos))
+
+    def _peek(self, s: str) -> bool:
+        return self.text.startswith(s, self.pos)
+
+    def _skip_blank(self, newlines: bool) -> None:
+        text = self.text
+        while self.pos < len(text):
+            c = text[self.pos]
+            if c in " \t" or (newlines and c in "\r\n"):
+                self.pos += 1
+            elif newlines and c == "#":
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            else:
+                return
+
+    def _expect(self, s: str) -> None:
+        if not self._peek(s):
+            raise _ScanError(f"expected {s!r} at {self.pos}")
+        self.pos += len(s)
+
+    def _scan(self) -> None:
+        table: _Path = ()
+        while True:
+            self._skip_blank(newlines=True)
+            if self.pos >= len(self.text):
+                return
+            start = self.pos
+            if self._peek("[["):
+                self.pos += 2
+                table = self._resolve_header(self._key(), array=True)
+                self._skip_blank(newlines=False)
+                self._expect("]]")
+                self._record(table, start)
+            elif self._peek("["):
+                self.pos += 1
+                table = self._resolve_header(self._key(), array=False)
+                self._skip_blank(newlines=False)
+                self._expect("]")
+                self._record(table, start)
+            else:
+                self._key_value(table)
+
+    def _resolve_header(self, keys: tuple[str, ...], *, array: bool) -> _Path:
+        # Each component that names an array of tables refers to its latest element.
+        path: _Path = ()
+        for key in keys[:-1]:
+            path += (key,)
+            if path in self._aot_index:
+                path += (self._aot_index[path],)
+        path += (keys[-1],)
+        if array:
+            self._aot_index[path] = self._aot_index.get(path, -1) + 1
+            path += (self._aot_index[path],)
+        return path
+
+    def _key_value(self, table: _Path) -> None:
+        start = self.pos
+        keys = self._key()
+        for i in range(1, len(keys) + 1):
+            self._record(table + keys[:i], start)
+        self._skip_blank(newlines=False)
+        self._expect("=")
+        self._skip_blank(newlines=False)
+        self._value(table + keys)
+
+    def _key(self) -> tuple[str, ...]:
+        parts: list[str] = []
+        while True:
+            self._skip_blank(newlines=False)
+            start = self.pos
+            c = self.text[self.pos]
+            if c == "'":
+                self._string()
+                parts.append(self.text[start + 1 : self.pos - 1])
+            elif c == '"':
+                self._string()
+                # Let tomllib undo the escapes, so the key matches the parsed dict's.
+                parts.extend(tomllib.loads(self.text[start : self.pos] + " = 0"))
+            else:
+                m = _BARE_KEY.match(self.text, self.pos)
+                if not m:
+                    raise _ScanError(f"expected a key at {self.pos}")
+                parts.append(m.group())
+                self.pos = m.end()
+            self._skip_blank(newlines=False)
+            if not self._peek("."):
+                return tuple(parts)
+            self.pos += 1
+
+    def _string(self) -> None:
+        text = self.text
+        for quote in ('"""', "'''"):
+            if self._peek(quote):
+                self.pos += 3
+                while not self._peek(quote):
+                    if self.pos >= len(text):
+                        raise _ScanError("unterminated string")
+                    self.pos += 2 if quote == '"""' and text[self.pos] == "\\" else 1
+                # Up to two quotes may sit right before the closing three.
+                run = 3
+                while run < 5 and self.pos + run < len(text) and text[self.pos + run] == quote[0]:
+                    run += 1
+                self.pos += run
+                return
+        quote = text[self.pos]
+        self.pos += 1
+        while text[self.pos] != quote:
+            if text[self.pos] in "\r\n":
+                raise _ScanError("unterminated string")
+            self.pos += 2 if quote == '"' and text[self.pos] == "\\" else 1
+        self.pos += 1
+
+    def _value(self, path: _Path) -> None:
+        c = self.text[self.pos]
+        if c in "\"'":
+            self._string()
+        elif c == "[":
+            self.pos += 1
+            index = 0
+            while True:
+                self._skip_blank(newlines=True)
+                if self._peek("]"):
+                    self.pos += 1
+                    return
+                self._record((*path, index), self.pos)
+                self._value((*path, index))
+                index += 1
+                self._skip_blank(newlines=True)
+                if self._peek(","):
+                    self.pos += 1
+                elif not self._peek("]"):
+                    raise _ScanError(f"expected ',' or ']' at {self.pos}")
+        elif c == "{":
+            self.pos += 1
+            while True:
+                self._skip_blank(newlines=True)
+                if self._peek("}"):
+                    self.pos += 1
+                    return
+                self._key_value(path)
+                self._skip_blank(newlines=True)
+                if self._peek(","):
+                    self.pos += 1
+                elif not self._peek("}"):
+                    raise _ScanError(f"expected ',' or '}}' at {self.pos}")
+        else:
+            # Numbers, booleans, dates: run to the next delimiter (a date-time may hold a space).
+            m = _SCALAR.match(self.text, self.pos)
+            if not m:
+                raise _ScanError(f"expected a value at {self.pos}")
+            self.pos = m.end()

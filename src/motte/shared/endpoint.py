@@ -1,0 +1,417 @@
+"""Blocking, thread-safe I/O around :class:`~motte.shared.channel.ChannelState`.
+
+This is the I/O edge of the channel protocol, the same on both sides and on every backend: a
+reader thread turns received bytes into per-stream inboxes, a writer thread sends queued bytes.
+Application threads never touch the transport, so neither side can deadlock the other by writing
+while the peer writes; what they queue is bounded by the stream credit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from motte.shared.channel import (
+    ChannelState,
+    Control,
+    CreditGranted,
+    Data,
+    Hello,
+    ProtocolError,
+    Role,
+    StreamEnded,
+    StreamOpened,
+    StreamRefused,
+    StreamReset,
+)
+from motte.shared.errors import MotteError
+
+READ_SIZE = 256 << 10
+
+
+class Transport(Protocol):
+    def recv(self, size: int) -> bytes: ...
+    def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
+        """Send all the buffers, in order (scatter-gather: no joining copy)."""
+    def close(self) -> None: ...
+
+
+def _send_vectored(send: Callable[[list[bytes | memoryview]], int], buffers: list[bytes | memoryview]) -> None:
+    views = [memoryview(b) for b in buffers]
+    index = 0
+    while index < len(views):
+        sent = send(views[index : index + 512])  # IOV_MAX is 1024 on Linux
+        while sent and index < len(views):
+            length = len(views[index])
+            if sent >= length:
+                sent -= length
+                index += 1
+            else:
+                views[index] = views[index][sent:]
+                sent = 0
+
+
+class FdTransport:
+    """A raw file descriptor (a virtio port inside a VM keep, a pipe or socket fd)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self.fd, size)
+
+    def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
+        _send_vectored(lambda views: os.writev(self.fd, views), buffers)
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class SocketTransport:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def recv(self, size: int) -> bytes:
+        return self.sock.recv(size)
+
+    def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
+        _send_vectored(self.sock.sendmsg, buffers)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class ChannelClosed(MotteError):
+    """The channel ended: the peer went away or broke the protocol."""
+
+
+class StreamAborted(MotteError):
+    """The peer reset the stream."""
+
+
+class Timeout(MotteError):
+    pass
+
+
+@dataclass
+class _Inbox:
+    chunks: deque[bytes] = field(default_factory=deque)
+    size: int = 0
+    eof: bool = False
+    reset: str | None = None
+    unacked: int = 0  # bytes consumed but not yet returned to the peer as credit
+
+
+class Endpoint:
+    def __init__(self, transport: Transport, role: Role, *, window: int | None = None, name: str = "channel"):
+        self._transport = transport
+        self._state = ChannelState(role) if window is None else ChannelState(role, window)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # inboxes, credit, queues, closure
+        self._to_send = threading.Condition(self._lock)
+        self._pending: list[bytes | memoryview] = []
+        self._inboxes: dict[int, _Inbox] = {}
+        self._controls: deque[dict[str, Any]] = deque()
+        self._opened: deque[tuple[int, dict[str, Any]]] = deque()
+        self._peer_hello: dict[str, Any] | None = None
+        self._closed: BaseException | None = None
+        self._transport_done = False
+        self.name = name
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True)
+
+    def start(self) -> Endpoint:
+        self._reader.start()
+        self._writer.start()
+        return self
+
+    # ---- handshake and control ----
+
+    def hello(self, timeout: float | None = None, **info: Any) -> dict[str, Any]:
+        self.send_hello(**info)
+        return self.await_hello(timeout)
+
+    def send_hello(self, **info: Any) -> None:
+        with self._lock:
+            self._state.send_hello(**info)
+            self._queue_outgoing()
+
+    def await_hello(self, timeout: float | None = None) -> dict[str, Any]:
+        with self._lock:
+            ok = self._changed.wait_for(lambda: self._peer_hello is not None or self._closed is not None, timeout)
+            if self._peer_hello is not None:
+                return self._peer_hello
+            self._raise_if_closed()
+            if not ok:
+                raise Timeout(f"no HELLO from the peer within {timeout:.0f} s")
+            raise ChannelClosed("channel closed during HELLO")
+
+    def send_control(self, op: str, **fields: Any) -> None:
+        with self._lock:
+            self._raise_if_closed()
+            self._state.send_control(op, **fields)
+            self._queue_outgoing()
+
+    def recv_control(self, timeout: float | None = None) -> dict[str, Any]:
+        with self._lock:
+            ok = self._changed.wait_for(lambda: self._controls or self._closed is not None, timeout)
+            if self._controls:
+                return self._controls.popleft()
+            self._raise_if_closed()
+            raise Timeout(f"no control message within {timeout} s") if not ok else ChannelClosed("closed")
+
+    # ---- streams ----
+
+    def open_stream(self, kind: str, **meta: Any) -> int:
+        with self._lock:
+            self._raise_if_closed()
+            stream = self._state.open_stream(kind, **meta)
+            self._inboxes[stream] = _Inbox()
+            self._queue_outgoing()
+            return stream
+
+    def accept_stream(self, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            ok = self._changed.wait_for(lambda: self._opened or self._closed is not None, timeout)
+            if self._opened:
+                return self._opened.popleft()
+            self._raise_if_closed()
+            raise Timeout("no stream opened") if not ok else ChannelClosed("closed")
+
+    def write(self, stream: int, data: bytes | memoryview, deadline: float | None = None) -> None:
+        """Send all of ``data``, waiting for credit as needed."""
+        view = memoryview(data)
+        with self._lock:
+            while view:
+                self._raise_if_closed()
+                inbox = self._inboxes.get(stream)
+                if inbox is not None and inbox.reset is not None:
+                    raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
+                if not self._state.is_open(stream):
+                    raise StreamAborted(f"stream {stream} is closed")
+                taken = self._state.send_data(stream, view)
+                if taken:
+                    view = view[taken:]
+                    self._queue_outgoing()
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Timeout(f"stream {stream}: no credit from the peer before the deadline")
+                self._changed.wait(remaining)
+
+    def write_window(self, stream: int) -> int:
+        with self._lock:
+            return self._state.send_window(stream)
+
+    def read(self, stream: int, size: int, timeout: float | None = None) -> bytes:
+        """Up to ``size`` bytes; ``b""`` at EOF. Blocks until data, EOF, reset or timeout."""
+        with self._lock:
+            inbox = self._inboxes.get(stream)
+            if inbox is None:
+                raise StreamAborted(f"stream {stream} is not open")
+            ok = self._changed.wait_for(
+                lambda: inbox.size or inbox.eof or inbox.reset is not None or self._closed is not None, timeout
+            )
+            if inbox.size:
+                return self._take(stream, inbox, size)
+            if inbox.reset is not None:
+                raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
+            if inbox.eof:
+                return b""
+            self._raise_if_closed()
+            assert not ok
+            raise Timeout(f"stream {stream}: nothing to read within {timeout} s")
+
+    def read_nowait(self, stream: int, size: int) -> bytes | None:
+        """Like :meth:`read` but returns ``None`` instead of blocking."""
+        with self._lock:
+            inbox = self._inboxes.get(stream)
+            if inbox is None:
+                raise StreamAborted(f"stream {stream} is not open")
+            if inbox.size:
+                return self._take(stream, inbox, size)
+            if inbox.reset is not None:
+                raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
+            if inbox.eof:
+                return b""
+            self._raise_if_closed()
+            return None
+
+    def _take(self, stream: int, inbox: _Inbox, size: int) -> bytes:
+        pieces: list[bytes] = []
+        wanted = size
+        while wanted and inbox.chunks:
+            chunk = inbox.chunks[0]
+            if len(chunk) <= wanted:
+                pieces.append(inbox.chunks.popleft())
+                wanted -= len(chunk)
+            else:
+                pieces.append(chunk[:wanted])
+                inbox.chunks[0] = chunk[wanted:]
+                wanted = 0
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        inbox.size -= len(data)
+        inbox.unacked += len(data)
+        # Return credit in batches: one CREDIT frame per quarter window, not per read.
+        if inbox.unacked >= self._state.window // 4 or not inbox.size:
+            self._state.grant_credit(stream, inbox.unacked)
+            inbox.unacked = 0
+            self._queue_outgoing()
+        return data
+
+    def readable(self, stream: int) -> bool:
+        """True when a read on ``stream`` would not block."""
+        with self._lock:
+            inbox = self._inboxes.get(stream)
+            return (
+                inbox is None
+                or bool(inbox.size)
+                or inbox.eof
+                or inbox.reset is not None
+                or self._closed is not None
+            )
+
+    def wait(self, predicate_streams: Iterable[int], timeout: float | None) -> bool:
+        """Wait until any of the streams is readable (or the channel closes), up to ``timeout``."""
+        streams = list(predicate_streams)
+
+        def ready() -> bool:
+            if self._closed is not None:
+                return True
+            for stream in streams:
+                inbox = self._inboxes.get(stream)
+                if inbox is None or inbox.size or inbox.eof or inbox.reset is not None:
+                    return True
+            return False
+
+        with self._lock:
+            return self._changed.wait_for(ready, timeout)
+
+    def eof(self, stream: int) -> None:
+        with self._lock:
+            if self._closed is None:
+                self._state.send_eof(stream)
+                self._queue_outgoing()
+
+    def reset(self, stream: int, reason: str = "") -> None:
+        with self._lock:
+            self._inboxes.pop(stream, None)
+            if self._closed is None:
+                self._state.reset_stream(stream, reason)
+                self._queue_outgoing()
+
+    # ---- lifetime ----
+
+    @property
+    def closed(self) -> BaseException | None:
+        return self._closed
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued byte has been handed to the transport."""
+        with self._lock:
+            return self._changed.wait_for(lambda: not self._pending or self._closed is not None, timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed is None:
+                self._closed = ChannelClosed("channel closed by this side")
+            self._changed.notify_all()
+            self._to_send.notify_all()
+        self._transport.close()
+
+    # ---- internals ----
+
+    def _raise_if_closed(self) -> None:
+        if self._closed is not None:
+            if isinstance(self._closed, MotteError):
+                raise self._closed
+            raise ChannelClosed(f"channel closed: {self._closed}")
+
+    def _queue_outgoing(self) -> None:
+        buffers = self._state.outgoing()
+        if buffers:
+            self._pending += buffers
+            self._to_send.notify()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._closed is None:
+                self._closed = error
+            self._changed.notify_all()
+            self._to_send.notify_all()
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                data = self._transport.recv(READ_SIZE)
+                if not data:
+                    self._fail(ChannelClosed("the peer closed the channel"))
+                    return
+                self.bytes_received += len(data)
+                with self._lock:
+                    for event in self._state.receive(data):
+                        self._dispatch(event)
+                    self._queue_outgoing()
+                    self._changed.notify_all()
+        except ProtocolError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(ChannelClosed(f"channel read failed: {exc.strerror or exc}"))
+        except Exception as exc:
+            self._fail(ChannelClosed(f"channel reader failed: {type(exc).__name__}: {exc}"))
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, Data):
+            inbox = self._inboxes.get(event.stream)
+            if inbox is not None and event.data:
+                inbox.chunks.append(event.data)
+                inbox.size += len(event.data)
+        elif isinstance(event, Control):
+            self._controls.append(event.message)
+        elif isinstance(event, StreamOpened):
+            self._inboxes[event.stream] = _Inbox()
+            self._opened.append((event.stream, event.meta))
+        elif isinstance(event, StreamEnded):
+            inbox = self._inboxes.get(event.stream)
+            if inbox is not None:
+                inbox.eof = True
+        elif isinstance(event, StreamReset):
+            inbox = self._inboxes.get(event.stream)
+            if inbox is not None:
+                inbox.reset = event.reason or "reset"
+        elif isinstance(event, Hello):
+            self._peer_hello = event.info
+        elif isinstance(event, CreditGranted | StreamRefused):
+            pass  # waiters re-check credit on notify; refusals were answered by the state machine
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._to_send.wait_for(lambda: self._pending or self._closed is not None)
+                if not self._pending:
+                    return
+                buffers, self._pending = self._pending, []
+            try:
+                self._transport.send_buffers(buffers)
+                self.bytes_sent += sum(len(b) for b in buffers)
+            except OSError as exc:
+                self._fail(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
+                return
+            with self._lock:
+                if not self._pending:
+                    self._changed.notify_all()  # flush() waiters

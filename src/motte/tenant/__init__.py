@@ -1,0 +1,1 @@
+"""Code that runs on the tenant's side: it verifies what a keep proves about itself."""

@@ -1,0 +1,66 @@
+"""The compiled-module cache: a second run of the same module skips compilation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import wasmtime
+
+from motte.host.backends import LaunchSpec, get_backend
+from motte.host.session import HostStdio, RunRequest, run_workload
+from motte.keep.engine import ModuleCache, make_engine
+from motte.shared.enarx_config import default_config
+
+
+def _run(wasm: bytes, cache: Path, sink: int) -> bool | None:
+    keep = get_backend("nil").launch(LaunchSpec(memory_bytes=1 << 30))
+    try:
+        result = run_workload(keep, RunRequest(wasm, default_config(), cache_dir=str(cache)), HostStdio(stdout=sink))
+    finally:
+        keep.close()
+    assert (result.reason, result.status) == ("exit", 0)
+    return result.cached
+
+
+def test_second_run_uses_the_cache(tmp_path: Path, wasm) -> None:
+    module = Path(wasm("hello")).read_bytes()
+    sink = os.open(os.devnull, os.O_WRONLY)
+    try:
+        assert _run(module, tmp_path / "cache", sink) is False
+        assert len(list((tmp_path / "cache").glob("*.cwasm"))) == 1
+        assert _run(module, tmp_path / "cache", sink) is True
+    finally:
+        os.close(sink)
+
+
+def test_cache_key_covers_engine_and_module() -> None:
+    cache = ModuleCache(None)
+    assert cache.key("a" * 64) != cache.key("b" * 64)
+    assert len(cache.key("a" * 64)) == 64
+
+
+def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
+    engine = make_engine()
+    module = Path(wasm("hello")).read_bytes()
+    import hashlib
+
+    digest = hashlib.sha256(module).hexdigest()
+    cache = ModuleCache(tmp_path)
+    assert not cache.load(engine, module, digest).from_cache
+    entry = next(tmp_path.glob("*.cwasm"))
+    entry.write_bytes(b"garbage")
+    loaded = cache.load(engine, module, digest)
+    assert not loaded.from_cache and isinstance(loaded.module, wasmtime.Module)
+    assert cache.load(engine, module, digest).from_cache
+
+
+def test_a_cache_dir_others_can_write_is_not_trusted(tmp_path: Path, wasm) -> None:
+    engine = make_engine()
+    module = Path(wasm("hello")).read_bytes()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    cache = ModuleCache(shared)
+    cache.load(engine, module, "0" * 64)
+    assert list(shared.iterdir()) == []
