@@ -84,7 +84,8 @@ def main() -> None:
         mib = 256
         with open(out, "wb") as sink:
             throughput = compare(
-                f"stdout: {mib} MiB in 4 KiB writes", [*MOTTE, "run", "--backend", "nil", writer, "--", str(mib), "4096"],
+                f"stdout: {mib} MiB in 4 KiB writes",
+                [*MOTTE, "run", "--backend", "nil", writer, "--", str(mib), "4096"],
                 [*direct, writer, out, str(mib), "4096"], max(3, repeats // 3), unit="MB/s", work=mib * 1.048576,
             )
             del sink

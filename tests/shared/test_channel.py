@@ -39,7 +39,9 @@ def pair(window: int = 1 << 16) -> tuple[ChannelState, ChannelState]:
 
 
 def test_frames_round_trip_through_the_decoder_in_any_split() -> None:
-    frames = [Frame(0, FrameType.CONTROL, b'{"op":"x"}'), Frame(3, FrameType.DATA, b"a" * 1000), Frame(3, FrameType.EOF)]
+    frames = [
+        Frame(0, FrameType.CONTROL, b'{"op":"x"}'), Frame(3, FrameType.DATA, b"a" * 1000), Frame(3, FrameType.EOF)
+    ]
     wire = b"".join(encode_frame(f) for f in frames)
     for split in (1, 7, 10, 500, len(wire)):
         decoder = FrameDecoder()

@@ -48,4 +48,5 @@ def _is_nil_run(args: list[str]) -> bool:
     words = [a for a in args if a != "--debug"]
     if not words or words[0] != "run" or "--help" in args or "-h" in args:
         return False
-    return any(a == "--backend=nil" or (a == "--backend" and b == "nil") for a, b in zip(args, args[1:] + [""]))
+    following = [*args[1:], ""]
+    return any(a == "--backend=nil" or (a == "--backend" and b == "nil") for a, b in zip(args, following, strict=True))

@@ -42,7 +42,7 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def _send_vectored(send: Callable[[list[bytes | memoryview]], int], buffers: list[bytes | memoryview]) -> None:
+def _send_vectored(send: Callable[[list[memoryview]], int], buffers: list[bytes | memoryview]) -> None:
     views = [memoryview(b) for b in buffers]
     index = 0
     while index < len(views):

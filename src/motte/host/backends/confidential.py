@@ -142,6 +142,7 @@ class Check:
     name: str
     ok: bool
     detail: str  # what was found; on failure, what is missing and what is needed
+    required: bool = True  # False: reported for information, does not decide support
 
 
 def _version(v: tuple[int, ...] | None) -> str:
@@ -204,7 +205,7 @@ def tdx_checks(
 
 def refuse_unless_ready(tech: str, checks: list[Check]) -> None:
     """Raise one clear error naming every failed check, or return."""
-    failed = [c for c in checks if not c.ok]
+    failed = [c for c in checks if c.required and not c.ok]
     if failed:
         reasons = "; ".join(f"{c.name}: {c.detail}" for c in failed)
         raise MotteError(f"this host cannot launch a {tech} keep: {reasons}",

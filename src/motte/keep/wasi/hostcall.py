@@ -82,7 +82,7 @@ class GuestMemory:
         length = len(data)
         address = self._span(ptr, length)
         if length:
-            _memmove(address, bytes(data) if isinstance(data, memoryview) else data, length)
+            _memmove(address, bytes(data), length)
 
     def read_u32(self, ptr: int) -> int:
         return _u32.from_address(self._span(ptr, 4)).value

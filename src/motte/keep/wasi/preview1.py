@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from motte.keep.wasi import abi
 from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
@@ -162,7 +163,7 @@ class Preview1:
         self.memory.write_u32(size_ptr, sum(len(e) + 1 for e in self.env))
         return Errno.SUCCESS
 
-    _CLOCKS = {
+    _CLOCKS: ClassVar[dict[int, int]] = {
         abi.CLOCK_REALTIME: time.CLOCK_REALTIME,
         abi.CLOCK_MONOTONIC: time.CLOCK_MONOTONIC,
         abi.CLOCK_PROCESS_CPUTIME: time.CLOCK_PROCESS_CPUTIME_ID,
