@@ -9,7 +9,7 @@ import wasmtime
 
 from motte.host.backends import LaunchSpec, get_backend
 from motte.host.session import HostStdio, RunRequest, run_workload
-from motte.keep.engine import ModuleCache, make_engine
+from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.shared.enarx_config import default_config
 
 
@@ -34,14 +34,15 @@ def test_second_run_uses_the_cache(tmp_path: Path, wasm) -> None:
         os.close(sink)
 
 
-def test_cache_key_covers_engine_and_module() -> None:
-    cache = ModuleCache(None)
+def test_cache_key_covers_engine_settings_and_module() -> None:
+    cache = ModuleCache(None, engine_settings(False))
     assert cache.key("a" * 64) != cache.key("b" * 64)
+    assert cache.key("a" * 64) != ModuleCache(None, engine_settings(True)).key("a" * 64)
     assert len(cache.key("a" * 64)) == 64
 
 
 def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
-    engine = make_engine()
+    engine = make_engine(False)
     module = Path(wasm("hello")).read_bytes()
     import hashlib
 
@@ -56,7 +57,7 @@ def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
 
 
 def test_a_cache_dir_others_can_write_is_not_trusted(tmp_path: Path, wasm) -> None:
-    engine = make_engine()
+    engine = make_engine(False)
     module = Path(wasm("hello")).read_bytes()
     shared = tmp_path / "shared"
     shared.mkdir()

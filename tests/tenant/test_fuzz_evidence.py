@@ -120,3 +120,22 @@ def test_every_single_bit_of_the_snp_report(vectors: Path) -> None:
         flipped = bytearray(evidence)
         flipped[bit // 8] ^= 1 << (bit % 8)
         refused(check, bytes(flipped))
+
+
+@pytest.mark.parametrize(
+    ("name", "bit"),
+    [
+        ("tdx", 10417),  # PCK certificate version field: x509.InvalidVersion
+        ("tdx", 13570),  # a name attribute turned into a BIT STRING: TypeError
+        ("tdx", 13672),  # the key-type OID: UnsupportedAlgorithm
+        ("sgx", 12048),
+        ("nitro", 696),  # the timestamp, far beyond year 9999
+        ("nitro", 7552),  # a cabundle certificate's version
+    ],
+)
+def test_flips_found_by_an_exhaustive_sweep(vectors: Path, name: str, bit: int) -> None:
+    """Each of these once escaped as a non-ValueError exception; found by flipping every bit."""
+    evidence, check = CASES[name]()
+    flipped = bytearray(evidence)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    refused(check, bytes(flipped))

@@ -442,3 +442,19 @@ def test_naive_time_is_a_programming_error() -> None:
     report, vcek = forged()
     with pytest.raises(ValueError):
         verify_snp(report, certs=[vcek], now=datetime(2025, 1, 1))
+
+
+def test_every_amd_ca_vector_cert_is_built_in(vectors: Path) -> None:
+    """The ARKs, ASKs and ASVKs in amd-ca/ (three sources, several orders) are exactly the built-in ones."""
+    builtin = {
+        der(c)
+        for p in builtin_amd_trust().products.values()
+        for c in (p.ark, p.ask, p.asvk)
+        if c is not None
+    }
+    seen = set()
+    for path in sorted((vectors / "snp" / "amd-ca").rglob("*.pem")):
+        for cert in x509.load_pem_x509_certificates(path.read_bytes()):
+            assert der(cert) in builtin, path
+            seen.add(der(cert))
+    assert seen == builtin

@@ -79,7 +79,7 @@ def load_config(path: Path | None) -> object:
 
 def default_backend() -> str:
     try:
-        from motte.host.platform import strongest_backend  # type: ignore[import-not-found,unused-ignore]
+        from motte.host.platform import strongest_backend  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         return "nil"
     return str(strongest_backend())

@@ -11,39 +11,45 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
+import secrets
 import stat
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import wasmtime
 
 WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
-ENGINE_SETTINGS = "epoch_interruption=1;opt=speed;memory_may_move=0;cranelift"
 
 
-def make_engine() -> wasmtime.Engine:
+def engine_settings(interruptible: bool) -> str:
+    """The settings that shape compiled code; part of the cache key."""
+    return f"epoch_interruption={int(interruptible)};opt=speed;memory_may_move=0;cranelift"
+
+
+def make_engine(interruptible: bool) -> wasmtime.Engine:
+    """An engine; ``interruptible`` compiles in the epoch checks a --timeout deadline needs.
+
+    The checks cost a few percent in tight loops, so workloads without a deadline go without."""
     config = wasmtime.Config()
-    config.epoch_interruption = True  # the --timeout deadline interrupts running wasm code
+    config.epoch_interruption = interruptible
     config.cranelift_opt_level = "speed"
     config.memory_may_move = False  # lets host calls cache the memory base (see GuestMemory)
     return wasmtime.Engine(config)
 
 
-@dataclass(frozen=True)
-class CompiledModule:
+class CompiledModule(NamedTuple):
     module: wasmtime.Module
     digest: str  # SHA-256 of the wasm bytes
     from_cache: bool
 
 
 class ModuleCache:
-    def __init__(self, directory: str | os.PathLike[str] | None):
+    def __init__(self, directory: str | os.PathLike[str] | None, settings: str = engine_settings(False)):
         self.directory = Path(directory) if directory else None
+        self.settings = settings
 
     def key(self, digest: str) -> str:
-        material = f"{digest}|wasmtime={WASMTIME_VERSION}|{ENGINE_SETTINGS}|{platform.machine()}"
+        material = f"{digest}|wasmtime={WASMTIME_VERSION}|{self.settings}|{os.uname().machine}"
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _usable_directory(self) -> Path | None:
@@ -74,10 +80,11 @@ class ModuleCache:
 
     @staticmethod
     def _store(path: Path, data: bytes | bytearray) -> None:
+        temporary = path.with_name(f".tmp-{secrets.token_hex(8)}.cwasm")
         try:
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
-            with os.fdopen(handle, "wb") as file:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
                 file.write(data)
             os.replace(temporary, path)  # atomic: concurrent runs never see a partial file
         except OSError:
-            pass  # the cache is an optimisation; a full disk must not fail the run
+            temporary.unlink(missing_ok=True)  # the cache is an optimisation: a full disk must not fail the run

@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import wasmtime
 
-from motte.keep.engine import ModuleCache, make_engine
+from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiError, WasiFile
 from motte.keep.wasi.fs import open_preopen
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
@@ -36,14 +35,13 @@ WASM_PAGE = 64 << 10
 ARGV0 = "main.wasm"
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
     """How the workload ended; sent to the host as the ``exit`` control message."""
 
     status: int
     reason: str  # exit | trap | timeout | memory | error
     message: str = ""
-    backtrace: list[str] = field(default_factory=list)
+    backtrace: list[str] = []  # noqa: RUF012 - never mutated
 
     def to_message(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "message": self.message, "backtrace": self.backtrace}
@@ -53,8 +51,7 @@ class LaunchError(MotteError):
     """The workload could not be started (bad module, bad launch request)."""
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     config: WorkloadConfig
     wasm_stream: int
     wasm_size: int
@@ -113,7 +110,6 @@ class KeepRuntime:
     def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False):
         self.endpoint = endpoint
         self.allow_host_cache = allow_host_cache
-        self.engine = make_engine()
 
     def serve(self) -> Outcome:
         """Handle one launch request; always tells the host how it ended."""
@@ -179,8 +175,10 @@ class KeepRuntime:
         wasm = self._receive_wasm(launch)
         started = time.monotonic()
         try:
-            cache = ModuleCache(launch.cache_dir if self.allow_host_cache else None)
-            compiled = cache.load(self.engine, wasm, launch.wasm_sha256)
+            interruptible = launch.timeout is not None
+            engine = make_engine(interruptible)
+            cache = ModuleCache(launch.cache_dir if self.allow_host_cache else None, engine_settings(interruptible))
+            compiled = cache.load(engine, wasm, launch.wasm_sha256)
         except wasmtime.WasmtimeError as exc:
             raise LaunchError(f"not a valid WebAssembly module: {_first_line(exc)}") from None
         compile_ms = (time.monotonic() - started) * 1000
@@ -192,15 +190,15 @@ class KeepRuntime:
             [ARGV0, *launch.config.args], launch.config.workload_env(), files, memory,
             deadline=deadline, before_block=outputs.flush_all,
         )
-        linker = wasmtime.Linker(self.engine)
+        linker = wasmtime.Linker(engine)
         host = HostFunctions(linker)
         wasi.register(host)
-        store = wasmtime.Store(self.engine)
+        store = wasmtime.Store(engine)
         store.set_limits(memory_size=launch.memory_limit)
-        store.set_epoch_deadline(1)
         timer = None
         if launch.timeout is not None:
-            timer = threading.Timer(launch.timeout, self.engine.increment_epoch)
+            store.set_epoch_deadline(1)
+            timer = threading.Timer(launch.timeout, engine.increment_epoch)
             timer.daemon = True
             timer.start()
         outputs.start()
@@ -215,7 +213,6 @@ class KeepRuntime:
                     file.close()
                 except OSError:
                     pass
-        outcome.message = outcome.message or ""
         self.endpoint.send_control("stats", cached=compiled.from_cache, compile_ms=round(compile_ms, 3))
         return outcome
 

@@ -62,7 +62,5 @@ def open_virtio_port(
                 last_error = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error.strerror})" if last_error is not None else ""
-            raise PortNotFound(
-                errno.ENODEV, f"virtio serial port {name!r} did not appear within {timeout:g} s{detail}"
-            )
+            raise PortNotFound(errno.ENODEV, f"virtio serial port {name!r} did not appear within {timeout:g} s{detail}")
         time.sleep(poll)

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import difflib
 import json
 import re
-import tomllib
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, NamedTuple
 
 from motte.shared.errors import MotteError
 
@@ -102,8 +98,7 @@ class FrozenEnv(Mapping[str, str]):
         return f"FrozenEnv({self._items!r})"
 
 
-@dataclass(frozen=True)
-class FileSpec:
+class FileSpec(NamedTuple):
     """One pre-opened file; file *i* of a config is the workload's WASI fd *i*."""
 
     kind: FileKind
@@ -127,21 +122,41 @@ _EMPTY_ENV: Mapping[str, str] = MappingProxyType({})
 _DEFAULT_FILES = (FileSpec("stdin", "stdin"), FileSpec("stdout", "stdout"), FileSpec("stderr", "stderr"))
 
 
-@dataclass(frozen=True)
 class WorkloadConfig:
-    """A validated workload config. The defaults are the config a workload gets without Enarx.toml."""
+    """A validated workload config. The defaults are the config a workload gets without Enarx.toml.
 
-    steward: str | None = None
-    args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=FrozenEnv)
-    files: tuple[FileSpec, ...] = _DEFAULT_FILES
+    Immutable and hashable. (A plain class rather than a dataclass: this module is on the keep's
+    start-up path, where importing and applying ``dataclasses`` costs several milliseconds.)
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = ("args", "env", "files", "steward")
+    steward: str | None
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    files: tuple[FileSpec, ...]
+
+    def __init__(self, steward: str | None = None, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 files: Sequence[FileSpec] = _DEFAULT_FILES):
         # Normalise what callers pass (lists, dicts) so the instance really is immutable and hashable.
-        object.__setattr__(self, "args", tuple(self.args))
-        if not isinstance(self.env, FrozenEnv):
-            object.__setattr__(self, "env", FrozenEnv(self.env))
-        object.__setattr__(self, "files", tuple(self.files))
+        object.__setattr__(self, "steward", steward)
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "env", env if isinstance(env, FrozenEnv) else FrozenEnv(env or {}))
+        object.__setattr__(self, "files", tuple(files))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"WorkloadConfig is immutable: cannot set {name}")
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.steward, self.args, self.env, self.files)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WorkloadConfig) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"WorkloadConfig(steward={self.steward!r}, args={self.args!r}, env={self.env!r}, files={self.files!r})"
 
     def fd_names(self) -> str:
         return _NAME_SEPARATOR.join(f.name for f in self.files)
@@ -192,6 +207,8 @@ def parse_enarx_toml(text: str, source: str = "Enarx.toml") -> WorkloadConfig:
     """Parse and validate the text of an Enarx.toml. ``source`` names it in error messages."""
     # Editors on Windows may save a byte-order mark, which tomllib rejects; it is not content.
     text = text.removeprefix("\ufeff")
+    import tomllib  # the keep receives JSON; only the host parses TOML
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -268,6 +285,8 @@ def _describe(value: Any) -> str:
 
 
 def _did_you_mean(key: str, valid: Sequence[str]) -> str:
+    import difflib  # only for error messages: kept off the start-up path
+
     close = difflib.get_close_matches(key, valid, n=1)
     return f'did you mean "{close[0]}"? ' if close else ""
 
@@ -346,6 +365,8 @@ def _check_steward(value: Any, report: _Reporter) -> str:
     if _has_control(url) or any(c.isspace() for c in url):
         raise report.error(path, f"must be an https:// URL, got {_quote(url)}", hint=hint)
     try:
+        from urllib.parse import urlsplit
+
         parts = urlsplit(url)
         host = parts.hostname
         if parts.port == 0:  # reading .port raises ValueError for a port that is not a number
@@ -626,6 +647,8 @@ class _Locator:
             elif c == '"':
                 self._string()
                 # Let tomllib undo the escapes, so the key matches the parsed dict's.
+                import tomllib
+
                 parts.extend(tomllib.loads(self.text[start : self.pos] + " = 0"))
             else:
                 m = _BARE_KEY.match(self.text, self.pos)

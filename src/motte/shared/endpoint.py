@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from motte.shared.channel import (
@@ -106,13 +105,15 @@ class Timeout(MotteError):
     pass
 
 
-@dataclass
 class _Inbox:
-    chunks: deque[bytes] = field(default_factory=deque)
-    size: int = 0
-    eof: bool = False
-    reset: str | None = None
-    unacked: int = 0  # bytes consumed but not yet returned to the peer as credit
+    __slots__ = ("chunks", "eof", "reset", "size", "unacked")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.eof = False
+        self.reset: str | None = None
+        self.unacked = 0  # bytes consumed but not yet returned to the peer as credit
 
 
 class Endpoint:

@@ -137,7 +137,7 @@ def require_qemu() -> str:
 
 @dataclass(frozen=True)
 class KvmVerdict:
-    usable: bool
+    usable: bool | None  # None: unknown (no cached verdict, and booting was not allowed)
     reason: str
     probed: bool  # a probe boot ran (else the verdict follows from the host's facts)
     fingerprint: str = ""
@@ -159,8 +159,16 @@ def _fingerprint() -> str:
     return json.dumps([platform_mod.release(), qemu_version(), modules])
 
 
-def kvm_verdict(*, probe: bool = False, timeout: float = 30.0, progress: Progress | None = None) -> KvmVerdict:
-    """Whether KVM can boot the keep on this host (cached; ``probe=True`` boots to find out again)."""
+def kvm_verdict(
+    *, probe: bool = False, allow_boot: bool = True, timeout: float = 30.0, progress: Progress | None = None
+) -> KvmVerdict:
+    """Whether KVM can boot the keep on this host.
+
+    Order: no usable /dev/kvm -> no; a cached verdict for this host, QEMU and KVM modules -> it;
+    PVM -> no, without booting (a boot would take minutes and then crash); else a probe boot,
+    if ``allow_boot`` (``motte platform info`` does not boot unless asked). ``probe=True`` always
+    boots and replaces the cached verdict.
+    """
     if not os.path.exists("/dev/kvm"):
         return KvmVerdict(False, "/dev/kvm does not exist (no KVM module loaded, or not exposed here)", False)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -182,6 +190,8 @@ def kvm_verdict(*, probe: bool = False, timeout: float = 30.0, progress: Progres
                 fingerprint,
                 time.time(),
             )
+        if not allow_boot:
+            return KvmVerdict(None, "not probed yet", False, fingerprint)
     verdict = _probe_boot(timeout, fingerprint, progress)
     with contextlib.suppress(OSError):
         _verdict_file().parent.mkdir(parents=True, exist_ok=True)
@@ -392,8 +402,10 @@ class KvmBackend(Backend):
         while True:
             attempts += 1
             remaining = deadline - time.monotonic()
-            # The first attempt gets HANG_TIMEOUT; a retry gets what is left of boot_timeout.
-            budget = min(remaining, HANG_TIMEOUT) if self.retry_hangs and attempts == 1 else remaining
+            # The first attempt gets at most half the boot timeout (and HANG_TIMEOUT), so that a
+            # hang leaves time for the one retry; the retry gets what is left.
+            first = min(spec.boot_timeout / 2, HANG_TIMEOUT)
+            budget = min(remaining, first) if self.retry_hangs and attempts == 1 else remaining
             if progress:
                 progress(f"booting the micro-VM ({accel}: {why})" if attempts == 1 else "the boot hung; retrying once")
             try:
@@ -462,8 +474,7 @@ class KvmBackend(Backend):
                 raise MotteError(
                     f"the micro-VM ended before the keep said HELLO (QEMU status {status}): "
                     f"{_tail(log_path) or exc.message}",
-                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see "
-                    "its console",
+                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see its console",
                 ) from None
             keep.boot_seconds = time.monotonic() - started
             return keep

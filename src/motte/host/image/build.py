@@ -323,7 +323,7 @@ def build_archive(kernel: Kernel, say: Progress) -> Archive:
     binaries[GUEST_PYTHON] = python
     say(f"stripping {len(binaries)} binaries and resolving their shared libraries")
     libraries: dict[str, Path] = {}
-    for guest, host in sorted(binaries.items()):
+    for _guest, host in sorted(binaries.items()):
         libraries.update(_shared_libraries(host))
     for soname, host in sorted(libraries.items()):
         if soname.startswith("ld-linux"):
@@ -505,8 +505,8 @@ def _classify(files: dict[str, str], motte_files: list[tuple[str, Path]]) -> dic
         for path in sorted(root.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyi"):
                 out[f"{GUEST_SITE}/{path.relative_to(root.parent).as_posix()}"] = path
-    for rel, path in motte_files:
-        out[f"{GUEST_SITE}/motte/{rel}"] = path
+    for motte_rel, motte_path in motte_files:
+        out[f"{GUEST_SITE}/motte/{motte_rel}"] = motte_path
     out["usr/lib/motte/selftest.py"] = GUEST_DIR / "selftest.py"
     # getpath's landmark for the standard library (os is frozen, so the trace may not list it).
     out.setdefault(f"{GUEST_STDLIB}/os.py", stdlib / "os.py")

@@ -430,4 +430,3 @@ def lz4_legacy_compress(data: bytes, level: int = 9) -> bytes:
         chunks.append(struct.pack("<I", len(block)))
         chunks.append(block)
     return b"".join(chunks)
-

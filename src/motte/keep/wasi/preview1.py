@@ -6,8 +6,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from motte.keep.wasi import abi
 from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
@@ -20,13 +19,11 @@ MAX_FDS = 1024
 MAX_IO = 16 << 20  # bytes one read/write call moves at most: bounds the keep's own buffers
 
 
-@dataclass(frozen=True)
-class ProcExit:
+class ProcExit(NamedTuple):
     status: int
 
 
-@dataclass(frozen=True)
-class DeadlineHit:
+class DeadlineHit(NamedTuple):
     pass
 
 

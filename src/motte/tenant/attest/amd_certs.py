@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -20,7 +21,7 @@ from motte.tenant.attest.amd_roots import (
     pss_signed_by,
 )
 from motte.tenant.attest.claims import Claims, Reason, VerificationError
-from motte.tenant.attest.x509util import check_validity
+from motte.tenant.attest.x509util import CERT_ERRORS, check_validity
 
 AMD_OID = "1.3.6.1.4.1.3704.1."
 OID_STRUCT_VERSION = AMD_OID + "1"
@@ -54,7 +55,7 @@ class VekExtensions:
 def parse_vek_extensions(cert: x509.Certificate) -> VekExtensions:
     try:
         extensions = list(cert.extensions)
-    except (ValueError, x509.DuplicateExtension) as exc:
+    except CERT_ERRORS as exc:
         raise VerificationError(Reason.MALFORMED, f"VEK certificate extensions: {exc}") from exc
     struct_version = product = hwid = csp = None
     spl: dict[int, int] = {}
@@ -181,7 +182,7 @@ def check_crls(
             raise VerificationError(Reason.CRL_INVALID, "ARK key is not RSA", claims=claims)
         try:
             key.verify(crl.signature, crl.tbs_certlist_bytes, PSS, hashes.SHA384())
-        except Exception as exc:
+        except (InvalidSignature, ValueError, TypeError) as exc:
             raise VerificationError(
                 Reason.CRL_INVALID, f"CRL is not signed by ARK-{chain.product}", claims=claims
             ) from exc

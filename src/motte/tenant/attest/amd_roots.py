@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -60,7 +61,7 @@ def pss_signed_by(subject: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
     try:
         key.verify(subject.signature, subject.tbs_certificate_bytes, PSS, hashes.SHA384())
-    except Exception:
+    except (InvalidSignature, ValueError, TypeError):  # a wrong or a malformed signature: both mean no
         return False
     return True
 

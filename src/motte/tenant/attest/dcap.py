@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from motte.tenant.attest.binreader import Reader
 from motte.tenant.attest.claims import Claims, Reason, VerificationError
 from motte.tenant.attest.roots import read_root
-from motte.tenant.attest.x509util import parsed, require_aware
+from motte.tenant.attest.x509util import CERT_ERRORS, parsed, require_aware
 
 HEADER_SIZE = 48
 TEE_SGX = 0x00000000
@@ -137,8 +138,10 @@ def parse_quote(data: bytes, root_der: bytes) -> Quote:
 def _pck_chain(pem: bytes, root_der: bytes) -> tuple[x509.Certificate, ...]:
     text = pem[:-1] if pem.endswith(b"\0") else pem  # the QE NUL-terminates the chain
     try:
-        certs = x509.load_pem_x509_certificates(text)
-    except ValueError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged serial number warns before it fails
+            certs = x509.load_pem_x509_certificates(text)
+    except CERT_ERRORS as exc:
         raise VerificationError(Reason.MALFORMED, f"PCK certificate chain: {exc}") from exc
     certs = [parsed(c, "PCK certificate chain") for c in certs]
     if b"".join(c.public_bytes(Encoding.PEM) for c in certs) != text:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import itertools
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,13 +25,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from motte.tenant.attest.claims import Claims, Reason, VerificationError
 from motte.tenant.attest.roots import read_root
-from motte.tenant.attest.x509util import check_validity, parsed, require_aware
+from motte.tenant.attest.x509util import CERT_ERRORS, check_validity, parsed, require_aware
 
 AWS_NITRO_ROOT_G1_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b"
 COSE_ALG_ES384 = -35
 COSE_SIGN1_TAG = 18
 MAX_DOCUMENT = 32 * 1024
 MAX_CHAIN = 8
+MAX_TIMESTAMP_MS = 253402300800000  # 10000-01-01: beyond it datetime cannot represent the time
 PCR_SIZES = (32, 48, 64)
 _REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
 _OPTIONAL = ("public_key", "user_data", "nonce")
@@ -103,8 +105,9 @@ def _payload(payload: bytes) -> dict[str, Any]:
         raise _malformed("module_id must be a non-empty string")
     if doc["digest"] != "SHA384":
         raise _malformed(f"digest {doc['digest']!r} is not SHA384")
-    if not isinstance(doc["timestamp"], int) or isinstance(doc["timestamp"], bool) or doc["timestamp"] <= 0:
-        raise _malformed("timestamp must be a positive integer (ms since the epoch)")
+    stamp = doc["timestamp"]
+    if not isinstance(stamp, int) or isinstance(stamp, bool) or not 0 < stamp < MAX_TIMESTAMP_MS:
+        raise _malformed("timestamp must be a positive integer (ms since the epoch) before year 10000")
     pcrs = doc["pcrs"]
     if not isinstance(pcrs, dict) or not 1 <= len(pcrs) <= 32:
         raise _malformed("pcrs must be a map of 1..32 entries")
@@ -193,8 +196,10 @@ def verify_nitro(document: bytes, *, now: datetime, root_der: bytes | None = Non
 
 def _load(der: bytes, what: str, claims: Claims) -> x509.Certificate:
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged serial number warns before it fails
+            cert = x509.load_der_x509_certificate(der)
+    except CERT_ERRORS as exc:
         raise _malformed(f"{what} is not a DER certificate", claims) from exc
     try:
         return parsed(cert, f"Nitro {what}")
@@ -206,5 +211,5 @@ def _load(der: bytes, what: str, claims: Claims) -> x509.Certificate:
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
+    except (x509.ExtensionNotFound, *CERT_ERRORS):
         return False

@@ -7,8 +7,12 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from motte.tenant.attest.claims import Claims, Reason, VerificationError
+
+# What cryptography raises on a corrupt certificate or CRL, depending on which field is damaged.
+CERT_ERRORS = (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
 
 PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 PEM_CRL = b"-----BEGIN X509 CRL-----"
@@ -32,7 +36,7 @@ def parsed(cert: x509.Certificate, what: str) -> x509.Certificate:
             _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
             _ = (cert.signature, cert.tbs_certificate_bytes, cert.signature_algorithm_oid)
             cert.public_key()
-    except ValueError as exc:
+    except CERT_ERRORS as exc:
         raise VerificationError(Reason.MALFORMED, f"{what}: {exc}") from exc
     return cert
 
@@ -49,7 +53,7 @@ def load_certificates(blobs: Iterable[bytes]) -> list[x509.Certificate]:
                     out.extend(x509.load_pem_x509_certificates(blob))
                 else:
                     out.append(x509.load_der_x509_certificate(blob))
-        except ValueError as exc:
+        except CERT_ERRORS as exc:
             raise VerificationError(
                 Reason.MALFORMED, f"certificate input #{i + 1} is not a certificate: {exc}"
             ) from exc
@@ -64,7 +68,10 @@ def load_crls(blobs: Iterable[bytes]) -> list[x509.CertificateRevocationList]:
                 out.append(x509.load_pem_x509_crl(blob))
             else:
                 out.append(x509.load_der_x509_crl(blob))
-        except ValueError as exc:
+            crl = out[-1]
+            _ = (crl.issuer.rfc4514_string(), crl.last_update_utc, crl.next_update_utc, crl.signature)
+            _ = crl.tbs_certlist_bytes
+        except CERT_ERRORS as exc:
             raise VerificationError(Reason.CRL_INVALID, f"CRL input #{i + 1} is not a CRL: {exc}") from exc
     return out
 

@@ -5,6 +5,11 @@
 - ``aws_nitro_root_g1.pem``: AWS Nitro Enclaves root G1.
 
 Pinning the file digests means a modified installation fails loudly instead of trusting a new root.
+
+Sources (copied from ../shared/vectors, where each has a PROVENANCE.txt): the AMD files are AMD KDS
+chains as published in confidential-containers/trustee (Apache-2.0), byte-identical to those in
+google/go-sev-guest and virtee/sev; the Intel root is the one in Phala-Network/dcap-qvl (MIT) and
+enarx/steward; the AWS root is the first cabundle entry of a real Nitro document.
 """
 
 from __future__ import annotations

@@ -1,0 +1,59 @@
+"""Fixtures for the host-side tests of the micro-VM keep (image, kernel, launcher, platform).
+
+The top-level conftest gives every test a private, empty MOTTE_CACHE_DIR. The kernel (34 MB from
+apt) and the keep image (a few seconds to build) are cached across test runs instead: tests that
+need them use the ``shared_cache`` fixture, which points MOTTE_CACHE_DIR back at the cache the
+developer (or CI) would use, as read before any fixture changed it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from motte.host.paths import cache_root
+
+#: Read at import time, i.e. before the autouse fixture swaps in a private directory.
+DEFAULT_CACHE = str(cache_root())
+
+
+@pytest.fixture
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MOTTE_CACHE_DIR", DEFAULT_CACHE)
+    return DEFAULT_CACHE
+
+
+def qemu_pids(marker: str) -> set[int]:
+    """PIDs of live processes whose command line contains ``marker`` (a /proc scan, no psutil)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and "qemu-system" in cmdline and state != "Z":
+            pids.add(int(entry))
+    return pids
+
+
+def rundirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("motte-kvm-*")}
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a QEMU process or a keep run directory behind."""
+    before_dirs = rundirs()
+    before_pids = qemu_pids("motte")
+    yield
+    leaked_pids = qemu_pids("motte") - before_pids
+    leaked_dirs = rundirs() - before_dirs
+    assert not leaked_pids, f"QEMU processes left behind: {leaked_pids}"
+    assert not leaked_dirs, f"run directories left behind: {leaked_dirs}"
