@@ -7,7 +7,8 @@ from pathlib import Path
 
 import wasmtime
 
-from motte.host.backends import LaunchSpec, get_backend
+from motte.host.backends import get_backend
+from motte.host.backends.base import LaunchSpec
 from motte.host.session import HostStdio, RunRequest, run_workload
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.shared.enarx_config import default_config

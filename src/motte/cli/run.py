@@ -114,7 +114,8 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
       motte run --backend nil --wasmcfgfile Enarx.toml app.wasm -- --flag value
       motte run --env KEY=VALUE --dir ./data::/data app.wasm -- args
     """
-    from motte.host.backends import LaunchSpec, get_backend
+    from motte.host.backends import get_backend
+    from motte.host.backends.base import LaunchSpec
     from motte.host.paths import module_cache_dir
     from motte.host.session import RunRequest, run_workload
 

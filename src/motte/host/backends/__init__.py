@@ -1,13 +1,15 @@
 """Keep backends: how a keep is launched and where its channel comes from.
 
 Above the channel every backend is the same; only launch, evidence and memory protection differ.
+(This package's ``__init__`` imports nothing: ``nil_spawn`` must load without the channel code.)
 """
 
 from __future__ import annotations
 
-from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
+from typing import TYPE_CHECKING
 
-__all__ = ["Backend", "KeepHandle", "LaunchSpec", "get_backend"]
+if TYPE_CHECKING:
+    from motte.host.backends.base import Backend
 
 
 def get_backend(name: str) -> Backend:
