@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,14 +81,22 @@ def main() -> None:
     }
     now = datetime(2025, 7, 1, tzinfo=UTC)
     print("\nAMD SEV-SNP: report + chain verification (roots' checks cached)")
-    for label, (report, vek) in cases.items():
-        per_s, n = rate(lambda r=report, v=vek: verify_snp(r, certs=[v], now=now), args.seconds)
-        print(f"  {label:17s} {per_s:8.0f} /s  {1000 / per_s:6.3f} ms  ({n} runs)  "
-              f"{per_s / SNP_TARGET_PER_S:5.2f}x the {SNP_TARGET_PER_S:.0f}/s target")
+
+    def snp_once(report: bytes, vek: bytes) -> Callable[[], object]:
+        return lambda: verify_snp(report, certs=[vek], now=now)
+
+    for label, (report_bytes, vek_bytes) in cases.items():
+        per_s, n = rate(snp_once(report_bytes, vek_bytes), args.seconds)
+        print(
+            f"  {label:17s} {per_s:8.0f} /s  {1000 / per_s:6.3f} ms  ({n} runs)  "
+            f"{per_s / SNP_TARGET_PER_S:5.2f}x the {SNP_TARGET_PER_S:.0f}/s target"
+        )
 
     # Baseline: the two public-key operations every SNP verification must do.
     report, vek_der = cases["Milan VCEK (v2)"]
-    vek = x509.load_der_x509_certificate(vek_der)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # AMD VCEKs have serial number 0
+        vek = x509.load_der_x509_certificate(vek_der)
     key = vek.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     parsed = parse_report(report)
@@ -100,8 +109,10 @@ def main() -> None:
 
     base, _ = rate(crypto_only, args.seconds)
     full, _ = rate(lambda: verify_snp(report, certs=[vek_der], now=now), args.seconds)
-    print(f"  baseline: ECDSA P-384 + RSA-4096 PSS verify alone {base:8.0f} /s; "
-          f"full verification runs at {full / base:.2f}x of it")
+    print(
+        f"  baseline: ECDSA P-384 + RSA-4096 PSS verify alone {base:8.0f} /s; "
+        f"full verification runs at {full / base:.2f}x of it"
+    )
 
     print("\nIntel TDX quote v4 (dcap-qvl, built-in Intel root)")
     tdx = VECTORS / "dcap" / "phala-tdx"
@@ -121,7 +132,9 @@ def main() -> None:
         per_s, n = rate(fn, args.seconds)
         ms = 1000 / per_s
         measured[label] = ms
-        target = f"{DCAP_TARGET_MS / ms:5.1f}x under the {DCAP_TARGET_MS:.0f} ms target" if "baseline" not in label else ""
+        target = (
+            f"{DCAP_TARGET_MS / ms:5.1f}x under the {DCAP_TARGET_MS:.0f} ms target" if "baseline" not in label else ""
+        )
         print(f"  {label:26s} {ms:7.3f} ms/quote  {per_s:7.0f} /s  ({n} runs)  {target}")
     overhead = measured["collateral parsed once"] / measured["baseline: dcap-qvl alone"]
     print(f"  motte's parsing and strictness checks cost {overhead:.2f}x dcap-qvl alone")

@@ -11,6 +11,7 @@ from motte.host.backends import get_backend
 from motte.host.backends.base import LaunchSpec
 from motte.host.session import HostStdio, RunRequest, run_workload
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
+from motte.keep.memory_limit import MemoryLimit
 from motte.shared.enarx_config import default_config
 
 
@@ -43,7 +44,7 @@ def test_cache_key_covers_engine_settings_and_module() -> None:
 
 
 def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
-    engine = make_engine(False)
+    engine = make_engine(False, MemoryLimit(1 << 30))
     module = Path(wasm("hello")).read_bytes()
     import hashlib
 
@@ -58,7 +59,7 @@ def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
 
 
 def test_a_cache_dir_others_can_write_is_not_trusted(tmp_path: Path, wasm) -> None:
-    engine = make_engine(False)
+    engine = make_engine(False, MemoryLimit(1 << 30))
     module = Path(wasm("hello")).read_bytes()
     shared = tmp_path / "shared"
     shared.mkdir()

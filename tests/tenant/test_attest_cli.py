@@ -42,9 +42,7 @@ def write_policy(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-MILAN_MEASUREMENT = (
-    "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f"
-)
+MILAN_MEASUREMENT = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f"
 
 
 def test_snp_accepted_with_a_pinning_policy(vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,8 +158,20 @@ def test_bad_input_is_one_line(
 def test_entry_point_subprocess(vectors: Path) -> None:
     base = vectors / "snp" / "trustee-genoa-e2e-v3"
     proc = subprocess.run(
-        [sys.executable, "-m", "motte", "attest", "verify", "--evidence", str(base / "report_reconstructed.bin"),
-         "--certs", str(base / "vcek.der"), "--now", "2025-07-01T00:00:00Z", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "motte",
+            "attest",
+            "verify",
+            "--evidence",
+            str(base / "report_reconstructed.bin"),
+            "--certs",
+            str(base / "vcek.der"),
+            "--now",
+            "2025-07-01T00:00:00Z",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -112,7 +112,7 @@ def test_real_reports_verify(vectors: Path, v: SnpVector, when: str) -> None:
     )
     assert claims.debug is False
     if v.signer == "VCEK":
-        assert claims.platform_id["chip_id"].hex() == ext["hwID"]
+        assert claims.platform_id["chip_id"] == bytes.fromhex(ext["hwID"])
         assert any("hwID equals chip_id" in c for c in claims.checks)
     else:
         assert claims.details["vlek_csp_id"] == "CN=cc-us-east-2.amazonaws.com"
@@ -446,12 +446,7 @@ def test_naive_time_is_a_programming_error() -> None:
 
 def test_every_amd_ca_vector_cert_is_built_in(vectors: Path) -> None:
     """The ARKs, ASKs and ASVKs in amd-ca/ (three sources, several orders) are exactly the built-in ones."""
-    builtin = {
-        der(c)
-        for p in builtin_amd_trust().products.values()
-        for c in (p.ark, p.ask, p.asvk)
-        if c is not None
-    }
+    builtin = {der(c) for p in builtin_amd_trust().products.values() for c in (p.ark, p.ask, p.asvk) if c is not None}
     seen = set()
     for path in sorted((vectors / "snp" / "amd-ca").rglob("*.pem")):
         for cert in x509.load_pem_x509_certificates(path.read_bytes()):

@@ -17,23 +17,31 @@ from pathlib import Path
 from typing import NamedTuple
 
 import wasmtime
+from wasmtime import _ffi as ffi
+
+from motte.keep.memory_limit import MemoryLimit
 
 WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
 
 
 def engine_settings(interruptible: bool) -> str:
     """The settings that shape compiled code; part of the cache key."""
-    return f"epoch_interruption={int(interruptible)};opt=speed;memory_may_move=0;cranelift"
+    return f"epoch_interruption={int(interruptible)};opt=speed;memory_may_move=0;host_memory=1;cow=0;cranelift"
 
 
-def make_engine(interruptible: bool) -> wasmtime.Engine:
-    """An engine; ``interruptible`` compiles in the epoch checks a --timeout deadline needs.
+def make_engine(interruptible: bool, memory: MemoryLimit) -> wasmtime.Engine:
+    """An engine whose linear memories come from ``memory`` (which enforces the cap).
 
-    The checks cost a few percent in tight loops, so workloads without a deadline go without."""
+    ``interruptible`` compiles in the epoch checks a --timeout deadline needs; they cost a few
+    percent in tight loops, so workloads without a deadline go without."""
     config = wasmtime.Config()
     config.epoch_interruption = interruptible
     config.cranelift_opt_level = "speed"
     config.memory_may_move = False  # lets host calls cache the memory base (see GuestMemory)
+    # Copy-on-write memory images need wasmtime's own mmap memories; motte's allocator (the
+    # memory cap) replaces those, so initial data is copied in instead.
+    ffi.wasmtime_config_memory_init_cow_set(config.ptr(), False)
+    memory.install(config)
     return wasmtime.Engine(config)
 
 

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import wasmtime
 
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
+from motte.keep.memory_limit import MemoryLimit
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiError, WasiFile
 from motte.keep.wasi.fs import open_preopen
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
@@ -176,7 +177,8 @@ class KeepRuntime:
         started = time.monotonic()
         try:
             interruptible = launch.timeout is not None
-            engine = make_engine(interruptible)
+            memory_limit = MemoryLimit(launch.memory_limit)
+            engine = make_engine(interruptible, memory_limit)
             cache = ModuleCache(launch.cache_dir if self.allow_host_cache else None, engine_settings(interruptible))
             compiled = cache.load(engine, wasm, launch.wasm_sha256)
         except wasmtime.WasmtimeError as exc:
@@ -192,9 +194,10 @@ class KeepRuntime:
         )
         linker = wasmtime.Linker(engine)
         host = HostFunctions(linker)
+        # A refused memory.grow ends the workload at its next WASI call (or when it ends).
+        memory_limit.on_refusal = lambda wanted: setattr(host, "stop", MemoryRefused(wanted))
         wasi.register(host)
         store = wasmtime.Store(engine)
-        store.set_limits(memory_size=launch.memory_limit)
         timer = None
         if launch.timeout is not None:
             store.set_epoch_deadline(1)
@@ -204,6 +207,9 @@ class KeepRuntime:
         outputs.start()
         try:
             outcome = self._execute(store, linker, host, compiled.module, memory, launch)
+            if memory_limit.refused and outcome.reason in ("exit", "trap"):
+                how = f"exited with status {outcome.status}" if outcome.reason == "exit" else "trapped"
+                outcome = _memory_outcome(launch, f"a memory.grow was refused and the workload then {how}")
         finally:
             if timer is not None:
                 timer.cancel()
@@ -224,7 +230,7 @@ class KeepRuntime:
             return self._classify_trap(exc, host, memory, launch)
         except wasmtime.WasmtimeError as exc:
             text = _first_line(exc)
-            hint = "raise --max-memory" if "exceeds memory limits" in text else None
+            hint = "raise --max-memory" if "exceeds the memory limit" in text else None
             raise LaunchError(f"cannot instantiate the workload: {text}", hint=hint) from None
         exports = instance.exports(store)
         exported_memory = exports.get("memory")
@@ -250,10 +256,10 @@ class KeepRuntime:
     def _ended(self, how: object, memory: GuestMemory, launch: Launch) -> Outcome:
         if isinstance(how, DeadlineHit):
             return _timeout(launch)
+        if isinstance(how, MemoryRefused):
+            return _memory_outcome(launch, f"a memory.grow to {how.wanted} bytes was refused")
         assert isinstance(how, ProcExit)
         status = how.status
-        if status != 0 and _at_memory_limit(memory, launch):
-            return _memory_outcome(launch, f"it then exited with status {status}")
         if status > 255:
             return Outcome(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {status}, beyond 255")
         return Outcome(status, "exit")
@@ -267,8 +273,6 @@ class KeepRuntime:
             return _timeout(launch)
         backtrace = [_frame_text(i, frame) for i, frame in enumerate(trap.frames)]
         cause = _trap_cause(trap.message)
-        if _at_memory_limit(memory, launch):
-            return _memory_outcome(launch, f"it then trapped: {cause}")
         if pending is not None:
             return Outcome(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
         return Outcome(EXIT_TRAP, "trap", cause, backtrace)
@@ -278,10 +282,8 @@ def _timeout(launch: Launch) -> Outcome:
     return Outcome(EXIT_TIMEOUT, "timeout", f"the workload ran past its {launch.timeout:g} s deadline")
 
 
-def _at_memory_limit(memory: GuestMemory, launch: Launch) -> bool:
-    # A refused memory.grow leaves the memory within one page of the cap; wasmtime's C API does
-    # not report the refusal itself.
-    return memory.bound and memory.size() + WASM_PAGE > launch.memory_limit
+class MemoryRefused(NamedTuple):
+    wanted: int  # bytes the refused grow asked for
 
 
 def _memory_outcome(launch: Launch, then: str) -> Outcome:

@@ -471,10 +471,14 @@ class KvmBackend(Backend):
                 ) from None
             except ChannelClosed as exc:
                 status = process.wait(5) if process.poll() is None else process.returncode
+                tail = _tail(log_path)
+                if status != 0:
+                    # QEMU itself failed (bad kernel file, unsupported option, no memory, ...).
+                    raise MotteError(f"QEMU exited with status {status}: {tail or exc.message}") from None
                 raise MotteError(
-                    f"the micro-VM ended before the keep said HELLO (QEMU status {status}): "
-                    f"{_tail(log_path) or exc.message}",
-                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see its console",
+                    f"the micro-VM powered off before the keep said HELLO: {tail or exc.message}",
+                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see "
+                    "its console",
                 ) from None
             keep.boot_seconds = time.monotonic() - started
             return keep

@@ -119,6 +119,8 @@ class HostFunctions:
         self._linker = linker
         self._callbacks: list[Any] = []  # keeps the ctypes thunks alive as long as the linker
         self.pending: BaseException | None = None
+        #: when set, the next host call ends the workload with a trap carrying this outcome
+        self.stop: Any = None
         self._finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: None)
 
     def define(self, module: str, name: str, params: str, results: str, func: HostFunction) -> None:
@@ -129,6 +131,8 @@ class HostFunctions:
 
         def thunk(_env: Any, _caller: Any, values: Any, _count: int) -> int:
             try:
+                if owner.stop is not None:
+                    raise HostTrap(owner.stop)
                 result = func(*[values[i].i64 & mask for i, mask in unsigned])
                 if has_result:
                     values[0].i64 = int(result or 0)

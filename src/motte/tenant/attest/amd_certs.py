@@ -122,7 +122,7 @@ def verify_vek_chain(
     prefix = "SEV-VLEK-" if kind == "VLEK" else "SEV-"
     product = issuer_cn[len(prefix) :] if issuer_cn.startswith(prefix) else ""
     roots = trust.products.get(product)
-    if roots is None or (kind == "VCEK" and product.startswith("VLEK-")):
+    if roots is None:  # a VCEK under "SEV-VLEK-Milan" reads as product "VLEK-Milan": unknown too
         raise VerificationError(
             Reason.UNTRUSTED_ROOT, f"{kind} issuer CN={issuer_cn!r} is not a known AMD key", claims=claims
         )

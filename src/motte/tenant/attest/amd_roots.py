@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from motte.tenant.attest.der import signature_fields_consistent
 from motte.tenant.attest.roots import read_root
 
 PRODUCTS = ("Milan", "Genoa", "Turin")
@@ -56,6 +57,8 @@ def pss_signed_by(subject: x509.Certificate, issuer: x509.Certificate) -> bool:
     """
     if subject.issuer != issuer.subject or subject.signature_algorithm_oid != RSASSA_PSS_OID:
         return False
+    if not signature_fields_consistent(cert_der(subject)):
+        return False  # the PSS parameters used below are then pinned by the signed copy
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         return False

@@ -109,8 +109,3 @@ class VerificationError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.message}"
-
-
-def fail(reason: Reason, message: str, claims: Claims | None = None) -> VerificationError:
-    """Build the error to raise (``raise fail(...)`` keeps the raise visible at the call site)."""
-    return VerificationError(reason, message, claims=claims)

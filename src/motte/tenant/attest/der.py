@@ -62,3 +62,50 @@ def read_octet_string(data: bytes, what: str) -> bytes:
     if tag != TAG_OCTET_STRING:
         raise _error(what, "expected a DER OCTET STRING")
     return body
+
+
+def _span(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, end) of the TLV at ``pos``; raises on anything out of bounds."""
+    if pos + 2 > len(data):
+        raise _error("certificate", "truncated DER")
+    tag, first = data[pos], data[pos + 1]
+    start = pos + 2
+    if first >= 0x80:
+        count = first & 0x7F
+        if count == 0 or count > MAX_LENGTH_BYTES or start + count > len(data):
+            raise _error("certificate", "bad DER length")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    else:
+        length = first
+    if start + length > len(data):
+        raise _error("certificate", "DER value overruns its container")
+    return tag, start, start + length
+
+
+def signature_fields_consistent(cert_der: bytes) -> bool:
+    """Whether the certificate's unsigned fields hold no slack: the outer signatureAlgorithm equals
+    the signed one inside the TBS (RFC 5280 requires it), the signature BIT STRING has no unused
+    bits, and nothing follows it. Only the TBS is signed, so a verifier that uses fixed algorithm
+    parameters must check this itself or accept certificates altered outside the signature.
+    """
+    try:
+        _, body, cert_end = _span(cert_der, 0)
+        _, tbs, tbs_end = _span(cert_der, body)
+        _, _, outer_end = _span(cert_der, tbs_end)
+        sig_tag, sig_start, sig_end = _span(cert_der, outer_end)
+        pos = tbs
+        tag, _, end = _span(cert_der, pos)
+        if tag == 0xA0:  # [0] EXPLICIT version
+            pos = end
+            tag, _, end = _span(cert_der, pos)
+        _, _, inner_end = _span(cert_der, end)  # after the serial number: the inner algorithm
+    except VerificationError:
+        return False
+    return (
+        cert_der[end:inner_end] == cert_der[tbs_end:outer_end]
+        and sig_tag == 0x03
+        and sig_start < sig_end
+        and cert_der[sig_start] == 0
+        and sig_end == cert_end == len(cert_der)
+    )

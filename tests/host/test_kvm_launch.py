@@ -1,0 +1,220 @@
+"""The kvm backend: real micro-VM boots (under TCG here), the HELLO exchange, hangs and cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from motte.host.backends import kvm
+from motte.host.backends.base import LaunchSpec
+from motte.host.backends.kvm import KvmBackend, guest_memory_mib, microvm_command, resolve_accel
+from motte.host.image import build
+from motte.host.image.cpio import Archive
+from motte.shared.errors import MotteError
+from tests.host.conftest import DEFAULT_CACHE, qemu_pids, rundirs
+
+needs_qemu = pytest.mark.skipif(kvm.qemu_path() is None, reason=f"QEMU is not installed ({kvm.QEMU_HINT})")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- pure parts ---------------------------------------------------------------------------
+
+
+def test_command_line_for_tcg_and_kvm() -> None:
+    args = dict(vmlinux="/k", initrd="/i", cmdline="quiet", memory_mib=320, vcpus=2, socket_path="/r/keep.sock")
+    tcg = microvm_command(accel="tcg", **args)  # type: ignore[arg-type]
+    text = " ".join(tcg)
+    assert tcg[0] == "qemu-system-x86_64" and "-nodefaults" in tcg and "-no-user-config" in tcg
+    assert "-accel tcg -cpu max" in text, "wasmtime needs SSE4.1: never the default qemu64 CPU"
+    assert "-machine microvm,x-option-roms=off,isa-serial=off" in text
+    assert "-m 320 -smp 2" in text and "-kernel /k -initrd /i -append quiet" in text
+    assert "-no-reboot" in tcg and "-display none" in text
+    assert "-chardev socket,id=ch0,path=/r/keep.sock,server=on,wait=on" in text
+    assert "-device virtserialport,chardev=ch0,name=motte.0" in text
+    assert "spawn=deny" in text
+    kvm_text = " ".join(microvm_command(accel="kvm", **args))  # type: ignore[arg-type]
+    assert "-accel kvm -cpu host" in kvm_text
+    debug = " ".join(microvm_command(accel="tcg", console_log="/tmp/c.log", **args))  # type: ignore[arg-type]
+    assert "isa-serial=on" in debug and "-serial file:/tmp/c.log" in debug
+
+
+def test_guest_memory_is_the_cap_plus_the_runtime() -> None:
+    assert guest_memory_mib(0) == 256
+    assert guest_memory_mib(64 << 20) == 320
+    assert guest_memory_mib(1 << 30) == 1280
+    assert guest_memory_mib((64 << 20) + 1) == 322  # rounded up to whole MiB, then to 2 MiB
+
+
+def test_accelerator_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_accel("tcg")[0] == "tcg"
+    assert resolve_accel("kvm")[0] == "kvm"
+    with pytest.raises(MotteError, match="unknown accelerator"):
+        resolve_accel("hvf")
+    monkeypatch.setattr(kvm, "kvm_verdict", lambda **_: kvm.KvmVerdict(False, "PVM", False))
+    assert resolve_accel("auto") == ("tcg", "KVM unusable: PVM")
+    monkeypatch.setattr(kvm, "kvm_verdict", lambda **_: kvm.KvmVerdict(True, "probe ok", True))
+    assert resolve_accel("auto") == ("kvm", "probe ok")
+
+
+def test_kvm_verdict_on_this_host_needs_no_boot() -> None:
+    verdict = kvm.kvm_verdict(allow_boot=False)
+    if not os.path.exists("/dev/kvm"):
+        assert verdict.usable is False and "does not exist" in verdict.reason
+    elif kvm.is_pvm():
+        assert verdict.usable is False and "PVM" in verdict.reason and not verdict.probed
+    else:
+        assert verdict.usable in (None, True, False)
+
+
+def test_missing_qemu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kvm.shutil, "which", lambda _name: None)
+    with pytest.raises(MotteError) as caught:
+        KvmBackend().launch(LaunchSpec(memory_bytes=1 << 20))
+    assert "qemu-system-x86_64 is not installed" in str(caught.value)
+    assert "apt-get install qemu-system-x86" in str(caught.value)
+
+
+@needs_qemu
+def test_qemu_failure_reports_its_stderr(tmp_path: Path, no_leaks: None) -> None:
+    bogus = tmp_path / "not-a-kernel"
+    bogus.write_bytes(b"this is not a kernel\n" * 100)
+    backend = KvmBackend(vmlinux=str(bogus), initrd=str(bogus))
+    with pytest.raises(MotteError) as caught:
+        backend.launch(LaunchSpec(memory_bytes=1 << 20, accel="tcg", boot_timeout=20))
+    message = str(caught.value)
+    assert message.startswith("QEMU exited with status 1: ")
+    assert "linux kernel too old" in message  # the tail of QEMU's own stderr
+
+
+# ---- real boots ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image(shared_cache: str) -> build.KeepImage:
+    try:
+        return build.ensure_image()
+    except MotteError as exc:
+        if "kernel" in exc.message:
+            pytest.skip(f"the keep kernel cannot be had here: {exc}")
+        raise
+
+
+@pytest.mark.vm
+@needs_qemu
+def test_selftest_guest_boots_and_says_hello(image: build.KeepImage, no_leaks: None) -> None:
+    keep = KvmBackend(guest_mode="selftest").launch(LaunchSpec(memory_bytes=32 << 20, boot_timeout=90))
+    try:
+        assert keep.backend == "kvm" and keep.accel in ("kvm", "tcg")
+        assert keep.accel.upper() in keep.isolation or "TCG" in keep.isolation
+        assert "host can read" in keep.isolation
+        pid, rundir = keep.memory_pid(), keep.rundir
+        assert pid is not None and qemu_pids(str(rundir)) == {pid}
+        assert (rundir / "keep.sock").exists()
+        keep.endpoint.send_control("ping", seq=7)
+        assert keep.endpoint.recv_control(timeout=30) == {"op": "pong", "seq": 7}
+        keep.endpoint.send_control("bye")
+        assert keep.wait(30) == 0, "the guest powers off by itself after bye (QEMU -no-reboot)"
+    finally:
+        keep.close()
+    assert not rundir.exists()
+    assert not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.vm
+@needs_qemu
+def test_keep_runtime_boots_and_runs_a_workload(image: build.KeepImage, no_leaks: None) -> None:
+    from motte.host.session import HostStdio, RunRequest, run_workload
+    from motte.shared.enarx_config import default_config
+    from tests.workloads import workload
+
+    keep = KvmBackend().launch(LaunchSpec(memory_bytes=64 << 20, boot_timeout=90))
+    try:
+        hello = keep.endpoint.await_hello(timeout=1)
+        assert hello["role"] == "keep" and hello["backend"] == "kvm"
+        read_end, write_end = os.pipe()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            request = RunRequest(Path(workload("hello")).read_bytes(), default_config(), memory_limit=64 << 20)
+            result = run_workload(keep, request, HostStdio(stdin=devnull, stdout=write_end, stderr=write_end))
+            os.close(write_end)
+            output = b"".join(iter(lambda: os.read(read_end, 65536), b""))
+        finally:
+            os.close(read_end)
+            os.close(devnull)
+        assert (result.status, result.reason) == (0, "exit"), result
+        assert b"Hello" in output
+        assert keep.wait(30) == 0
+    finally:
+        keep.close()
+
+
+def _sleeping_initrd(path: Path) -> Path:
+    """A kernel that boots into an /init that never opens the channel: a boot 'hang'."""
+    archive = Archive()
+    archive.add_file("bin/busybox", Path(build._busybox_path()).read_bytes(), 0o755)
+    archive.add_file("init", b"#!/bin/busybox sh\nexec /bin/busybox sleep 600\n", 0o755)
+    archive.add_chardev("dev/console", 5, 1)
+    path.write_bytes(archive.to_bytes())
+    return path
+
+
+@pytest.mark.vm
+@needs_qemu
+def test_boot_hang_is_retried_once_then_reported_and_cleaned_up(
+    image: build.KeepImage, tmp_path: Path, no_leaks: None
+) -> None:
+    initrd = _sleeping_initrd(tmp_path / "sleep.cpio")
+    backend = KvmBackend(vmlinux=str(image.vmlinux), initrd=str(initrd))
+    messages: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(MotteError) as caught:
+        backend.launch(LaunchSpec(memory_bytes=0, boot_timeout=8, accel="tcg"), messages.append)
+    elapsed = time.monotonic() - started
+    assert "did not boot: no HELLO from the guest within 4 s (tcg) (2 attempts)" in str(caught.value)
+    assert any("retrying" in m for m in messages)
+    assert 7 < elapsed < 20
+    assert not qemu_pids(str(initrd)), "every QEMU of both attempts is gone"
+
+
+_HOST_SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from motte.host.backends.base import LaunchSpec
+    from motte.host.backends.kvm import KvmBackend
+    keep = KvmBackend(guest_mode="selftest").launch(LaunchSpec(memory_bytes=0, boot_timeout=90))
+    print(json.dumps({"pid": keep.memory_pid(), "rundir": str(keep.rundir)}), flush=True)
+    if sys.argv[1] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup code runs at all
+    raise RuntimeError("the host failed mid-run")  # an uncaught exception, keep never closed
+    """
+)
+
+
+@pytest.mark.vm
+@needs_qemu
+@pytest.mark.parametrize("how", ["exception", "kill"])
+def test_no_qemu_outlives_a_failing_host(image: build.KeepImage, how: str, no_leaks: None) -> None:
+    env = {**os.environ, "MOTTE_CACHE_DIR": DEFAULT_CACHE}
+    result = subprocess.run([sys.executable, "-c", _HOST_SCRIPT, how], capture_output=True, env=env,
+                            timeout=120, cwd=ROOT)  # fmt: skip
+    info = json.loads(result.stdout.decode().splitlines()[0])
+    if how == "exception":
+        assert b"the host failed mid-run" in result.stderr
+    else:
+        assert result.returncode == -9
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{info['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # SIGKILL of the parent reaches QEMU via PR_SET_PDEATHSIG, asynchronously
+    status = Path(f"/proc/{info['pid']}/stat")
+    assert not status.exists() or status.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    if how == "kill":
+        assert Path(info["rundir"]).exists(), "nothing could clean up after SIGKILL"
+        kvm.sweep_stale_rundirs()  # what the next launch does first
+    assert Path(info["rundir"]).name not in rundirs()
