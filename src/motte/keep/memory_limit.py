@@ -41,10 +41,10 @@ class _LinearMemory:
     def grow(self, new_size: int) -> None:
         if new_size > self.capacity:
             raise MemoryError("beyond the reservation")
-        if new_size > self.size:
-            # Fresh anonymous pages read as zero, as wasm requires.
-            if _libc.mprotect(self.base + self.size, new_size - self.size, mmap.PROT_READ | mmap.PROT_WRITE):
-                raise MemoryError(f"mprotect failed (errno {ctypes.get_errno()})")
+        # Fresh anonymous pages read as zero, as wasm requires.
+        readable = mmap.PROT_READ | mmap.PROT_WRITE
+        if new_size > self.size and _libc.mprotect(self.base + self.size, new_size - self.size, readable):
+            raise MemoryError(f"mprotect failed (errno {ctypes.get_errno()})")
         self.size = new_size
 
     def release(self) -> None:
@@ -56,7 +56,7 @@ def _never_raise(callback: Callable[..., int]) -> Callable[..., int]:
     def guarded(*args: Any) -> int:
         try:
             return callback(*args)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return _error(f"keep memory allocator failed: {type(exc).__name__}: {exc}")
 
     return guarded
@@ -86,7 +86,7 @@ class MemoryLimit:
         self._new = ffi.wasmtime_new_memory_callback_t(_never_raise(self._new_memory))
         self._finalize_memory = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._release)
         self._finalize_creator = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
-        self._creator = ffi.wasmtime_memory_creator_t()
+        self._creator: Any = ffi.wasmtime_memory_creator_t()
         self._creator.env = None
         self._creator.new_memory = self._new
         self._creator.finalizer = self._finalize_creator
