@@ -86,10 +86,11 @@ class MemoryLimit:
         self._new = ffi.wasmtime_new_memory_callback_t(_never_raise(self._new_memory))
         self._finalize_memory = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._release)
         self._finalize_creator = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _env: None)
-        self._creator: Any = ffi.wasmtime_memory_creator_t()
-        self._creator.env = None
-        self._creator.new_memory = self._new
-        self._creator.finalizer = self._finalize_creator
+        creator: Any = ffi.wasmtime_memory_creator_t()
+        creator.env = None
+        creator.new_memory = self._new
+        creator.finalizer = self._finalize_creator
+        self._creator = creator
 
     def install(self, config: wasmtime.Config) -> None:
         ffi.wasmtime_config_host_memory_creator_set(config.ptr(), ctypes.byref(self._creator))
