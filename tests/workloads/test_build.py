@@ -26,10 +26,10 @@ EXPECTED = {
 
 
 def test_every_expected_workload_has_a_source() -> None:
-    assert set(names()) == EXPECTED
+    assert set(names()) >= EXPECTED
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", names())
 def test_workload_builds_to_a_valid_module(name: str) -> None:
     path = workload(name)
     assert path.name == f"{name}.wasm"
