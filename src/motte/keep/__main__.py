@@ -7,6 +7,7 @@ is still loading wasmtime.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 
@@ -38,6 +39,9 @@ def serve(channel: socket.socket | int, backend: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C in the user's terminal reaches the whole process group; the host decides when the
+    # keep ends (it tells it, or kills it), so the keep itself ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if len(argv) != 2 or argv[0] not in ("--channel-fd", "--channel-device"):
         print(USAGE, file=sys.stderr)
         return 2

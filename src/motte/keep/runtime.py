@@ -227,7 +227,7 @@ class KeepRuntime:
         try:
             instance = linker.instantiate(store, module)
         except wasmtime.Trap as exc:
-            return self._classify_trap(exc, host, memory, launch)
+            return _classify_trap(exc, host, launch)
         except wasmtime.WasmtimeError as exc:
             text = _first_line(exc)
             hint = "raise --max-memory" if "exceeds the memory limit" in text else None
@@ -245,37 +245,38 @@ class KeepRuntime:
         try:
             start(store)
         except wasmtime.Trap as exc:
-            return self._classify_trap(exc, host, memory, launch)
+            return _classify_trap(exc, host, launch)
         except wasmtime.WasmtimeError as exc:
             pending = host.take_pending()
             if isinstance(pending, HostTrap):
-                return self._ended(pending.outcome, memory, launch)
+                return _ended(pending.outcome, launch)
             return Outcome(EXIT_TRAP, "trap", _first_line(exc))
-        return self._ended(ProcExit(0), memory, launch)
+        return _ended(ProcExit(0), launch)
 
-    def _ended(self, how: object, memory: GuestMemory, launch: Launch) -> Outcome:
-        if isinstance(how, DeadlineHit):
-            return _timeout(launch)
-        if isinstance(how, MemoryRefused):
-            return _memory_outcome(launch, f"a memory.grow to {how.wanted} bytes was refused")
-        assert isinstance(how, ProcExit)
-        status = how.status
-        if status > 255:
-            return Outcome(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {status}, beyond 255")
-        return Outcome(status, "exit")
 
-    def _classify_trap(self, trap: wasmtime.Trap, host: HostFunctions, memory: GuestMemory,
-                       launch: Launch) -> Outcome:
-        pending = host.take_pending()
-        if isinstance(pending, HostTrap):
-            return self._ended(pending.outcome, memory, launch)
-        if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
-            return _timeout(launch)
-        backtrace = [_frame_text(i, frame) for i, frame in enumerate(trap.frames)]
-        cause = _trap_cause(trap.message)
-        if pending is not None:
-            return Outcome(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
-        return Outcome(EXIT_TRAP, "trap", cause, backtrace)
+def _ended(how: object, launch: Launch) -> Outcome:
+    """The outcome of a deliberate end: proc_exit, the deadline, or the memory cap."""
+    if isinstance(how, DeadlineHit):
+        return _timeout(launch)
+    if isinstance(how, MemoryRefused):
+        return _memory_outcome(launch, f"a memory.grow to {how.wanted} bytes was refused")
+    assert isinstance(how, ProcExit)
+    if how.status > 255:
+        return Outcome(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {how.status}, beyond 255")
+    return Outcome(how.status, "exit")
+
+
+def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, launch: Launch) -> Outcome:
+    pending = host.take_pending()
+    if isinstance(pending, HostTrap):
+        return _ended(pending.outcome, launch)
+    if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
+        return _timeout(launch)
+    backtrace = [_frame_text(i, frame) for i, frame in enumerate(trap.frames)]
+    cause = _trap_cause(trap.message)
+    if pending is not None:
+        return Outcome(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
+    return Outcome(EXIT_TRAP, "trap", cause, backtrace)
 
 
 def _timeout(launch: Launch) -> Outcome:
