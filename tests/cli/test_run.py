@@ -207,3 +207,42 @@ def test_large_stdout_arrives_intact(backend: str, wasm) -> None:
     result = run(backend, wasm("writer"), "--", "8", "4096")
     assert result.returncode == 0
     assert result.stdout == writer_expected(8 << 20)
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.add(child)
+            pending.append(child)
+    return found
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_no_keep_is_left_behind_when_motte_is_stopped(backend: str, wasm, signal_name: str) -> None:
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "motte", "run", "--backend", backend, wasm("spin"), "--",
+                                "--print"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"spinning\n"
+        keep_processes = _descendants(process.pid)
+        assert keep_processes
+        process.send_signal(getattr(signal, signal_name))
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in keep_processes):
+            time.sleep(0.05)
+        survivors = [pid for pid in keep_processes if Path(f"/proc/{pid}").exists()
+                     and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+        assert survivors == []
+    finally:
+        process.kill()
+        process.wait()

@@ -8,7 +8,10 @@ developer (or CI) would use, as read before any fixture changed it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,17 +46,30 @@ def qemu_pids(marker: str) -> set[int]:
     return pids
 
 
-def rundirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("motte-kvm-*")}
+def rundirs(base: str | None = None) -> set[str]:
+    return {p.name for p in Path(base or tempfile.gettempdir()).glob("motte-kvm-*")}
 
 
 @pytest.fixture
-def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves a QEMU process or a keep run directory behind."""
-    before_dirs = rundirs()
-    before_pids = qemu_pids("motte")
-    yield
-    leaked_pids = qemu_pids("motte") - before_pids
-    leaked_dirs = rundirs() - before_dirs
-    assert not leaked_pids, f"QEMU processes left behind: {leaked_pids}"
-    assert not leaked_dirs, f"run directories left behind: {leaked_dirs}"
+def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Fail the test if it leaves a QEMU process or a keep run directory behind.
+
+    The test gets a private temporary directory (in-process and, through TMPDIR, for child
+    processes), so that keeps of tests running in parallel (pytest-xdist) are not counted: a
+    keep's QEMU command line names its run directory, which lies in that private directory.
+    Short, under /tmp: the channel socket path must stay under the 108-byte unix socket limit.
+    """
+    base = tempfile.mkdtemp(prefix="mt-", dir="/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", base)
+    monkeypatch.setenv("TMPDIR", base)
+    try:
+        yield base
+        leaked_pids = qemu_pids(base)
+        leaked_dirs = rundirs(base)
+        assert not leaked_pids, f"QEMU processes left behind: {leaked_pids}"
+        assert not leaked_dirs, f"run directories left behind: {leaked_dirs}"
+    finally:
+        for pid in qemu_pids(base):  # never leave a process behind, even when the test failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)

@@ -82,7 +82,7 @@ def test_missing_qemu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @needs_qemu
-def test_qemu_failure_reports_its_stderr(tmp_path: Path, no_leaks: None) -> None:
+def test_qemu_failure_reports_its_stderr(tmp_path: Path, no_leaks: str) -> None:
     bogus = tmp_path / "not-a-kernel"
     bogus.write_bytes(b"this is not a kernel\n" * 100)
     backend = KvmBackend(vmlinux=str(bogus), initrd=str(bogus))
@@ -108,7 +108,7 @@ def image(shared_cache: str) -> build.KeepImage:
 
 @pytest.mark.vm
 @needs_qemu
-def test_selftest_guest_boots_and_says_hello(image: build.KeepImage, no_leaks: None) -> None:
+def test_selftest_guest_boots_and_says_hello(image: build.KeepImage, no_leaks: str) -> None:
     keep = KvmBackend(guest_mode="selftest").launch(LaunchSpec(memory_bytes=32 << 20, boot_timeout=90))
     try:
         assert keep.backend == "kvm" and keep.accel in ("kvm", "tcg")
@@ -129,7 +129,7 @@ def test_selftest_guest_boots_and_says_hello(image: build.KeepImage, no_leaks: N
 
 @pytest.mark.vm
 @needs_qemu
-def test_keep_runtime_boots_and_runs_a_workload(image: build.KeepImage, no_leaks: None) -> None:
+def test_keep_runtime_boots_and_runs_a_workload(image: build.KeepImage, no_leaks: str) -> None:
     from motte.host.session import HostStdio, RunRequest, run_workload
     from motte.shared.enarx_config import default_config
     from tests.workloads import workload
@@ -168,7 +168,7 @@ def _sleeping_initrd(path: Path) -> Path:
 @pytest.mark.vm
 @needs_qemu
 def test_boot_hang_is_retried_once_then_reported_and_cleaned_up(
-    image: build.KeepImage, tmp_path: Path, no_leaks: None
+    image: build.KeepImage, tmp_path: Path, no_leaks: str
 ) -> None:
     initrd = _sleeping_initrd(tmp_path / "sleep.cpio")
     backend = KvmBackend(vmlinux=str(image.vmlinux), initrd=str(initrd))
@@ -181,6 +181,7 @@ def test_boot_hang_is_retried_once_then_reported_and_cleaned_up(
     assert any("retrying" in m for m in messages)
     assert 7 < elapsed < 20
     assert not qemu_pids(str(initrd)), "every QEMU of both attempts is gone"
+    assert not rundirs(no_leaks)
 
 
 _HOST_SCRIPT = textwrap.dedent(
@@ -200,8 +201,8 @@ _HOST_SCRIPT = textwrap.dedent(
 @pytest.mark.vm
 @needs_qemu
 @pytest.mark.parametrize("how", ["exception", "kill"])
-def test_no_qemu_outlives_a_failing_host(image: build.KeepImage, how: str, no_leaks: None) -> None:
-    env = {**os.environ, "MOTTE_CACHE_DIR": DEFAULT_CACHE}
+def test_no_qemu_outlives_a_failing_host(image: build.KeepImage, how: str, no_leaks: str) -> None:
+    env = {**os.environ, "MOTTE_CACHE_DIR": DEFAULT_CACHE}  # TMPDIR: the private dir of no_leaks
     result = subprocess.run([sys.executable, "-c", _HOST_SCRIPT, how], capture_output=True, env=env,
                             timeout=120, cwd=ROOT)  # fmt: skip
     info = json.loads(result.stdout.decode().splitlines()[0])
@@ -217,4 +218,5 @@ def test_no_qemu_outlives_a_failing_host(image: build.KeepImage, how: str, no_le
     if how == "kill":
         assert Path(info["rundir"]).exists(), "nothing could clean up after SIGKILL"
         kvm.sweep_stale_rundirs()  # what the next launch does first
-    assert Path(info["rundir"]).name not in rundirs()
+    assert Path(info["rundir"]).parent == Path(no_leaks)
+    assert not rundirs(no_leaks)

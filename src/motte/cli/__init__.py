@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     from motte.shared.errors import EXIT_MOTTE_ERROR, MotteError
 
     debug = "--debug" in args
+    # SIGTERM ends motte like Ctrl-C does: through the cleanup paths (the keep is stopped).
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=args, prog_name="motte", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"motte: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
         sys.exit(EXIT_MOTTE_ERROR)
 
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _is_nil_run(args: list[str]) -> bool:

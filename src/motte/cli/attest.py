@@ -174,3 +174,9 @@ def _report(claims: Any, violations: list[tuple[str, str]], checks: list[str], n
         console.print(f"  [red]refused[/red] [bold]{reason}[/bold]: {message}")
     style = "bold green" if not violations else "bold red"
     console.print(f"[{style}]verdict: {verdict}[/{style}] (at {now.isoformat()})")
+
+
+# `motte attest fetch-cert` is defined beside the Steward whose certificates it reads.
+from motte.cli.steward import fetch_cert  # noqa: E402
+
+attest.add_command(fetch_cert)

@@ -26,32 +26,45 @@ def build(force: bool, as_json: bool) -> None:
 
     console = Console(stderr=True)
     started = time.monotonic()
-    last = [started, ""]
-
-    def progress(message: str) -> None:
-        # Each step is printed with the time it took when the next one starts.
-        now = time.monotonic()
-        if last[1]:
-            console.print(f"  [green]✓[/green] {last[1]} [dim]({now - float(last[0]):.1f} s)[/dim]")
-        last[0], last[1] = now, message
-        status.update(f"{message}...")
-
+    steps = _Steps(console)
     with console.status("checking the cache...") as status:
-        result = ensure_image(progress, force=force)
-    if last[1]:
-        console.print(f"  [green]✓[/green] {last[1]} [dim]({time.monotonic() - float(last[0]):.1f} s)[/dim]")
+        result = ensure_image(lambda message: steps.next(message, status), force=force)
+    steps.finish()
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2, sort_keys=True))
         return
     initrd = result.manifest["initrd"]
-    built = "built" if last[1] else "cached"
+    built = "built" if steps.count else "cached"
     console.print(
         f"keep image {built} in {time.monotonic() - started:.1f} s: {result.directory}\n"
         f"  kernel  {result.vmlinux} ({result.kernel.pin.package} {result.kernel.pin.version})\n"
         f"  initrd  {result.initrd} ({initrd['size'] / 1e6:.1f} MB lz4, {initrd['cpio_size'] / 1e6:.1f} MB cpio, "
         f"{initrd['entries']} files)\n"
-        f"  sha256  {initrd['sha256']}"
+        f"  sha256  {initrd['sha256']}",
+        soft_wrap=True,  # paths stay on one line, copyable
     )
+
+
+class _Steps:
+    """Prints each finished build step with the time it took; the spinner shows the current one."""
+
+    def __init__(self, console: Any):
+        self.console = console
+        self.current = ""
+        self.since = time.monotonic()
+        self.count = 0
+
+    def next(self, message: str, status: Any) -> None:
+        self.finish()
+        self.current, self.since = message, time.monotonic()
+        self.count += 1
+        status.update(f"{message}...")
+
+    def finish(self) -> None:
+        if self.current:
+            elapsed = time.monotonic() - self.since
+            self.console.print(f"  [green]✓[/green] {self.current} [dim]({elapsed:.1f} s)[/dim]")
+            self.current = ""
 
 
 @image.command("path")

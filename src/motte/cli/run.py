@@ -124,7 +124,8 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
         raise click.BadParameter("must be at least 64KiB (one wasm page)", param_hint="--max-memory")
     config = load_config(wasmcfgfile).with_extra(args=list(args), env=parse_env(env))  # type: ignore[attr-defined]
     cache = None if no_cache else str(module_cache_dir())
-    request = RunRequest(read_workload(wasm), config, parse_dirs(dirs), memory, timeout, cache)
+    request = RunRequest(read_workload(wasm), config, parse_dirs(dirs), memory, timeout, cache,
+                         config_dir=str(wasmcfgfile.parent) if wasmcfgfile is not None else None)
     chosen = default_backend() if backend == "auto" else backend
     for spec in config.files:
         if spec.kind in ("listen", "connect") and spec.prot == "tcp":

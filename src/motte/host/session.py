@@ -13,11 +13,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from motte.host.backends.base import KeepHandle
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeout
 from motte.shared.errors import EXIT_MOTTE_ERROR, EXIT_TIMEOUT, MotteError
+
+if TYPE_CHECKING:
+    from motte.host.net import HostNetwork, Tap
 
 WASM_CHUNK = 1 << 20
 GRACE = 5.0  # seconds past the workload deadline before the host stops waiting for the keep
@@ -31,6 +35,7 @@ class RunRequest:
     memory_limit: int = 1 << 30
     timeout: float | None = None
     cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
+    config_dir: str | None = None  # where the config file is: relative paths in it (ca) start there
 
 
 @dataclass
@@ -49,8 +54,23 @@ class HostStdio:
     stderr: int = 2
 
 
-def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None = None) -> RunResult:
-    stdio = stdio or HostStdio()
+def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None = None,
+                 tap: Tap | None = None) -> RunResult:
+    """Run the workload in ``keep``; ``tap`` sees every byte relayed for its network connections."""
+    network = None
+    if any(spec.kind in ("listen", "connect") for spec in request.config.files):
+        from motte.host.net import HostNetwork
+
+        network = HostNetwork(keep.endpoint, request.config, config_dir=request.config_dir, tap=tap)
+        network.prepare()  # binds the ports: one in use fails the run here, before the workload starts
+    try:
+        return _run_workload(keep, request, stdio or HostStdio(), network)
+    finally:
+        if network is not None:
+            network.close()
+
+
+def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None) -> RunResult:
     endpoint = keep.endpoint
     wasm_stream = endpoint.open_stream("wasm")
     streams: dict[int, int] = {}
@@ -71,6 +91,8 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
             endpoint.eof(stream)  # nothing flows host -> keep on an output
             target = stdio.stdout if spec.kind == "stdout" else stdio.stderr
             pumps.append(_daemon(_pump_output, endpoint, stream, target))
+    if network is not None:
+        network.start()  # before the launch: the keep may ask for connections as soon as it has it
     endpoint.send_control(
         "launch",
         config=request.config.to_json(),
@@ -79,11 +101,12 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
         dirs=[{"host": host, "guest": guest} for host, guest in request.dirs],
         limits={"memory": request.memory_limit, "timeout": request.timeout},
         cache_dir=request.cache_dir,
+        ca=network.ca_bundles if network is not None else {},
     )
     _daemon(_send_wasm, endpoint, wasm_stream, request.wasm).start()
     for pump in pumps:
         pump.start()
-    result = _await_exit(keep, request)
+    result = _await_exit(keep, request, network)
     outputs = [p for p in pumps if p.name == _pump_output.__name__]
     for pump in outputs:
         pump.join(timeout=10.0)
@@ -95,7 +118,7 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
     return result
 
 
-def _await_exit(keep: KeepHandle, request: RunRequest) -> RunResult:
+def _await_exit(keep: KeepHandle, request: RunRequest, network: HostNetwork | None = None) -> RunResult:
     endpoint = keep.endpoint
     hard_deadline = None if request.timeout is None else time.monotonic() + request.timeout + GRACE
     cached: bool | None = None
@@ -115,6 +138,8 @@ def _await_exit(keep: KeepHandle, request: RunRequest) -> RunResult:
             cached = bool(message.get("cached"))
         elif op == "exit":
             return _exit_result(message, cached)
+        elif network is not None:
+            network.handle_control(message)  # e.g. "accepted": the workload took a connection
 
 
 def _exit_result(message: dict[str, object], cached: bool | None) -> RunResult:

@@ -38,6 +38,18 @@ def serve(channel: socket.socket | int, backend: str) -> int:
     return 0
 
 
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies, however it dies, so a keep busy
+    in a wasm loop is never left behind by a host that was killed."""
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     # Ctrl-C in the user's terminal reaches the whole process group; the host decides when the
     # keep ends (it tells it, or kills it), so the keep itself ignores SIGINT.
@@ -46,6 +58,7 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     if argv[0] == "--channel-fd":
+        die_with_parent()  # a nil keep is a child process of the host: it must not outlive it
         return serve(socket.socket(fileno=int(argv[1])), backend="nil")
     from motte.keep.vm_channel import open_virtio_port  # type: ignore[import-not-found,unused-ignore]
 

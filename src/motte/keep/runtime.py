@@ -32,6 +32,7 @@ from motte.shared.endpoint import Endpoint
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
 
 MAX_WASM_SIZE = 512 << 20
+MAX_CA_BUNDLE = 128 << 10  # a PEM CA bundle for one connect file
 WASM_PAGE = 64 << 10
 ARGV0 = "main.wasm"
 
@@ -62,6 +63,7 @@ class Launch(NamedTuple):
     memory_limit: int
     timeout: float | None
     cache_dir: str | None
+    ca_bundles: dict[int, str] = {}  # noqa: RUF012 - fd -> PEM of the extra CA for a TLS connect
 
     @classmethod
     def parse(cls, message: dict[str, Any]) -> Launch:
@@ -83,6 +85,7 @@ class Launch(NamedTuple):
                 memory_limit=_int(limits["memory"], "limits.memory"),
                 timeout=None if timeout is None else float(timeout),
                 cache_dir=None if message.get("cache_dir") is None else _str(message["cache_dir"], "cache_dir"),
+                ca_bundles={int(fd): _str(pem, "ca") for fd, pem in dict(message.get("ca", {})).items()},
             )
         except ConfigError:
             raise
@@ -92,6 +95,12 @@ class Launch(NamedTuple):
             raise LaunchError(f"workload size {launch.wasm_size} outside 1..{MAX_WASM_SIZE} bytes")
         if launch.memory_limit < WASM_PAGE:
             raise LaunchError("memory limit below one wasm page")
+        for fd, pem in launch.ca_bundles.items():
+            spec = launch.config.files[fd] if 0 <= fd < len(launch.config.files) else None
+            if spec is None or spec.kind != "connect" or spec.prot != "tls":
+                raise LaunchError(f"a CA bundle was sent for fd {fd}, which is no TLS connect file")
+            if len(pem) > MAX_CA_BUNDLE:
+                raise LaunchError(f"the CA bundle for fd {fd} exceeds {MAX_CA_BUNDLE} bytes")
         return launch
 
 
@@ -146,6 +155,11 @@ class KeepRuntime:
 
     def _files(self, launch: Launch, outputs: ChannelOutputs) -> list[WasiFile]:
         files: list[WasiFile] = []
+        network = None
+        if any(spec.kind in ("listen", "connect") for spec in launch.config.files):
+            from motte.keep.net.setup import NetworkSetup  # only workloads with sockets load ssl
+
+            network = NetworkSetup(self.endpoint, launch.ca_bundles, on_block=outputs.flush_all)
         for fd, spec in enumerate(launch.config.files):
             if spec.kind == "null":
                 files.append(NullFile())
@@ -160,11 +174,15 @@ class KeepRuntime:
                     output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout")
                     outputs.add(output)
                     files.append(output)
+            elif network is not None:
+                try:
+                    files.append(network.socket(fd, spec))
+                except MotteError as exc:
+                    raise LaunchError(f"files[{fd}] ({spec.kind} {spec.name!r}): {exc}") from None
             else:
-                raise LaunchError(
-                    f"files[{fd}] has kind {spec.kind!r}: listen/connect sockets are not supported by this "
-                    "keep runtime yet"
-                )
+                raise LaunchError(f"files[{fd}] has unknown kind {spec.kind!r}")
+        if network is not None:
+            network.start()
         for host_path, guest_path in launch.dirs:
             try:
                 files.append(open_preopen(host_path, guest_path))

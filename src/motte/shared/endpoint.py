@@ -33,6 +33,14 @@ from motte.shared.errors import MotteError
 
 READ_SIZE = 256 << 10
 
+#: Called with a stream id when that stream gets data, EOF, a reset or credit (0: the channel
+#: closed). Runs on the reader thread with the endpoint's lock held: it must only take note and
+#: return, never call back into the endpoint.
+StreamObserver = Callable[[int], None]
+#: Takes a stream the peer opened (stream id, OPEN metadata); returns None to keep it or a reason
+#: to refuse it (the stream is then reset). Same constraints as a :data:`StreamObserver`.
+OpenHandler = Callable[[int, dict[str, Any]], str | None]
+
 
 class Transport(Protocol):
     def recv(self, size: int) -> bytes: ...
@@ -127,6 +135,8 @@ class Endpoint:
         self._inboxes: dict[int, _Inbox] = {}
         self._controls: deque[dict[str, Any]] = deque()
         self._opened: deque[tuple[int, dict[str, Any]]] = deque()
+        self._routes: dict[str, OpenHandler] = {}
+        self._observer: StreamObserver | None = None
         self._peer_hello: dict[str, Any] | None = None
         self._closed: BaseException | None = None
         self._transport_done = False
@@ -193,6 +203,32 @@ class Endpoint:
                 return self._opened.popleft()
             self._raise_if_closed()
             raise Timeout("no stream opened") if not ok else ChannelClosed("closed")
+
+    def route_opens(self, kind: str, handler: OpenHandler) -> None:
+        """Hand streams the peer opens with ``kind`` to ``handler`` instead of :meth:`accept_stream`.
+
+        Many streams (one per network connection) have their own consumer; routing them as they
+        arrive keeps them out of the shared accept queue. Streams of ``kind`` already waiting in
+        that queue are handed over now, so a route set up late loses nothing.
+        """
+        with self._lock:
+            self._routes[kind] = handler
+            waiting = [item for item in self._opened if item[1].get("kind") == kind]
+            for item in waiting:
+                self._opened.remove(item)
+                self._route(item[0], item[1], handler)
+            self._queue_outgoing()
+
+    def observe(self, observer: StreamObserver | None) -> None:
+        """Have ``observer`` called on every stream event (see :data:`StreamObserver`)."""
+        with self._lock:
+            self._observer = observer
+
+    def _route(self, stream: int, meta: dict[str, Any], handler: OpenHandler) -> None:
+        refusal = handler(stream, meta)
+        if refusal is not None:
+            self._inboxes.pop(stream, None)
+            self._state.reset_stream(stream, refusal)
 
     def write(self, stream: int, data: bytes | memoryview, deadline: float | None = None) -> None:
         """Send all of ``data``, waiting for credit as needed."""
@@ -287,9 +323,21 @@ class Endpoint:
                 or self._closed is not None
             )
 
-    def wait(self, predicate_streams: Iterable[int], timeout: float | None) -> bool:
-        """Wait until any of the streams is readable (or the channel closes), up to ``timeout``."""
+    def reset_reason(self, stream: int) -> str | None:
+        """Why the peer reset ``stream`` (None if it did not)."""
+        with self._lock:
+            inbox = self._inboxes.get(stream)
+            return None if inbox is None else inbox.reset
+
+    def wait(self, predicate_streams: Iterable[int], timeout: float | None, *, writable: Iterable[int] = (),
+             condition: Callable[[], bool] | None = None) -> bool:
+        """Wait until any of the streams is readable, any ``writable`` stream has credit (or is
+        closed), ``condition()`` holds, or the channel closes; up to ``timeout``.
+
+        ``condition`` runs with the endpoint's lock held: it must not call the endpoint.
+        """
         streams = list(predicate_streams)
+        outputs = list(writable)
 
         def ready() -> bool:
             if self._closed is not None:
@@ -298,7 +346,10 @@ class Endpoint:
                 inbox = self._inboxes.get(stream)
                 if inbox is None or inbox.size or inbox.eof or inbox.reset is not None:
                     return True
-            return False
+            for stream in outputs:
+                if not self._state.is_open(stream) or self._state.send_window(stream) > 0:
+                    return True
+            return condition is not None and condition()
 
         with self._lock:
             return self._changed.wait_for(ready, timeout)
@@ -353,6 +404,8 @@ class Endpoint:
         with self._lock:
             if self._closed is None:
                 self._closed = error
+            if self._observer is not None:
+                self._observer(0)
             self._changed.notify_all()
             self._to_send.notify_all()
 
@@ -382,23 +435,36 @@ class Endpoint:
             if inbox is not None and event.data:
                 inbox.chunks.append(event.data)
                 inbox.size += len(event.data)
+            self._notify(event.stream)
         elif isinstance(event, Control):
             self._controls.append(event.message)
         elif isinstance(event, StreamOpened):
             self._inboxes[event.stream] = _Inbox()
-            self._opened.append((event.stream, event.meta))
+            handler = self._routes.get(event.meta["kind"])
+            if handler is None:
+                self._opened.append((event.stream, event.meta))
+            else:
+                self._route(event.stream, event.meta, handler)
         elif isinstance(event, StreamEnded):
             inbox = self._inboxes.get(event.stream)
             if inbox is not None:
                 inbox.eof = True
+            self._notify(event.stream)
         elif isinstance(event, StreamReset):
             inbox = self._inboxes.get(event.stream)
             if inbox is not None:
                 inbox.reset = event.reason or "reset"
+            self._notify(event.stream)
+        elif isinstance(event, CreditGranted):
+            self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
         elif isinstance(event, Hello):
             self._peer_hello = event.info
-        elif isinstance(event, CreditGranted | StreamRefused):
-            pass  # waiters re-check credit on notify; refusals were answered by the state machine
+        elif isinstance(event, StreamRefused):
+            pass  # answered with RESET by the state machine
+
+    def _notify(self, stream: int) -> None:
+        if self._observer is not None:
+            self._observer(stream)
 
     def _write_loop(self) -> None:
         while True:

@@ -216,6 +216,39 @@ def _probe_boot(timeout: float, fingerprint: str, progress: Progress | None) -> 
     return KvmVerdict(True, f"a probe boot under KVM said HELLO in {seconds:.2f} s", True, fingerprint, time.time())
 
 
+def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
+    """The host's TSC frequency in kHz, when the host's TSC is constant (else None).
+
+    Under TCG the guest's TSC is the host's (QEMU reads the host TSC for RDTSC), so the host knows
+    the guest's TSC frequency. /proc/cpuinfo's "cpu MHz" is the TSC frequency only with
+    ``constant_tsc``; without it (frequency scaling) it is the current clock and useless here.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.M)
+    if not flags or "constant_tsc" not in flags[1].split() or not mhz:
+        return None
+    khz = round(float(mhz[1]) * 1000)
+    return khz if 100_000 <= khz <= 10_000_000 else None
+
+
+def tcg_clock_params(tsc_khz: int | None) -> str:
+    """Kernel parameters that make TCG boots reliable.
+
+    Under TCG the guest calibrates its TSC against the emulated PIT, with timing that depends on
+    the host's load; when that fails ("Unable to calibrate against PIT ... Marking TSC unstable")
+    microvm has no other clock (no HPET, no ACPI PM timer) and the boot hangs: that was every hang
+    measured here (3 of 15 boots under load). ``tsc_early_khz`` gives the frequency instead, and
+    ``tsc=reliable`` stops the clocksource watchdog from demoting the TSC to jiffies (4 ms
+    resolution) when emulation delays its timer interrupts.
+    """
+    return f"tsc_early_khz={tsc_khz} tsc=reliable" if tsc_khz else "tsc=reliable"
+
+
 def resolve_accel(requested: str, progress: Progress | None = None) -> tuple[Accel, str]:
     """``(accelerator, why)`` for ``auto``, ``kvm`` or ``tcg``."""
     if requested == "tcg":
@@ -256,9 +289,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _rundir_base() -> str:
+    # The channel socket lives in the run directory, and a unix socket path has at most 107
+    # bytes; a deep TMPDIR falls back to /tmp.
+    base = tempfile.gettempdir()
+    return base if len(base) + len(RUNDIR_PREFIX) + len("XXXXXXXX/keep.sock") + 2 < 100 else "/tmp"
+
+
 def sweep_stale_rundirs() -> None:
     """Remove run directories of host processes that died without cleaning up (SIGKILL)."""
-    base = Path(tempfile.gettempdir())
+    base = Path(_rundir_base())
     for rundir in base.glob(f"{RUNDIR_PREFIX}*"):
         try:
             owner = int((rundir / "host.pid").read_text())
@@ -396,6 +436,8 @@ class KvmBackend(Backend):
             raise MotteError(f"a keep needs at least one vCPU, not {spec.vcpus}")
         vmlinux, initrd, cmdline = self._image(progress)
         accel, why = resolve_accel(spec.accel, progress)
+        if accel == "tcg":
+            cmdline = f"{cmdline} {tcg_clock_params(host_tsc_khz())}"
         sweep_stale_rundirs()
         deadline = time.monotonic() + spec.boot_timeout
         attempts = 0
@@ -430,7 +472,7 @@ class KvmBackend(Backend):
         attempt: int,
     ) -> KvmKeep:
         started = time.monotonic()
-        rundir = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX))
+        rundir = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX, dir=_rundir_base()))
         process: subprocess.Popen[bytes] | None = None
         endpoint: Endpoint | None = None
         keep: KvmKeep | None = None
@@ -477,8 +519,7 @@ class KvmBackend(Backend):
                     raise MotteError(f"QEMU exited with status {status}: {tail or exc.message}") from None
                 raise MotteError(
                     f"the micro-VM powered off before the keep said HELLO: {tail or exc.message}",
-                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see "
-                    "its console",
+                    hint="the guest kernel or /init failed; set MOTTE_KVM_CONSOLE=/tmp/console.log to see its console",
                 ) from None
             keep.boot_seconds = time.monotonic() - started
             return keep

@@ -60,8 +60,9 @@ def prespawn() -> None:
             os.environ.clear()
             os.environ.update(_keep_environment())
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides when the keep ends
-            from motte.keep.__main__ import serve
+            from motte.keep.__main__ import die_with_parent, serve
 
+            die_with_parent()
             status = serve(keep_sock, backend="nil")
         finally:
             sys.stderr.flush()

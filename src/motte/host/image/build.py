@@ -306,7 +306,7 @@ def build_archive(kernel: Kernel, say: Progress) -> Archive:
     archive = Archive()
     _add_skeleton(archive)
     say("tracing the modules the keep runtime imports")
-    files = trace_python_files()
+    files = trace_python_files(say)
     sources: dict[str, Path] = {}  # guest .py path -> host source
     binaries: dict[str, Path] = {}  # guest path -> host ELF
     for guest, host in sorted(files.items()):
@@ -426,11 +426,12 @@ def _imports_of(source: Path, module: str) -> tuple[set[str], set[str]]:
     return modules, maybe - modules
 
 
-def trace_python_files() -> dict[str, Path]:
+def trace_python_files(say: Progress | None = None) -> dict[str, Path]:
     """Map guest path -> host file for every Python file the keep needs."""
     motte_files = keep_source_files()
     wanted: set[str] = set(LAZY_STDLIB)
     maybe: set[str] = set()
+    own: set[str] = set()  # motte's keep modules that exist: each must import
     for rel, path in motte_files:
         if path.suffix != ".py":
             continue
@@ -440,6 +441,7 @@ def trace_python_files() -> dict[str, Path]:
         maybe |= optional
         if path.name != "__main__.py":  # importing __main__ would run the keep
             wanted.add(module)
+            own.add(module)
     maybe -= wanted
     forbidden = sorted(w for w in wanted | maybe if w.startswith(FORBIDDEN))
     if forbidden:
@@ -460,19 +462,26 @@ def trace_python_files() -> dict[str, Path]:
         tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
         raise MotteError(f"tracing the keep's imports failed: {tail[0]}")
     traced = json.loads(result.stdout)
-    _check_trace(traced, wanted)
+    unresolved = _check_trace(traced, wanted, own)
+    if unresolved and say:
+        say(f"warning: imports that do not resolve on the host, left out: {', '.join(unresolved)}")
     return _classify(traced["files"], motte_files)
 
 
-def _check_trace(traced: dict[str, Any], wanted: set[str]) -> None:
+def _check_trace(traced: dict[str, Any], wanted: set[str], own: set[str]) -> list[str]:
+    """Fail on what would break the keep; return the other imports that did not resolve."""
     leaked = sorted(name for name in traced["files"] if name.startswith(FORBIDDEN))
     if leaked:
         raise MotteError(f"the keep code pulls in host-side modules: {', '.join(leaked)}")
+    unresolved = []
     for name, error in sorted(traced["failed"].items()):
-        # Only modules motte names for sure, or the lazy list, must import; a third-party
-        # import that fails here may be an optional one behind ``try/except ImportError``.
-        if name in wanted and (name.startswith("motte.") or name == "motte" or name in LAZY_STDLIB):
+        if name in own or name in LAZY_STDLIB:
             raise MotteError(f"module {name}, which the keep needs, does not import on the host: {error}")
+        if name in wanted:
+            # An import inside a function, or behind ``try/except ImportError``: the keep fails
+            # only if that path runs, as it would on the host.
+            unresolved.append(name)
+    return unresolved
 
 
 def _classify(files: dict[str, str], motte_files: list[tuple[str, Path]]) -> dict[str, Path]:

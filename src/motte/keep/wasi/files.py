@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 from motte.keep.wasi.abi import FILESTAT, STREAM_RIGHTS, Errno, FdFlags, Filetype
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
@@ -20,6 +22,16 @@ class WasiError(Exception):
 
 class DeadlineExceeded(Exception):
     """A blocking call ran into the workload's wall-clock deadline."""
+
+
+class WakeOn(NamedTuple):
+    """What a ``poll_oneoff`` waiting on a file watches on the channel to end its wait."""
+
+    endpoint: Endpoint
+    readable: int | None = None  # a stream whose data, EOF or reset matters
+    writable: int | None = None  # a stream whose credit matters
+    condition: Callable[[], bool] | None = None  # checked with the endpoint's lock held
+    until: float | None = None  # a monotonic time by which to look again regardless (a timer)
 
 
 class WasiFile:
@@ -63,6 +75,10 @@ class WasiFile:
 
     def writable_now(self) -> bool:
         return True
+
+    def wake_on(self, write: bool) -> WakeOn | None:
+        """What to watch while a poll waits for this file to become readable (or writable)."""
+        return None
 
     def flush(self) -> None:
         pass
@@ -129,6 +145,9 @@ class ChannelInput(WasiFile):
     def readable_now(self) -> bool:
         return self.endpoint.readable(self.stream)
 
+    def wake_on(self, write: bool) -> WakeOn | None:
+        return None if write else WakeOn(self.endpoint, readable=self.stream)
+
 
 class ChannelOutput(WasiFile):
     """A stream to the host (stdout, stderr). Small writes are coalesced into large frames."""
@@ -186,6 +205,9 @@ class ChannelOutput(WasiFile):
 
     def writable_now(self) -> bool:
         return self.broken or self.endpoint.write_window(self.stream) > 0
+
+    def wake_on(self, write: bool) -> WakeOn | None:
+        return WakeOn(self.endpoint, writable=self.stream) if write else None
 
     def close(self) -> None:
         self.flush()

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
 
+from motte.keep.net.sockets import ListenSocket, StreamSocket
 from motte.keep.wasi import abi
 from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
-from motte.keep.wasi.files import DeadlineExceeded, WasiError, WasiFile
+from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
 from motte.keep.wasi.fs import OsDir, pack_dirents, pack_filestat, set_times
 from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
 
@@ -532,21 +533,33 @@ class Preview1:
             self._wait_any(fds, None if wait_ns is None else wait_ns / 1e9)
 
     def _wait_any(self, fds: list[tuple[int, int, int]], timeout: float | None) -> None:
-        streams = []
+        readable: list[int] = []
+        writable: list[int] = []
+        conditions: list[Callable[[], bool]] = []
         endpoint = None
         for _, kind, fd in fds:
             file = self.fds.get(fd)
-            stream = getattr(file, "stream", None)
-            if stream is not None and kind == abi.EVENT_FD_READ:
-                streams.append(stream)
-                endpoint = file.endpoint  # type: ignore[union-attr]
+            wake: WakeOn | None = None if file is None else file.wake_on(kind == abi.EVENT_FD_WRITE)
+            if wake is None:
+                continue
+            endpoint = wake.endpoint
+            if wake.readable is not None:
+                readable.append(wake.readable)
+            if wake.writable is not None:
+                writable.append(wake.writable)
+            if wake.condition is not None:
+                conditions.append(wake.condition)
+            if wake.until is not None:  # e.g. a TLS handshake deadline
+                left = max(0.0, wake.until - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
         if endpoint is not None:
-            # Waits on the channel, so a stream becoming readable ends the wait early.
-            endpoint.wait(streams, timeout if timeout is not None else 1.0)
+            # Waits on the channel, so a stream event (data, credit, a new connection) ends it early.
+            condition = (lambda: any(check() for check in conditions)) if conditions else None
+            endpoint.wait(readable, timeout if timeout is not None else 1.0, writable=writable, condition=condition)
         elif timeout is not None:
             time.sleep(max(0.0, timeout))
         else:
-            time.sleep(0.01)  # only write-interest on a full stream: re-check shortly
+            time.sleep(0.01)  # nothing on the channel to wait for: re-check shortly
 
     def proc_exit(self, status: int) -> None:
         raise HostTrap(ProcExit(status))
@@ -558,23 +571,48 @@ class Preview1:
         os.sched_yield()
         return Errno.SUCCESS
 
-    # ---- sockets (listen/connect arrive with keep networking) ----
+    # ---- sockets: listen/connect files of the config (see motte.keep.net) ----
 
-    def sock_accept(self, fd: int, _flags: int, _fd_ptr: int) -> int:
-        self._file(fd)
-        raise WasiError(Errno.NOTSOCK)
+    def _socket(self, fd: int) -> StreamSocket:
+        file = self._file(fd)
+        if isinstance(file, StreamSocket):
+            return file
+        raise WasiError(Errno.NOTCONN if isinstance(file, ListenSocket) else Errno.NOTSOCK)
 
-    def sock_recv(self, fd: int, *_: int) -> int:
-        self._file(fd)
-        raise WasiError(Errno.NOTSOCK)
+    def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
+        listener = self._file(fd)
+        if not isinstance(listener, ListenSocket):
+            raise WasiError(Errno.INVAL if isinstance(listener, StreamSocket) else Errno.NOTSOCK)
+        self.memory.read_u32(fd_ptr)  # a bad pointer fails before a connection is taken
+        connection = listener.accept(FdFlags(flags), self.deadline)
+        self.memory.write_u32(fd_ptr, self._new_fd(connection))
+        return Errno.SUCCESS
 
-    def sock_send(self, fd: int, *_: int) -> int:
-        self._file(fd)
-        raise WasiError(Errno.NOTSOCK)
+    def sock_recv(self, fd: int, iovs: int, count: int, riflags: int, nread_ptr: int, roflags_ptr: int) -> int:
+        sock = self._socket(fd)
+        if riflags & ~(abi.RIFLAGS_RECV_PEEK | abi.RIFLAGS_RECV_WAITALL):
+            raise WasiError(Errno.INVAL)
+        vectors = self.memory.read_iovecs(iovs, count)
+        total = min(sum(length for _, length in vectors), MAX_IO)
+        data = sock.recv(total, self.deadline, peek=bool(riflags & abi.RIFLAGS_RECV_PEEK),
+                         waitall=bool(riflags & abi.RIFLAGS_RECV_WAITALL)) if total else b""
+        self._scatter(vectors, data)
+        self.memory.write_u32(nread_ptr, len(data))
+        self.memory.write(roflags_ptr, b"\0\0")  # roflags: never RECV_DATA_TRUNCATED on a stream
+        return Errno.SUCCESS
 
-    def sock_shutdown(self, fd: int, _how: int) -> int:
-        self._file(fd)
-        raise WasiError(Errno.NOTSOCK)
+    def sock_send(self, fd: int, iovs: int, count: int, _siflags: int, nwritten_ptr: int) -> int:
+        sock = self._socket(fd)
+        written = sock.write(self._gather(iovs, count), self.deadline)
+        self.memory.write_u32(nwritten_ptr, written)
+        return Errno.SUCCESS
+
+    def sock_shutdown(self, fd: int, how: int) -> int:
+        sock = self._socket(fd)
+        if not how or how & ~(abi.SDFLAGS_RD | abi.SDFLAGS_WR):
+            raise WasiError(Errno.INVAL)
+        sock.shutdown(how)
+        return Errno.SUCCESS
 
 
 def _errno_boundary(func: Callable[..., int | None]) -> Callable[..., int | None]:

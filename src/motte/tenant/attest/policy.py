@@ -115,7 +115,13 @@ def load_policy(text: str) -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy is not valid TOML: {exc}") from exc
-    top = _Table(data, "")
+    return policy_from_table(data)
+
+
+def policy_from_table(data: Any, path: str = "") -> Policy:
+    """The policy from an already-parsed TOML table, e.g. one embedded in a Steward policy file;
+    ``path`` (e.g. ``"attestation"``) prefixes the key names in error messages."""
+    top = _Table(data, path)
     policy = Policy(
         debug=top.flag("debug", False),
         allow_any_measurement=top.flag("allow_any_measurement", False),

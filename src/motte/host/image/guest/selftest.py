@@ -18,9 +18,10 @@ Control messages it answers, after the HELLO exchange:
 
 from __future__ import annotations
 
+import sys
 import time
 
-from motte.keep.vm_channel import open_virtio_port
+from motte.keep.vm_channel import PortTransport, open_virtio_port
 from motte.shared.endpoint import Endpoint, FdTransport
 
 
@@ -32,9 +33,13 @@ def _uptime() -> float:
         return -1.0
 
 
-def main() -> int:
-    fd = open_virtio_port("motte.0", timeout=60.0)
-    endpoint = Endpoint(FdTransport(fd), "keep", name="selftest").start()
+def main(argv: list[str]) -> int:
+    # In the guest: the virtio port. On the host (the benchmark's baseline): a socketpair fd.
+    if argv[:1] == ["--channel-fd"]:
+        endpoint = Endpoint(FdTransport(int(argv[1])), "keep", name="selftest").start()
+    else:
+        fd = open_virtio_port("motte.0", timeout=60.0)
+        endpoint = Endpoint(PortTransport(fd), "keep", name="selftest").start()
     endpoint.hello(timeout=60.0, mode="selftest", uptime=_uptime())
     while True:
         message = endpoint.recv_control()
@@ -68,4 +73,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

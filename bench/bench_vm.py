@@ -1,0 +1,203 @@
+"""The micro-VM keep against its baselines, measured in one run.
+
+    .venv/bin/python bench/bench_vm.py [--boots 3] [--mb 32] [--pings 200]
+
+1. Cold start: from ``launch()`` to the keep's HELLO, and to the first byte of a hello-world
+   workload's output, for the ``kvm`` backend and the ``nil`` backend (the baseline).
+2. The channel: guest->host and host->guest throughput and the small-message round trip over the
+   virtio serial port, against the same self-test program run on the host over a socketpair
+   (the baseline: the channel stack without the VM). Both sides use motte's framed, credit-based
+   channel (``motte.shared.endpoint``); the guest side is the image's self test
+   (``MOTTE_MODE=selftest``).
+
+Prints which accelerator the kvm keep used (TCG on machines whose /dev/kvm is PVM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.workloads builds the hello-world workload
+
+from motte.host.backends.base import Backend, KeepHandle, LaunchSpec  # noqa: E402
+from motte.host.backends.kvm import KvmBackend  # noqa: E402
+from motte.host.backends.nil import NilBackend  # noqa: E402
+from motte.host.image.build import GUEST_DIR, ensure_image  # noqa: E402
+from motte.shared.endpoint import Endpoint, SocketTransport  # noqa: E402
+
+MB = 1_000_000
+
+
+@dataclass
+class ColdStart:
+    hello: float
+    first_output: float
+
+
+def cold_start(backend: Backend, wasm: bytes) -> ColdStart:
+    from motte.host.session import HostStdio, RunRequest, run_workload
+    from motte.shared.enarx_config import default_config
+
+    read_end, write_end = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    first: list[float] = []
+
+    def watch() -> None:
+        data = os.read(read_end, 1)
+        first.append(time.monotonic())
+        while data:
+            data = os.read(read_end, 65536)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    keep = backend.launch(LaunchSpec(memory_bytes=64 << 20, boot_timeout=120))
+    hello = time.monotonic() - started
+    try:
+        result = run_workload(keep, RunRequest(wasm, default_config(), memory_limit=64 << 20),
+                              HostStdio(stdin=devnull, stdout=write_end, stderr=write_end))  # fmt: skip
+        if result.status != 0:
+            raise SystemExit(f"the workload failed on {backend.name}: {result}")
+    finally:
+        keep.close()
+        os.close(write_end)
+        watcher.join(10)
+        os.close(read_end)
+        os.close(devnull)
+    return ColdStart(hello, first[0] - started if first else float("nan"))
+
+
+@dataclass
+class ChannelFigures:
+    rtt_us: list[float]
+    to_host_mbs: float
+    to_guest_mbs: float
+
+
+def channel_figures(endpoint: Endpoint, size: int, pings: int) -> ChannelFigures:
+    rtts = []
+    for seq in range(pings):
+        started = time.perf_counter()
+        endpoint.send_control("ping", seq=seq)
+        reply = endpoint.recv_control(timeout=30)
+        rtts.append((time.perf_counter() - started) * 1e6)
+        assert reply == {"op": "pong", "seq": seq}, reply
+    # guest -> host
+    started = time.perf_counter()
+    endpoint.send_control("source", bytes=size, chunk=256 << 10)
+    stream, _meta = endpoint.accept_stream(timeout=30)
+    received = 0
+    while data := endpoint.read(stream, 1 << 20, timeout=60):
+        received += len(data)
+    to_host = received / (time.perf_counter() - started) / MB
+    assert received == size
+    # host -> guest
+    endpoint.send_control("sink")
+    started = time.perf_counter()
+    stream = endpoint.open_stream("bench-sink")
+    chunk = b"\x5a" * (256 << 10)
+    sent = 0
+    while sent < size:
+        piece = chunk[: size - sent]
+        endpoint.write(stream, piece)
+        sent += len(piece)
+    endpoint.eof(stream)
+    reply = endpoint.recv_control(timeout=120)
+    to_guest = size / (time.perf_counter() - started) / MB
+    assert reply["op"] == "sunk" and reply["bytes"] == size, reply
+    return ChannelFigures(rtts, to_host, to_guest)
+
+
+def local_channel(size: int, pings: int) -> ChannelFigures:
+    """The baseline: the guest's self-test program as a host process on a socketpair."""
+    host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child = subprocess.Popen([sys.executable, str(GUEST_DIR / "selftest.py"), "--channel-fd", str(child_sock.fileno())],
+                             pass_fds=(child_sock.fileno(),))  # fmt: skip
+    child_sock.close()
+    endpoint = Endpoint(SocketTransport(host_sock), "host", name="bench-local").start()
+    try:
+        endpoint.hello(timeout=30)
+        figures = channel_figures(endpoint, size, pings)
+        endpoint.send_control("bye")
+        child.wait(10)
+    finally:
+        endpoint.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return figures
+
+
+def vm_channel(size: int, pings: int) -> tuple[ChannelFigures, KeepHandle]:
+    keep = KvmBackend(guest_mode="selftest").launch(LaunchSpec(memory_bytes=64 << 20, boot_timeout=120))
+    try:
+        figures = channel_figures(keep.endpoint, size, pings)
+        keep.endpoint.send_control("bye")
+        keep.wait(10)
+    finally:
+        keep.close()
+    return figures, keep
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def row(name: str, base: float, vm: float, unit: str, fmt: str = "{:.2f}") -> None:
+    ratio = vm / base if base else float("nan")
+    print(f"  {name:<34} {fmt.format(base):>10} {fmt.format(vm):>10}  {unit:<5} {ratio:8.2f}x")
+
+
+def timed(label: str, fn: Callable[[], object]) -> None:
+    started = time.monotonic()
+    fn()
+    print(f"{label}: {time.monotonic() - started:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--boots", type=int, default=3, help="cold starts per backend")
+    parser.add_argument("--mb", type=int, default=32, help="MB per throughput direction")
+    parser.add_argument("--pings", type=int, default=200, help="round trips")
+    args = parser.parse_args()
+
+    from tests.workloads import workload
+
+    wasm = Path(workload("hello")).read_bytes()
+    timed("keep image (cached or built)", lambda: ensure_image())
+    nil_runs = [cold_start(NilBackend(), wasm) for _ in range(args.boots)]
+    kvm_runs = [cold_start(KvmBackend(), wasm) for _ in range(args.boots)]
+    local = local_channel(args.mb * MB, args.pings)
+    vm, keep = vm_channel(args.mb * MB, args.pings)
+    accel = getattr(keep, "accel", "?")
+
+    print(f"\nkvm accelerator: {accel} ({keep.isolation})")
+    print(f"cold starts: {args.boots} per backend, medians; channel: {args.mb} MB per direction, {args.pings} pings\n")
+    print(f"  {'':<34} {'baseline':>10} {'kvm':>10}  {'unit':<5} {'ratio':>9}")
+    print("  cold start (baseline: nil backend)")
+    row("launch -> HELLO", median([r.hello for r in nil_runs]), median([r.hello for r in kvm_runs]), "s")
+    row("launch -> first workload output", median([r.first_output for r in nil_runs]),
+        median([r.first_output for r in kvm_runs]), "s")  # fmt: skip
+    print("  channel (baseline: same program on a host socketpair)")
+    row("round trip, control message, p50", median(local.rtt_us), median(vm.rtt_us), "us", "{:.0f}")
+    p90 = lambda v: sorted(v)[int(len(v) * 0.9)]  # noqa: E731
+    row("round trip, control message, p90", p90(local.rtt_us), p90(vm.rtt_us), "us", "{:.0f}")
+    row("throughput guest -> host", local.to_host_mbs, vm.to_host_mbs, "MB/s", "{:.1f}")
+    row("throughput host -> guest", local.to_guest_mbs, vm.to_guest_mbs, "MB/s", "{:.1f}")
+    print(f"\n  kvm cold starts (s): HELLO {[round(r.hello, 2) for r in kvm_runs]}, "
+          f"output {[round(r.first_output, 2) for r in kvm_runs]}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""``motte steward``: run the Steward (the attestation CA), make its CA, read its log; and
+``motte attest fetch-cert``, which reads what a keep's certificate says was attested.
+
+Heavy imports (aiohttp, the verifier) happen inside the commands, so ``motte --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from motte.shared.errors import MotteError
+
+DEFAULT_PORT = 3000
+EXIT_REFUSED = 1
+
+
+@click.group()
+def steward() -> None:
+    """Run the Steward, the attestation certificate authority for keeps."""
+
+
+def _default_log() -> Path:
+    if base := os.environ.get("MOTTE_STATE_DIR"):
+        return Path(base) / "steward" / "steward.db"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "motte" / "steward" / "steward.db"
+
+
+@steward.command("serve")
+@click.option("--ca-key", type=click.Path(dir_okay=False, path_type=Path), help="The CA's private key (PEM or DER).")
+@click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path), help="The CA's certificate (PEM or DER).")
+@click.option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="The Steward policy (TOML).")
+@click.option("--addr", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="Serve HTTPS with this certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="... and this key.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), help="The audit log (SQLite).")
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Worker processes for checking and signing; 0 does it on the event loop.",
+)
+@click.option(
+    "--max-body",
+    default=64 * 1024,
+    show_default=True,
+    type=click.IntRange(1024, 1 << 24),
+    help="Largest CSR accepted, in bytes (larger: 413).",
+)
+@click.option(
+    "--request-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="Seconds a client has to send its body (slower: 408).",
+)
+@click.option("--dev", is_flag=True, help="Development Steward: own CA and a policy that issues to anything.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="--dev: where its CA and log live.")
+def serve_command(
+    ca_key: Path | None,
+    ca_cert: Path | None,
+    policy: Path | None,
+    addr: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    log_path: Path | None,
+    workers: int,
+    max_body: int,
+    request_timeout: float,
+    dev: bool,
+    state_dir: Path | None,
+) -> None:
+    """Serve the Steward protocol: POST / a CSR with evidence, get [CA, certificate] back."""
+    import asyncio
+
+    from motte.steward import app as steward_app
+    from motte.steward.issuer import CertificateAuthority
+    from motte.steward.log import AuditLog
+    from motte.steward.policy import DEV_POLICY, load_steward_policy, read_steward_policy
+
+    now = datetime.now(UTC)
+    if (tls_cert is None) != (tls_key is None):
+        raise MotteError("give both --tls-cert and --tls-key, or neither")
+    if dev:
+        from motte.steward.devca import BANNER, dev_state_dir, ensure_dev_ca
+
+        if ca_key or ca_cert or policy:
+            raise MotteError("--dev makes its own CA and policy", hint="drop --ca-key/--ca-cert/--policy, or --dev")
+        if not steward_app.is_loopback(addr):
+            raise MotteError("a development Steward serves on loopback only", hint="--addr 127.0.0.1")
+        directory = state_dir or dev_state_dir()
+        ca, _, cert_path, created = ensure_dev_ca(directory, now=now)
+        rules = load_steward_policy(DEV_POLICY, source="built-in development policy")
+        log_path = log_path or directory / "steward.db"
+        click.echo(BANNER.format(dir=directory), err=True)
+        click.echo(f"motte steward: {'created' if created else 'using'} development CA {cert_path}", err=True)
+    else:
+        if not (ca_key and ca_cert and policy):
+            raise MotteError("--ca-key, --ca-cert and --policy are required", hint="or --dev for a development Steward")
+        ca = CertificateAuthority.load(ca_key, ca_cert)
+        rules = read_steward_policy(policy)
+        log_path = log_path or _default_log()
+    ssl_context = steward_app.tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    if rules.allow_unattested and not dev:
+        click.echo(
+            "motte steward: warning: the policy allows UNATTESTED keeps; their certificates prove nothing", err=True
+        )
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MotteError(f"cannot create {log_path.parent}: {exc.strerror or exc}") from exc
+    log = AuditLog(log_path)
+    try:
+        service = steward_app.StewardService(
+            steward_app.StewardConfig.build(ca, rules),
+            log,
+            workers=workers,
+            max_body=max_body,
+            request_timeout=request_timeout,
+            dev=dev,
+        )
+
+        def ready(url: str) -> None:
+            click.echo(f"motte steward: listening on {url} (log {log_path}, CA {ca.cert.subject.rfc4514_string()})")
+            sys.stdout.flush()
+
+        asyncio.run(steward_app.serve(service, host=addr, port=port, ssl_context=ssl_context, on_ready=ready))
+    finally:
+        log.close()
+    click.echo("motte steward: stopped", err=True)
+
+
+@steward.command("new-ca")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for steward-ca.key (mode 0600) and steward-ca.pem.",
+)
+@click.option("--name", default="motte Steward CA", show_default=True, help="The CA's common name.")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500), help="Validity.")
+def new_ca_command(out_dir: Path, name: str, days: int) -> None:
+    """Make a CA key and self-signed certificate for a Steward."""
+    from motte.steward.issuer import new_ca, write_ca
+
+    key, cert = new_ca(name, now=datetime.now(UTC), days=days)
+    key_path, cert_path = write_ca(out_dir, key, cert)
+    click.echo(f"wrote {key_path} (keep it secret) and {cert_path} (give it to relying parties)")
+
+
+@steward.command("log")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), help="The audit log (SQLite).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000), help="Most recent N.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def log_command(log_path: Path | None, limit: int, as_json: bool) -> None:
+    """Show the most recent issuances and refusals."""
+    from motte.steward.log import read_events
+
+    path = log_path or _default_log()
+    if not path.exists():
+        raise MotteError(f"no audit log at {path}", hint="pass --log")
+    for event in read_events(path, limit=limit):
+        event.pop("certificate", None)
+        if as_json:
+            click.echo(json.dumps(event, sort_keys=True))
+        else:
+            what = (
+                f"serial {event['serial']}"
+                if event["verdict"] == "issued"
+                else f"{event['reason']}: {event['message']}"
+            )
+            click.echo(f"{event['at']}  {event['status']} {event['verdict']:<7} {event['technology'] or '-':<5} {what}")
+
+
+# --- motte attest fetch-cert ---------------------------------------------------------------------
+@click.command("fetch-cert")
+@click.argument("address", metavar="HOST:PORT")
+@click.option(
+    "--ca",
+    "ca_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Steward's CA certificate: the keep's certificate must chain to it.",
+)
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300), help="Seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool) -> None:
+    """Connect to a keep over TLS and show what its certificate says was attested.
+
+    With --ca the certificate must chain to that Steward CA (exit 1 if it does not). Without it
+    nothing is verified: a keep's self-signed certificate proves nothing about the keep.
+    """
+    import hashlib
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    from motte.shared.steward_protocol import ProtocolError, read_attestation
+
+    host, port = _host_port(address)
+    try:
+        context = ssl.create_default_context(cafile=str(ca_path)) if ca_path else ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise MotteError(f"cannot load the CA certificate {ca_path}: {exc}", hint="a PEM file") from exc
+    context.check_hostname = False  # a keep is identified by what it attests, not by a DNS name
+    if ca_path is None:
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as sock,
+            context.wrap_socket(sock, server_hostname=None if _is_ip(host) else host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            version = tls.version()
+    except ssl.SSLCertVerificationError as exc:
+        _refused(f"the keep's certificate does not chain to the Steward CA {ca_path}: {exc.verify_message}", as_json)
+        return
+    except (OSError, ssl.SSLError) as exc:
+        raise MotteError(
+            f"cannot fetch a certificate from {address}: {exc}", hint="is the keep listening with TLS?"
+        ) from exc
+    if der is None:
+        raise MotteError(f"{address} sent no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        att = read_attestation(cert)
+    except ProtocolError as exc:
+        _refused(f"the certificate's attestation extensions are malformed: {exc}", as_json)
+        return
+    self_signed = cert.issuer == cert.subject
+    result: dict[str, Any] = {
+        "address": address,
+        "tls": version,
+        "verified_against": str(ca_path) if ca_path else None,
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": hashlib.sha256(der).hexdigest(),
+        "technology": att.technology or None,
+        "measurement": att.measurement.hex() if att.measurement else None,
+        "evidence_sha256": att.evidence_sha256.hex() if att.evidence_sha256 else None,
+        "claims": att.claims,
+    }
+    warnings = []
+    if ca_path is None:
+        warnings.append(
+            "UNVERIFIED: no --ca given, so nothing below was checked. "
+            + ("This is a self-signed keep certificate: it proves nothing about the keep. " if self_signed else "")
+            + "Anyone can make a certificate that says this; pass --ca <steward-ca.pem>."
+        )
+    if not att.attested:
+        warnings.append(
+            "NOT ATTESTED: the Steward issued this certificate without evidence (its policy allows unattested keeps)."
+            if att.technology
+            else "NOT ATTESTED: the certificate carries no attestation claims."
+        )
+    result["warnings"] = warnings
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for line in warnings:
+        click.secho(f"WARNING: {line}", fg="red", bold=True, err=True)
+    if ca_path:
+        click.secho(f"verified: the certificate chains to the Steward CA in {ca_path} ({version})", fg="green")
+    for key in (
+        "subject",
+        "issuer",
+        "serial",
+        "not_before",
+        "not_after",
+        "sha256",
+        "technology",
+        "measurement",
+        "evidence_sha256",
+    ):
+        if result[key] is not None:
+            click.echo(f"{key.replace('_', ' '):>16}: {result[key]}")
+    for key, value in att.claims.items():
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+        click.echo(f"{'claim ' + key:>16}: {shown}")
+
+
+def _refused(message: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"verdict": "refused", "reason": message}))
+    else:
+        click.secho(f"refused: {message}", fg="red", bold=True)
+    sys.exit(EXIT_REFUSED)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MotteError(f"{address!r} is not HOST:PORT", hint="e.g. 127.0.0.1:8443 or [::1]:8443")
+    return host, int(port)
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,86 @@
+"""The keep's identity request: a fresh key, evidence bound to it, and a PKCS#10 CSR carrying both.
+
+Pure apart from the evidence source (which asks the hardware). The sequence the keep runtime runs
+when Enarx.toml names a Steward::
+
+    request = certificate_request(evidence_source)       # key + evidence + CSR
+    url = parse_steward_url(config.steward)              # motte.shared.steward_protocol
+    wire = build_request(url, request.csr)               #   bytes to send inside the keep's TLS
+    reader = ResponseReader(); reader.feed(...); ...     #   bytes received, until complete
+    chain = accept_response(request, reader.status, reader.body)
+    # serve TLS with chain.pem() and request.key
+
+Without a Steward the keep serves a self-signed certificate instead, which proves nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from motte.keep.evidence import Evidence, EvidenceSource
+from motte.shared.errors import MotteError
+from motte.shared.steward_protocol import (
+    IssuedChain,
+    csr_hash,
+    key_binding,
+    key_curve,
+    read_issued_chain,
+    spki_der,
+)
+from motte.shared.steward_protocol import (
+    ProtocolError as ProtocolError,  # re-exported: what accept_response raises on a bad answer
+)
+
+
+class CertificateRequest(NamedTuple):
+    key: ec.EllipticCurvePrivateKey
+    evidence: Evidence
+    csr: bytes  # DER
+
+    @property
+    def report_data(self) -> bytes:
+        return key_binding(spki_der(self.key.public_key()), self.evidence.technology)
+
+
+def generate_key(technology: str) -> ec.EllipticCurvePrivateKey:
+    """P-384 on SNP, P-256 otherwise; a fresh key every time the keep starts."""
+    return ec.generate_private_key(key_curve(technology))
+
+
+def build_csr(key: ec.EllipticCurvePrivateKey, evidence: Evidence) -> bytes:
+    """A CSR with an empty subject and one ``extensionRequest`` holding one non-critical extension:
+    the technology's OID, with the DER evidence as its value."""
+    expected = key_curve(evidence.technology)
+    if key.curve.name != expected.name:
+        raise MotteError(f"a {evidence.technology} keep's key must be {expected.name}, not {key.curve.name}")
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(evidence.oid), evidence.value), critical=False)
+    )
+    return builder.sign(key, csr_hash(evidence.technology)).public_bytes(Encoding.DER)
+
+
+def certificate_request(source: EvidenceSource, key: ec.EllipticCurvePrivateKey | None = None) -> CertificateRequest:
+    """Generate the key (unless given), gather evidence bound to it, and build the CSR."""
+    key = key or generate_key(source.technology)
+    binding = key_binding(spki_der(key.public_key()), source.technology)
+    evidence = source.collect(binding)
+    if evidence.technology != source.technology:
+        raise MotteError(f"evidence source says {source.technology} but produced {evidence.technology} evidence")
+    return CertificateRequest(key, evidence, build_csr(key, evidence))
+
+
+def accept_response(request: CertificateRequest, status: int, body: bytes) -> IssuedChain:
+    """The Steward's answer: [CA, issued] for this key on 200, a one-line MotteError otherwise."""
+    if status != 200:
+        detail = body[:300].decode("utf-8", "replace").strip().splitlines()
+        raise MotteError(
+            f"the Steward refused the keep's certificate request: HTTP {status}" + (f": {detail[0]}" if detail else ""),
+            hint="the Steward's log says why; check its policy" if status in (400, 401) else None,
+        )
+    return read_issued_chain(body, request.key.public_key())

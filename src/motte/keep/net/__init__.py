@@ -1,0 +1,1 @@
+"""Keep networking, inside the TCB: sockets over channel streams, TLS that ends in the keep."""

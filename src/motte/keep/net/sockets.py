@@ -1,0 +1,532 @@
+"""Sockets inside the keep: WASI file descriptors over channel streams, one stream per connection.
+
+The host does TCP (it binds, accepts, connects) and relays bytes; for ``prot = "tls"`` those bytes
+are TLS records, and the session (:class:`~motte.keep.net.tls.TlsSession`) runs here, so the
+host never sees plaintext. The conventions on the channel are in :mod:`motte.shared.netstreams`.
+
+Everything runs on the workload's thread; only :meth:`ListenSocket.offer` is called by the
+channel's reader thread (under the endpoint's lock), and it only queues.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from motte.keep.wasi.abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights
+from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
+from motte.shared import netstreams
+from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
+from motte.shared.endpoint import Timeout as EndpointTimeout
+from motte.shared.errors import MotteError
+
+if TYPE_CHECKING:  # ssl is loaded only by keeps that do TLS
+    import ssl
+
+    from motte.keep.net.tls import TlsSession
+
+SOCKET_RIGHTS = (
+    Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE
+    | Rights.FD_FILESTAT_GET | Rights.SOCK_SHUTDOWN
+)
+LISTEN_RIGHTS = Rights.SOCK_ACCEPT | Rights.POLL_FD_READWRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.FD_FILESTAT_GET
+RECV_CHUNK = 256 << 10  # ciphertext taken from the channel per step
+SEND_CHUNK = 256 << 10  # plaintext encrypted per step: bounds what one write holds at once
+BACKLOG_LIMIT = 1024  # connections a listen socket holds for the workload; the host should send far fewer
+LINGER = 2.0  # seconds close() waits for credit to hand over the last bytes
+
+_NOTHING: Callable[[], None] = lambda: None  # noqa: E731
+_NO_FLAGS = FdFlags(0)
+
+
+def reset_errno(reason: str | None) -> Errno:
+    return Errno[netstreams.failure_errno(reason)[1:]]
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded()
+    return left
+
+
+class StreamSocket(WasiFile):
+    """A connected socket: one accepted or outbound connection, plaintext or TLS."""
+
+    filetype = Filetype.SOCKET_STREAM
+    rights_base = SOCKET_RIGHTS
+
+    def __init__(self, endpoint: Endpoint, stream: int, *, tls: TlsSession | None = None, connecting: bool = False,
+                 flags: FdFlags = _NO_FLAGS, on_block: Callable[[], None] = _NOTHING,
+                 handshake_timeout: float = 10.0):
+        super().__init__()
+        self.flags = flags
+        self.endpoint = endpoint
+        self.stream = stream
+        self.tls = tls
+        self._on_block = on_block
+        self._handshake_timeout = handshake_timeout
+        # An outbound connection is usable once the host reports the TCP connection up.
+        self._connecting = connecting
+        self._handshake_deadline = (
+            None if tls is None or connecting else time.monotonic() + handshake_timeout
+        )
+        self._inbound = b""  # plaintext that arrived and the workload has not read yet
+        self._unsent = b""  # bytes for the channel still waiting for credit (TLS output, mostly)
+        self._peer_eof = False
+        self._read_shut = False
+        self._write_shut = False
+        self._error: Errno | None = None
+        self._closed = False
+
+    # ---- the workload's operations ----
+
+    def read(self, size: int, deadline: float | None) -> bytes:
+        return self.recv(size, deadline)
+
+    def recv(self, size: int, deadline: float | None, *, peek: bool = False, waitall: bool = False) -> bytes:
+        if self._read_shut:
+            return b""
+        if not self._inbound_step():
+            if self.flags & FdFlags.NONBLOCK:
+                raise WasiError(Errno.AGAIN)
+            self._block_until(self._inbound_step, deadline, read=True)
+        if waitall and not peek:
+            # MSG_WAITALL: gather until ``size`` bytes, EOF or an error.
+            pieces: list[bytes] = []
+            got = 0
+            while got < size:
+                if not self._inbound:
+                    if pieces and (self._peer_eof or self._error is not None):
+                        break
+                    self._block_until(self._inbound_step, deadline, read=True)
+                    if not self._inbound:
+                        break
+                piece = self._take(size - got)
+                pieces.append(piece)
+                got += len(piece)
+            return b"".join(pieces)
+        if peek:
+            if self._inbound:
+                return self._inbound[:size]
+            return self._take(size)  # EOF (b"") or the error
+        return self._take(size)
+
+    def write(self, data: bytes, deadline: float | None) -> int:
+        if not data:
+            self._check_writable()
+            return 0
+        nonblocking = bool(self.flags & FdFlags.NONBLOCK)
+        while True:
+            self._check_writable()
+            if not self._ready_step():
+                if nonblocking:
+                    raise WasiError(Errno.AGAIN)  # still connecting or in the handshake
+                self._block_until(self._ready_step, deadline, read=True)
+                continue
+            self._check_writable()
+            if self._drain_unsent():
+                break
+            if nonblocking:
+                raise WasiError(Errno.AGAIN)
+            self._block_until(self._drain_unsent, deadline, write=True)
+        if nonblocking:
+            window = self.endpoint.write_window(self.stream)
+            if window <= 0:
+                self._check_peer_reset()
+                raise WasiError(Errno.AGAIN)
+            count = min(len(data), window, SEND_CHUNK)
+            self._unsent = bytes(self._encrypt(data[:count]))
+            self._drain_unsent()  # a TLS record's overhead may not fit the window: the rest waits
+            return count
+        view = memoryview(data)
+        for offset in range(0, len(view), SEND_CHUNK):
+            self._channel_write(self._encrypt(view[offset : offset + SEND_CHUNK]), deadline)
+        return len(data)
+
+    def shutdown(self, how: int) -> None:
+        if self._closed:
+            raise WasiError(Errno.BADF)
+        if how & SDFLAGS_RD:
+            self._read_shut = True
+            self._inbound = b""
+        if how & SDFLAGS_WR and not self._write_shut:
+            self._write_shut = True
+            self._finish_sending()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._write_shut and self._error is None:
+            self._finish_sending()
+        # RESET after EOF: the data already sent still arrives (it precedes the RESET); nothing more
+        # is read, so the channel may forget the stream.
+        self.endpoint.reset(self.stream, netstreams.CLOSED)
+
+    def readable_now(self) -> bool:
+        if self._unsent:
+            self._drain_unsent()
+        return self._read_shut or self._inbound_step()
+
+    def writable_now(self) -> bool:
+        if self._error is not None or self._write_shut:
+            return True  # a write fails at once rather than blocking
+        if not self._ready_step():
+            return False
+        if self._error is not None:
+            return True
+        if not self._drain_unsent():
+            return self._error is not None
+        if self.endpoint.write_window(self.stream) > 0:
+            return True
+        self._check_peer_reset(raise_error=False)
+        return self._error is not None
+
+    def wake_on(self, write: bool) -> WakeOn | None:
+        waiting_for_peer = not self.established
+        return WakeOn(
+            self.endpoint,
+            readable=self.stream if (not write or waiting_for_peer) else None,
+            writable=self.stream if (write or self._unsent) else None,
+            until=self._handshake_deadline if waiting_for_peer else None,
+        )
+
+    @property
+    def established(self) -> bool:
+        return not self._connecting and (self.tls is None or self.tls.established)
+
+    # ---- progress without blocking ----
+
+    def _ready_step(self) -> bool:
+        """Move towards a usable connection (connected, handshake done): True once there, or failed."""
+        if self._error is not None:
+            return True
+        if self._connecting:
+            status = self._take_channel(1)
+            if status is None:
+                return self._error is not None
+            if status != netstreams.CONNECTED:
+                self._fail(Errno.CONNRESET, "the host sent no connection status")
+                return True
+            self._connecting = False
+            if self.tls is not None:
+                self._handshake_deadline = time.monotonic() + self._handshake_timeout
+        tls = self.tls
+        if tls is None or tls.established:
+            return True
+        from motte.keep.net.tls import TlsError
+
+        while True:
+            try:
+                done = tls.handshake()
+            except TlsError as exc:
+                self._fail(Errno.CONNABORTED, str(exc))
+                return True
+            finally:
+                self._queue_tls_output()
+            if done:
+                self._handshake_deadline = None
+                return True
+            if self._handshake_deadline is not None and time.monotonic() >= self._handshake_deadline:
+                self._fail(Errno.TIMEDOUT, f"TLS handshake not finished within {self._handshake_timeout:g} s")
+                return True
+            chunk = self._take_channel(RECV_CHUNK)
+            if chunk is None:
+                return self._error is not None
+            if chunk:
+                tls.feed(chunk)
+            else:
+                tls.feed_eof()
+
+    def _inbound_step(self) -> bool:
+        """Take what has arrived: True when a read would not block (data, EOF or an error)."""
+        if self._inbound or self._peer_eof or self._error is not None:
+            return True
+        if not self._ready_step():
+            return False
+        if self._error is not None:
+            return True
+        tls = self.tls
+        if tls is None:
+            chunk = self._take_channel(RECV_CHUNK)
+            if chunk is None:
+                return self._error is not None
+            if chunk:
+                self._inbound = chunk
+            else:
+                self._peer_eof = True
+            return True
+        from motte.keep.net.tls import TlsError
+
+        while True:
+            try:
+                plain = tls.read(RECV_CHUNK)
+            except TlsError as exc:
+                self._queue_tls_output()
+                self._fail(Errno.CONNABORTED, str(exc))
+                return True
+            if plain is not None:
+                if plain:
+                    self._inbound = plain
+                else:
+                    self._peer_eof = True
+                self._queue_tls_output()  # e.g. the answer to a TLS 1.3 KeyUpdate
+                return True
+            # Only now, with no whole record left, take more ciphertext: what TLS holds stays small.
+            chunk = self._take_channel(RECV_CHUNK)
+            if chunk is None:
+                return self._error is not None
+            if chunk:
+                tls.feed(chunk)
+            else:
+                tls.feed_eof()
+
+    def _take(self, size: int) -> bytes:
+        if self._inbound:
+            data = self._inbound
+            if len(data) <= size:
+                self._inbound = b""
+                return data
+            self._inbound = data[size:]
+            return data[:size]
+        if self._error is not None:
+            raise WasiError(self._error)
+        return b""  # EOF
+
+    def _take_channel(self, size: int) -> bytes | None:
+        """Bytes from the stream; b"" at EOF; None if none yet (or the stream failed: see _error)."""
+        try:
+            return self.endpoint.read_nowait(self.stream, size)
+        except StreamAborted:
+            self._error = reset_errno(self.endpoint.reset_reason(self.stream))
+            self.endpoint.reset(self.stream)  # forget it on this side too
+        except ChannelClosed:
+            self._error = Errno.CONNRESET
+        return None
+
+    def _encrypt(self, data: bytes | memoryview) -> bytes | memoryview:
+        if self.tls is None:
+            return data
+        from motte.keep.net.tls import TlsError
+
+        try:
+            self.tls.write(data)
+        except TlsError as exc:
+            self._fail(Errno.CONNABORTED, str(exc))
+            raise WasiError(Errno.CONNABORTED) from None
+        return self.tls.outgoing()
+
+    def _queue_tls_output(self) -> None:
+        if self.tls is not None:
+            out = self.tls.outgoing()
+            if out:
+                self._unsent += out
+                self._drain_unsent()
+
+    def _drain_unsent(self) -> bool:
+        """Hand queued bytes to the channel as far as credit allows: True when none are left."""
+        if not self._unsent:
+            return True
+        window = self.endpoint.write_window(self.stream)
+        if window <= 0:
+            self._check_peer_reset(raise_error=False)
+            return self._error is not None
+        count = min(window, len(self._unsent))
+        try:
+            self.endpoint.write(self.stream, self._unsent[:count])
+        except (StreamAborted, ChannelClosed):
+            self._check_peer_reset(raise_error=False)
+            self._error = self._error or Errno.CONNRESET
+            return True
+        self._unsent = self._unsent[count:]
+        return not self._unsent
+
+    def _channel_write(self, data: bytes | memoryview, deadline: float | None) -> None:
+        try:
+            self.endpoint.write(self.stream, data, deadline=deadline)
+        except EndpointTimeout:
+            raise DeadlineExceeded() from None
+        except (StreamAborted, ChannelClosed):
+            self._check_peer_reset(raise_error=False)
+            self._error = self._error or Errno.CONNRESET
+            raise WasiError(self._error) from None
+
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise WasiError(self._error)
+        if self._write_shut:
+            raise WasiError(Errno.PIPE)
+
+    def _check_peer_reset(self, raise_error: bool = True) -> None:
+        """A stream without credit may be one the peer reset: find out, and fail if so."""
+        reason = self.endpoint.reset_reason(self.stream)
+        if reason is not None:
+            self._error = reset_errno(reason)
+            self.endpoint.reset(self.stream)
+        elif self.endpoint.closed is not None:
+            self._error = Errno.CONNRESET
+        if raise_error and self._error is not None:
+            raise WasiError(self._error)
+
+    def _fail(self, errno: Errno, reason: str) -> None:
+        """This side gives the connection up: the workload sees ``errno``, the host the reason."""
+        self._error = errno
+        self._drain_unsent()  # e.g. the TLS alert that tells the peer why
+        self.endpoint.eof(self.stream)
+        self.endpoint.reset(self.stream, reason)
+
+    def _finish_sending(self) -> None:
+        if self.tls is not None and self.tls.established:
+            self.tls.close()
+            self._queue_tls_output()
+        if self._unsent and self._error is None:
+            deadline = time.monotonic() + LINGER
+            while not self._drain_unsent() and time.monotonic() < deadline:
+                self.endpoint.wait((), deadline - time.monotonic(), writable=(self.stream,))
+        self.endpoint.eof(self.stream)
+
+    def _block_until(self, step: Callable[[], bool], deadline: float | None, *, read: bool = False,
+                     write: bool = False) -> None:
+        """Wait on the channel until ``step()`` reports progress, the deadline or a handshake timeout."""
+        self._on_block()  # output written so far (a prompt, a log line) must reach the host first
+        while True:
+            timeout = _remaining(deadline)
+            if self._handshake_deadline is not None:
+                # Wake at the handshake deadline so step() can declare the timeout.
+                left = max(0.0, self._handshake_deadline - time.monotonic()) + 0.001
+                timeout = left if timeout is None else min(timeout, left)
+            self.endpoint.wait(
+                (self.stream,) if read else (),
+                timeout,
+                writable=(self.stream,) if (write or self._unsent) else (),
+            )
+            if self._unsent:
+                self._drain_unsent()
+            if step():
+                return
+
+
+class ListenSocket(WasiFile):
+    """A listen socket: the host bound the port; each connection it accepts arrives as a stream."""
+
+    filetype = Filetype.SOCKET_STREAM
+    rights_base = LISTEN_RIGHTS
+
+    def __init__(self, endpoint: Endpoint, fd: int, *, tls_context: ssl.SSLContext | None,
+                 on_block: Callable[[], None] = _NOTHING, handshake_timeout: float = 10.0):
+        super().__init__()
+        self.endpoint = endpoint
+        self.fd = fd
+        self.tls_context = tls_context
+        self._on_block = on_block
+        self._handshake_timeout = handshake_timeout
+        self._backlog: deque[int] = deque()
+        self._lock = threading.Lock()  # offer() runs on the channel's reader thread
+        self._closed = False
+
+    def offer(self, stream: int) -> str | None:
+        """A connection for this socket arrived (reader thread, endpoint lock held): queue it."""
+        with self._lock:
+            if self._closed:
+                return netstreams.failure("ECONNREFUSED", "the workload closed the listen socket")
+            if len(self._backlog) >= BACKLOG_LIMIT:
+                return netstreams.failure("ECONNREFUSED", "the listen socket's backlog is full")
+            self._backlog.append(stream)
+        return None
+
+    def _has_backlog(self) -> bool:
+        return bool(self._backlog)
+
+    def accept(self, flags: FdFlags, deadline: float | None) -> StreamSocket:
+        if flags & ~FdFlags.NONBLOCK:
+            raise WasiError(Errno.INVAL)
+        if not self._backlog:
+            if self.flags & FdFlags.NONBLOCK:
+                raise WasiError(Errno.AGAIN)
+            self._on_block()
+            while not self._backlog:
+                if self.endpoint.closed is not None:
+                    raise WasiError(Errno.CONNABORTED)
+                self.endpoint.wait((), _remaining(deadline), condition=self._has_backlog)
+        with self._lock:
+            stream = self._backlog.popleft()
+        try:
+            self.endpoint.send_control(netstreams.OP_ACCEPTED, stream=stream)
+        except MotteError:
+            raise WasiError(Errno.CONNABORTED) from None
+        tls = None
+        if self.tls_context is not None:
+            from motte.keep.net.tls import TlsSession
+
+            tls = TlsSession(self.tls_context, server_side=True)
+        return StreamSocket(self.endpoint, stream, tls=tls, flags=flags, on_block=self._on_block,
+                            handshake_timeout=self._handshake_timeout)
+
+    def read(self, size: int, deadline: float | None) -> bytes:
+        raise WasiError(Errno.NOTCONN)
+
+    def write(self, data: bytes, deadline: float | None) -> int:
+        raise WasiError(Errno.NOTCONN)
+
+    def readable_now(self) -> bool:
+        return bool(self._backlog)
+
+    def writable_now(self) -> bool:
+        return False  # as poll(2) on a listening socket: never writable
+
+    def wake_on(self, write: bool) -> WakeOn | None:
+        return None if write else WakeOn(self.endpoint, condition=self._has_backlog)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting = list(self._backlog)
+            self._backlog.clear()
+        for stream in waiting:
+            self.endpoint.reset(stream, netstreams.failure("ECONNREFUSED", "the workload closed the listen socket"))
+
+
+class KeepNetwork:
+    """The keep's sockets: routes the connections the host accepted to their listen socket and
+    asks the host for outbound ones."""
+
+    def __init__(self, endpoint: Endpoint, *, on_block: Callable[[], None] = _NOTHING,
+                 handshake_timeout: float = 10.0):
+        self.endpoint = endpoint
+        self.on_block = on_block
+        self.handshake_timeout = handshake_timeout
+        self.listeners: dict[int, ListenSocket] = {}
+
+    def listen(self, fd: int, tls_context: ssl.SSLContext | None) -> ListenSocket:
+        listener = ListenSocket(self.endpoint, fd, tls_context=tls_context, on_block=self.on_block,
+                                handshake_timeout=self.handshake_timeout)
+        self.listeners[fd] = listener
+        return listener
+
+    def connect(self, fd: int, host: str, port: int, tls_context: ssl.SSLContext | None) -> StreamSocket:
+        # Opened now, so the host connects while the workload is still being instantiated.
+        stream = self.endpoint.open_stream(netstreams.CONNECT, fd=fd, host=host, port=port)
+        tls = None
+        if tls_context is not None:
+            from motte.keep.net.tls import TlsSession
+
+            tls = TlsSession(tls_context, server_side=False, server_hostname=host)
+        return StreamSocket(self.endpoint, stream, tls=tls, connecting=True, on_block=self.on_block,
+                            handshake_timeout=self.handshake_timeout)
+
+    def start(self) -> None:
+        """Take accepted connections from now on (any that arrived earlier are handed over too)."""
+        self.endpoint.route_opens(netstreams.ACCEPTED, self._offer)
+
+    def _offer(self, stream: int, meta: dict[str, Any]) -> str | None:
+        fd = meta.get("fd")
+        listener = self.listeners.get(fd) if isinstance(fd, int) and not isinstance(fd, bool) else None
+        if listener is None:
+            return netstreams.failure("ECONNREFUSED", f"fd {fd!r} is not a listen socket of this keep")
+        return listener.offer(stream)

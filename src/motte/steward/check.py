@@ -1,0 +1,213 @@
+"""Judge one certificate request: the CSR itself, then its evidence against the policy. Pure.
+
+``check_request`` returns what was attested or raises :class:`Refused` with the HTTP status, a
+stable reason code (the verifier's :class:`~motte.tenant.attest.Reason` values, plus the CSR-level
+codes below) and one line saying why. It reads no clock and no file: "now" and the trust anchors
+are parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from motte.shared.steward_protocol import (
+    EXTENSION_REQUEST_OID,
+    TECHNOLOGY_BY_OID,
+    UNATTESTED,
+    CsrExtension,
+    ProtocolError,
+    decode_dcap_evidence,
+    decode_snp_evidence,
+    key_binding,
+    key_curve,
+    read_csr_info,
+    read_extensions,
+)
+from motte.steward.policy import StewardPolicy
+from motte.tenant.attest import Claims, VerificationError, evaluate, verify, verify_snp
+from motte.tenant.attest.amd_roots import AmdTrust
+
+# CSR-level refusal codes (evidence-level ones are the verifier's Reason values).
+MALFORMED_CSR = "malformed_csr"
+CSR_SIGNATURE = "csr_signature"
+CSR_SUBJECT = "csr_subject"
+CSR_ATTRIBUTES = "csr_attributes"
+KEY_TYPE = "key_type"
+NO_EVIDENCE = "no_evidence"
+UNSUPPORTED_EVIDENCE = "unsupported_evidence"
+MALFORMED_EVIDENCE = "malformed_evidence"
+UNATTESTED_REFUSED = "unattested_refused"
+
+EMPTY_NAME = b"\x30\x00"
+MEASUREMENT_NAME = {"snp": "measurement", "tdx": "mrtd", "sgx": "mrenclave"}
+# What goes into the issued certificate; the chip id and the raw details stay in the log only
+# (a chip id in a public certificate would tell everyone which machine the keep runs on).
+CERTIFIED_CLAIMS = (
+    "product",
+    "version",
+    "signing_key",
+    "debug",
+    "policy_bits",
+    "measurements",
+    "tcb",
+    "tcb_status",
+    "advisory_ids",
+    "signer",
+)
+
+
+class Refused(Exception):
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        technology: str | None = None,
+        evidence_sha256: str | None = None,
+        claims: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.technology = technology
+        self.evidence_sha256 = evidence_sha256
+        self.claims = claims
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Attested:
+    technology: str  # "snp" | "tdx" | "sgx" | "none"
+    measurement: bytes | None
+    claims: dict[str, Any] | None  # the verified claims (Claims.to_dict()); None when unattested
+    evidence_sha256: str
+    csr: x509.CertificateSigningRequest
+    public_key: ec.EllipticCurvePublicKey
+    spki: bytes
+
+    def certified_claims(self) -> dict[str, Any]:
+        if self.claims is None:
+            return {"attested": False}
+        return {"technology": self.technology, **{k: self.claims[k] for k in CERTIFIED_CLAIMS if k in self.claims}}
+
+
+def check_request(
+    csr_der: bytes, *, policy: StewardPolicy, now: datetime, amd_trust: AmdTrust | None = None
+) -> Attested:
+    """Check a DER CSR and its evidence. ``amd_trust`` replaces AMD's roots (tests only)."""
+    csr, spki, extension = _read_csr(csr_der)
+    technology = TECHNOLOGY_BY_OID.get(extension.oid)
+    digest = hashlib.sha256(extension.value).hexdigest()
+    if technology is None:
+        raise Refused(
+            400, UNSUPPORTED_EVIDENCE, f"extension {extension.oid} is not an evidence type this Steward knows"
+        )
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != key_curve(technology).name:
+        raise Refused(
+            400,
+            KEY_TYPE,
+            f"a {technology} keep's key must be EC {key_curve(technology).name}",
+            technology=technology,
+            evidence_sha256=digest,
+        )
+    if technology == "kvm":
+        if extension.value:
+            raise Refused(400, MALFORMED_EVIDENCE, "the KVM extension must be empty", technology=UNATTESTED)
+        if not policy.allow_unattested:
+            raise Refused(
+                401,
+                UNATTESTED_REFUSED,
+                "the CSR carries no evidence (KVM OID) and this Steward's policy does not allow unattested keeps",
+                technology=UNATTESTED,
+                evidence_sha256=digest,
+            )
+        return Attested(UNATTESTED, None, None, digest, csr, public_key, spki)
+    claims = _verify(technology, extension.value, digest, now, amd_trust)
+    verdict = evaluate(claims, policy.attestation, report_data=key_binding(spki, technology))
+    if not verdict.accepted:
+        first = verdict.violations[0]
+        raise Refused(
+            400,
+            first.reason.value,
+            "; ".join(v.message for v in verdict.violations),
+            technology=technology,
+            evidence_sha256=digest,
+            claims=claims.to_dict(),
+        )
+    measurement = claims.measurements.get(MEASUREMENT_NAME[technology])
+    return Attested(technology, measurement, claims.to_dict(), digest, csr, public_key, spki)
+
+
+def _read_csr(csr_der: bytes) -> tuple[x509.CertificateSigningRequest, bytes, CsrExtension]:
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+        info = read_csr_info(csr.tbs_certrequest_bytes)
+    except (ValueError, ProtocolError) as exc:
+        raise Refused(400, MALFORMED_CSR, f"not a DER PKCS#10 CSR: {exc}") from exc
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # as bad as a wrong signature
+        raise Refused(400, CSR_SIGNATURE, f"the CSR's signature cannot be checked: {exc}") from exc
+    if not valid:
+        raise Refused(400, CSR_SIGNATURE, "the CSR's signature does not verify with the key it carries")
+    if info.subject != EMPTY_NAME:
+        raise Refused(400, CSR_SUBJECT, "the CSR's subject must be empty: the Steward certifies a key, not a name")
+    requests = [values for oid, values in info.attributes if oid == EXTENSION_REQUEST_OID]
+    others = [oid for oid, _ in info.attributes if oid != EXTENSION_REQUEST_OID]
+    if others:
+        raise Refused(400, CSR_ATTRIBUTES, f"the CSR may carry only extensionRequest, not attribute {others[0]}")
+    if not requests:
+        raise Refused(401, NO_EVIDENCE, "the CSR carries no attestation extension")
+    if len(requests) > 1 or len(requests[0]) != 1:
+        raise Refused(400, CSR_ATTRIBUTES, "the CSR must carry exactly one extensionRequest with one value")
+    try:
+        extensions = read_extensions(requests[0][0])
+    except ProtocolError as exc:
+        raise Refused(400, MALFORMED_CSR, str(exc)) from exc
+    if not extensions:
+        raise Refused(401, NO_EVIDENCE, "the CSR's extensionRequest is empty: no attestation extension")
+    if len(extensions) != 1:
+        raise Refused(400, CSR_ATTRIBUTES, f"the CSR must request exactly one extension, not {len(extensions)}")
+    if extensions[0].critical:
+        raise Refused(400, MALFORMED_EVIDENCE, "the attestation extension must not be critical")
+    return csr, info.spki, extensions[0]
+
+
+def _verify(technology: str, value: bytes, digest: str, now: datetime, amd_trust: AmdTrust | None) -> Claims:
+    try:
+        if technology == "snp":
+            snp = decode_snp_evidence(value)
+            return verify_snp(snp.report, now=now, certs=[snp.vcek], crls=snp.crls, trust=amd_trust)
+        dcap = decode_dcap_evidence(value)
+        if dcap.collateral is None:
+            raise Refused(
+                400,
+                "collateral_invalid",
+                f"{technology.upper()} evidence without DCAP collateral: this Steward fetches none",
+                technology=technology,
+                evidence_sha256=digest,
+            )
+        return verify(dcap.quote, technology, now=now, collateral=dcap.collateral)
+    except ProtocolError as exc:
+        raise Refused(400, MALFORMED_EVIDENCE, str(exc), technology=technology, evidence_sha256=digest) from exc
+    except VerificationError as exc:
+        raise Refused(
+            400,
+            exc.reason.value,
+            exc.message,
+            technology=technology,
+            evidence_sha256=digest,
+            claims=exc.claims.to_dict() if exc.claims else None,
+        ) from exc

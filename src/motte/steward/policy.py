@@ -1,0 +1,130 @@
+"""The Steward's policy file: what it issues, for how long, and the attestation policy it applies.
+
+TOML; every key is checked, an unknown one is an error that names it::
+
+    allow_unattested = false     # issue to CSRs carrying the KVM OID (nil/kvm keeps, no evidence)?
+    lifetime_days = 28           # validity of issued certificates (0 < days <= 397)
+    dns_names = []               # subjectAltName DNS names added to every issued certificate
+
+    # The attestation policy (the keys of `motte attest verify --policy`), either embedded ...
+    [attestation]
+    debug = false
+    [attestation.snp]
+    measurements = ["<96 hex>"]
+
+    # ... or referenced, relative to this file (not both):
+    attestation_policy = "attest-policy.toml"
+
+The embedded or referenced policy is the tenant verifier's, strict by default: it refuses debug
+keeps and any measurement it does not pin. The Steward additionally requires that the evidence's
+report data binds the CSR's key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from motte.shared.errors import MotteError
+from motte.tenant.attest.policy import Policy, PolicyError, load_policy, policy_from_table
+
+DEFAULT_LIFETIME_DAYS = 28
+MAX_LIFETIME_DAYS = 397  # the CA/Browser Forum ceiling for TLS certificates
+MAX_POLICY_SIZE = 1 << 20
+KEYS = ("allow_unattested", "lifetime_days", "dns_names", "attestation", "attestation_policy")
+
+# `motte steward serve --dev`: issue to anything that asks, and say what it was.
+DEV_POLICY = """\
+# Development Steward: issues certificates to unattested (nil/kvm) keeps and to attested keeps of
+# any measurement. Its certificates prove nothing about the keep. Never use it in production.
+allow_unattested = true
+lifetime_days = 1
+
+[attestation]
+allow_any_measurement = true
+"""
+
+
+class StewardPolicyError(MotteError):
+    """The Steward policy file is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class StewardPolicy:
+    attestation: Policy = field(default_factory=Policy)
+    allow_unattested: bool = False
+    lifetime: timedelta = timedelta(days=DEFAULT_LIFETIME_DAYS)
+    dns_names: tuple[str, ...] = ()
+
+
+def load_steward_policy(text: str, *, base_dir: Path | None = None, source: str = "policy") -> StewardPolicy:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StewardPolicyError(f"{source}: not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise StewardPolicyError(f"{source}: unknown key {unknown[0]!r}", hint=f"known keys: {', '.join(KEYS)}")
+    allow = data.get("allow_unattested", False)
+    if not isinstance(allow, bool):
+        raise StewardPolicyError(f"{source}: allow_unattested: expected true or false")
+    days = data.get("lifetime_days", DEFAULT_LIFETIME_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_LIFETIME_DAYS:
+        raise StewardPolicyError(f"{source}: lifetime_days: expected a number of days in (0, {MAX_LIFETIME_DAYS}]")
+    names = data.get("dns_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and _dns_name(n) for n in names):
+        raise StewardPolicyError(f"{source}: dns_names: expected a list of DNS names")
+    return StewardPolicy(
+        attestation=_attestation(data, base_dir, source),
+        allow_unattested=allow,
+        lifetime=timedelta(days=days),
+        dns_names=tuple(names),
+    )
+
+
+def read_steward_policy(path: Path) -> StewardPolicy:
+    return load_steward_policy(_read(path, "policy"), base_dir=path.parent, source=str(path))
+
+
+def _attestation(data: dict[str, Any], base_dir: Path | None, source: str) -> Policy:
+    embedded, referenced = data.get("attestation"), data.get("attestation_policy")
+    try:
+        if embedded is not None and referenced is not None:
+            raise StewardPolicyError(f"{source}: give [attestation] or attestation_policy, not both")
+        if referenced is not None:
+            if not isinstance(referenced, str) or base_dir is None:
+                raise StewardPolicyError(f"{source}: attestation_policy: expected a file path")
+            path = base_dir / referenced
+            try:
+                return load_policy(_read(path, "attestation policy"))
+            except PolicyError as exc:
+                raise StewardPolicyError(f"{path}: {exc}") from exc
+        if embedded is not None:
+            if not isinstance(embedded, dict):
+                raise StewardPolicyError(f"{source}: attestation: expected a table")
+            return policy_from_table(embedded, "attestation")
+    except PolicyError as exc:
+        raise StewardPolicyError(f"{source}: {exc}") from exc
+    return Policy()
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        if path.stat().st_size > MAX_POLICY_SIZE:
+            raise StewardPolicyError(f"{what} file {path} is larger than {MAX_POLICY_SIZE} bytes")
+        return path.read_text("utf-8")
+    except FileNotFoundError as exc:
+        raise StewardPolicyError(f"{what} file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StewardPolicyError(f"cannot read {what} file {path}: {exc}") from exc
+
+
+def _dns_name(name: str) -> bool:
+    labels = name.rstrip(".").split(".")
+    return 0 < len(name) <= 253 and all(
+        0 < len(label) <= 63 and label.replace("-", "").replace("*", "").isalnum() and label.isascii()
+        for label in labels
+    )
