@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from motte.shared.errors import MotteError
+
+if TYPE_CHECKING:
+    from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 WASM_MAGIC = b"\0asm"
@@ -77,12 +81,20 @@ def load_config(path: Path | None) -> object:
     return parse_enarx_toml(text, source=str(path))
 
 
+def _launch(backend: Backend, spec: LaunchSpec) -> KeepHandle:
+    """Start the keep; on a terminal, show what it is doing (a first VM keep builds its image)."""
+    if not sys.stderr.isatty():
+        return backend.launch(spec)
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"starting a {backend.name} keep...") as status:
+        return backend.launch(spec, lambda message: status.update(f"{message}..."))
+
+
 def default_backend() -> str:
-    try:
-        from motte.host.platform import strongest_backend  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
-        return "nil"
-    return str(strongest_backend())
+    from motte.host.platform import strongest_backend
+
+    return strongest_backend()
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -131,7 +143,7 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
         if spec.kind in ("listen", "connect") and spec.prot == "tcp":
             click.echo(f"motte: warning: {spec.kind} socket {spec.name!r} uses plaintext TCP, as the config asks",
                        err=True)
-    keep = get_backend(chosen).launch(LaunchSpec(memory_bytes=memory, accel=accel))
+    keep = _launch(get_backend(chosen), LaunchSpec(memory_bytes=memory, accel=accel))
     try:
         if sys.stderr.isatty():
             click.echo(f"motte: keep on backend {keep.backend}: {keep.isolation}", err=True)

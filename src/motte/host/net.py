@@ -7,10 +7,12 @@ relayed both ways. For ``prot = "tls"`` they are TLS records whose session ends 
 the host never holds a key nor sees plaintext. The conventions on the channel are in
 :mod:`motte.shared.netstreams`.
 
-One thread runs every socket through a selector. Backpressure is end to end: the relay reads
-from a TCP socket only as much as the keep has granted credit for on its stream, and takes bytes
-from a stream only when the TCP socket has taken the previous ones. A slow reader on either side
-therefore stalls its own connection only, and no buffer grows beyond a stream's window.
+One thread runs every socket through a selector; bytes from the keep are passed on by the
+channel's reader thread as they arrive (one thread switch less per message), under the same lock.
+Backpressure is end to end: the relay reads from a TCP socket only as much as the keep has granted
+credit for on its stream, and takes bytes from a stream only when the TCP socket has taken the
+previous ones. A slow reader on either side therefore stalls its own connection only, and no
+buffer grows beyond a stream's window.
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ class HostNetwork:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._relay_lock = threading.Lock()  # the relay state: connections, listeners, the selector
         self._lock = threading.Lock()  # guards the three fields below (other threads post to them)
-        self._signalled: set[int] = set()
         self._posted: list[Callable[[], None]] = []
         self._wake_pending = False
         self._thread: threading.Thread | None = None
@@ -214,7 +216,8 @@ class HostNetwork:
             self._thread.join(grace + 5.0)
         self._closed = True
         self.endpoint.observe(None)
-        self._close_all()
+        with self._relay_lock:
+            self._close_all()
 
     # ---- the relay thread ----
 
@@ -226,14 +229,17 @@ class HostNetwork:
                     if not self._conns or time.monotonic() >= self._stop_at:
                         return
                     timeout = 0.05
-                for key, mask in self._selector.select(timeout):
-                    key.data(mask)
-                self._process_posted()
-                self._resume_listeners()
+                ready = self._selector.select(timeout)
+                with self._relay_lock:
+                    for key, mask in ready:
+                        key.data(mask)
+                    self._process_posted()
+                    self._resume_listeners()
         except Exception as exc:  # a relay bug must not hang the run: report it, drop the sockets
             self._warn(f"the network relay failed: {type(exc).__name__}: {exc}")
         finally:
-            self._close_all()
+            with self._relay_lock:
+                self._close_all()
 
     def _post(self, action: Callable[[], None]) -> None:
         with self._lock:
@@ -241,10 +247,15 @@ class HostNetwork:
         self._wake()
 
     def _on_stream_event(self, stream: int) -> None:
-        # Reader thread, endpoint lock held: note the stream and wake the relay, nothing else.
-        with self._lock:
-            self._signalled.add(stream)
-        self._wake()
+        # The channel's reader thread: pass the keep's bytes on at once (the sockets do not block).
+        if stream == 0:
+            self._wake()  # the channel closed: the relay thread notices
+            return
+        with self._relay_lock:
+            conn = self._conns.get(stream)
+            if conn is not None:
+                self._from_keep(conn)
+                self._update(conn)
 
     def _wake(self) -> None:
         with self._lock:
@@ -265,16 +276,10 @@ class HostNetwork:
 
     def _process_posted(self) -> None:
         with self._lock:
-            streams, self._signalled = self._signalled, set()
             actions, self._posted = self._posted, []
             self._wake_pending = False
         for action in actions:
             action()
-        for stream in streams:
-            conn = self._conns.get(stream)
-            if conn is not None:
-                self._from_keep(conn)
-                self._update(conn)
 
     def _begin_stop(self, grace: float) -> None:
         self._stop_at = time.monotonic() + grace
@@ -329,8 +334,10 @@ class HostNetwork:
             conn = _Connection(stream, sock, label, listener)
             listener.pending.add(stream)
             self._conns[stream] = conn
+            self.endpoint.claim(stream)
             if self._tap is not None:
                 self._tap("open", stream, b"")
+            self._from_keep(conn)  # anything that came before the claim
             self._update(conn)
         self._update_listener(listener)
 
@@ -395,6 +402,7 @@ class HostNetwork:
             return
         conn = _Connection(stream, sock, f"files[{fd}] (connect {spec.name!r}) to {spec.host}:{spec.port}", None)
         self._conns[stream] = conn
+        self.endpoint.claim(stream)
         if self._tap is not None:
             self._tap("open", stream, b"")
         self._from_keep(conn)  # what the keep sent while the host was connecting (a TLS ClientHello)
@@ -421,6 +429,8 @@ class HostNetwork:
         conn.mask = mask
 
     def _on_socket(self, conn: _Connection, events: int) -> None:
+        if conn.closed:
+            return  # closed by the reader thread after the selector reported it
         if events & selectors.EVENT_WRITE:
             self._flush(conn)
         if events & selectors.EVENT_READ and not conn.closed:

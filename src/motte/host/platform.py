@@ -336,14 +336,11 @@ def _strongest(backends: list[BackendReport], image: dict[str, Any]) -> str:
 
 
 def strongest_backend() -> str:
-    """The backend ``motte run`` uses by default: ``kvm`` when QEMU is installed and the keep image
-    is built for the current sources, else ``nil``. Cheap: no probe boot, no image build."""
-    from motte.host.backends import kvm
-    from motte.host.image import build
+    """The backend ``motte run`` uses by default: the strongest isolation this host can run.
 
-    if kvm.qemu_path() is None:
-        return "nil"
-    try:
-        return "kvm" if build.cached_image() is not None else "nil"
-    except Exception:  # never let the default choice break 'motte run'
-        return "nil"
+    ``kvm`` (a micro-VM: the workload cannot reach the host) whenever QEMU is installed, building
+    the keep image on first use; ``nil`` (no isolation) only where no VM can run. Cheap: no probe
+    boot, no image build here. (snp/tdx join when their launch paths can run.)"""
+    from motte.host.backends import kvm
+
+    return "nil" if kvm.qemu_path() is None else "kvm"

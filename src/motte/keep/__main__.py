@@ -10,16 +10,20 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from motte.shared.endpoint import Transport
 
 USAGE = "usage: python -m motte.keep (--channel-fd N | --channel-device NAME)"
 
 
-def serve(channel: socket.socket | int, backend: str) -> int:
-    """Run the keep on a channel (a connected socket, or a raw fd such as a virtio port)."""
-    from motte.shared.endpoint import Endpoint, FdTransport, SocketTransport
+def serve(channel: socket.socket | Transport, backend: str) -> int:
+    """Run the keep on a channel: a connected socket (nil), or a transport such as a virtio port."""
+    from motte.shared.endpoint import Endpoint, SocketTransport
     from motte.shared.errors import MotteError
 
-    transport = SocketTransport(channel) if isinstance(channel, socket.socket) else FdTransport(channel)
+    transport = SocketTransport(channel) if isinstance(channel, socket.socket) else channel
     endpoint = Endpoint(transport, "keep", name="keep").start()
     try:
         endpoint.send_hello(backend=backend, evidence="none", python=sys.version.split()[0])
@@ -60,9 +64,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "--channel-fd":
         die_with_parent()  # a nil keep is a child process of the host: it must not outlive it
         return serve(socket.socket(fileno=int(argv[1])), backend="nil")
-    from motte.keep.vm_channel import open_virtio_port  # type: ignore[import-not-found,unused-ignore]
+    from motte.keep.vm_channel import PortTransport, open_virtio_port
 
-    return serve(open_virtio_port(argv[1], timeout=30.0), backend="kvm")
+    return serve(PortTransport(open_virtio_port(argv[1], timeout=30.0)), backend="kvm")
 
 
 if __name__ == "__main__":

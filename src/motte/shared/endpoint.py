@@ -33,12 +33,13 @@ from motte.shared.errors import MotteError
 
 READ_SIZE = 256 << 10
 
-#: Called with a stream id when that stream gets data, EOF, a reset or credit (0: the channel
-#: closed). Runs on the reader thread with the endpoint's lock held: it must only take note and
-#: return, never call back into the endpoint.
+#: Called with a claimed stream's id when it gets data, EOF, a reset or credit (0: the channel
+#: closed). Runs on the reader thread, without the endpoint's lock: it may use the endpoint, but
+#: the channel is not read while it runs, so it must not block.
 StreamObserver = Callable[[int], None]
 #: Takes a stream the peer opened (stream id, OPEN metadata); returns None to keep it or a reason
-#: to refuse it (the stream is then reset). Same constraints as a :data:`StreamObserver`.
+#: to refuse it (the stream is then reset). Runs on the reader thread with the endpoint's lock
+#: held: it must only take note and return, never call back into the endpoint.
 OpenHandler = Callable[[int, dict[str, Any]], str | None]
 
 
@@ -47,6 +48,18 @@ class Transport(Protocol):
     def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
         """Send all the buffers, in order (scatter-gather: no joining copy)."""
     def close(self) -> None: ...
+
+
+def _drop_sent(buffers: list[bytes | memoryview], sent: int) -> list[bytes | memoryview]:
+    """What is left of ``buffers`` after the first ``sent`` bytes went out."""
+    index = 0
+    while index < len(buffers) and sent >= len(buffers[index]):
+        sent -= len(buffers[index])
+        index += 1
+    rest = buffers[index:]
+    if rest and sent:
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest
 
 
 def _send_vectored(send: Callable[[list[memoryview]], int], buffers: list[bytes | memoryview]) -> None:
@@ -93,6 +106,13 @@ class SocketTransport:
     def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
         _send_vectored(self.sock.sendmsg, buffers)
 
+    def send_nowait(self, buffers: list[bytes | memoryview]) -> int:
+        """Send what the socket takes without blocking; how many bytes that was."""
+        try:
+            return self.sock.sendmsg(buffers[:512], [], socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
     def close(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -137,6 +157,11 @@ class Endpoint:
         self._opened: deque[tuple[int, dict[str, Any]]] = deque()
         self._routes: dict[str, OpenHandler] = {}
         self._observer: StreamObserver | None = None
+        self._claimed: set[int] = set()  # streams whose events go to the observer, not to waiters
+        self._touched: list[int] = []  # claimed streams with news, for the observer
+        self._wake_waiters = False
+        self._writing = False  # the writer thread is sending outside the lock
+        self._send_nowait: Callable[[list[bytes | memoryview]], int] | None = getattr(transport, "send_nowait", None)
         self._peer_hello: dict[str, Any] | None = None
         self._closed: BaseException | None = None
         self._transport_done = False
@@ -220,9 +245,20 @@ class Endpoint:
             self._queue_outgoing()
 
     def observe(self, observer: StreamObserver | None) -> None:
-        """Have ``observer`` called on every stream event (see :data:`StreamObserver`)."""
+        """Have ``observer`` called on the events of claimed streams (see :data:`StreamObserver`)."""
         with self._lock:
             self._observer = observer
+
+    def claim(self, stream: int) -> None:
+        """From now on, events on ``stream`` go to the observer only, and wake no waiting thread.
+
+        For a consumer of many streams (the host's network relay): waking every blocked reader
+        for each of their frames would cost more than the relaying. Nothing may block on a
+        claimed stream (read, write beyond credit, wait).
+        """
+        with self._lock:
+            if stream in self._inboxes:
+                self._claimed.add(stream)
 
     def _route(self, stream: int, meta: dict[str, Any], handler: OpenHandler) -> None:
         refusal = handler(stream, meta)
@@ -304,8 +340,11 @@ class Endpoint:
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         inbox.size -= len(data)
         inbox.unacked += len(data)
-        # Return credit in batches: one CREDIT frame per quarter window, not per read.
-        if inbox.unacked >= self._state.window // 4 or not inbox.size:
+        # Return credit in batches: one CREDIT frame per quarter window, not per read (nor per
+        # small message: with many request/response connections that would double the frames).
+        # The sender never starves: it is out of credit only after a whole window, and the
+        # reader returns it after a quarter.
+        if inbox.unacked >= self._state.window // 4:
             self._state.grant_credit(stream, inbox.unacked)
             inbox.unacked = 0
             self._queue_outgoing()
@@ -363,6 +402,7 @@ class Endpoint:
     def reset(self, stream: int, reason: str = "") -> None:
         with self._lock:
             self._inboxes.pop(stream, None)
+            self._claimed.discard(stream)
             if self._closed is None:
                 self._state.reset_stream(stream, reason)
                 self._queue_outgoing()
@@ -376,7 +416,9 @@ class Endpoint:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued byte has been handed to the transport."""
         with self._lock:
-            return self._changed.wait_for(lambda: not self._pending or self._closed is not None, timeout)
+            return self._changed.wait_for(
+                lambda: (not self._pending and not self._writing) or self._closed is not None, timeout
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -396,18 +438,34 @@ class Endpoint:
 
     def _queue_outgoing(self) -> None:
         buffers = self._state.outgoing()
-        if buffers:
-            self._pending += buffers
-            self._to_send.notify()
+        if not buffers:
+            return
+        if self._send_nowait is not None and not self._pending and not self._writing and self._closed is None:
+            # The writer thread is idle: send from this thread, without blocking. A small message
+            # then costs no thread switch, which is most of its latency.
+            try:
+                sent = self._send_nowait(buffers)
+            except OSError as exc:
+                self._closed = ChannelClosed(f"channel write failed: {exc.strerror or exc}")
+                self._changed.notify_all()
+                self._to_send.notify_all()
+                return
+            self.bytes_sent += sent
+            buffers = _drop_sent(buffers, sent)
+            if not buffers:
+                return
+        self._pending += buffers
+        self._to_send.notify()
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
             if self._closed is None:
                 self._closed = error
-            if self._observer is not None:
-                self._observer(0)
+            observer = self._observer
             self._changed.notify_all()
             self._to_send.notify_all()
+        if observer is not None:
+            observer(0)
 
     def _read_loop(self) -> None:
         try:
@@ -418,10 +476,17 @@ class Endpoint:
                     return
                 self.bytes_received += len(data)
                 with self._lock:
+                    self._wake_waiters = False
                     for event in self._state.receive(data):
                         self._dispatch(event)
                     self._queue_outgoing()
-                    self._changed.notify_all()
+                    if self._wake_waiters:
+                        self._changed.notify_all()
+                    touched, self._touched = self._touched, []
+                    observer = self._observer
+                if observer is not None:
+                    for stream in dict.fromkeys(touched):  # each once, in order
+                        observer(stream)
         except ProtocolError as exc:
             self._fail(exc)
         except OSError as exc:
@@ -430,6 +495,8 @@ class Endpoint:
             self._fail(ChannelClosed(f"channel reader failed: {type(exc).__name__}: {exc}"))
 
     def _dispatch(self, event: object) -> None:
+        if not isinstance(event, Data | StreamEnded | StreamReset | CreditGranted):
+            self._wake_waiters = True  # control messages, opened streams, HELLO
         if isinstance(event, Data):
             inbox = self._inboxes.get(event.stream)
             if inbox is not None and event.data:
@@ -463,22 +530,25 @@ class Endpoint:
             pass  # answered with RESET by the state machine
 
     def _notify(self, stream: int) -> None:
-        if self._observer is not None:
-            self._observer(stream)
+        if stream in self._claimed:
+            self._touched.append(stream)
+        else:
+            self._wake_waiters = True
 
     def _write_loop(self) -> None:
         while True:
             with self._lock:
+                self._writing = False
+                if not self._pending:
+                    self._changed.notify_all()  # flush() waiters
                 self._to_send.wait_for(lambda: self._pending or self._closed is not None)
                 if not self._pending:
                     return
                 buffers, self._pending = self._pending, []
+                self._writing = True  # until these are out, other threads must not send directly
             try:
                 self._transport.send_buffers(buffers)
                 self.bytes_sent += sum(len(b) for b in buffers)
             except OSError as exc:
                 self._fail(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
                 return
-            with self._lock:
-                if not self._pending:
-                    self._changed.notify_all()  # flush() waiters

@@ -271,7 +271,14 @@ class StewardService:
         except LogError as exc:
             # Never hand out a certificate the log does not record.
             outcome = refusal(Refused(503, "log_unavailable", f"{exc}; nothing was issued"), outcome.csr_sha256)
-        return _response(outcome)
+        response = _response(outcome)
+        if outcome.status == 408:
+            # A stalled client will not send the rest: answer, then close at once rather than wait
+            # for more of its body (aiohttp would otherwise linger to drain it).
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        return response
 
     async def _decide(self, body: bytes, now: datetime) -> Outcome:
         try:

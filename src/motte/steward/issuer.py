@@ -85,6 +85,8 @@ class CertificateAuthority:
     def issue(
         self, attested: Attested, *, now: datetime, lifetime: timedelta, dns_names: tuple[str, ...] = ()
     ) -> x509.Certificate:
+        if now < self.cert.not_valid_before_utc:
+            raise CaError("the Steward's CA certificate is not valid yet", hint="check the clock")
         not_after = min(now + lifetime, self.cert.not_valid_after_utc)
         if not_after <= now:
             raise CaError("the Steward's CA certificate has expired", hint="issue a new CA certificate")

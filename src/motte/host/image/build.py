@@ -83,7 +83,7 @@ WHOLE_PACKAGES = ("wasmtime", "cryptography")
 FORBIDDEN = ("motte.host", "motte.tenant", "motte.cli")
 #: Never copied even if some package imports it: dev-only or host-only.
 SKIP_TOP_LEVEL = ("_distutils_hack", "pip", "setuptools", "pkg_resources", "_pytest", "pytest")
-BUSYBOX_APPLETS = ("sh", "mount", "insmod", "reboot", "poweroff", "sleep", "cat", "ls", "dmesg")
+BUSYBOX_APPLETS = ("sh", "mount", "insmod", "reboot", "poweroff", "sleep", "cat", "ls", "dmesg", "grep")
 
 GUEST_DIR = Path(__file__).parent / "guest"
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from motte.keep.net import TlsError
 from motte.keep.wasi.abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
 from motte.shared import netstreams
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # ssl is loaded only by keeps that do TLS
     import ssl
 
     from motte.keep.net.tls import TlsSession
+
 
 SOCKET_RIGHTS = (
     Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE
@@ -220,8 +222,6 @@ class StreamSocket(WasiFile):
         tls = self.tls
         if tls is None or tls.established:
             return True
-        from motte.keep.net.tls import TlsError
-
         while True:
             try:
                 done = tls.handshake()
@@ -262,8 +262,6 @@ class StreamSocket(WasiFile):
             else:
                 self._peer_eof = True
             return True
-        from motte.keep.net.tls import TlsError
-
         while True:
             try:
                 plain = tls.read(RECV_CHUNK)
@@ -313,8 +311,6 @@ class StreamSocket(WasiFile):
     def _encrypt(self, data: bytes | memoryview) -> bytes | memoryview:
         if self.tls is None:
             return data
-        from motte.keep.net.tls import TlsError
-
         try:
             self.tls.write(data)
         except TlsError as exc:
@@ -447,6 +443,8 @@ class ListenSocket(WasiFile):
         if flags & ~FdFlags.NONBLOCK:
             raise WasiError(Errno.INVAL)
         if not self._backlog:
+            if self.endpoint.closed is not None:
+                raise WasiError(Errno.CONNABORTED)  # the host is gone: no connection will come
             if self.flags & FdFlags.NONBLOCK:
                 raise WasiError(Errno.AGAIN)
             self._on_block()
@@ -475,7 +473,8 @@ class ListenSocket(WasiFile):
         raise WasiError(Errno.NOTCONN)
 
     def readable_now(self) -> bool:
-        return bool(self._backlog)
+        # With the channel gone, accept fails at once: report that rather than wait for ever.
+        return bool(self._backlog) or self.endpoint.closed is not None
 
     def writable_now(self) -> bool:
         return False  # as poll(2) on a listening socket: never writable

@@ -11,12 +11,14 @@ import os
 import ssl
 
 from motte.keep.identity import KeepIdentity
+from motte.keep.net import TlsError
+
+__all__ = ["HANDSHAKE_TIMEOUT", "TlsError", "TlsSession", "client_context", "server_context"]
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from accept (or connect) to a finished handshake
-
-
-class TlsError(Exception):
-    """The TLS session failed (bad peer, failed verification); the connection is dead."""
+# A TLS record carries at most 16 KiB of plaintext. Asking ``SSLObject.read`` for more only makes
+# it allocate (and for large sizes mmap and unmap) a buffer that size on every call.
+MAX_RECORD = 16 << 10
 
 
 def server_context(identity: KeepIdentity) -> ssl.SSLContext:
@@ -111,7 +113,7 @@ class TlsSession:
         wanted = size
         while wanted > 0:
             try:
-                piece = self._object.read(wanted)
+                piece = self._object.read(min(wanted, MAX_RECORD))
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -130,6 +132,8 @@ class TlsSession:
                 break
             pieces.append(piece)
             wanted -= len(piece)
+            if not self._object.pending() and not self._incoming.pending and not self._incoming.eof:
+                break  # nothing left to decrypt: another read would only raise SSLWantReadError
         if pieces:
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         return b"" if self.closed_by_peer else None

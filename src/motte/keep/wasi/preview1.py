@@ -6,14 +6,16 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from motte.keep.net.sockets import ListenSocket, StreamSocket
 from motte.keep.wasi import abi
 from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
 from motte.keep.wasi.fs import OsDir, pack_dirents, pack_filestat, set_times
 from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
+
+if TYPE_CHECKING:
+    from motte.keep.net.sockets import StreamSocket
 
 MODULE = "wasi_snapshot_preview1"
 MAX_FDS = 1024
@@ -574,12 +576,17 @@ class Preview1:
     # ---- sockets: listen/connect files of the config (see motte.keep.net) ----
 
     def _socket(self, fd: int) -> StreamSocket:
+        # Imported here: only workloads with sockets need the module (keep start-up time).
+        from motte.keep.net.sockets import ListenSocket, StreamSocket
+
         file = self._file(fd)
         if isinstance(file, StreamSocket):
             return file
         raise WasiError(Errno.NOTCONN if isinstance(file, ListenSocket) else Errno.NOTSOCK)
 
     def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
+        from motte.keep.net.sockets import ListenSocket, StreamSocket
+
         listener = self._file(fd)
         if not isinstance(listener, ListenSocket):
             raise WasiError(Errno.INVAL if isinstance(listener, StreamSocket) else Errno.NOTSOCK)

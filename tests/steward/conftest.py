@@ -1,0 +1,120 @@
+"""Steward test fixtures: a CA, and a real Steward service on 127.0.0.1:<free port> in a thread,
+always stopped at the end of the test."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from motte.steward.app import StewardConfig, StewardService, serve
+from motte.steward.issuer import CertificateAuthority, new_ca
+from motte.steward.log import AuditLog
+from motte.steward.policy import StewardPolicy, load_steward_policy
+from motte.tenant.attest.amd_roots import AmdTrust
+
+ALLOW_KVM = load_steward_policy("allow_unattested = true\n")
+
+
+@pytest.fixture(scope="session")
+def ca() -> CertificateAuthority:
+    key, cert = new_ca("test Steward CA", now=datetime.now(UTC))
+    return CertificateAuthority(key, cert)
+
+
+@contextmanager
+def running(service: StewardService, *, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """Serve ``service`` in a background thread; yields its URL."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        box["stop"] = asyncio.Event()
+
+        def on_ready(url: str) -> None:
+            box["url"] = url
+            ready.set()
+
+        await serve(service, host="127.0.0.1", port=0, ssl_context=ssl_context, on_ready=on_ready, stop=box["stop"])
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:  # surfaced to the test below
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=run, name="steward-test", daemon=True)
+    thread.start()
+    ready.wait(30)
+    try:
+        if "error" in box:
+            raise box["error"]
+        yield box["url"]
+    finally:
+        if "stop" in box:
+            loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+        loop.close()
+        assert not thread.is_alive(), "the Steward did not stop"
+
+
+StewardFactory = Callable[..., "StewardHandle"]
+
+
+class StewardHandle:
+    def __init__(self, url: str, log_path: Path) -> None:
+        self.url = url
+        self.log_path = log_path
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "", parts.port or 80
+
+    def post(self, body: bytes, content_type: str = "application/pkcs10") -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request("POST", "/", body=body, headers={"Content-Type": content_type})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def get(self) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def steward(ca: CertificateAuthority, tmp_path: Path) -> Iterator[Callable[..., StewardHandle]]:
+    """``steward(policy, amd_trust=..., **service_options)`` starts a Steward for this test."""
+    stack: list[Any] = []
+
+    def start(policy: StewardPolicy = ALLOW_KVM, *, amd_trust: AmdTrust | None = None, **options: Any) -> StewardHandle:
+        log_path = tmp_path / f"steward-{len(stack)}.db"
+        log = AuditLog(log_path)
+        service = StewardService(StewardConfig.build(ca, policy, amd_trust=amd_trust), log, **options)
+        context = running(service)
+        url = context.__enter__()
+        stack.append((context, log))
+        return StewardHandle(url, log_path)
+
+    try:
+        yield start
+    finally:
+        for context, log in reversed(stack):
+            context.__exit__(None, None, None)
+            log.close()

@@ -1,0 +1,159 @@
+"""End to end on the SNP path with test-only AMD keys: the keep's evidence source (a fake configfs-tsm
+kernel signing with a test VCEK) -> CSR -> a real Steward trusting that test root -> [CA, issued]
+-> a TLS server with that chain -> ``motte attest fetch-cert --ca``. And the same request to a
+Steward with AMD's real roots is refused."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from motte.cli import main
+from motte.keep.csr import CertificateRequest, accept_response, certificate_request
+from motte.keep.evidence.snp import SnpEvidenceSource
+from motte.shared.steward_protocol import IssuedChain
+from motte.steward.issuer import CertificateAuthority, new_ca
+from motte.steward.log import read_events
+from motte.steward.policy import load_steward_policy
+from tests.steward.conftest import StewardHandle
+from tests.steward.fakes import MEASUREMENT, VCEK_GUID, FakeSnp, FakeTsmKernel, cert_table
+
+PINNED = load_steward_policy(f'[attestation.snp]\nmeasurements = ["{MEASUREMENT.hex()}"]\n')
+
+
+@contextmanager
+def tls_server(tmp_path: Path, chain_pem: bytes, key: ec.EllipticCurvePrivateKey) -> Iterator[int]:
+    """A TLS server on 127.0.0.1 presenting ``chain_pem``: the keep's side of fetch-cert."""
+    cert_file, key_file = tmp_path / "keep-chain.pem", tmp_path / "keep.key"
+    cert_file.write_bytes(chain_pem)
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)  # until the client closes
+            except (OSError, ssl.SSLError):
+                pass  # a client that refused our certificate
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def fetch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(["attest", "fetch-cert", *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def platform() -> FakeSnp:
+    return FakeSnp.make()
+
+
+def snp_keep_request(platform: FakeSnp, tmp_path: Path) -> CertificateRequest:
+    root = tmp_path / "tsm"
+    root.mkdir(exist_ok=True)
+    kernel = FakeTsmKernel("sev_guest", platform.report, auxblob=cert_table({VCEK_GUID: platform.vcek}))
+    return certificate_request(SnpEvidenceSource(tsm_root=root, tsm_files=kernel))
+
+
+def test_snp_keep_to_steward_to_tls_client(
+    steward: Callable[..., StewardHandle],
+    platform: FakeSnp,
+    ca: CertificateAuthority,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    request = snp_keep_request(platform, tmp_path)
+
+    # AMD's real roots: the test VCEK does not chain to them
+    production = steward(PINNED)
+    status, headers, body = production.post(request.csr)
+    assert (status, headers["motte-reason"]) == (400, "certificate_signature")
+
+    # the same request to a Steward configured, in code, to trust the test root
+    trusting = steward(PINNED, amd_trust=platform.trust())
+    status, _, body = trusting.post(request.csr)
+    assert status == 200, body
+    chain: IssuedChain = accept_response(request, status, body)
+    (issued,) = list(read_events(trusting.log_path))
+    assert issued["technology"] == "snp" and issued["serial"] == f"{chain.leaf.serial_number:x}"
+    assert issued["claims"]["measurements"]["measurement"] == MEASUREMENT.hex()  # type: ignore[index]
+    assert [e["reason"] for e in read_events(production.log_path)] == ["certificate_signature"]
+
+    ca_file = tmp_path / "steward-ca.pem"
+    ca_file.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    with tls_server(tmp_path, chain.pem(), request.key) as port:
+        code, out, err = fetch(capsys, f"127.0.0.1:{port}", "--ca", str(ca_file))
+        assert code == 0, err
+        assert "verified: the certificate chains to the Steward CA" in out
+        assert "technology: snp" in out and f"measurement: {MEASUREMENT.hex()}" in out and not err
+
+        code, out, _ = fetch(capsys, f"127.0.0.1:{port}", "--ca", str(ca_file), "--json")
+        result = json.loads(out)
+        assert code == 0 and result["technology"] == "snp" and result["claims"]["product"] == "Milan"
+        assert result["warnings"] == []
+
+        code, out, err = fetch(capsys, f"127.0.0.1:{port}")
+        assert code == 0 and "UNVERIFIED" in err and "technology: snp" in out
+
+        other_ca = tmp_path / "other-ca.pem"
+        other_ca.write_bytes(new_ca("other", now=datetime.now(UTC))[1].public_bytes(serialization.Encoding.PEM))
+        code, out, _ = fetch(capsys, f"127.0.0.1:{port}", "--ca", str(other_ca))
+        assert code == 1 and "does not chain to the Steward CA" in out
+
+
+def test_a_self_signed_keep_certificate_is_called_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key, cert = new_ca("keep (self-signed)", now=datetime.now(UTC))
+    with tls_server(tmp_path, cert.public_bytes(serialization.Encoding.PEM), key) as port:
+        code, _, err = fetch(capsys, f"127.0.0.1:{port}")
+    assert code == 0
+    assert "self-signed keep certificate: it proves nothing" in err and "NOT ATTESTED" in err
+
+
+def test_fetch_cert_input_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    for args, message in (
+        (["nonsense"], "is not HOST:PORT"),
+        ([f"127.0.0.1:{port}"], "cannot fetch a certificate"),
+        (["127.0.0.1:1", "--ca", str(tmp_path / "absent.pem")], "cannot load the CA certificate"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["attest", "fetch-cert", *args])
+        assert exc.value.code == 125
+        assert message in capsys.readouterr().err
