@@ -11,7 +11,9 @@ keep-alive connections, sending pre-built CSRs so that only the Steward's work i
        verified against the test-only AMD root the Steward is configured with, measurement pinned
   get  GET / (health), the baseline: the HTTP stack and the clients alone, measured in the same run
 
-Target: >= 300 issuances/s with p99 < 100 ms for both kinds, on a 2-core machine.
+Target: >= 300 issuances/s with p99 < 100 ms for both kinds, on a 2-core machine, with the default
+number of workers (one per CPU); the exit status says whether it was met. With 32 clients in a
+closed loop, latency is clients / throughput, so p99 < 100 ms needs well over 320 issuances/s.
 """
 
 from __future__ import annotations
@@ -182,8 +184,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per kind")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0], help="Steward worker processes (0: inline)")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", help="Steward worker processes to compare (0: inline). Default: 0 and auto"
+    )
     args = parser.parse_args()
+    from motte.cli.steward import _default_workers
+
+    default = _default_workers()
+    args.workers = args.workers or sorted({0, default})
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"python {sys.version.split()[0]}, {cores} cores, {args.clients} clients, {args.seconds:g} s per kind")
     from tests.steward.fakes import FakeSnp
@@ -195,7 +203,8 @@ def main() -> None:
     print(f"  {sum(map(len, prepared.values()))} CSRs prepared in {time.perf_counter() - started:.1f} s")
     ok = True
     for workers in args.workers:
-        print(f"workers={workers} ({'checking and signing on the event loop' if workers == 0 else 'process pool'})")
+        how = "checking and signing on the event loop" if workers == 0 else "process pool"
+        print(f"workers={workers} ({how}{'; the default here' if workers == default else ''})")
         results = measure(config, workers, args, prepared)
         base = results["get"].rate
         for kind in ("get", "kvm", "snp"):
@@ -207,7 +216,7 @@ def main() -> None:
             if kind != "get":
                 line += f"   {r.rate / base:.2f}x of GET /"
                 meets = r.rate >= TARGET_PER_S and r.pct(0.99) < TARGET_P99_MS and r.errors == 0
-                ok = ok and meets
+                ok = ok and (meets or workers != default)
                 line += (
                     "   target met"
                     if meets

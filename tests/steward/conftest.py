@@ -73,9 +73,10 @@ StewardFactory = Callable[..., "StewardHandle"]
 
 
 class StewardHandle:
-    def __init__(self, url: str, log_path: Path) -> None:
+    def __init__(self, url: str, log_path: Path, service: StewardService) -> None:
         self.url = url
         self.log_path = log_path
+        self.service = service
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "", parts.port or 80
 
@@ -110,7 +111,7 @@ def steward(ca: CertificateAuthority, tmp_path: Path) -> Iterator[Callable[..., 
         context = running(service)
         url = context.__enter__()
         stack.append((context, log))
-        return StewardHandle(url, log_path)
+        return StewardHandle(url, log_path, service)
 
     try:
         yield start

@@ -4,6 +4,8 @@ that every POST lands in the audit log (and the service keeps serving)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -123,3 +125,16 @@ def test_no_certificate_leaves_without_a_log_entry(steward: Start, ca: Certifica
     status, headers, body = handle.post(certificate_request(NoEvidence()).csr)
     assert (status, headers["motte-reason"]) == (503, "log_unavailable") and b"disk on fire" in body
     assert b"BEGIN" not in body and ca.cert_der not in body
+
+
+def test_worker_processes_issue_and_a_dead_worker_is_replaced(steward: Start) -> None:
+    handle = steward(workers=1)
+    assert handle.post(certificate_request(NoEvidence()).csr)[0] == 200
+    pool = handle.service._pool
+    assert pool is not None
+    for pid in list(pool._processes):  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+    status, _, body = handle.post(certificate_request(NoEvidence()).csr)
+    assert status == 200, body
+    assert handle.service._pool is not pool
+    assert [e["status"] for e in events(handle)] == [200, 200]

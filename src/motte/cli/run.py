@@ -129,7 +129,7 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     from motte.host.backends import get_backend
     from motte.host.backends.base import LaunchSpec
     from motte.host.paths import module_cache_dir
-    from motte.host.session import RunRequest, run_workload
+    from motte.host.session import RunRequest, prepare_network, run_workload
 
     memory = parse_size(max_memory)
     if memory < 64 << 10:
@@ -143,13 +143,18 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
         if spec.kind in ("listen", "connect") and spec.prot == "tcp":
             click.echo(f"motte: warning: {spec.kind} socket {spec.name!r} uses plaintext TCP, as the config asks",
                        err=True)
-    keep = _launch(get_backend(chosen), LaunchSpec(memory_bytes=memory, accel=accel))
+    network = prepare_network(request)  # binds listen ports: one in use fails here, before any keep starts
     try:
-        if sys.stderr.isatty():
-            click.echo(f"motte: keep on backend {keep.backend}: {keep.isolation}", err=True)
-        result = run_workload(keep, request)
+        keep = _launch(get_backend(chosen), LaunchSpec(memory_bytes=memory, accel=accel))
+        try:
+            if sys.stderr.isatty():
+                click.echo(f"motte: keep on backend {keep.backend}: {keep.isolation}", err=True)
+            result = run_workload(keep, request, network=network)
+        finally:
+            keep.close()
     finally:
-        keep.close()
+        if network is not None:
+            network.close()
     if result.reason == "exit" and not result.message:
         sys.exit(result.status)
     report = {

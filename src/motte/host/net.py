@@ -89,9 +89,12 @@ class _Connection:
 
 
 class HostNetwork:
-    def __init__(self, endpoint: Endpoint, config: WorkloadConfig, *, config_dir: str | None = None,
+    """The sockets of one run: :meth:`prepare` (before the keep starts), :meth:`start`, :meth:`close`."""
+
+    endpoint: Endpoint  # set by start()
+
+    def __init__(self, config: WorkloadConfig, *, config_dir: str | None = None,
                  warn: Callable[[str], None] = _stderr_warning, tap: Tap | None = None):
-        self.endpoint = endpoint
         self.config = config
         self.config_dir = Path(config_dir) if config_dir else None
         self._warn_sink = warn
@@ -187,8 +190,10 @@ class HostNetwork:
 
     # ---- running ----
 
-    def start(self) -> None:
-        """Relay from now on: accept on the listen sockets, serve the keep's connect requests."""
+    def start(self, endpoint: Endpoint) -> None:
+        """Relay from now on over ``endpoint``: accept on the listen sockets, serve the keep's
+        connect requests."""
+        self.endpoint = endpoint
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         for listener in self._listeners:
             self._update_listener(listener)
@@ -214,8 +219,8 @@ class HostNetwork:
         if self._thread is not None:
             self._post(lambda: self._begin_stop(grace))
             self._thread.join(grace + 5.0)
+            self.endpoint.observe(None)
         self._closed = True
-        self.endpoint.observe(None)
         with self._relay_lock:
             self._close_all()
 

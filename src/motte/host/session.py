@@ -54,15 +54,27 @@ class HostStdio:
     stderr: int = 2
 
 
-def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None = None,
-                 tap: Tap | None = None) -> RunResult:
-    """Run the workload in ``keep``; ``tap`` sees every byte relayed for its network connections."""
-    network = None
-    if any(spec.kind in ("listen", "connect") for spec in request.config.files):
-        from motte.host.net import HostNetwork
+def prepare_network(request: RunRequest, tap: Tap | None = None) -> HostNetwork | None:
+    """Bind the config's listen sockets and read its CA bundles (None if it has no sockets).
 
-        network = HostNetwork(keep.endpoint, request.config, config_dir=request.config_dir, tap=tap)
-        network.prepare()  # binds the ports: one in use fails the run here, before the workload starts
+    Call it before starting the keep: a port in use then fails the run before anything started.
+    ``tap`` sees every byte relayed for the workload's connections.
+    """
+    if not any(spec.kind in ("listen", "connect") for spec in request.config.files):
+        return None
+    from motte.host.net import HostNetwork
+
+    network = HostNetwork(request.config, config_dir=request.config_dir, tap=tap)
+    network.prepare()
+    return network
+
+
+def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None = None,
+                 tap: Tap | None = None, network: HostNetwork | None = None) -> RunResult:
+    """Run the workload in ``keep``. Its sockets are ``network`` (from :func:`prepare_network`; made
+    here if not given), closed when the run ends."""
+    if network is None:
+        network = prepare_network(request, tap)
     try:
         return _run_workload(keep, request, stdio or HostStdio(), network)
     finally:
@@ -92,7 +104,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
             target = stdio.stdout if spec.kind == "stdout" else stdio.stderr
             pumps.append(_daemon(_pump_output, endpoint, stream, target))
     if network is not None:
-        network.start()  # before the launch: the keep may ask for connections as soon as it has it
+        network.start(endpoint)  # before the launch: the keep may ask for connections as soon as it has it
     endpoint.send_control(
         "launch",
         config=request.config.to_json(),

@@ -217,12 +217,18 @@ class StewardService:
         self.dev = dev
         self.steward = Steward.from_config(config)
         self.workers = workers
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        if workers > 0:
-            # spawn, not fork: the parent has threads (the log writer), which fork does not copy.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(config,)
-            )
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor | None:
+        if self.workers <= 0:
+            return None
+        # spawn, not fork: the parent has threads (the log writer), which fork does not copy.
+        return concurrent.futures.ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.config,),
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body)
@@ -284,7 +290,17 @@ class StewardService:
         try:
             if self._pool is None:
                 return self.steward.process(body, now)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _work, body, now)
+            pool = self._pool
+            try:
+                return await asyncio.get_running_loop().run_in_executor(pool, _work, body, now)
+            except concurrent.futures.process.BrokenProcessPool:
+                # A worker died (killed, out of memory): replace the pool once and try again, so
+                # one lost worker does not turn every later request into an error.
+                if self._pool is pool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = self._new_pool()
+                assert self._pool is not None
+                return await asyncio.get_running_loop().run_in_executor(self._pool, _work, body, now)
         except MotteError as exc:  # e.g. the CA expired
             return refusal(Refused(503, "steward_error", str(exc)), hashlib.sha256(body).hexdigest())
         except Exception as exc:  # a bug must not take the service down or go unlogged
