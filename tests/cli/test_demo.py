@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 
-from motte.host.memory_scan import scan_process
 from tests.conftest import motte
+
+from motte.host.memory_scan import scan_process
 
 
 def test_secret_search_finds_the_secret(backend: str) -> None:
