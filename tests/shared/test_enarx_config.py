@@ -742,21 +742,21 @@ def _render(config: WorkloadConfig) -> tuple[list[str], list[int]]:
     return lines, headers
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(_configs)
 def test_json_round_trip(config: WorkloadConfig) -> None:
     data = config.to_json()
     assert WorkloadConfig.from_json(json.loads(json.dumps(data))) == config
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(_configs)
 def test_toml_round_trip(config: WorkloadConfig) -> None:
     lines, _ = _render(config)
     assert parse_enarx_toml("\n".join(lines)) == config
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(_configs.filter(lambda c: len(c.files) > 0), st.data())
 def test_reported_line_of_a_bad_key_is_where_it_is_written(
     config: WorkloadConfig, data: st.DataObject
@@ -795,7 +795,7 @@ _near_configs = st.dictionaries(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(_json_values | _near_configs)
 def test_from_json_raises_only_config_error(data: Any) -> None:
     try:
@@ -809,7 +809,7 @@ def test_from_json_raises_only_config_error(data: Any) -> None:
     assert all(":" not in f.name for f in config.files)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(_configs, st.data())
 def test_from_json_rejects_mutated_configs_with_config_error_only(
     config: WorkloadConfig, data: st.DataObject
