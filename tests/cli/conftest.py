@@ -2,6 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from motte.host.paths import cache_root
+
+#: Read at import time, before the autouse fixture swaps in a private cache directory.
+DEFAULT_CACHE = str(cache_root())
+
 
 def _backends() -> list[object]:
     params: list[object] = ["nil"]
@@ -15,5 +20,9 @@ def _backends() -> list[object]:
 
 
 @pytest.fixture(params=_backends())
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "kvm":
+        # The keep kernel (a 34 MB download) and image stay cached across runs, as in tests/host;
+        # a kvm keep never uses the host's module cache, so nothing else is shared.
+        monkeypatch.setenv("MOTTE_CACHE_DIR", DEFAULT_CACHE)
     return str(request.param)

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from motte.keep.csr import CertificateRequest, accept_response, build_csr, certificate_request, generate_key
+from motte.keep.csr import (
+    CertificateRequest,
+    StewardExchange,
+    accept_response,
+    build_csr,
+    certificate_request,
+    generate_key,
+)
 from motte.keep.evidence import Evidence, NoEvidence
 from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import (
@@ -226,3 +233,22 @@ def test_response_reader_bounds_and_garbage() -> None:
         ResponseReader().feed(b"SMTP ready\r\n\r\n")
     with pytest.raises(ProtocolError, match="larger than"):
         ResponseReader(max_body=10).feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\n")
+
+
+def test_steward_exchange_is_the_whole_client_side_without_io() -> None:
+    request = certificate_request(NoEvidence())
+    ca, leaf, _ = ca_and_leaf(request.key)
+    exchange = StewardExchange("https://steward.example:8443/", request)
+    assert exchange.outgoing() == build_request(parse_steward_url("https://steward.example:8443/"), request.csr)
+    body = encode_chain([der(ca), der(leaf)])
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    assert exchange.receive(answer[:40]) is None
+    chain = exchange.receive(answer[40:])
+    assert chain is not None and chain.certificates == (leaf, ca)
+    refused = StewardExchange("https://steward.example/", request)
+    with pytest.raises(MotteError, match="HTTP 401: no_evidence: none"):
+        refused.receive(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 17\r\n\r\nno_evidence: none")
+    cut = StewardExchange("https://steward.example/", request)
+    cut.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n")
+    with pytest.raises(ProtocolError, match="closed before"):
+        cut.receive(b"")

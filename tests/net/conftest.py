@@ -37,7 +37,8 @@ def listen_toml(port: int, prot: str = "tls", name: str = "test") -> str:
 
 def connect_toml(host: str, port: int, prot: str = "tls", ca: str | None = None, name: str = "upstream") -> str:
     extra = f'ca = "{ca}"\n' if ca else ""
-    return STDIO + f'[[files]]\nkind = "connect"\nprot = "{prot}"\nhost = "{host}"\nport = {port}\nname = "{name}"\n' + extra
+    entry = f'[[files]]\nkind = "connect"\nprot = "{prot}"\nhost = "{host}"\nport = {port}\nname = "{name}"\n'
+    return STDIO + entry + extra
 
 
 def tls_client() -> ssl.SSLContext:
@@ -49,7 +50,16 @@ def tls_client() -> ssl.SSLContext:
 
 
 def connect(port: int, prot: str = "tls", timeout: float = 10.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    """A client connection; retried while refused, since the run may not have bound the port yet."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     if prot == "tls":
         return tls_client().wrap_socket(sock, server_hostname="localhost")
     return sock
@@ -110,9 +120,11 @@ class Served:
         out = []
         while True:
             try:
-                out.append(self._lines.get_nowait().decode().rstrip("\n"))
+                raw = self._lines.get_nowait()
             except queue.Empty:
                 return out
+            if raw:  # b"" marks the end of the output
+                out.append(raw.decode().rstrip("\n"))
 
     def expect(self, text: str, timeout: float = 30.0) -> None:
         line = self.line(timeout)
@@ -158,11 +170,12 @@ class InThread:
     def __init__(self, name: str, toml: str, *args: str, tap: Callable[[str, int, bytes], None] | None = None):
         from motte.host.backends import get_backend
         from motte.host.backends.base import LaunchSpec
-        from motte.host.session import HostStdio, RunRequest, run_workload
+        from motte.host.session import HostStdio, RunRequest, prepare_network, run_workload
         from motte.shared.enarx_config import parse_enarx_toml
 
         config = parse_enarx_toml(toml).with_extra(args=list(args))
         request = RunRequest(workload(name).read_bytes(), config, timeout=60)
+        network = prepare_network(request, tap)  # bound now: clients may connect once this returns
         self._out_r, out_w = os.pipe()
         self._null = os.open(os.devnull, os.O_RDWR)
         self.keep = get_backend("nil").launch(LaunchSpec(memory_bytes=256 << 20))
@@ -171,7 +184,7 @@ class InThread:
 
         def run() -> None:
             try:
-                self.result = run_workload(self.keep, request, stdio, tap=tap)
+                self.result = run_workload(self.keep, request, stdio, network=network)
             finally:
                 os.close(out_w)
 

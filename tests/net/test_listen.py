@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import ssl
 from pathlib import Path
 
 import pytest
@@ -167,4 +166,3 @@ def test_http_server_demo_over_tls(serve) -> None:
         connection.close()
     server.expect("served 2")
     assert server.wait() == 0
-    assert isinstance(ssl, object)

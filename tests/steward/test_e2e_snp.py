@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from motte.cli import main
-from motte.keep.csr import CertificateRequest, accept_response, certificate_request
+from motte.keep.csr import CertificateRequest, StewardExchange, certificate_request
 from motte.keep.evidence.snp import SnpEvidenceSource
+from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import IssuedChain
 from motte.steward.issuer import CertificateAuthority, new_ca
 from motte.steward.log import read_events
@@ -82,6 +83,15 @@ def platform() -> FakeSnp:
     return FakeSnp.make()
 
 
+def exchange(request: CertificateRequest, handle: StewardHandle) -> IssuedChain:
+    ex = StewardExchange(f"https://{handle.host}:{handle.port}/", request)
+    with socket.create_connection((handle.host, handle.port), timeout=30) as sock:
+        sock.sendall(ex.outgoing())
+        while (chain := ex.receive(sock.recv(512))) is None:
+            pass
+    return chain
+
+
 def snp_keep_request(platform: FakeSnp, tmp_path: Path) -> CertificateRequest:
     root = tmp_path / "tsm"
     root.mkdir(exist_ok=True)
@@ -100,18 +110,19 @@ def test_snp_keep_to_steward_to_tls_client(
 
     # AMD's real roots: the test VCEK does not chain to them
     production = steward(PINNED)
-    status, headers, body = production.post(request.csr)
+    status, headers, _ = production.post(request.csr)
     assert (status, headers["motte-reason"]) == (400, "certificate_signature")
+    with pytest.raises(MotteError, match="HTTP 400: certificate_signature"):
+        exchange(request, production)
 
-    # the same request to a Steward configured, in code, to trust the test root
+    # the same request to a Steward configured, in code, to trust the test root, sent the way the
+    # keep sends it: the sans-I/O exchange over a byte stream (TLS in the keep; plain TCP here)
     trusting = steward(PINNED, amd_trust=platform.trust())
-    status, _, body = trusting.post(request.csr)
-    assert status == 200, body
-    chain: IssuedChain = accept_response(request, status, body)
+    chain = exchange(request, trusting)
     (issued,) = list(read_events(trusting.log_path))
     assert issued["technology"] == "snp" and issued["serial"] == f"{chain.leaf.serial_number:x}"
     assert issued["claims"]["measurements"]["measurement"] == MEASUREMENT.hex()  # type: ignore[index]
-    assert [e["reason"] for e in read_events(production.log_path)] == ["certificate_signature"]
+    assert [e["reason"] for e in read_events(production.log_path)] == ["certificate_signature"] * 2
 
     ca_file = tmp_path / "steward-ca.pem"
     ca_file.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))

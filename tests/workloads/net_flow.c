@@ -2,8 +2,10 @@
  *   net_flow send <MiB>  accept one connection, write <MiB> MiB (byte i is i & 0xff) with
  *                        blocking 64 KiB writes, printing "sent <n>" (MiB, flushed) after each
  *                        MiB; then close and print "done".
- *   net_flow hold <ms>   accept one connection, read nothing for <ms> ms, then read to EOF
- *                        and print "received <bytes>".
+ *   net_flow hold <ms>   accept one connection, read its first byte (with TLS that also
+ *                        completes the handshake, which the keep runs as the workload reads),
+ *                        then read nothing for <ms> ms, then read to EOF and print
+ *                        "received <bytes>" (the first byte included).
  *   net_flow idle <ms>   never accept: sleep <ms> ms and print "idle done".
  * Exit 1 with a message on stderr if a call fails. */
 #include <errno.h>
@@ -59,8 +61,16 @@ int main(int argc, char **argv) {
         printf("done\n");
         return 0;
     }
-    poll(NULL, 0, (int)n);
     unsigned long long total = 0;
+    while (total == 0) {
+        ssize_t r = read(fd, buf, 1);
+        if (r <= 0) {
+            fprintf(stderr, "net_flow: read: %s\n", r == 0 ? "early EOF" : strerror(errno));
+            return 1;
+        }
+        total += (unsigned long long)r;
+    }
+    poll(NULL, 0, (int)n);
     for (;;) {
         ssize_t r = read(fd, buf, sizeof buf);
         if (r < 0) {

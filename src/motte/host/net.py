@@ -254,7 +254,7 @@ class HostNetwork:
     def _on_stream_event(self, stream: int) -> None:
         # The channel's reader thread: pass the keep's bytes on at once (the sockets do not block).
         if stream == 0:
-            self._wake()  # the channel closed: the relay thread notices
+            self._post(self._drop_connections)  # the channel closed: the keep is gone
             return
         with self._relay_lock:
             conn = self._conns.get(stream)
@@ -285,6 +285,10 @@ class HostNetwork:
             self._wake_pending = False
         for action in actions:
             action()
+
+    def _drop_connections(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
 
     def _begin_stop(self, grace: float) -> None:
         self._stop_at = time.monotonic() + grace

@@ -344,3 +344,35 @@ def strongest_backend() -> str:
     from motte.host.backends import kvm
 
     return "nil" if kvm.qemu_path() is None else "kvm"
+
+
+def kvm_usable() -> tuple[bool, str]:
+    """Whether ``motte run --backend kvm`` can run on this host, and why (not): QEMU is installed and
+    the keep kernel and image are cached or can be made here. Cheap: no boot, no download, no build
+    (the tests ask it at collection time)."""
+    import shutil
+
+    from motte.host.backends import kvm
+    from motte.host.image import build, kernel
+    from motte.shared.errors import MotteError
+
+    if kvm.qemu_path() is None:
+        return False, f"{kvm.QEMU} is not installed ({kvm.QEMU_HINT})"
+    try:
+        image = build.cached_image()
+    except Exception as exc:  # a checkout whose image key cannot be computed cannot build one either
+        return False, f"cannot compute the keep image key: {exc}"
+    if image is not None:
+        return True, f"QEMU and the keep image {image.key[:12]}"
+    missing = []
+    try:
+        build._busybox_path()
+    except MotteError:
+        missing.append("busybox")
+    if kernel.cached_kernel() is None:
+        if shutil.which("apt-get") is None and not os.environ.get("MOTTE_KERNEL_DEB"):
+            return False, "no keep kernel cached, and no apt-get to download it (or set MOTTE_KERNEL_DEB)"
+        missing += [tool for tool in ("dpkg-deb", "zstd") if shutil.which(tool) is None]
+    if missing:
+        return False, f"building the keep image needs {', '.join(missing)} (dev/setup installs them)"
+    return True, "QEMU present; the keep kernel and image are made on first use"

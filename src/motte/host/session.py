@@ -21,10 +21,14 @@ from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeou
 from motte.shared.errors import EXIT_MOTTE_ERROR, EXIT_TIMEOUT, MotteError
 
 if TYPE_CHECKING:
+    from motte.host.hostfs import HostDirs
     from motte.host.net import HostNetwork, Tap
 
 WASM_CHUNK = 1 << 20
 GRACE = 5.0  # seconds past the workload deadline before the host stops waiting for the keep
+#: A nil keep could open --dir paths itself, but it gets them served like every other backend:
+#: one code path everywhere, at a cost measured by bench/bench_hostfs.py.
+SERVE_DIRS_ON_NIL = True
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class RunRequest:
     timeout: float | None = None
     cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
     config_dir: str | None = None  # where the config file is: relative paths in it (ca) start there
+    #: --dir access: True serves each directory on a channel stream, False lets a nil keep open the
+    #: host path itself; None: the backend's default (see SERVE_DIRS_ON_NIL)
+    serve_dirs: bool | None = None
 
 
 @dataclass
@@ -75,14 +82,31 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
     here if not given), closed when the run ends."""
     if network is None:
         network = prepare_network(request, tap)
+    dirs = None
     try:
-        return _run_workload(keep, request, stdio or HostStdio(), network)
+        if request.dirs:
+            dirs = _host_dirs(keep, request)
+        return _run_workload(keep, request, stdio or HostStdio(), network, dirs)
     finally:
+        if dirs is not None:
+            dirs.close()
         if network is not None:
             network.close()
 
 
-def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None) -> RunResult:
+def _host_dirs(keep: KeepHandle, request: RunRequest) -> HostDirs:
+    from motte.host.hostfs import HostDirs
+
+    serve = request.serve_dirs
+    if serve is None:
+        serve = keep.backend != "nil" or SERVE_DIRS_ON_NIL
+    elif not serve and keep.backend != "nil":
+        raise MotteError(f"a {keep.backend} keep cannot open host paths: its --dir must be served")
+    return HostDirs(keep.endpoint, request.dirs, serve=serve)
+
+
+def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None,
+                  dirs: HostDirs | None = None) -> RunResult:
     endpoint = keep.endpoint
     wasm_stream = endpoint.open_stream("wasm")
     streams: dict[int, int] = {}
@@ -105,12 +129,14 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
             pumps.append(_daemon(_pump_output, endpoint, stream, target))
     if network is not None:
         network.start(endpoint)  # before the launch: the keep may ask for connections as soon as it has it
+    if dirs is not None:
+        dirs.start()
     endpoint.send_control(
         "launch",
         config=request.config.to_json(),
         wasm={"stream": wasm_stream, "size": len(request.wasm), "sha256": hashlib.sha256(request.wasm).hexdigest()},
         stdio={str(fd): stream for fd, stream in streams.items()},
-        dirs=[{"host": host, "guest": guest} for host, guest in request.dirs],
+        dirs=dirs.launch_entries() if dirs is not None else [],
         limits={"memory": request.memory_limit, "timeout": request.timeout},
         cache_dir=request.cache_dir,
         ca=network.ca_bundles if network is not None else {},

@@ -3,12 +3,13 @@
 Pure apart from the evidence source (which asks the hardware). The sequence the keep runtime runs
 when Enarx.toml names a Steward::
 
-    request = certificate_request(evidence_source)       # key + evidence + CSR
-    url = parse_steward_url(config.steward)              # motte.shared.steward_protocol
-    wire = build_request(url, request.csr)               #   bytes to send inside the keep's TLS
-    reader = ResponseReader(); reader.feed(...); ...     #   bytes received, until complete
-    chain = accept_response(request, reader.status, reader.body)
-    # serve TLS with chain.pem() and request.key
+    request = certificate_request(source_for(backend))   # key + evidence bound to it + CSR
+    exchange = StewardExchange(config.steward, request)   # https URL -> host, port, HTTP bytes
+    # a TLS client connection (through the host's TCP relay) to exchange.url.host:exchange.url.port
+    send(exchange.outgoing())
+    while (chain := exchange.receive(recv())) is None:    # recv() -> b"" at end of stream
+        pass
+    # serve TLS with chain.certificates (leaf, CA) and request.key
 
 Without a Steward the keep serves a self-signed certificate instead, which proves nothing.
 """
@@ -25,9 +26,13 @@ from motte.keep.evidence import Evidence, EvidenceSource
 from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import (
     IssuedChain,
+    ResponseReader,
+    StewardUrl,
+    build_request,
     csr_hash,
     key_binding,
     key_curve,
+    parse_steward_url,
     read_issued_chain,
     spki_der,
 )
@@ -84,3 +89,28 @@ def accept_response(request: CertificateRequest, status: int, body: bytes) -> Is
             hint="the Steward's log says why; check its policy" if status in (400, 401) else None,
         )
     return read_issued_chain(body, request.key.public_key())
+
+
+class StewardExchange:
+    """One certificate request to a Steward, sans-I/O: the bytes to send, then the bytes received
+    until the answer is complete. The caller owns the connection (TLS inside the keep, TCP relayed
+    by the host), so every transport and every test shares this one implementation."""
+
+    def __init__(self, steward_url: str, request: CertificateRequest) -> None:
+        self.url: StewardUrl = parse_steward_url(steward_url)
+        self.request = request
+        self._reader = ResponseReader()
+
+    def outgoing(self) -> bytes:
+        return build_request(self.url, self.request.csr)
+
+    def receive(self, data: bytes) -> IssuedChain | None:
+        """Feed what arrived (``b""`` at end of stream). None until the response is complete; then
+        the issued chain, or MotteError / ProtocolError if the Steward refused or answered badly."""
+        if data:
+            self._reader.feed(data)
+        else:
+            self._reader.feed_eof()
+        if not self._reader.complete:
+            return None
+        return accept_response(self.request, self._reader.status, self._reader.body)

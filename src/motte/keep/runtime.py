@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import wasmtime
 
@@ -31,10 +31,14 @@ from motte.shared.enarx_config import ConfigError, WorkloadConfig
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
 
+if TYPE_CHECKING:
+    from motte.keep.wasi.remote_fs import HostFsClient
+
 MAX_WASM_SIZE = 512 << 20
 MAX_CA_BUNDLE = 128 << 10  # a PEM CA bundle for one connect file
 WASM_PAGE = 64 << 10
 ARGV0 = "main.wasm"
+MAX_PREOPENS = 64
 
 
 class Outcome(NamedTuple):
@@ -59,7 +63,7 @@ class Launch(NamedTuple):
     wasm_size: int
     wasm_sha256: str
     stdio_streams: dict[int, int]  # fd -> stream
-    dirs: list[tuple[str, str]]  # (host path, guest path)
+    dirs: list[Preopen]
     memory_limit: int
     timeout: float | None
     cache_dir: str | None
@@ -72,7 +76,7 @@ class Launch(NamedTuple):
             config = WorkloadConfig.from_json(message.get("config"))
             wasm = message["wasm"]
             stdio = {int(fd): _int(stream, "stream") for fd, stream in dict(message.get("stdio", {})).items()}
-            dirs = [(_str(d["host"], "dir"), _str(d["guest"], "dir")) for d in message.get("dirs", [])]
+            dirs = [Preopen.parse(d) for d in message.get("dirs", [])]
             limits = message.get("limits", {})
             timeout = limits.get("timeout")
             launch = cls(
@@ -95,6 +99,8 @@ class Launch(NamedTuple):
             raise LaunchError(f"workload size {launch.wasm_size} outside 1..{MAX_WASM_SIZE} bytes")
         if launch.memory_limit < WASM_PAGE:
             raise LaunchError("memory limit below one wasm page")
+        if len(launch.dirs) > MAX_PREOPENS:
+            raise LaunchError(f"{len(launch.dirs)} preopened directories, more than {MAX_PREOPENS}")
         for fd, pem in launch.ca_bundles.items():
             spec = launch.config.files[fd] if 0 <= fd < len(launch.config.files) else None
             if spec is None or spec.kind != "connect" or spec.prot != "tls":
@@ -102,6 +108,24 @@ class Launch(NamedTuple):
             if len(pem) > MAX_CA_BUNDLE:
                 raise LaunchError(f"the CA bundle for fd {fd} exceeds {MAX_CA_BUNDLE} bytes")
         return launch
+
+
+class Preopen(NamedTuple):
+    """A ``--dir``: served by the host on a channel stream (every backend), or, for a ``nil``
+    keep only, a host path the keep opens itself."""
+
+    guest: str
+    stream: int | None = None
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, entry: Any) -> Preopen:
+        guest = _str(entry["guest"], "dir.guest")
+        if not 0 < len(guest.encode()) <= 1024 or "\0" in guest:
+            raise ValueError("dir.guest must be a path of 1 to 1024 bytes without NUL")
+        if "stream" in entry:
+            return cls(guest, stream=_int(entry["stream"], "dir.stream"))
+        return cls(guest, host=_str(entry["host"], "dir.host"))
 
 
 def _int(value: Any, what: str) -> int:
@@ -120,6 +144,7 @@ class KeepRuntime:
     def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False):
         self.endpoint = endpoint
         self.allow_host_cache = allow_host_cache
+        self.hostfs_clients: list[HostFsClient] = []  # one per served directory
 
     def serve(self) -> Outcome:
         """Handle one launch request; always tells the host how it ended."""
@@ -183,11 +208,20 @@ class KeepRuntime:
                 raise LaunchError(f"files[{fd}] has unknown kind {spec.kind!r}")
         if network is not None:
             network.start()
-        for host_path, guest_path in launch.dirs:
+        deadline = None if launch.timeout is None else time.monotonic() + launch.timeout  # as run() sets it
+        for preopen in launch.dirs:
+            if preopen.stream is not None:
+                from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir
+
+                client = HostFsClient(self.endpoint, preopen.stream, deadline)
+                self.hostfs_clients.append(client)
+                files.append(RemoteDir.preopen(client, preopen.guest))
+                continue
+            assert preopen.host is not None
             try:
-                files.append(open_preopen(host_path, guest_path))
+                files.append(open_preopen(preopen.host, preopen.guest))
             except WasiError as exc:
-                raise LaunchError(f"cannot preopen {guest_path}: {exc}") from None
+                raise LaunchError(f"cannot preopen {preopen.guest}: {exc}") from None
         return files
 
     def run(self, launch: Launch) -> Outcome:
@@ -232,10 +266,12 @@ class KeepRuntime:
             if timer is not None:
                 timer.cancel()
             outputs.stop()
+            for client in self.hostfs_clients:
+                client.close()  # the host closes what the workload left open there
             for file in files:
                 try:
                     file.close()
-                except OSError:
+                except (OSError, WasiError):
                     pass
         self.endpoint.send_control("stats", cached=compiled.from_cache, compile_ms=round(compile_ms, 3))
         return outcome

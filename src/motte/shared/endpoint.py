@@ -32,6 +32,10 @@ from motte.shared.channel import (
 from motte.shared.errors import MotteError
 
 READ_SIZE = 256 << 10
+#: Frames up to this size are sent by the thread that queued them when the writer is idle: a small
+#: message then costs no thread switch. Larger ones go to the writer thread, so the copy into the
+#: kernel overlaps with the producer's next work (stdout, bulk transfers).
+DIRECT_SEND_MAX = 32 << 10
 
 #: Called with a claimed stream's id when it gets data, EOF, a reset or credit (0: the channel
 #: closed). Runs on the reader thread, without the endpoint's lock: it may use the endpoint, but
@@ -440,7 +444,8 @@ class Endpoint:
         buffers = self._state.outgoing()
         if not buffers:
             return
-        if self._send_nowait is not None and not self._pending and not self._writing and self._closed is None:
+        if (self._send_nowait is not None and not self._pending and not self._writing and self._closed is None
+                and sum(len(b) for b in buffers) <= DIRECT_SEND_MAX):
             # The writer thread is idle: send from this thread, without blocking. A small message
             # then costs no thread switch, which is most of its latency.
             try:

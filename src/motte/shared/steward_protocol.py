@@ -363,9 +363,13 @@ class IssuedChain(NamedTuple):
     ca: x509.Certificate
     leaf: x509.Certificate
 
-    def pem(self) -> bytes:
+    @property
+    def certificates(self) -> tuple[x509.Certificate, x509.Certificate]:
         """Leaf first, then the CA: the order a TLS server sends its chain in."""
-        return self.leaf.public_bytes(Encoding.PEM) + self.ca.public_bytes(Encoding.PEM)
+        return (self.leaf, self.ca)
+
+    def pem(self) -> bytes:
+        return b"".join(cert.public_bytes(Encoding.PEM) for cert in self.certificates)
 
 
 def read_issued_chain(body: bytes, public_key: ec.EllipticCurvePublicKey) -> IssuedChain:

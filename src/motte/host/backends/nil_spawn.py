@@ -83,12 +83,14 @@ def _discard() -> None:
     started = take_prespawned()
     if started is not None:
         pid, sock = started
-        sock.close()
         try:
+            # Killed before its channel closes: a keep that saw the close first would print
+            # "channel read failed" under the CLI's own error line.
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+        sock.close()
 
 
 def _keep_environment() -> dict[str, str]:

@@ -85,6 +85,7 @@ class StreamSocket(WasiFile):
         self._write_shut = False
         self._error: Errno | None = None
         self._closed = False
+        self._handshake_bytes = False  # the peer sent something during the handshake
 
     # ---- the workload's operations ----
 
@@ -103,12 +104,12 @@ class StreamSocket(WasiFile):
             pieces: list[bytes] = []
             got = 0
             while got < size:
-                if not self._inbound:
-                    if pieces and (self._peer_eof or self._error is not None):
-                        break
+                if not self._inbound and self._error is None and not self._peer_eof:
                     self._block_until(self._inbound_step, deadline, read=True)
-                    if not self._inbound:
-                        break
+                if not self._inbound:
+                    if pieces:
+                        break  # EOF or an error after some data: report the data first
+                    return self._take(size)  # b"" at EOF, or raises the error
                 piece = self._take(size - got)
                 pieces.append(piece)
                 got += len(piece)
@@ -226,10 +227,10 @@ class StreamSocket(WasiFile):
             try:
                 done = tls.handshake()
             except TlsError as exc:
+                self._queue_tls_output()  # the alert that tells the peer why
                 self._fail(Errno.CONNABORTED, str(exc))
                 return True
-            finally:
-                self._queue_tls_output()
+            self._queue_tls_output()
             if done:
                 self._handshake_deadline = None
                 return True
@@ -241,6 +242,12 @@ class StreamSocket(WasiFile):
                 return self._error is not None
             if chunk:
                 tls.feed(chunk)
+                self._handshake_bytes = True
+            elif not self._handshake_bytes:
+                # Connected and left without a byte (a port probe, a health check): no TLS error
+                # worth a warning on the host, just a connection reset for the workload.
+                self._fail(Errno.CONNRESET, netstreams.CLOSED)
+                return True
             else:
                 tls.feed_eof()
 
@@ -371,10 +378,13 @@ class StreamSocket(WasiFile):
             raise WasiError(self._error)
 
     def _fail(self, errno: Errno, reason: str) -> None:
-        """This side gives the connection up: the workload sees ``errno``, the host the reason."""
+        """This side gives the connection up: the workload sees ``errno``, the host the reason.
+
+        RESET only, no EOF first: what was queued before it (a TLS alert) still arrives, and the
+        host learns the reason even if the peer has already closed its side.
+        """
         self._error = errno
-        self._drain_unsent()  # e.g. the TLS alert that tells the peer why
-        self.endpoint.eof(self.stream)
+        self._drain_unsent()
         self.endpoint.reset(self.stream, reason)
 
     def _finish_sending(self) -> None:
@@ -391,7 +401,7 @@ class StreamSocket(WasiFile):
                      write: bool = False) -> None:
         """Wait on the channel until ``step()`` reports progress, the deadline or a handshake timeout."""
         self._on_block()  # output written so far (a prompt, a log line) must reach the host first
-        while True:
+        while not step():  # first: TLS may already hold whole records that came with earlier bytes
             timeout = _remaining(deadline)
             if self._handshake_deadline is not None:
                 # Wake at the handshake deadline so step() can declare the timeout.
@@ -404,8 +414,6 @@ class StreamSocket(WasiFile):
             )
             if self._unsent:
                 self._drain_unsent()
-            if step():
-                return
 
 
 class ListenSocket(WasiFile):
@@ -488,7 +496,8 @@ class ListenSocket(WasiFile):
             waiting = list(self._backlog)
             self._backlog.clear()
         for stream in waiting:
-            self.endpoint.reset(stream, netstreams.failure("ECONNREFUSED", "the workload closed the listen socket"))
+            # An orderly close, as when a server exits with clients still queued: nothing to warn about.
+            self.endpoint.reset(stream, netstreams.CLOSED)
 
 
 class KeepNetwork:

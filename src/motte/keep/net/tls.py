@@ -101,6 +101,8 @@ class TlsSession:
             if self._incoming.eof:
                 raise TlsError("the peer closed the connection during the TLS handshake") from None
             return False
+        except ssl.SSLEOFError:
+            raise TlsError("the peer closed the connection during the TLS handshake") from None
         except ssl.SSLError as exc:
             raise TlsError(f"TLS handshake failed: {_reason(exc)}") from None
         self.established = True
@@ -109,6 +111,10 @@ class TlsSession:
     def read(self, size: int) -> bytes | None:
         """Up to ``size`` bytes of plaintext (several records if available); ``b""`` once the peer
         closed the session; None when more ciphertext is needed."""
+        if not self._incoming.pending and not self._incoming.eof and not self._object.pending():
+            # Nothing to decrypt: skip the read that would only raise SSLWantReadError (costly when
+            # a poll asks every idle connection). OpenSSL leaves unprocessed records in the BIO.
+            return b"" if self.closed_by_peer else None
         pieces: list[bytes] = []
         wanted = size
         while wanted > 0:

@@ -69,6 +69,16 @@ class WasiFile:
             raise WasiError(Errno.NOTSUP)
         self.flags = FdFlags((self.flags & ~FdFlags.NONBLOCK) | flags)
 
+    # Files in a directory (local or served by the host) override these; streams cannot.
+    def set_size(self, size: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    def set_times(self, atim: int, mtim: int, fst_flags: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    def allocate(self, offset: int, length: int) -> None:
+        raise WasiError(Errno.BADF)
+
     def readable_now(self) -> bool:
         """A read would not block (data, EOF or an error is ready)."""
         return True

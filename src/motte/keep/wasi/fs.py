@@ -4,19 +4,25 @@ Every path the workload names is resolved by the kernel with ``openat2(RESOLVE_B
 absolute paths and symlinks that would leave the preopened directory fail with EXDEV (reported to
 the workload as NOTCAPABLE), with no time-of-check/time-of-use gap a user-space walk would have.
 Operations on a final path component (unlink, mkdir, rename, ...) open the parent that way and
-act on the last name relative to it, never following a symlink in that last name.
+act on the last name relative to it, never following a symlink in that last name; the few that
+follow one (stat, set times, link) resolve the whole path beneath first and act on the result.
+
+The ``*_beneath`` functions take a directory file descriptor and are the one implementation of
+that confinement: :class:`OsDir` (a ``nil`` keep's direct access) and the host's file server
+(:mod:`motte.host.hostfs`, which serves preopened directories to every backend) both use them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
 import stat as stat_mod
 import time
+from collections.abc import Iterator
 
 from motte.keep.wasi.abi import (
-    DIR_RIGHTS,
     DIRENT,
     FILE_RIGHTS,
     FILESTAT,
@@ -32,6 +38,7 @@ from motte.keep.wasi.abi import (
     Filetype,
     wasi_errno,
 )
+from motte.keep.wasi.dirs import DirEntry, WasiDir
 from motte.keep.wasi.files import WasiError, WasiFile
 
 _SYS_OPENAT2 = 437  # x86_64 and aarch64 share this number
@@ -72,11 +79,17 @@ def _filetype(mode: int) -> Filetype:
     return Filetype.UNKNOWN
 
 
-def pack_filestat(st: os.stat_result) -> bytes:
-    return FILESTAT.pack(
+def filestat_fields(st: os.stat_result) -> tuple[int, int, Filetype, int, int, int, int, int]:
+    """(dev, ino, filetype, nlink, size, atim, mtim, ctim) as WASI has them: timestamps are
+    unsigned there, so one before 1970 reads as 0 rather than failing the call."""
+    return (
         st.st_dev, st.st_ino, _filetype(st.st_mode), st.st_nlink, st.st_size,
-        st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+        max(0, st.st_atime_ns), max(0, st.st_mtime_ns), max(0, st.st_ctime_ns),
     )
+
+
+def pack_filestat(st: os.stat_result) -> bytes:
+    return FILESTAT.pack(*filestat_fields(st))
 
 
 def set_times(fd_or_path: int | str, atim: int, mtim: int, fst_flags: int, dir_fd: int | None = None,
@@ -93,19 +106,201 @@ def set_times(fd_or_path: int | str, atim: int, mtim: int, fst_flags: int, dir_f
     os.utime(fd_or_path, ns=(a, m), dir_fd=dir_fd, follow_symlinks=follow)
 
 
+MAX_OFFSET = (1 << 63) - 1  # a file offset or size beyond this is no off_t: EINVAL, not an OverflowError
+
+
+def check_offset(value: int) -> int:
+    if not 0 <= value <= MAX_OFFSET:
+        raise WasiError(Errno.INVAL)
+    return value
+
+
+def _proc_fd(fd: int) -> str:
+    # The kernel's link to exactly the inode ``fd`` holds: acting through it follows nothing
+    # else, so an O_PATH descriptor resolved beneath the directory can be stat'ed, utime'd and
+    # linked without a second, unconfined path walk.
+    return f"/proc/self/fd/{fd}"
+
+
+# ---- path operations confined beneath a directory fd ----------------------------------------
+
+
+def split_parent(path: str) -> tuple[str, str]:
+    """``(directory part, last name)`` of ``path``, for operations on its last component."""
+    stripped = path.rstrip("/")
+    if not stripped:
+        raise WasiError(Errno.NOTCAPABLE if path.startswith("/") else Errno.NOENT)
+    head, _, name = stripped.rpartition("/")
+    if name == "..":
+        raise WasiError(Errno.NOTCAPABLE)
+    if head == "" and stripped.startswith("/"):
+        raise WasiError(Errno.NOTCAPABLE)
+    return head or ".", name
+
+
+@contextlib.contextmanager
+def parent_beneath(dir_fd: int, path: str) -> Iterator[tuple[int, str]]:
+    """The directory holding ``path``'s last component, opened beneath ``dir_fd``, and that name."""
+    head, name = split_parent(path)
+    parent = openat_beneath(dir_fd, head, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield parent, name
+    finally:
+        os.close(parent)
+
+
+def open_flags(*, follow: bool, creat: bool, excl: bool, trunc: bool, directory: bool, read: bool,
+               write: bool, fdflags: FdFlags) -> int:
+    """The ``open(2)`` flags of a ``path_open``."""
+    if directory and write:
+        raise WasiError(Errno.ISDIR)
+    flags = os.O_NOCTTY  # a terminal in the directory must not become the keep's
+    if creat:
+        flags |= os.O_CREAT
+    if excl:
+        flags |= os.O_EXCL
+    if trunc:
+        flags |= os.O_TRUNC
+    if directory:
+        flags |= os.O_DIRECTORY
+    if not follow:
+        flags |= os.O_NOFOLLOW
+    if fdflags & FdFlags.APPEND:
+        flags |= os.O_APPEND
+    if fdflags & (FdFlags.SYNC | FdFlags.RSYNC):
+        flags |= os.O_SYNC
+    if fdflags & FdFlags.DSYNC:
+        flags |= os.O_DSYNC
+    if write:
+        flags |= os.O_RDWR if read else os.O_WRONLY
+    else:
+        flags |= os.O_RDONLY
+    return flags
+
+
+def open_beneath(dir_fd: int, path: str, flags: int, follow: bool) -> tuple[int, os.stat_result]:
+    """Open ``path`` beneath ``dir_fd`` with ``flags`` (from :func:`open_flags`); the fd and its stat."""
+    try:
+        fd = openat_beneath(dir_fd, path or ".", flags)
+    except OSError as exc:
+        if exc.errno == 21 and flags & (os.O_WRONLY | os.O_RDWR):  # EISDIR: a directory opened for writing
+            raise WasiError(Errno.ISDIR) from None
+        if exc.errno == 40 and not follow:  # ELOOP from O_NOFOLLOW on a symlink
+            raise WasiError(Errno.LOOP) from None
+        raise
+    try:
+        return fd, os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def stat_beneath(dir_fd: int, path: str, follow: bool) -> os.stat_result:
+    if follow:
+        # O_PATH: stat needs no permission on the file and opening a FIFO must not block.
+        fd = openat_beneath(dir_fd, path or ".", os.O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+    with parent_beneath(dir_fd, path) as (parent, name):
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+
+
+def set_times_beneath(dir_fd: int, path: str, atim: int, mtim: int, fst_flags: int, follow: bool) -> None:
+    if follow:
+        # utimensat(parent, name, follow) would follow a symlink out of the directory unconfined.
+        fd = openat_beneath(dir_fd, path or ".", os.O_PATH)
+        try:
+            set_times(_proc_fd(fd), atim, mtim, fst_flags)
+        finally:
+            os.close(fd)
+        return
+    with parent_beneath(dir_fd, path) as (parent, name):
+        set_times(name, atim, mtim, fst_flags, dir_fd=parent, follow=False)
+
+
+def mkdir_beneath(dir_fd: int, path: str) -> None:
+    with parent_beneath(dir_fd, path) as (parent, name):
+        os.mkdir(name, dir_fd=parent)
+
+
+def rmdir_beneath(dir_fd: int, path: str) -> None:
+    with parent_beneath(dir_fd, path) as (parent, name):
+        if name == ".":
+            raise WasiError(Errno.INVAL)
+        os.rmdir(name, dir_fd=parent)
+
+
+def unlink_beneath(dir_fd: int, path: str) -> None:
+    with parent_beneath(dir_fd, path) as (parent, name):
+        if path.endswith("/"):
+            raise WasiError(Errno.NOTDIR)
+        os.unlink(name, dir_fd=parent)
+
+
+def rename_beneath(old_dir_fd: int, old: str, new_dir_fd: int, new: str) -> None:
+    with parent_beneath(old_dir_fd, old) as (old_parent, old_name), \
+            parent_beneath(new_dir_fd, new) as (new_parent, new_name):
+        os.rename(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent)
+
+
+def link_beneath(old_dir_fd: int, old: str, follow: bool, new_dir_fd: int, new: str) -> None:
+    if follow:
+        # linkat(AT_SYMLINK_FOLLOW) on the last name would follow a symlink out of the
+        # directory and hard-link an outside file in: resolve beneath, then link that inode.
+        fd = openat_beneath(old_dir_fd, old, os.O_PATH)
+        try:
+            with parent_beneath(new_dir_fd, new) as (new_parent, new_name):
+                os.link(_proc_fd(fd), new_name, dst_dir_fd=new_parent, follow_symlinks=True)
+        finally:
+            os.close(fd)
+        return
+    with parent_beneath(old_dir_fd, old) as (old_parent, old_name), \
+            parent_beneath(new_dir_fd, new) as (new_parent, new_name):
+        os.link(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent, follow_symlinks=False)
+
+
+def symlink_beneath(target: str, dir_fd: int, path: str) -> None:
+    # An absolute target could only ever point outside the directory: refuse it up front.
+    if target.startswith("/"):
+        raise WasiError(Errno.NOTCAPABLE)
+    if "\0" in target:
+        raise WasiError(Errno.INVAL)
+    with parent_beneath(dir_fd, path) as (parent, name):
+        os.symlink(target, name, dir_fd=parent)
+
+
+def readlink_beneath(dir_fd: int, path: str) -> bytes:
+    with parent_beneath(dir_fd, path) as (parent, name):
+        return os.readlink(os.fsencode(name), dir_fd=parent)
+
+
+def list_entries(dir_fd: int) -> list[DirEntry]:
+    """The entries of the directory ``dir_fd``, sorted by name, without '.' and '..'."""
+    entries: list[DirEntry] = []
+    for name in sorted(os.listdir(dir_fd)):
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue  # removed while listing
+        entries.append((os.fsencode(name), st.st_ino, _filetype(st.st_mode)))
+    return entries
+
+
 class OsFile(WasiFile):
     """A regular file (or other non-directory) opened beneath a preopened directory."""
 
     filetype = Filetype.REGULAR_FILE
     rights_base = FILE_RIGHTS
 
-    def __init__(self, fd: int, flags: FdFlags, readable: bool, writable: bool):
+    def __init__(self, fd: int, flags: FdFlags, readable: bool, writable: bool, mode: int | None = None):
         super().__init__()
         self.fd = fd
         self.flags = flags
         self.readable = readable
         self.writable = writable
-        self.filetype = _filetype(os.fstat(fd).st_mode)
+        self.filetype = _filetype(os.fstat(fd).st_mode if mode is None else mode)
 
     def read(self, size: int, deadline: float | None) -> bytes:
         if not self.readable:
@@ -120,14 +315,14 @@ class OsFile(WasiFile):
     def pread(self, size: int, offset: int) -> bytes:
         if not self.readable:
             raise WasiError(Errno.BADF)
-        return os.pread(self.fd, size, offset)
+        return os.pread(self.fd, size, check_offset(offset))
 
     def pwrite(self, data: bytes, offset: int) -> int:
         if not self.writable:
             raise WasiError(Errno.BADF)
         if self.flags & FdFlags.APPEND:
             raise WasiError(Errno.NOTSUP)  # POSIX would ignore the offset: refuse rather than surprise
-        return os.pwrite(self.fd, data, offset)
+        return os.pwrite(self.fd, data, check_offset(offset))
 
     def seek(self, offset: int, whence: int) -> int:
         how = {WHENCE_SET: os.SEEK_SET, WHENCE_CUR: os.SEEK_CUR, WHENCE_END: os.SEEK_END}.get(whence)
@@ -146,36 +341,48 @@ class OsFile(WasiFile):
         fcntl.fcntl(self.fd, fcntl.F_SETFL, wanted)
         self.flags = flags
 
+    def set_size(self, size: int) -> None:
+        os.ftruncate(self.fd, check_offset(size))
+
+    def set_times(self, atim: int, mtim: int, fst_flags: int) -> None:
+        set_times(self.fd, atim, mtim, fst_flags)
+
+    def allocate(self, offset: int, length: int) -> None:
+        if self.filetype != Filetype.REGULAR_FILE:
+            raise WasiError(Errno.BADF)
+        end = check_offset(offset + length)
+        if end > os.fstat(self.fd).st_size:
+            os.ftruncate(self.fd, end)
+
     def sync(self) -> None:
         os.fsync(self.fd)
 
     def close(self) -> None:
-        os.close(self.fd)
+        # Idempotent: the runtime closes its initial files again at the end, and the fd number
+        # may by then belong to something else.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
-class OsDir(WasiFile):
-    """A directory: a preopen (with ``guest_path``) or one opened beneath a preopen."""
-
-    filetype = Filetype.DIRECTORY
-    rights_base = DIR_RIGHTS
-    rights_inheriting = DIR_RIGHTS | FILE_RIGHTS
+class OsDir(WasiDir):
+    """A directory this process opened itself: a preopen (``nil`` keeps) or one beneath it."""
 
     def __init__(self, fd: int, guest_path: str | None = None):
         super().__init__()
         self.fd = fd
-        self.guest_path = guest_path  # set for preopens only
-
-    def read(self, size: int, deadline: float | None) -> bytes:
-        raise WasiError(Errno.ISDIR)
-
-    def write(self, data: bytes, deadline: float | None) -> int:
-        raise WasiError(Errno.BADF)
+        self.guest_path = guest_path
 
     def stat(self) -> bytes:
         return pack_filestat(os.fstat(self.fd))
 
+    def set_times(self, atim: int, mtim: int, fst_flags: int) -> None:
+        set_times(self.fd, atim, mtim, fst_flags)
+
     def close(self) -> None:
-        os.close(self.fd)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -184,69 +391,50 @@ class OsDir(WasiFile):
 
     def open(self, path: str, *, follow: bool, oflags_creat: bool, excl: bool, trunc: bool,
              directory: bool, read: bool, write: bool, fdflags: FdFlags) -> WasiFile:
-        flags = 0
-        if oflags_creat:
-            flags |= os.O_CREAT
-        if excl:
-            flags |= os.O_EXCL
-        if trunc:
-            flags |= os.O_TRUNC
-        if directory:
-            flags |= os.O_DIRECTORY
-        if not follow:
-            flags |= os.O_NOFOLLOW
-        if fdflags & FdFlags.APPEND:
-            flags |= os.O_APPEND
-        if fdflags & (FdFlags.SYNC | FdFlags.RSYNC):
-            flags |= os.O_SYNC
-        if fdflags & FdFlags.DSYNC:
-            flags |= os.O_DSYNC
-        if write and (read or directory is False):
-            flags |= os.O_RDWR if read else os.O_WRONLY
-        else:
-            flags |= os.O_RDONLY
-        if directory and write:
-            raise WasiError(Errno.ISDIR)
-        try:
-            fd = openat_beneath(self.fd, path or ".", flags)
-        except OSError as exc:
-            if exc.errno == 21 and write:  # EISDIR: opened a directory for writing
-                raise WasiError(Errno.ISDIR) from None
-            if exc.errno == 40 and not follow:  # ELOOP from O_NOFOLLOW on a symlink
-                raise WasiError(Errno.LOOP) from None
-            raise
-        if stat_mod.S_ISDIR(os.fstat(fd).st_mode):
+        flags = open_flags(follow=follow, creat=oflags_creat, excl=excl, trunc=trunc, directory=directory,
+                           read=read, write=write, fdflags=fdflags)
+        fd, st = open_beneath(self.fd, path, flags, follow)
+        if stat_mod.S_ISDIR(st.st_mode):
             return OsDir(fd)
-        return OsFile(fd, fdflags, readable=read or not write, writable=write)
+        return OsFile(fd, fdflags, readable=read or not write, writable=write, mode=st.st_mode)
 
-    def parent_of(self, path: str) -> tuple[int, str]:
-        """Open the directory holding ``path``'s last component; return (fd, last name)."""
-        stripped = path.rstrip("/")
-        if not stripped:
-            raise WasiError(Errno.NOTCAPABLE if path.startswith("/") else Errno.NOENT)
-        head, _, name = stripped.rpartition("/")
-        if name in ("..",):
-            raise WasiError(Errno.NOTCAPABLE)
-        if head == "" and stripped.startswith("/"):
-            raise WasiError(Errno.NOTCAPABLE)
-        return openat_beneath(self.fd, head or ".", os.O_PATH | os.O_DIRECTORY), name
-
-    def readdir(self) -> list[tuple[bytes, int, Filetype]]:
-        """Entries as (name, inode, type), '.' and '..' first, the rest sorted (stable cookies)."""
-        entries: list[tuple[bytes, int, Filetype]] = []
+    def readdir(self) -> list[DirEntry]:
         here = os.fstat(self.fd)
-        entries.append((b".", here.st_ino, Filetype.DIRECTORY))
-        entries.append((b"..", 0, Filetype.DIRECTORY))
-        for name in sorted(os.listdir(self.fd)):
-            try:
-                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-                entries.append((os.fsencode(name), st.st_ino, _filetype(st.st_mode)))
-            except OSError:
-                continue  # removed while listing
-        return entries
+        return [(b".", here.st_ino, Filetype.DIRECTORY), (b"..", 0, Filetype.DIRECTORY), *list_entries(self.fd)]
+
+    def stat_path(self, path: str, follow: bool) -> bytes:
+        return pack_filestat(stat_beneath(self.fd, path, follow))
+
+    def set_times_path(self, path: str, atim: int, mtim: int, fst_flags: int, follow: bool) -> None:
+        set_times_beneath(self.fd, path, atim, mtim, fst_flags, follow)
+
+    def mkdir(self, path: str) -> None:
+        mkdir_beneath(self.fd, path)
+
+    def rmdir(self, path: str) -> None:
+        rmdir_beneath(self.fd, path)
+
+    def unlink(self, path: str) -> None:
+        unlink_beneath(self.fd, path)
+
+    def rename(self, old: str, new_dir: WasiDir, new: str) -> None:
+        if not isinstance(new_dir, OsDir):
+            raise WasiError(Errno.XDEV)
+        rename_beneath(self.fd, old, new_dir.fd, new)
+
+    def link(self, old: str, follow: bool, new_dir: WasiDir, new: str) -> None:
+        if not isinstance(new_dir, OsDir):
+            raise WasiError(Errno.XDEV)
+        link_beneath(self.fd, old, follow, new_dir.fd, new)
+
+    def symlink(self, target: str, path: str) -> None:
+        symlink_beneath(target, self.fd, path)
+
+    def readlink(self, path: str) -> bytes:
+        return readlink_beneath(self.fd, path)
 
 
-def pack_dirents(entries: list[tuple[bytes, int, Filetype]], cookie: int, size: int) -> bytes:
+def pack_dirents(entries: list[DirEntry], cookie: int, size: int) -> bytes:
     """Serialise entries from ``cookie`` on into at most ``size`` bytes (the last one may be cut,
     which tells libc to call again with a larger buffer, as the WASI ABI specifies)."""
     out = bytearray()

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from motte.keep.wasi import abi
 from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
+from motte.keep.wasi.dirs import WasiDir
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
-from motte.keep.wasi.fs import OsDir, pack_dirents, pack_filestat, set_times
+from motte.keep.wasi.fs import pack_dirents
 from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
 
 if TYPE_CHECKING:
@@ -110,9 +111,9 @@ class Preview1:
             raise WasiError(Errno.BADF)
         return file
 
-    def _dir(self, fd: int) -> OsDir:
+    def _dir(self, fd: int) -> WasiDir:
         file = self._file(fd)
-        if not isinstance(file, OsDir):
+        if not isinstance(file, WasiDir):
             raise WasiError(Errno.NOTDIR)
         return file
 
@@ -197,12 +198,7 @@ class Preview1:
         return Errno.SUCCESS
 
     def fd_allocate(self, fd: int, offset: int, length: int) -> int:
-        file = self._file(fd)
-        if not hasattr(file, "fd") or file.filetype != Filetype.REGULAR_FILE:
-            raise WasiError(Errno.BADF)
-        size = os.fstat(file.fd).st_size
-        if offset + length > size:
-            os.ftruncate(file.fd, offset + length)
+        self._file(fd).allocate(offset, length)
         return Errno.SUCCESS
 
     def fd_close(self, fd: int) -> int:
@@ -239,29 +235,23 @@ class Preview1:
         return Errno.SUCCESS
 
     def fd_filestat_set_size(self, fd: int, size: int) -> int:
-        file = self._file(fd)
-        if not hasattr(file, "fd") or isinstance(file, OsDir):
-            raise WasiError(Errno.BADF)
-        os.ftruncate(file.fd, size)
+        self._file(fd).set_size(size)
         return Errno.SUCCESS
 
     def fd_filestat_set_times(self, fd: int, atim: int, mtim: int, flags: int) -> int:
-        file = self._file(fd)
-        if not hasattr(file, "fd"):
-            raise WasiError(Errno.BADF)
-        set_times(file.fd, atim, mtim, flags)
+        self._file(fd).set_times(atim, mtim, flags)
         return Errno.SUCCESS
 
     def fd_prestat_get(self, fd: int, ptr: int) -> int:
         file = self._file(fd)
-        if not isinstance(file, OsDir) or file.guest_path is None:
+        if not isinstance(file, WasiDir) or file.guest_path is None:
             raise WasiError(Errno.BADF)
         self.memory.write(ptr, abi.PRESTAT.pack(abi.PREOPEN_TYPE_DIR, len(file.guest_path.encode())))
         return Errno.SUCCESS
 
     def fd_prestat_dir_name(self, fd: int, path: int, length: int) -> int:
         file = self._file(fd)
-        if not isinstance(file, OsDir) or file.guest_path is None:
+        if not isinstance(file, WasiDir) or file.guest_path is None:
             raise WasiError(Errno.BADF)
         name = file.guest_path.encode()
         if length < len(name):
@@ -343,7 +333,7 @@ class Preview1:
 
     def fd_seek(self, fd: int, offset: int, whence: int, newoffset_ptr: int) -> int:
         file = self._file(fd)
-        if isinstance(file, OsDir):
+        if isinstance(file, WasiDir):
             raise WasiError(Errno.BADF)
         position = file.seek(_signed64(offset), whence)
         self.memory.write_u64(newoffset_ptr, position)
@@ -355,54 +345,25 @@ class Preview1:
     # ---- paths ----
 
     def path_create_directory(self, fd: int, path_ptr: int, length: int) -> int:
-        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
-        try:
-            os.mkdir(name, dir_fd=parent)
-        finally:
-            os.close(parent)
+        self._dir(fd).mkdir(self._path(path_ptr, length))
         return Errno.SUCCESS
 
-    def _stat_path(self, fd: int, flags: int, path: str) -> os.stat_result:
-        directory = self._dir(fd)
-        if flags & abi.LOOKUP_SYMLINK_FOLLOW:
-            target = directory.open(path, follow=True, oflags_creat=False, excl=False, trunc=False,
-                                    directory=False, read=True, write=False, fdflags=FdFlags(0))
-            try:
-                return os.fstat(target.fd)  # type: ignore[attr-defined]
-            finally:
-                target.close()
-        parent, name = directory.parent_of(path)
-        try:
-            return os.stat(name, dir_fd=parent, follow_symlinks=False)
-        finally:
-            os.close(parent)
-
     def path_filestat_get(self, fd: int, flags: int, path_ptr: int, length: int, ptr: int) -> int:
-        st = self._stat_path(fd, flags, self._path(path_ptr, length))
-        self.memory.write(ptr, pack_filestat(st))
+        follow = bool(flags & abi.LOOKUP_SYMLINK_FOLLOW)
+        self.memory.write(ptr, self._dir(fd).stat_path(self._path(path_ptr, length), follow))
         return Errno.SUCCESS
 
     def path_filestat_set_times(self, fd: int, flags: int, path_ptr: int, length: int,
                                 atim: int, mtim: int, fst: int) -> int:
-        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
-        try:
-            set_times(name, atim, mtim, fst, dir_fd=parent, follow=bool(flags & abi.LOOKUP_SYMLINK_FOLLOW))
-        finally:
-            os.close(parent)
+        follow = bool(flags & abi.LOOKUP_SYMLINK_FOLLOW)
+        self._dir(fd).set_times_path(self._path(path_ptr, length), atim, mtim, fst, follow)
         return Errno.SUCCESS
 
     def path_link(self, old_fd: int, old_flags: int, old_ptr: int, old_len: int,
                   new_fd: int, new_ptr: int, new_len: int) -> int:
-        old_parent, old_name = self._dir(old_fd).parent_of(self._path(old_ptr, old_len))
-        try:
-            new_parent, new_name = self._dir(new_fd).parent_of(self._path(new_ptr, new_len))
-            try:
-                os.link(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent,
-                        follow_symlinks=bool(old_flags & abi.LOOKUP_SYMLINK_FOLLOW))
-            finally:
-                os.close(new_parent)
-        finally:
-            os.close(old_parent)
+        old_dir, new_dir = self._dir(old_fd), self._dir(new_fd)
+        old_dir.link(self._path(old_ptr, old_len), bool(old_flags & abi.LOOKUP_SYMLINK_FOLLOW),
+                     new_dir, self._path(new_ptr, new_len))
         return Errno.SUCCESS
 
     def path_open(self, fd: int, dirflags: int, path_ptr: int, length: int, oflags: int,
@@ -421,36 +382,19 @@ class Preview1:
         return Errno.SUCCESS
 
     def path_readlink(self, fd: int, path_ptr: int, length: int, buf: int, buf_len: int, used_ptr: int) -> int:
-        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
-        try:
-            target = os.fsencode(os.readlink(name, dir_fd=parent))
-        finally:
-            os.close(parent)
+        target = self._dir(fd).readlink(self._path(path_ptr, length))
         data = target[:buf_len]
         self.memory.write(buf, data)
         self.memory.write_u32(used_ptr, len(data))
         return Errno.SUCCESS
 
     def path_remove_directory(self, fd: int, path_ptr: int, length: int) -> int:
-        parent, name = self._dir(fd).parent_of(self._path(path_ptr, length))
-        try:
-            if name == ".":
-                raise WasiError(Errno.INVAL)
-            os.rmdir(name, dir_fd=parent)
-        finally:
-            os.close(parent)
+        self._dir(fd).rmdir(self._path(path_ptr, length))
         return Errno.SUCCESS
 
     def path_rename(self, fd: int, old_ptr: int, old_len: int, new_fd: int, new_ptr: int, new_len: int) -> int:
-        old_parent, old_name = self._dir(fd).parent_of(self._path(old_ptr, old_len))
-        try:
-            new_parent, new_name = self._dir(new_fd).parent_of(self._path(new_ptr, new_len))
-            try:
-                os.rename(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent)
-            finally:
-                os.close(new_parent)
-        finally:
-            os.close(old_parent)
+        old_dir, new_dir = self._dir(fd), self._dir(new_fd)
+        old_dir.rename(self._path(old_ptr, old_len), new_dir, self._path(new_ptr, new_len))
         return Errno.SUCCESS
 
     def path_symlink(self, old_ptr: int, old_len: int, fd: int, new_ptr: int, new_len: int) -> int:
@@ -458,22 +402,11 @@ class Preview1:
         # An absolute target could only ever point outside the sandbox: refuse it up front.
         if target.startswith("/"):
             raise WasiError(Errno.NOTCAPABLE)
-        parent, name = self._dir(fd).parent_of(self._path(new_ptr, new_len))
-        try:
-            os.symlink(target, name, dir_fd=parent)
-        finally:
-            os.close(parent)
+        self._dir(fd).symlink(target, self._path(new_ptr, new_len))
         return Errno.SUCCESS
 
     def path_unlink_file(self, fd: int, path_ptr: int, length: int) -> int:
-        path = self._path(path_ptr, length)
-        parent, name = self._dir(fd).parent_of(path)
-        try:
-            if path.endswith("/"):
-                raise WasiError(Errno.NOTDIR)
-            os.unlink(name, dir_fd=parent)
-        finally:
-            os.close(parent)
+        self._dir(fd).unlink(self._path(path_ptr, length))
         return Errno.SUCCESS
 
     # ---- polling, process, scheduling ----

@@ -1,0 +1,231 @@
+"""Served directories end to end: real workloads in real keeps, and the host's serving threads.
+
+``fsops`` runs every file operation the ``files`` workload does not, plus escapes through links;
+served and direct access must print the same lines (the direct path is the kernel's own semantics,
+so the served path matches them), on nil and on kvm.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import motte
+from tests.hostfs.test_hostfs_server import snapshot
+
+from motte.host.backends import get_backend
+from motte.host.backends.base import KeepHandle, LaunchSpec
+from motte.host.hostfs import HostDirs, ServedDir
+from motte.host.paths import cache_root
+from motte.host.platform import kvm_usable
+from motte.host.session import HostStdio, RunRequest, run_workload
+from motte.keep.runtime import Launch, LaunchError
+from motte.shared import hostfs
+from motte.shared.enarx_config import default_config
+from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
+from motte.shared.errors import MotteError
+
+DEFAULT_CACHE = str(cache_root())  # read before the autouse fixture swaps in a private one
+KVM_USABLE, KVM_REASON = kvm_usable()
+
+
+def fsops_tree(base: Path) -> Path:
+    data, outside = base / "data", base / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (outside / "x").write_text("outside the sandbox")
+    (data / "out-rel").symlink_to("../outside/x")
+    (data / "out-abs").symlink_to(outside / "x")
+    return data
+
+
+def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str, str], ...],
+                serve: bool | None, tmp_path: Path) -> str:
+    from tests.workloads import workload
+
+    out = tmp_path / f"stdout-{backend}-{serve}"
+    with out.open("wb") as sink, open(os.devnull, "rb") as null:
+        keep = get_backend(backend).launch(LaunchSpec(memory_bytes=256 << 20))
+        try:
+            request = RunRequest(Path(workload(name)).read_bytes(), default_config().with_extra(args=args),
+                                 dirs, 256 << 20, timeout=120, serve_dirs=serve)
+            result = run_workload(keep, request, HostStdio(stdin=null.fileno(), stdout=sink.fileno(),
+                                                           stderr=sink.fileno()))
+        finally:
+            keep.close()
+    text = out.read_text()
+    assert (result.status, result.message) == (0, ""), text
+    return text
+
+
+@pytest.fixture
+def fsops_expected(tmp_path: Path) -> str:
+    """fsops with direct access on nil: what the kernel itself says."""
+    (tmp_path / "direct").mkdir()
+    data = fsops_tree(tmp_path / "direct")
+    return run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), False, tmp_path)
+
+
+def test_fsops_served_matches_direct_on_nil(tmp_path: Path, fsops_expected: str) -> None:
+    base = tmp_path / "served"
+    base.mkdir()
+    data = fsops_tree(base)
+    before = snapshot(base, "data")
+    served = run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), True, tmp_path)
+    assert served == fsops_expected
+    lines = dict(line.split(": ", 1) for line in served.splitlines())
+    escapes = {step: result for step, result in lines.items() if step.startswith("escape ")}
+    assert len(escapes) == 10 and set(escapes.values()) == {"errno=76"}
+    assert lines["linkat follow"] == "ok" and lines["readlink"] == "ok a.txt"
+    assert lines["pread hole"] == "ok n=7 zero=1 tail=XY" and lines["fallocate 100"] == "ok size=100"
+    assert lines["fstat times"] == "ok atime=1000000000.000000005 mtime=1200000000.000000007"
+    assert lines["openat sub/../a.txt"] == "errno=76"  # beneath the sub-directory's handle
+    assert lines["cleaned up"] == "ok"
+    assert snapshot(base, "data") == before  # nothing outside changed: no link, no times, no file
+    assert sorted(p.name for p in data.iterdir()) == ["out-abs", "out-rel"]
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(not KVM_USABLE, reason=KVM_REASON)
+def test_fsops_served_to_a_kvm_keep_matches_direct_on_nil(tmp_path: Path, fsops_expected: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTTE_CACHE_DIR", DEFAULT_CACHE)  # the kernel and image stay cached across runs
+    base = tmp_path / "kvm"
+    base.mkdir()
+    data = fsops_tree(base)
+    before = snapshot(base, "data")
+    assert run_in_keep("kvm", "fsops", ["/data"], ((str(data), "/data"),), None, tmp_path) == fsops_expected
+    assert snapshot(base, "data") == before
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_run_leaves_no_served_file_open_nor_thread_running(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("hello")
+    run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), True, tmp_path)  # warm: caches, imports
+    fds = _fds()
+    out = run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), True, tmp_path)
+    assert "input: hello" in out and "ALLOWED" not in out
+    assert _fds() <= fds
+    assert not [t for t in threading.enumerate() if t.name.startswith("hostfs")]
+
+
+def test_two_directories_are_two_served_trees(tmp_path: Path, wasm: object) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (second / "input.txt").write_text("from b")
+    result = motte("run", "--backend", "nil", "--dir", f"{first}::/a", "--dir", f"{second}::/b",
+                   wasm("files"), "--", "/b")  # type: ignore[operator]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"input: from b" in result.stdout
+
+
+def test_a_vm_keep_cannot_be_given_host_paths(tmp_path: Path) -> None:
+    class VmKeep(KeepHandle):
+        backend = "kvm"
+        isolation = "a test double"
+        endpoint = None  # type: ignore[assignment]
+
+        def memory_pid(self) -> int | None:
+            return None
+
+        def wait(self, timeout: float | None = None) -> int | None:
+            return None
+
+        def close(self, grace: float = 2.0) -> None:
+            pass
+
+    request = RunRequest(b"\0asm", default_config(), ((str(tmp_path), "/d"),), serve_dirs=False)
+    with pytest.raises(MotteError, match="kvm keep cannot open host paths"):
+        run_workload(VmKeep(), request)
+
+
+# ---- the launch request's dirs, as the keep checks them -------------------------------------
+
+
+def launch_message(dirs: object) -> dict[str, object]:
+    return {"op": "launch", "config": default_config().to_json(), "wasm": {"stream": 1, "size": 8, "sha256": "0" * 64},
+            "limits": {"memory": 1 << 20}, "dirs": dirs}
+
+
+def test_the_keep_takes_served_and_direct_preopens() -> None:
+    launch = Launch.parse(launch_message([{"stream": 5, "guest": "/data"}, {"host": "/srv", "guest": "/srv"}]))
+    assert [(p.guest, p.stream, p.host) for p in launch.dirs] == [("/data", 5, None), ("/srv", None, "/srv")]
+
+
+@pytest.mark.parametrize("dirs", [
+    [{"stream": "5", "guest": "/data"}],
+    [{"stream": -1, "guest": "/data"}],
+    [{"stream": 5}],
+    [{"guest": "/data"}],
+    [{"stream": 5, "guest": ""}],
+    [{"stream": 5, "guest": "/a\0b"}],
+    [{"stream": 5, "guest": "/" + "x" * 1024}],
+    ["stream"],
+    [{"stream": i, "guest": f"/d{i}"} for i in range(65)],
+])
+def test_the_keep_refuses_malformed_preopens(dirs: object) -> None:
+    with pytest.raises(LaunchError):
+        Launch.parse(launch_message(dirs))
+
+
+# ---- the serving thread ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def channel() -> Iterator[tuple[Endpoint, Endpoint]]:
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host").start()
+    keep = Endpoint(SocketTransport(b), "keep").start()
+    host.send_hello()
+    keep.send_hello()
+    host.await_hello(5)
+    keep.await_hello(5)
+    yield host, keep
+    host.close()
+    keep.close()
+
+
+def test_broken_framing_from_the_keep_ends_only_its_stream(channel: tuple[Endpoint, Endpoint], tmp_path: Path) -> None:
+    host, keep = channel
+    served = ServedDir(host, str(tmp_path), "/d")
+    served.start()
+    stream, meta = keep.accept_stream(5)
+    assert meta == {"kind": hostfs.STREAM_KIND, "guest": "/d"}
+    keep.write(stream, b"\xff\xff\xff\xff")
+    with pytest.raises(StreamAborted, match="hostfs: a message of"):
+        keep.read(stream, 100, timeout=5)
+    served.stop(5)
+    assert served.failure and served.server.open_handles == 0
+    host.send_control("still-alive")  # the channel itself carries on
+    assert keep.recv_control(5) == {"op": "still-alive"}
+
+
+def test_the_host_stops_serving_when_the_keep_ends_the_stream(channel: tuple[Endpoint, Endpoint],
+                                                               tmp_path: Path) -> None:
+    host, keep = channel
+    dirs = HostDirs(host, [(str(tmp_path), "/d")], serve=True)
+    assert dirs.launch_entries() == [{"stream": dirs.served[0].stream, "guest": "/d"}]
+    dirs.start()
+    stream, _ = keep.accept_stream(5)
+    keep.write(stream, hostfs.encode_request(1, hostfs.Op.OPEN, 0, "f", hostfs.OPEN_CREAT | hostfs.OPEN_WRITE, 0))
+    assert keep.read(stream, 100, timeout=5)[4:10] == b"\0\0\0\1\0\0"  # request 1, errno 0
+    assert dirs.served[0].server.open_handles == 2
+    keep.eof(stream)
+    assert keep.read(stream, 100, timeout=5) == b""  # the host ends its side too
+    dirs.close(timeout=5)
+    assert dirs.served[0].server.open_handles == 0 and (tmp_path / "f").exists()
+
+
+def test_direct_entries_name_the_host_path(channel: tuple[Endpoint, Endpoint], tmp_path: Path) -> None:
+    dirs = HostDirs(channel[0], [(str(tmp_path), "/d")], serve=False)
+    assert dirs.launch_entries() == [{"host": str(tmp_path), "guest": "/d"}] and dirs.served == []
