@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 
@@ -10,9 +9,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if _is_nil_run(args):
         # Start the keep process before loading the CLI machinery: their start-ups overlap.
-        from motte.host.backends.nil_spawn import prespawn
+        from motte.host.nil_process import prespawn
 
         prespawn()
+    import signal
+
     import click
 
     from motte.cli.app import cli

@@ -1,15 +1,12 @@
 """Keep backends: how a keep is launched and where its channel comes from.
 
 Above the channel every backend is the same; only launch, evidence and memory protection differ.
-(This package's ``__init__`` imports nothing: ``nil_spawn`` must load without the channel code.)
+(This package's ``__init__`` imports nothing it does not need.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from motte.host.backends.base import Backend
+from motte.host.backends.base import Backend
 
 
 def get_backend(name: str) -> Backend:

@@ -12,7 +12,7 @@ import signal
 import time
 
 from motte.host.backends.base import Backend, KeepHandle, LaunchSpec, Progress
-from motte.host.backends.nil_spawn import spawn_nil_keep, take_prespawned
+from motte.host.nil_process import spawn_nil_keep, take_prespawned
 from motte.shared.endpoint import Endpoint, SocketTransport
 from motte.shared.errors import MotteError
 

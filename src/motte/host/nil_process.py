@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import socket
 import sys
 
+# Only cheap imports here (no typing, no signal): everything imported before the fork delays it.
 Started = tuple[int, socket.socket]  # (child pid, host end of the channel)
 _prespawned: Started | None = None
 
@@ -59,6 +59,8 @@ def prespawn() -> None:
             os.dup2(devnull, 1)
             os.environ.clear()
             os.environ.update(_keep_environment())
+            import signal
+
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides when the keep ends
             from motte.keep.__main__ import die_with_parent, serve
 
@@ -86,7 +88,7 @@ def _discard() -> None:
         try:
             # Killed before its channel closes: a keep that saw the close first would print
             # "channel read failed" under the CLI's own error line.
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, 9)  # SIGKILL
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
