@@ -99,8 +99,9 @@ def main() -> None:
             for label, mib, chunk in (("64 MiB in 1 MiB calls", 64, 1 << 20), ("8 MiB in 4 KiB calls", 8, 4096)):
                 write, read = fileio_ms(run_once("kvm", fileio, ["/d", str(mib), str(chunk)], scratch, True)[1])
                 calls = mib * (1 << 20) // chunk
-                print(f"{'write ' + label:<40} {mib * 1.048576 / write * 1000:8.1f} MB/s ({write * 1000 / calls:7.1f} µs/call)")
-                print(f"{'read ' + label:<40} {mib * 1.048576 / read * 1000:8.1f} MB/s ({read * 1000 / calls:7.1f} µs/call)")
+                for what, ms in (("write", write), ("read", read)):
+                    print(f"{what + ' ' + label:<40} {mib * 1.048576 / ms * 1000:8.1f} MB/s "
+                          f"({ms * 1000 / calls:7.1f} µs/call)")
 
 
 if __name__ == "__main__":

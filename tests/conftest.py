@@ -29,7 +29,3 @@ def wasm() -> object:
     return lambda name: str(workload(name))
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each session gets its own module cache, so tests never depend on a developer's cache.
-    monkeypatch.setenv("MOTTE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "motte-cache"))

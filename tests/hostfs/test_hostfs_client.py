@@ -85,7 +85,8 @@ def test_an_honest_host_serves_every_call() -> None:
     assert file.read(100, None) == b"x" * 10
     assert file.write(b"abc", None) == 3
     assert file.seek(0, 1) == 3
-    assert root.readdir() == [(b".", 5, Filetype.DIRECTORY), (b"..", 0, Filetype.DIRECTORY), (b"f", 9, Filetype.REGULAR_FILE)]
+    assert root.readdir() == [(b".", 5, Filetype.DIRECTORY), (b"..", 0, Filetype.DIRECTORY),
+                              (b"f", 9, Filetype.REGULAR_FILE)]
     assert root.readlink("l") == b"target"
     sub = root.open("d", follow=True, oflags_creat=False, excl=False, trunc=False, directory=True,
                     read=True, write=False, fdflags=FdFlags(0))
@@ -197,7 +198,8 @@ def test_a_stale_extra_message_breaks_the_next_call() -> None:
 
 def test_a_listing_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remote_fs, "MAX_LISTING", 50)
-    client, _ = client_with(lambda r: encode_result(r.id, Op.READDIR, 1, 1, [Entry(b"e%d" % i, i, 4) for i in range(20)]))
+    page = [Entry(b"e%d" % i, i, 4) for i in range(20)]
+    client, _ = client_with(lambda r: encode_result(r.id, Op.READDIR, 1, 1, page))
     with pytest.raises(WasiError) as caught:
         RemoteDir.preopen(client, "/data").readdir()
     assert caught.value.errno == Errno.NOMEM
@@ -236,7 +238,8 @@ def test_any_answer_gives_a_result_or_a_wasi_error(action: str, raw: bytes, fram
     root = RemoteDir.preopen(client, "/data")
     file = RemoteFile(client, 7, Filetype.REGULAR_FILE, FdFlags(0), readable=True, writable=True)
     actions: dict[str, Callable[[], object]] = {
-        "mkdir": lambda: root.mkdir("x"), "read": lambda: file.read(64, None), "stat": lambda: root.stat_path("x", True),
+        "mkdir": lambda: root.mkdir("x"), "read": lambda: file.read(64, None),
+        "stat": lambda: root.stat_path("x", True),
         "readdir": root.readdir, "open": lambda: _file(root), "seek": lambda: file.seek(1, 0),
         "readlink": lambda: root.readlink("x"),
     }

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import motte
-from tests.hostfs.test_hostfs_server import snapshot
 
 from motte.host.backends import get_backend
 from motte.host.backends.base import KeepHandle, LaunchSpec
@@ -28,6 +26,8 @@ from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
 from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
 from motte.shared.errors import MotteError
+from tests.conftest import motte
+from tests.hostfs.test_hostfs_server import snapshot
 
 DEFAULT_CACHE = str(cache_root())  # read before the autouse fixture swaps in a private one
 KVM_USABLE, KVM_REASON = kvm_usable()

@@ -298,7 +298,7 @@ def test_broken_framing_is_a_protocol_error(tree: tuple[Path, Keep]) -> None:
 
 
 def test_a_directory_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(MotteError, match="cannot serve directory .*: No such file or directory"):
+    with pytest.raises(MotteError, match=r"cannot serve directory .*: No such file or directory"):
         HostFsServer(str(tmp_path / "missing"))
 
 

@@ -53,6 +53,7 @@ def serve_process(*args: str, env: dict[str, str] | None = None, timeout: float 
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
-        drain.join(5)
+        drain.join(10)
+        assert not drain.is_alive(), "a process still holds the Steward's stderr: an orphaned worker?"
         proc.stdout.close()
         proc.stderr.close()

@@ -15,11 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from motte.cli import main
-from motte.keep.csr import CertificateRequest, StewardExchange, certificate_request
+from motte.keep.csr import CertificateRequest, StewardExchange, build_csr, certificate_request, generate_key
+from motte.keep.evidence import Evidence
 from motte.keep.evidence.snp import SnpEvidenceSource
 from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import IssuedChain
@@ -27,7 +29,8 @@ from motte.steward.issuer import CertificateAuthority, new_ca
 from motte.steward.log import read_events
 from motte.steward.policy import load_steward_policy
 from tests.steward.conftest import StewardHandle
-from tests.steward.fakes import MEASUREMENT, VCEK_GUID, FakeSnp, FakeTsmKernel, cert_table
+from tests.steward.fakes import DEBUG_POLICY, MEASUREMENT, VCEK_GUID, FakeSnp, FakeTsmKernel, cert_table
+from tests.steward.test_check import snp_csr
 
 PINNED = load_steward_policy(f'[attestation.snp]\nmeasurements = ["{MEASUREMENT.hex()}"]\n')
 
@@ -168,3 +171,23 @@ def test_fetch_cert_input_errors(capsys: pytest.CaptureFixture[str], tmp_path: P
             main(["attest", "fetch-cert", *args])
         assert exc.value.code == 125
         assert message in capsys.readouterr().err
+
+
+def test_bad_snp_evidence_over_http_is_refused_logged_and_the_service_keeps_serving(
+    steward: Callable[..., StewardHandle], platform: FakeSnp, tmp_path: Path
+) -> None:
+    handle = steward(PINNED, amd_trust=platform.trust())
+    good = snp_csr(platform)
+    evidence = x509.load_der_x509_csr(good).extensions[0].value.value  # type: ignore[attr-defined]
+    cases = [
+        (snp_csr(platform, binding_key=generate_key("snp")), "policy_report_data"),  # evidence for another key
+        (build_csr(generate_key("snp"), Evidence("snp", evidence)), "policy_report_data"),  # replayed, other key
+        (snp_csr(platform, policy=DEBUG_POLICY), "policy_debug"),  # a debug-mode keep
+    ]
+    for csr, reason in cases:
+        status, headers, body = handle.post(csr)
+        assert (status, headers["motte-reason"]) == (400, reason), body
+    assert handle.post(good)[0] == 200
+    logged = list(read_events(handle.log_path))
+    assert [(e["reason"], e["technology"]) for e in logged] == [(r, "snp") for _, r in cases] + [(None, "snp")]
+    assert logged[1]["evidence_sha256"] == logged[3]["evidence_sha256"]  # the replay is visible in the log

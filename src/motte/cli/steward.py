@@ -43,7 +43,12 @@ def _default_log() -> Path:
 )
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="Serve HTTPS with this certificate.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="... and this key.")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), help="The audit log (SQLite).")
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The audit log (SQLite). Default: $XDG_STATE_HOME/motte/steward/steward.db; --dev: its state dir.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(0, 64),
@@ -282,22 +287,17 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
         click.secho(f"WARNING: {line}", fg="red", bold=True, err=True)
     if ca_path:
         click.secho(f"verified: the certificate chains to the Steward CA in {ca_path} ({version})", fg="green")
-    for key in (
-        "subject",
-        "issuer",
-        "serial",
-        "not_before",
-        "not_after",
-        "sha256",
-        "technology",
-        "measurement",
-        "evidence_sha256",
-    ):
-        if result[key] is not None:
-            click.echo(f"{key.replace('_', ' '):>16}: {result[key]}")
+    fields = ("subject", "issuer", "serial", "not_before", "not_after", "sha256", "technology", "measurement")
+    rows = [
+        (key.replace("_", " "), str(result[key])) for key in (*fields, "evidence_sha256") if result[key] is not None
+    ]
     for key, value in att.claims.items():
-        shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
-        click.echo(f"{'claim ' + key:>16}: {shown}")
+        if key != "technology" and value is not None:
+            shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+            rows.append((f"claim {key}", shown))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:>{width}}: {value}")
 
 
 def _refused(message: str, as_json: bool) -> None:

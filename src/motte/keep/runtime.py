@@ -4,10 +4,10 @@ The same code runs in every backend; only the transport under the channel differ
 
 Sequence on the channel (after HELLO)::
 
-    host -> keep   OPEN wasm stream, OPEN one stream per stdio file, CONTROL launch
+    host -> keep   OPEN wasm stream, OPEN one stream per stdio file and per --dir, CONTROL launch
     host -> keep   DATA (the wasm bytes), EOF
     keep -> host   CONTROL started {cached, compile_ms}
-    both           DATA on stdio streams
+    both           DATA on stdio streams; hostfs requests and answers on --dir streams
     keep -> host   CONTROL exit {status, reason, message, backtrace}
     host -> keep   CONTROL bye           (only then may a VM keep power off: nothing is lost)
 """

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import hashlib
 import ipaddress
 import multiprocessing
+import os
 import signal
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -185,10 +188,24 @@ def _key_sha256(csr_der: bytes) -> str | None:
 _worker: Steward | None = None
 
 
-def _init_worker(config: StewardConfig) -> None:
+def _init_worker(config: StewardConfig, parent: int) -> None:
     global _worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    _die_with(parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, systemd: the parent decides when workers stop
+        signal.signal(sig, signal.SIG_IGN)
     _worker = Steward.from_config(config)
+
+
+def _die_with(parent: int) -> None:
+    """A worker holds the CA key: it must not outlive a Steward that was killed with SIGKILL (its
+    task queue would never close, and it would wait forever). Linux's PR_SET_PDEATHSIG fires when
+    the thread that started the worker ends; the pool starts workers from the event-loop thread."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _work(csr_der: bytes, now: datetime) -> Outcome:
@@ -227,7 +244,7 @@ class StewardService:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.config,),
+            initargs=(self.config, os.getpid()),
         )
 
     def app(self) -> web.Application:

@@ -124,7 +124,13 @@ def check_request(
         )
     if technology == "kvm":
         if extension.value:
-            raise Refused(400, MALFORMED_EVIDENCE, "the KVM extension must be empty", technology=UNATTESTED)
+            raise Refused(
+                400,
+                MALFORMED_EVIDENCE,
+                "the KVM extension must be empty",
+                technology=UNATTESTED,
+                evidence_sha256=digest,
+            )
         if not policy.allow_unattested:
             raise Refused(
                 401,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -112,6 +111,20 @@ def _builder_files() -> list[Path]:
 
 
 def _dist_version(name: str) -> str | None:
+    """The installed version of a distribution, from the name of its ``.dist-info`` directory on
+    ``sys.path`` (the first one wins, as in importlib.metadata, which costs 12 ms to import on
+    every launch); importlib.metadata only for other layouts (``.egg-info``)."""
+    prefix = f"{name.replace('-', '_').lower()}-"
+    for entry in sys.path:
+        try:
+            items = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for item in items:
+            if item.endswith(".dist-info") and item.lower().startswith(prefix):
+                return item[len(prefix) : -len(".dist-info")]
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -134,7 +147,7 @@ def image_inputs() -> dict[str, Any]:
         "kernel": {"package": kernel_mod.PIN.package, "version": kernel_mod.PIN.version,
                    "sha256": kernel_mod.PIN.sha256},
         # The interpreter binary is a small launcher; libpython holds the interpreter proper.
-        "python": {"version": sys.version, "binaries": {p.name: _file_sha256(p) for p in _python_binaries()}},
+        "python": {"version": sys.version, "binaries": {p.name: _known_sha256(p) for p in _python_binaries()}},
         "packages": {name: _dist_version(name) for name in ("wasmtime", "cryptography", "cffi")},
         "motte_keep_sources": digest(keep_source_files()),
         "builder_sources": digest((p.name, p) for p in _builder_files()),
@@ -148,6 +161,33 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _known_sha256(path: Path) -> str:
+    """``_file_sha256`` of a large input that rarely changes (libpython, busybox: 25 ms to hash on
+    every launch), remembered by the file's size, inode, mtime and ctime. The ctime cannot be set
+    from user space, so a changed file is never taken for the one that was hashed."""
+    info = path.stat()
+    identity = [info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+    memo = images_root() / ".digests.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(path)) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and entry.get("identity") == identity:
+        return str(entry["sha256"])
+    digest = _file_sha256(path)
+    known = known if isinstance(known, dict) else {}
+    known[str(path)] = {"identity": identity, "sha256": digest}
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        temporary = memo.with_name(f"{memo.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(known, sort_keys=True) + "\n")
+        temporary.replace(memo)
+    except OSError:
+        pass  # only a cache
+    return digest
 
 
 def _python_binaries() -> list[Path]:
@@ -175,7 +215,7 @@ def _busybox_identity() -> str:
         path = _busybox_path()
     except MotteError:
         return "missing"
-    return _file_sha256(path)
+    return _known_sha256(path)
 
 
 # ---- the image on disk ----------------------------------------------------------------------
