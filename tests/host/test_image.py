@@ -275,10 +275,10 @@ def test_image_measure_cli_prints_all_digests(image: build.KeepImage, tmp_path: 
     assert missing.returncode == 125 and b"--snp needs --ovmf" in missing.stderr
 
 
-def test_image_path_without_an_image_fails_clearly() -> None:
+def test_image_path_without_an_image_fails_clearly(tmp_path: Path) -> None:
     from tests.conftest import motte
 
-    result = motte("image", "path")  # the private, empty cache of this test session
+    result = motte("image", "path", env={"MOTTE_CACHE_DIR": str(tmp_path)})  # an empty cache
     assert result.returncode == 125
     assert b"motte image build" in result.stderr
 

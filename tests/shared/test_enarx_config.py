@@ -148,6 +148,34 @@ def test_steward_and_ca() -> None:
     )
 
 
+def test_steward_ca() -> None:
+    config = parse_enarx_toml('steward = "https://127.0.0.1:8443/"\nsteward_ca = "ca/steward-tls.pem"\n')
+    assert config.steward_ca == "ca/steward-tls.pem"
+    assert WorkloadConfig.from_json(config.to_json()) == config
+    assert config.with_extra(args=["x"]).steward_ca == "ca/steward-tls.pem"
+    assert "steward_ca" not in parse_enarx_toml('steward = "https://s.example"\n').to_json()
+    assert config != parse_enarx_toml('steward = "https://127.0.0.1:8443/"\n')
+
+
+_S = 'steward = "https://s.example"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('steward_ca = "ca.pem"\n', "Enarx.toml:1: steward_ca: is only valid with steward"),
+        (_S + 'steward_ca = ""\n', 'Enarx.toml:2: steward_ca: must be a path to a CA bundle, got ""'),
+        (_S + "steward_ca = 3\n", "Enarx.toml:2: steward_ca: must be a path to a CA bundle, got integer 3"),
+        (_S + 'steward_ca = "a\\nb"\n', "Enarx.toml:2: steward_ca: must be a path to a CA bundle"),
+        (_S + 'stewardca = "x"\n', "Enarx.toml:2: stewardca: unknown key"),
+    ],
+)
+def test_steward_ca_rejected(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_enarx_toml(text)
+    assert message in str(info.value)
+
+
 # --- defaults ------------------------------------------------------------------------------------
 
 
@@ -348,6 +376,8 @@ def test_from_json_applies_the_toml_rules() -> None:
         ({"steward": "https://[::1"}, "steward: is not a valid URL"),
         ({"steward": "https://h:port/"}, "steward: is not a valid URL"),
         ({"steward": "https:///nohost"}, "steward: must be an https:// URL"),
+        ({"steward_ca": "x.pem"}, "steward_ca: is only valid with steward"),
+        ({"steward": "https://s.example", "steward_ca": None}, "steward_ca: must be a path to a CA bundle, got null"),
         ({7: 1}, "keys must be strings, got integer 7"),
     ],
 )

@@ -5,7 +5,8 @@ the run at once), accepts connections and opens one channel stream per connectio
 ``connect`` file the keep opens a stream and the host makes the TCP connection. Then bytes are
 relayed both ways. For ``prot = "tls"`` they are TLS records whose session ends inside the keep:
 the host never holds a key nor sees plaintext. The conventions on the channel are in
-:mod:`motte.shared.netstreams`.
+:mod:`motte.shared.netstreams`. When the config names a ``steward``, the keep's runtime also asks
+for one connection to the Steward's host and port (and only there), to get its certificate.
 
 One thread runs every socket through a selector; bytes from the keep are passed on by the
 channel's reader thread as they arrive (one thread switch less per message), under the same lock.
@@ -40,6 +41,7 @@ RECV_SIZE = 256 << 10
 MAX_CA_BUNDLE = 128 << 10
 MAX_WARNINGS = 20  # per run; a flood of bad clients must not flood the terminal
 ACCEPT_RETRY = 1.0  # seconds before accepting again after the host ran out of file descriptors
+_STEWARD_LABEL = "steward"  # the keep runtime's own connection to the config's Steward
 
 #: Sees every byte the host relays: ``tap(event, stream, data)`` with event ``"open"``,
 #: ``"to-keep"``, ``"from-keep"`` or ``"close"``. For tests and debugging.
@@ -101,6 +103,8 @@ class HostNetwork:
         self._warnings = 0
         self._tap = tap
         self.ca_bundles: dict[str, str] = {}
+        self.steward_ca: str | None = None  # the PEM of the config's steward_ca
+        self._steward: tuple[str, int] | None = None  # where the keep may connect to reach its Steward
         self._listeners: list[_Listener] = []
         self._conns: dict[int, _Connection] = {}
         self._selector = selectors.DefaultSelector()
@@ -120,11 +124,21 @@ class HostNetwork:
     def prepare(self) -> dict[str, str]:
         """Bind every listen socket and read every CA bundle, or fail with a clear error."""
         try:
+            if self.config.steward is not None:
+                from motte.shared.steward_protocol import parse_steward_url  # loads cryptography
+
+                try:
+                    url = parse_steward_url(self.config.steward)
+                except MotteError as exc:
+                    raise NetworkError(f"steward: {exc}") from None
+                self._steward = (url.host, url.port)
+            if self.config.steward_ca is not None:
+                self.steward_ca = self._read_ca("steward_ca", self.config.steward_ca)
             for fd, spec in enumerate(self.config.files):
                 if spec.kind == "listen":
                     self._listeners.append(_Listener(fd, spec, self._bind(fd, spec)))
                 elif spec.kind == "connect" and spec.ca is not None:
-                    self.ca_bundles[str(fd)] = self._read_ca(fd, spec.ca)
+                    self.ca_bundles[str(fd)] = self._read_ca(f"files[{fd}].ca", spec.ca)
         except BaseException:
             self._close_all()
             raise
@@ -169,11 +183,10 @@ class HostNetwork:
             raise NetworkError(f"{what}: cannot listen on {where}: {text}", hint=hint) from None
         return sock
 
-    def _read_ca(self, fd: int, name: str) -> str:
+    def _read_ca(self, what: str, name: str) -> str:
         path = Path(name)
         if not path.is_absolute() and self.config_dir is not None:
             path = self.config_dir / path
-        what = f"files[{fd}].ca"
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -360,6 +373,8 @@ class HostNetwork:
 
     def _on_connect_request(self, stream: int, meta: dict[str, Any]) -> str | None:
         # Reader thread, endpoint lock held. The host connects only where the config says.
+        if meta.get(netstreams.STEWARD) is True:
+            return self._on_steward_request(stream, meta)
         fd = meta.get("fd")
         files = self.config.files
         if not isinstance(fd, int) or isinstance(fd, bool) or not 0 <= fd < len(files):
@@ -369,16 +384,26 @@ class HostNetwork:
             return netstreams.failure("EACCES", f"files[{fd}] is not a connect file for that host and port")
         if self._stop_at is not None or len(self._conns) >= MAX_CONNECTIONS:
             return netstreams.failure("ECONNREFUSED", "the host has too many open connections for this keep")
-        self._post(lambda: self._start_connect(stream, fd, spec))
+        label = f"files[{fd}] (connect {spec.name!r})"
+        self._post(lambda: self._start_connect(stream, label, spec.host or "", spec.port or 0))
         return None
 
-    def _start_connect(self, stream: int, fd: int, spec: FileSpec) -> None:
+    def _on_steward_request(self, stream: int, meta: dict[str, Any]) -> str | None:
+        # The keep's runtime (not the workload) reaching the config's Steward, before the workload starts.
+        if self._steward is None or (meta.get("host"), meta.get("port")) != self._steward:
+            return netstreams.failure("EACCES", "that is not the Steward the workload config names")
+        if self._stop_at is not None or len(self._conns) >= MAX_CONNECTIONS:
+            return netstreams.failure("ECONNREFUSED", "the host has too many open connections for this keep")
+        host, port = self._steward
+        self._post(lambda: self._start_connect(stream, _STEWARD_LABEL, host, port))
+        return None
+
+    def _start_connect(self, stream: int, label: str, host: str, port: int) -> None:
         # Name resolution and connect block: a short-lived thread each, bounded by CONNECT_TIMEOUT.
-        threading.Thread(target=self._connect, args=(stream, fd, spec), name=f"motte-connect-{fd}",
+        threading.Thread(target=self._connect, args=(stream, label, host, port), name=f"motte-connect-{stream}",
                          daemon=True).start()
 
-    def _connect(self, stream: int, fd: int, spec: FileSpec) -> None:
-        host, port = spec.host or "", spec.port or 0
+    def _connect(self, stream: int, label: str, host: str, port: int) -> None:
         try:
             sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         except socket.gaierror as exc:
@@ -388,16 +413,16 @@ class HostNetwork:
         except OSError as exc:
             error = (errno.errorcode.get(exc.errno or 0, "ECONNRESET"), (exc.strerror or str(exc)).lower())
         else:
-            self._post(lambda: self._connected(stream, fd, spec, sock))
+            self._post(lambda: self._connected(stream, label, f"{host}:{port}", sock))
             return
-        self._post(lambda: self._connect_failed(stream, fd, spec, *error))
+        self._post(lambda: self._connect_failed(stream, label, f"{host}:{port}", *error))
 
-    def _connect_failed(self, stream: int, fd: int, spec: FileSpec, errno_name: str, text: str) -> None:
-        where = f"{spec.host}:{spec.port}"
+    def _connect_failed(self, stream: int, label: str, where: str, errno_name: str, text: str) -> None:
         self.endpoint.reset(stream, netstreams.failure(errno_name, f"connect to {where}: {text}"))
-        self._warn(f"files[{fd}] (connect {spec.name!r}): cannot connect to {where}: {text}")
+        if label != _STEWARD_LABEL:  # the keep reports its Steward failing as the run's error
+            self._warn(f"{label}: cannot connect to {where}: {text}")
 
-    def _connected(self, stream: int, fd: int, spec: FileSpec, sock: socket.socket) -> None:
+    def _connected(self, stream: int, label: str, where: str, sock: socket.socket) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._stop_at is not None:
@@ -409,7 +434,7 @@ class HostNetwork:
             sock.close()  # the workload closed the fd meanwhile, or the channel is gone
             self.endpoint.reset(stream)
             return
-        conn = _Connection(stream, sock, f"files[{fd}] (connect {spec.name!r}) to {spec.host}:{spec.port}", None)
+        conn = _Connection(stream, sock, f"{label} to {where}", None)
         self._conns[stream] = conn
         self.endpoint.claim(stream)
         if self._tap is not None:
@@ -515,8 +540,8 @@ class HostNetwork:
 
     def _keep_reset(self, conn: _Connection, reason: str | None) -> None:
         conn.reset = reason or "reset"
-        if conn.reset != netstreams.CLOSED:
-            self._warn(f"{conn.label}: closed by the keep: {conn.reset}")
+        if conn.reset != netstreams.CLOSED and not conn.label.startswith(_STEWARD_LABEL):
+            self._warn(f"{conn.label}: closed by the keep: {conn.reset}")  # (the keep reports its Steward's)
         if conn.out is None:
             self._close(conn)
 

@@ -62,12 +62,12 @@ class HostStdio:
 
 
 def prepare_network(request: RunRequest, tap: Tap | None = None) -> HostNetwork | None:
-    """Bind the config's listen sockets and read its CA bundles (None if it has no sockets).
+    """Bind the config's listen sockets and read its CA bundles (None if it has no sockets and no Steward).
 
     Call it before starting the keep: a port in use then fails the run before anything started.
     ``tap`` sees every byte relayed for the workload's connections.
     """
-    if not any(spec.kind in ("listen", "connect") for spec in request.config.files):
+    if request.config.steward is None and not any(spec.kind in ("listen", "connect") for spec in request.config.files):
         return None
     from motte.host.net import HostNetwork
 
@@ -140,6 +140,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
         limits={"memory": request.memory_limit, "timeout": request.timeout},
         cache_dir=request.cache_dir,
         ca=network.ca_bundles if network is not None else {},
+        steward_ca=network.steward_ca if network is not None else None,
     )
     _daemon(_send_wasm, endpoint, wasm_stream, request.wasm).start()
     for pump in pumps:

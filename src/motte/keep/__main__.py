@@ -32,7 +32,7 @@ def serve(channel: socket.socket | Transport, backend: str) -> int:
         endpoint.await_hello(timeout=60.0)
 
         # Only a nil keep shares the host's file system, so only it may use the host's cache.
-        KeepRuntime(endpoint, allow_host_cache=backend == "nil").serve()
+        KeepRuntime(endpoint, allow_host_cache=backend == "nil", backend=backend).serve()
     except MotteError as exc:
         print(f"motte keep: {exc}", file=sys.stderr)
         return 1

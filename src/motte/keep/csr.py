@@ -80,12 +80,17 @@ def certificate_request(source: EvidenceSource, key: ec.EllipticCurvePrivateKey 
     return CertificateRequest(key, evidence, build_csr(key, evidence))
 
 
-def accept_response(request: CertificateRequest, status: int, body: bytes) -> IssuedChain:
-    """The Steward's answer: [CA, issued] for this key on 200, a one-line MotteError otherwise."""
+def accept_response(request: CertificateRequest, status: int, body: bytes, reason: str | None = None) -> IssuedChain:
+    """The Steward's answer: [CA, issued] for this key on 200, a one-line MotteError otherwise
+    (naming the ``Motte-Reason`` code when the Steward sent one)."""
     if status != 200:
-        detail = body[:300].decode("utf-8", "replace").strip().splitlines()
+        lines = body[:300].decode("utf-8", "replace").strip().splitlines()
+        detail = lines[0] if lines else ""
+        code = "".join(c for c in (reason or "")[:64] if c.isalnum() or c in "_-.")  # from the network: tame it
+        if code and not detail.startswith(code):  # motte's Steward starts its body with the code already
+            detail = f"{code}: {detail}" if detail else code
         raise MotteError(
-            f"the Steward refused the keep's certificate request: HTTP {status}" + (f": {detail[0]}" if detail else ""),
+            f"the Steward refused the keep's certificate request: HTTP {status}" + (f": {detail}" if detail else ""),
             hint="the Steward's log says why; check its policy" if status in (400, 401) else None,
         )
     return read_issued_chain(body, request.key.public_key())
@@ -113,4 +118,5 @@ class StewardExchange:
             self._reader.feed_eof()
         if not self._reader.complete:
             return None
-        return accept_response(self.request, self._reader.status, self._reader.body)
+        reason = self._reader.headers.get("motte-reason")
+        return accept_response(self.request, self._reader.status, self._reader.body, reason)

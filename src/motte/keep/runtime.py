@@ -68,6 +68,7 @@ class Launch(NamedTuple):
     timeout: float | None
     cache_dir: str | None
     ca_bundles: dict[int, str] = {}  # noqa: RUF012 - fd -> PEM of the extra CA for a TLS connect
+    steward_ca: str | None = None  # PEM of the CA the keep trusts for the Steward's TLS certificate
 
     @classmethod
     def parse(cls, message: dict[str, Any]) -> Launch:
@@ -90,6 +91,7 @@ class Launch(NamedTuple):
                 timeout=None if timeout is None else float(timeout),
                 cache_dir=None if message.get("cache_dir") is None else _str(message["cache_dir"], "cache_dir"),
                 ca_bundles={int(fd): _str(pem, "ca") for fd, pem in dict(message.get("ca", {})).items()},
+                steward_ca=None if message.get("steward_ca") is None else _str(message["steward_ca"], "steward_ca"),
             )
         except ConfigError:
             raise
@@ -107,6 +109,11 @@ class Launch(NamedTuple):
                 raise LaunchError(f"a CA bundle was sent for fd {fd}, which is no TLS connect file")
             if len(pem) > MAX_CA_BUNDLE:
                 raise LaunchError(f"the CA bundle for fd {fd} exceeds {MAX_CA_BUNDLE} bytes")
+        if launch.steward_ca is not None:
+            if launch.config.steward is None:
+                raise LaunchError("a Steward CA bundle was sent, but the workload config names no steward")
+            if len(launch.steward_ca) > MAX_CA_BUNDLE:
+                raise LaunchError(f"the Steward CA bundle exceeds {MAX_CA_BUNDLE} bytes")
         return launch
 
 
@@ -141,20 +148,25 @@ def _str(value: Any, what: str) -> str:
 
 
 class KeepRuntime:
-    def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False):
+    def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False, backend: str = "nil"):
         self.endpoint = endpoint
         self.allow_host_cache = allow_host_cache
+        self.backend = backend  # chooses the evidence source when the config names a Steward
         self.hostfs_clients: list[HostFsClient] = []  # one per served directory
 
     def serve(self) -> Outcome:
         """Handle one launch request; always tells the host how it ended."""
+        launch: Launch | None = None
         try:
             message = self.endpoint.recv_control()
             if message.get("op") != "launch":
                 raise LaunchError(f"expected a launch request, got {message.get('op')!r}")
-            outcome = self.run(Launch.parse(message))
+            launch = Launch.parse(message)
+            outcome = self.run(launch)
         except MotteError as exc:
             outcome = Outcome(EXIT_MOTTE_ERROR, "error", str(exc))
+            for stream in launch.stdio_streams.values() if launch is not None else ():
+                self.endpoint.eof(stream)  # the host stops waiting for output the workload never wrote
         self.endpoint.send_control("exit", **outcome.to_message())
         try:
             self.endpoint.recv_control(timeout=10.0)  # "bye": the host has everything
@@ -181,10 +193,14 @@ class KeepRuntime:
     def _files(self, launch: Launch, outputs: ChannelOutputs) -> list[WasiFile]:
         files: list[WasiFile] = []
         network = None
-        if any(spec.kind in ("listen", "connect") for spec in launch.config.files):
+        steward = launch.config.steward
+        if steward is not None or any(spec.kind in ("listen", "connect") for spec in launch.config.files):
             from motte.keep.net.setup import NetworkSetup  # only workloads with sockets load ssl
 
             network = NetworkSetup(self.endpoint, launch.ca_bundles, on_block=outputs.flush_all)
+            if steward is not None:
+                # Before the workload starts: without the Steward's certificate it does not run.
+                network.use_steward(steward, self.backend, launch.steward_ca)
         for fd, spec in enumerate(launch.config.files):
             if spec.kind == "null":
                 files.append(NullFile())

@@ -48,7 +48,7 @@ _KIND_KEYS: dict[FileKind, tuple[str, ...]] = {
     "connect": ("kind", "name", "prot", "host", "port", "ca"),
 }
 _FILE_KEYS = ("kind", "name", "prot", "addr", "host", "port", "ca")
-_TOP_KEYS = ("steward", "args", "env", "files")
+_TOP_KEYS = ("steward", "steward_ca", "args", "env", "files")
 
 # FD_COUNT and FD_NAMES describe the files motte actually opened, so they override the user's env.
 FD_COUNT = "FD_COUNT"
@@ -129,16 +129,18 @@ class WorkloadConfig:
     start-up path, where importing and applying ``dataclasses`` costs several milliseconds.)
     """
 
-    __slots__ = ("args", "env", "files", "steward")
+    __slots__ = ("args", "env", "files", "steward", "steward_ca")
     steward: str | None
+    steward_ca: str | None  # path of the PEM CA bundle the keep trusts for the Steward (motte extension)
     args: tuple[str, ...]
     env: Mapping[str, str]
     files: tuple[FileSpec, ...]
 
     def __init__(self, steward: str | None = None, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 files: Sequence[FileSpec] = _DEFAULT_FILES):
+                 files: Sequence[FileSpec] = _DEFAULT_FILES, steward_ca: str | None = None):
         # Normalise what callers pass (lists, dicts) so the instance really is immutable and hashable.
         object.__setattr__(self, "steward", steward)
+        object.__setattr__(self, "steward_ca", steward_ca)
         object.__setattr__(self, "args", tuple(args))
         object.__setattr__(self, "env", env if isinstance(env, FrozenEnv) else FrozenEnv(env or {}))
         object.__setattr__(self, "files", tuple(files))
@@ -147,7 +149,7 @@ class WorkloadConfig:
         raise AttributeError(f"WorkloadConfig is immutable: cannot set {name}")
 
     def _key(self) -> tuple[object, ...]:
-        return (self.steward, self.args, self.env, self.files)
+        return (self.steward, self.args, self.env, self.files, self.steward_ca)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WorkloadConfig) and self._key() == other._key()
@@ -156,7 +158,8 @@ class WorkloadConfig:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"WorkloadConfig(steward={self.steward!r}, args={self.args!r}, env={self.env!r}, files={self.files!r})"
+        return (f"WorkloadConfig(steward={self.steward!r}, args={self.args!r}, env={self.env!r}, files={self.files!r}"
+                + (f", steward_ca={self.steward_ca!r})" if self.steward_ca is not None else ")"))
 
     def fd_names(self) -> str:
         return _NAME_SEPARATOR.join(f.name for f in self.files)
@@ -177,13 +180,15 @@ class WorkloadConfig:
         extra_args = [_check_arg(a, ("args", i), report) for i, a in enumerate(args)]
         extra_env = _check_env(dict(env), report)
         merged = {**self.env, **extra_env}
-        return WorkloadConfig(self.steward, (*self.args, *extra_args), FrozenEnv(merged), self.files)
+        return WorkloadConfig(self.steward, (*self.args, *extra_args), FrozenEnv(merged), self.files, self.steward_ca)
 
     def to_json(self) -> dict[str, Any]:
         """A plain JSON-able dict, with every default resolved, for the host <-> keep channel."""
         out: dict[str, Any] = {}
         if self.steward is not None:
             out["steward"] = self.steward
+        if self.steward_ca is not None:
+            out["steward_ca"] = self.steward_ca
         out["args"] = list(self.args)
         out["env"] = dict(self.env)
         out["files"] = [f.to_json() for f in self.files]
@@ -507,6 +512,14 @@ def _build(data: Any, report: _Reporter) -> WorkloadConfig:
             raise report.error((key,), "unknown key", hint=_did_you_mean(key, _TOP_KEYS) + top_hint)
 
     steward = _check_steward(data["steward"], report) if "steward" in data else None
+    steward_ca = None
+    if "steward_ca" in data:
+        steward_ca = _string(data["steward_ca"], ("steward_ca",), report, "a path to a CA bundle")
+        if not steward_ca or _has_control(steward_ca):
+            raise report.error(("steward_ca",), f"must be a path to a CA bundle, got {_quote(steward_ca)}")
+        if steward is None:
+            raise report.error(("steward_ca",), "is only valid with steward",
+                               hint='set steward = "https://..." or remove steward_ca')
 
     raw_args = data.get("args", [])
     if not isinstance(raw_args, list):
@@ -528,7 +541,7 @@ def _build(data: Any, report: _Reporter) -> WorkloadConfig:
             hint="write [[files]] tables",
         )
     files = tuple(_check_file(entry, i, report) for i, entry in enumerate(raw_files))
-    return WorkloadConfig(steward=steward, args=args, env=FrozenEnv(env), files=files)
+    return WorkloadConfig(steward=steward, args=args, env=FrozenEnv(env), files=files, steward_ca=steward_ca)
 
 
 # --- finding the line of a key ---------------------------------------------------------------------

@@ -12,6 +12,9 @@ the wire carries (TLS records for ``prot = "tls"``: the session ends inside the 
   and ``port`` (which must match the workload config). Once the TCP connection is up, the host's
   first byte on the stream is :data:`CONNECTED`; the relayed bytes follow. If it cannot connect it
   resets the stream with a reason made by :func:`failure`.
+- The keep runtime's connection to the Steward the config names (to get its certificate before
+  the workload starts): a stream of kind :data:`CONNECT` with :data:`STEWARD` ``= True``, ``host``
+  and ``port`` (which must be the ``steward`` URL's), and no ``fd``; it then behaves as above.
 - Either side ends a connection with EOF (half close) and/or RESET. A RESET with the reason
   :data:`CLOSED` is an orderly close after the data sent before it; any other reason is an
   error worth reporting.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 ACCEPTED = "accepted"
 CONNECT = "connect"
+STEWARD = "steward"
 OP_ACCEPTED = "accepted"
 CONNECTED = b"\0"
 CLOSED = "closed"

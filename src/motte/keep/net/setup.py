@@ -1,5 +1,8 @@
 """Turn the config's listen/connect files into sockets: identity, TLS contexts, channel routes.
 
+When the config names a ``steward``, :meth:`NetworkSetup.use_steward` gets the keep's certificate
+from it first (through the host's TCP relay, TLS ending here), and the listeners serve that chain.
+
 Imported only when a workload has sockets, so other workloads never pay for ``ssl`` and
 ``cryptography`` at start-up.
 """
@@ -7,13 +10,18 @@ Imported only when a workload has sockets, so other workloads never pay for ``ss
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 
+from motte.keep.identity import KeepIdentity
 from motte.keep.net.sockets import KeepNetwork, ListenSocket, StreamSocket
 from motte.keep.net.tls import HANDSHAKE_TIMEOUT, TlsError, client_context, server_context
+from motte.keep.wasi.files import DeadlineExceeded, WasiError
 from motte.shared.enarx_config import FileSpec
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
+
+STEWARD_TIMEOUT = 30.0  # seconds for the whole certificate request: connect, TLS, the Steward's answer
 
 
 class NetworkSetup:
@@ -34,6 +42,46 @@ class NetworkSetup:
 
     def start(self) -> None:
         self.network.start()
+
+    def use_steward(self, steward: str, backend: str, ca_pem: str | None = None,
+                    timeout: float = STEWARD_TIMEOUT) -> KeepIdentity:
+        """Get the keep's certificate from the Steward at ``steward`` (https URL) and serve TLS with
+        it from now on. ``ca_pem`` is the config's ``steward_ca``; without it the Steward's TLS
+        certificate must chain to the system trust store. Raises MotteError (one line) if the Steward
+        cannot be reached, refuses, or answers badly: the workload must not start then."""
+        from motte.keep.csr import ProtocolError, StewardExchange, certificate_request
+        from motte.keep.evidence import source_for
+
+        request = certificate_request(source_for(backend))  # a fresh key, evidence bound to it, the CSR
+        exchange = StewardExchange(steward, request)
+        where = exchange.url.host_header
+        try:
+            context = client_context(ca_pem)
+        except TlsError as exc:
+            raise MotteError(f"steward_ca: {exc}") from None
+        sock = self.network.connect(None, exchange.url.host, exchange.url.port, context)
+        deadline = time.monotonic() + timeout
+        try:
+            data = memoryview(exchange.outgoing())
+            while data:
+                data = data[sock.write(bytes(data), deadline):]
+            while (chain := exchange.receive(sock.recv(1 << 16, deadline))) is None:
+                pass
+        except DeadlineExceeded:
+            raise MotteError(f"the Steward at {where} did not answer within {timeout:g} s") from None
+        except WasiError as exc:
+            reason = sock.failure or exc.errno.name
+            raise MotteError(f"cannot get the keep's certificate from the Steward at {where}: {reason}") from None
+        except ProtocolError as exc:
+            raise MotteError(f"the Steward at {where} answered badly: {exc}") from None
+        finally:
+            sock.close()
+        identity = KeepIdentity(request.key, chain.certificates)
+        try:
+            self._server = server_context(identity)
+        except (OSError, ssl.SSLError) as exc:
+            raise MotteError(f"cannot serve the Steward's certificate: {exc}") from None
+        return identity
 
     def _server_context(self) -> ssl.SSLContext:
         if self._server is None:

@@ -84,6 +84,7 @@ class StreamSocket(WasiFile):
         self._read_shut = False
         self._write_shut = False
         self._error: Errno | None = None
+        self.failure: str | None = None  # why the connection failed, when known (for the keep's own messages)
         self._closed = False
         self._handshake_bytes = False  # the peer sent something during the handshake
 
@@ -309,7 +310,8 @@ class StreamSocket(WasiFile):
         try:
             return self.endpoint.read_nowait(self.stream, size)
         except StreamAborted:
-            self._error = reset_errno(self.endpoint.reset_reason(self.stream))
+            self.failure = self.endpoint.reset_reason(self.stream)
+            self._error = reset_errno(self.failure)
             self.endpoint.reset(self.stream)  # forget it on this side too
         except ChannelClosed:
             self._error = Errno.CONNRESET
@@ -370,6 +372,7 @@ class StreamSocket(WasiFile):
         """A stream without credit may be one the peer reset: find out, and fail if so."""
         reason = self.endpoint.reset_reason(self.stream)
         if reason is not None:
+            self.failure = reason
             self._error = reset_errno(reason)
             self.endpoint.reset(self.stream)
         elif self.endpoint.closed is not None:
@@ -384,6 +387,7 @@ class StreamSocket(WasiFile):
         host learns the reason even if the peer has already closed its side.
         """
         self._error = errno
+        self.failure = reason
         self._drain_unsent()
         self.endpoint.reset(self.stream, reason)
 
@@ -517,9 +521,14 @@ class KeepNetwork:
         self.listeners[fd] = listener
         return listener
 
-    def connect(self, fd: int, host: str, port: int, tls_context: ssl.SSLContext | None) -> StreamSocket:
-        # Opened now, so the host connects while the workload is still being instantiated.
-        stream = self.endpoint.open_stream(netstreams.CONNECT, fd=fd, host=host, port=port)
+    def connect(self, fd: int | None, host: str, port: int, tls_context: ssl.SSLContext | None) -> StreamSocket:
+        """A workload's connect file (``fd``), or with ``fd=None`` the runtime's own connection to
+        the config's Steward. Opened now, so the host connects while the workload is still being
+        instantiated."""
+        if fd is None:
+            stream = self.endpoint.open_stream(netstreams.CONNECT, host=host, port=port, **{netstreams.STEWARD: True})
+        else:
+            stream = self.endpoint.open_stream(netstreams.CONNECT, fd=fd, host=host, port=port)
         tls = None
         if tls_context is not None:
             from motte.keep.net.tls import TlsSession
