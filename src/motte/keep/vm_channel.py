@@ -9,6 +9,10 @@ handled here, both seen on real boots:
 * the device node appears before the port is ready, and ``open`` fails with ENXIO for a moment
   (pitfall 2 in the VM notes), so the open is retried.
 
+It also holds the keep's side of the *park and resume* step of a kvm keep that the host may
+snapshot (see :func:`park`): the records both sides exchange on the port before the channel
+protocol starts, and what the keep does on resuming.
+
 Only the standard library: this module is part of the keep's trusted computing base.
 """
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
+import sys
 import time
 
 PORTS_DIR = "/sys/class/virtio-ports"
@@ -119,3 +125,78 @@ class PortTransport:
             os.close(self.fd)
         except OSError:
             pass
+
+
+# ---- park and resume (kvm keeps that may be snapshotted) -------------------------------------
+
+#: keep -> host, on the raw port, once the keep runtime is loaded: the host may now snapshot the VM.
+PARKED = b"motte-keep-parked-1\n"
+#: host -> keep, on the raw port: magic, the host's CLOCK_REALTIME in ns, entropy for the kernel RNG.
+RESUME = struct.Struct("<16sQ64s")
+RESUME_MAGIC = b"motte-resume-1\n\0"
+#: The kernel-command-line word (an environment variable of /init's children) that asks for it.
+PARK_PARAM = "MOTTE_PARK=1"
+_RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+_RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
+#: Modules with random state of their own that resuming would not renew (OpenSSL's DRBG): they
+#: must not be loaded before the snapshot point.
+_NOT_BEFORE_PARK = ("_ssl", "ssl", "cryptography")
+
+
+def encode_resume(realtime_ns: int, entropy: bytes) -> bytes:
+    if len(entropy) != 64:
+        raise ValueError("the resume record carries exactly 64 bytes of entropy")
+    return RESUME.pack(RESUME_MAGIC, realtime_ns, entropy)
+
+
+def park(fd: int) -> None:
+    """Load the keep runtime, tell the host, and wait for its resume record; then resume.
+
+    The host may snapshot the VM while the keep waits here, and start later keeps by restoring
+    that snapshot instead of booting: each restored keep continues from this very point, which
+    is before any tenant data arrives (HELLO comes after). What a copy shares with its siblings
+    is renewed on resuming: the wall clock is set from the host's (a restored guest's clock is
+    the snapshot's), and the host's entropy is credited to the kernel's RNG and the RNG reseeded
+    at once (otherwise every copy would draw the same "random" bytes), then Python's ``random``
+    too. Still shared by copies of one snapshot: the kernel's and this process's address-space
+    layout and Python's hash seed (see the kvm backend's notes).
+    """
+    import motte.keep.runtime  # noqa: F401  (the engine loads before the snapshot, not after it)
+
+    loaded = [name for name in _NOT_BEFORE_PARK if name in sys.modules]
+    if loaded:
+        raise RuntimeError(f"{', '.join(loaded)} loaded before the snapshot point: its RNG state would be cloned")
+    _write_all(fd, PARKED)
+    record = _read_exactly(fd, RESUME.size)
+    magic, realtime_ns, entropy = RESUME.unpack(record)
+    if magic != RESUME_MAGIC:
+        raise RuntimeError("the host sent no valid resume record")
+    resume(realtime_ns, entropy)
+
+
+def resume(realtime_ns: int, entropy: bytes) -> None:
+    import fcntl
+
+    time.clock_settime_ns(time.CLOCK_REALTIME, realtime_ns)
+    with open("/dev/urandom", "wb", buffering=0) as pool:
+        fcntl.ioctl(pool, _RNDADDENTROPY, struct.pack("ii", 8 * len(entropy), len(entropy)) + entropy)
+        fcntl.ioctl(pool, _RNDRESEEDCRNG)
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()  # from os.urandom, i.e. the kernel RNG just reseeded
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        data = os.read(fd, size - len(chunks))
+        if not data:
+            raise EOFError("the host closed the channel before resuming the keep")
+        chunks += data
+    return bytes(chunks)
