@@ -1,0 +1,216 @@
+"""End to end on the nil backend: a keep whose Enarx.toml names a Steward gets its certificate from
+it (through the host's TCP relay, TLS ending in the keep) before the workload starts, and serves
+its TLS listeners with ``[issued leaf, Steward CA]``; a refusal stops the run before the workload.
+
+The Steward runs in this process on 127.0.0.1 with TLS; its server certificate is signed by a test
+CA that the keep trusts through ``steward_ca``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from motte.shared.steward_protocol import UNATTESTED, read_attestation
+from motte.steward.app import StewardConfig, StewardService
+from motte.steward.issuer import CertificateAuthority, new_ca
+from motte.steward.log import AuditLog
+from motte.steward.policy import load_steward_policy
+from tests.net.conftest import STDIO, Served, free_port, listen_toml
+from tests.steward.conftest import running
+from tests.workloads import workload
+
+PEM = serialization.Encoding.PEM
+StewardTls = tuple[Path, ssl.SSLContext]  # the PEM of the CA of the Steward's TLS certificate; its server context
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(PEM)
+
+
+@pytest.fixture(scope="module")
+def steward_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    """The Steward's own TLS identity: a server certificate for 127.0.0.1 from a test CA, and the
+    path of that CA's PEM (what the keep's ``steward_ca`` names)."""
+    now = datetime.now(UTC)
+    ca_key, ca_cert = new_ca("test Steward TLS CA", now=now)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "steward on loopback")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("steward-tls")
+    (folder / "steward-tls-ca.pem").write_bytes(_pem(ca_cert))
+    (folder / "server.pem").write_bytes(_pem(cert))
+    (folder / "server.key").write_bytes(key.private_bytes(
+        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return folder / "steward-tls-ca.pem", context
+
+
+@contextmanager
+def tls_steward(ca: CertificateAuthority, context: ssl.SSLContext, policy_text: str,
+                log_path: Path) -> Iterator[tuple[str, AuditLog]]:
+    """A Steward serving TLS on 127.0.0.1; yields its https URL and its audit log."""
+    log = AuditLog(log_path)
+    service = StewardService(StewardConfig.build(ca, load_steward_policy(policy_text)), log)
+    try:
+        with running(service, ssl_context=context) as url:
+            yield f"https://127.0.0.1:{urlsplit(url).port}/", log
+    finally:
+        log.close()
+
+
+def steward_toml(url: str, ca_path: Path | None, rest: str) -> str:
+    head = f'steward = "{url}"\n' + (f'steward_ca = "{ca_path}"\n' if ca_path is not None else "")
+    return head + rest  # top-level keys before the [[files]] tables
+
+
+def trusting(ca_cert: x509.Certificate) -> ssl.SSLContext:
+    """A client that trusts the Steward's CA and nothing else."""
+    return ssl.create_default_context(cadata=_pem(ca_cert).decode())
+
+
+def get(port: int, context: ssl.SSLContext) -> tuple[bytes, x509.Certificate]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        body = bytearray()
+        while chunk := tls.recv(65536):
+            body += chunk
+    return bytes(body), x509.load_der_x509_certificate(der)
+
+
+def test_keep_serves_the_stewards_certificate(ca: CertificateAuthority, steward_tls: StewardTls,
+                                              tmp_path: Path) -> None:
+    ca_path, context = steward_tls
+    policy = 'allow_unattested = true\ndns_names = ["localhost"]\n'
+    with tls_steward(ca, context, policy, tmp_path / "log.db") as (url, _log):
+        port = free_port()
+        served = Served(tmp_path, "http_hello", steward_toml(url, ca_path, listen_toml(port)), "1")
+        try:
+            served.expect("listening")
+            body, leaf = get(port, trusting(ca.cert))  # verifies the chain and the name "localhost"
+            served.expect("served 1")
+            assert served.wait() == 0, served.stderr
+        finally:
+            served.stop()
+    assert body.startswith(b"HTTP/1.0 200") and body.endswith(b"Hello from a motte keep!\n")
+    assert leaf.issuer == ca.cert.subject
+    attestation = read_attestation(leaf)
+    assert attestation.technology == UNATTESTED  # a nil keep: KVM evidence, admitted by this policy
+    assert not attestation.attested
+
+
+def test_a_keep_without_steward_is_not_trusted_by_the_stewards_clients(ca: CertificateAuthority,
+                                                                       tmp_path: Path) -> None:
+    port = free_port()
+    served = Served(tmp_path, "http_hello", listen_toml(port), "1")
+    try:
+        served.expect("listening")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            get(port, trusting(ca.cert))  # the self-signed certificate proves nothing
+    finally:
+        served.stop()
+
+
+def run(tmp_path: Path, toml: str) -> subprocess.CompletedProcess[bytes]:
+    config = tmp_path / "Enarx.toml"
+    config.write_text(toml)
+    return subprocess.run(
+        [sys.executable, "-m", "motte", "run", "--backend", "nil", "--wasmcfgfile", str(config),
+         str(workload("http_hello"))],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 125, result.stderr
+    assert result.stdout == b""  # http_hello prints "listening" first thing: it never ran
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_refusal_stops_the_run(ca: CertificateAuthority, steward_tls: StewardTls, tmp_path: Path) -> None:
+    ca_path, context = steward_tls
+    with tls_steward(ca, context, "allow_unattested = false\n", tmp_path / "log.db") as (url, _log):
+        line = one_error_line(run(tmp_path, steward_toml(url, ca_path, listen_toml(free_port()))))
+    assert "the Steward refused the keep's certificate request: HTTP 401: unattested_refused" in line, line
+
+
+def test_an_unreachable_or_untrusted_steward_stops_the_run(ca: CertificateAuthority,
+                                                           steward_tls: StewardTls,
+                                                           tmp_path: Path) -> None:
+    ca_path, context = steward_tls
+    nowhere = f"https://127.0.0.1:{free_port()}/"
+    line = one_error_line(run(tmp_path, steward_toml(nowhere, ca_path, STDIO)))
+    assert "cannot get the keep's certificate from the Steward at 127.0.0.1:" in line, line
+    assert "ECONNREFUSED" in line, line
+    with tls_steward(ca, context, "allow_unattested = true\n", tmp_path / "log.db") as (url, _log):
+        line = one_error_line(run(tmp_path, steward_toml(url, None, STDIO)))  # no steward_ca: not trusted
+    assert "certificate verification failed" in line, line
+
+
+def test_the_host_connects_the_keep_to_the_configs_steward_only(tmp_path: Path) -> None:
+    from motte.host.net import HostNetwork
+    from motte.shared import netstreams
+    from motte.shared.enarx_config import parse_enarx_toml
+
+    network = HostNetwork(parse_enarx_toml('steward = "https://steward.example:8443/x"\n'))
+    network.prepare()
+    try:
+        for host, port in (("elsewhere.example", 8443), ("steward.example", 443)):
+            reason = network._on_connect_request(7, {netstreams.STEWARD: True, "host": host, "port": port})
+            assert reason is not None and reason.startswith("EACCES: ")
+    finally:
+        network.close()
+    plain = HostNetwork(parse_enarx_toml(STDIO))
+    plain.prepare()
+    try:
+        reason = plain._on_connect_request(7, {netstreams.STEWARD: True, "host": "steward.example", "port": 8443})
+        assert reason is not None and reason.startswith("EACCES: ")  # no steward in the config: nowhere
+    finally:
+        plain.close()
+
+
+def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
+    from motte.keep.runtime import Launch, LaunchError
+    from motte.shared.enarx_config import parse_enarx_toml
+
+    def launch(toml: str, steward_ca: str) -> Launch:
+        return Launch.parse({
+            "config": parse_enarx_toml(toml).to_json(), "wasm": {"stream": 1, "size": 8, "sha256": "0" * 64},
+            "limits": {"memory": 1 << 20}, "steward_ca": steward_ca,
+        })
+
+    assert launch('steward = "https://s.example"\n', "PEM").steward_ca == "PEM"
+    with pytest.raises(LaunchError, match="names no steward"):
+        launch(STDIO, "PEM")
+    with pytest.raises(LaunchError, match="Steward CA bundle exceeds"):
+        launch('steward = "https://s.example"\n', "x" * (200 << 10))
