@@ -6,10 +6,12 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import shutil
 import struct
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -281,6 +283,31 @@ def test_image_path_without_an_image_fails_clearly(tmp_path: Path) -> None:
     result = motte("image", "path", env={"MOTTE_CACHE_DIR": str(tmp_path)})  # an empty cache
     assert result.returncode == 125
     assert b"motte image build" in result.stderr
+
+
+def test_large_inputs_are_hashed_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "images_root", lambda: tmp_path / "image")
+    big = tmp_path / "libbig.so"
+    big.write_bytes(b"a" * 1000)
+    os.utime(big, ns=(0, 0))  # old enough to be remembered: not written within the last 2 s
+    time.sleep(2.1)  # the ctime, which cannot be set, must be old too
+    hashed: list[Path] = []
+    real = build._file_sha256
+    monkeypatch.setattr(build, "_file_sha256", lambda path: hashed.append(path) or real(path))
+    first = build._known_sha256(big)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest() and build._known_sha256(big) == first
+    assert hashed == [big], "the second call uses the remembered digest"
+    big.write_bytes(b"b" * 1000)  # same size; new mtime and ctime
+    assert build._known_sha256(big) == hashlib.sha256(b"b" * 1000).hexdigest() and len(hashed) == 2
+    assert build._known_sha256(big) and len(hashed) == 3, "a file changed moments ago is not remembered"
+
+
+def test_package_versions_come_from_dist_info_names() -> None:
+    import importlib.metadata
+
+    for name in ("wasmtime", "cryptography", "cffi"):
+        assert build._dist_version(name) == importlib.metadata.version(name)
+    assert build._dist_version("no-such-distribution-here") is None
 
 
 def test_python_is_the_one_running_the_build() -> None:

@@ -17,6 +17,7 @@ from motte.host.backends.base import LaunchSpec
 from motte.host.backends.kvm import KvmBackend, guest_memory_mib, microvm_command, resolve_accel
 from motte.host.image import build
 from motte.host.image.cpio import Archive
+from motte.keep.vm_channel import PARK_PARAM
 from motte.shared.errors import MotteError
 from tests.host.conftest import DEFAULT_CACHE, qemu_pids, rundirs
 
@@ -43,6 +44,38 @@ def test_command_line_for_tcg_and_kvm() -> None:
     assert "-accel kvm -cpu host" in kvm_text
     debug = " ".join(microvm_command(accel="tcg", console_log="/tmp/c.log", **args))  # type: ignore[arg-type]
     assert "isa-serial=on" in debug and "-serial file:/tmp/c.log" in debug
+
+
+def test_kvm_boot_params_skip_unused_kernel_work() -> None:
+    params = kvm.kvm_boot_params().split()
+    blacklist = next(p for p in params if p.startswith("initcall_blacklist=")).split("=", 1)[1].split(",")
+    assert {"jent_mod_init", "crypto_kdf108_init", "init_encrypted"} <= set(blacklist)
+    assert {"noreplace-smp", "ipv6.disable=1", "init_on_alloc=0", "cryptomgr.notests"} <= set(params)
+    assert not [p for p in params if p.startswith("MOTTE_")], "guest modes come from kernel_cmdline"
+
+
+def test_qemu_facts_are_cached_by_the_binary_identity(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    fake = tmp_path / "qemu-system-x86_64"
+    script = (
+        f"#!/bin/sh\necho x >> {calls}\n"
+        'case "$1" in --version) echo "QEMU emulator version 9.2.1";; -help) printf "x\\n-sandbox on\\n";; esac\n'
+    )
+    fake.write_text(script)
+    fake.chmod(0o755)
+
+    def count() -> int:
+        return len(calls.read_text().split()) if calls.exists() else 0
+
+    kvm._qemu_facts.cache_clear()
+    assert kvm.qemu_version(str(fake)) == (9, 2, 1) and kvm.qemu_has_sandbox(str(fake))
+    assert count() == 2
+    kvm._qemu_facts.cache_clear()  # a new process: the facts come from the cache file
+    assert kvm.qemu_version(str(fake)) == (9, 2, 1) and count() == 2
+    fake.write_text(script.replace("9.2.1", "10.1.0"))  # a QEMU update
+    kvm._qemu_facts.cache_clear()
+    assert kvm.qemu_version(str(fake)) == (10, 1, 0) and count() == 4
+    kvm._qemu_facts.cache_clear()
 
 
 def test_guest_memory_is_the_cap_plus_the_runtime() -> None:
@@ -151,6 +184,69 @@ def test_keep_runtime_boots_and_runs_a_workload(image: build.KeepImage, no_leaks
         assert (result.status, result.reason) == (0, "exit"), result
         assert b"Hello" in output
         assert keep.wait(30) == 0
+    finally:
+        keep.close()
+
+
+def _run(keep: kvm.KvmKeep, name: str, *args: str) -> tuple[int, str]:
+    from motte.host.session import HostStdio, RunRequest, run_workload
+    from motte.shared.enarx_config import default_config
+    from tests.workloads import workload
+
+    read_end, write_end = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        config = default_config().with_extra(args=list(args))
+        request = RunRequest(Path(workload(name)).read_bytes(), config, memory_limit=32 << 20)
+        result = run_workload(keep, request, HostStdio(stdin=devnull, stdout=write_end, stderr=write_end))
+        os.close(write_end)
+        output = b"".join(iter(lambda: os.read(read_end, 65536), b"")).decode()
+    finally:
+        os.close(read_end)
+        os.close(devnull)
+    return result.status, output
+
+
+@pytest.mark.vm
+@needs_qemu
+def test_a_parked_keep_is_snapshotted_then_restored_with_a_fresh_clock_and_rng(
+    image: build.KeepImage, tmp_path: Path, no_leaks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir(mode=0o700)
+    monkeypatch.setattr(kvm, "snapshot_dir", lambda: snapshots)
+    spec = LaunchSpec(memory_bytes=32 << 20, boot_timeout=90)
+    seen: dict[str, list[str]] = {"random": []}
+    for round_ in range(3):
+        keep = KvmBackend(snapshots=True).launch(spec)
+        try:
+            assert PARK_PARAM in keep.command[keep.command.index("-append") + 1]
+            assert keep.restored == (round_ > 0) and keep.snapshot_saved == (round_ == 0)
+            assert ("-incoming" in keep.command) == keep.restored
+            now = time.time_ns()
+            status, output = _run(keep, "clock_random")
+            assert status == 0, output
+            fields = dict(line.split("=", 1) for line in output.split())
+            # A restored guest's clock would be the snapshot's: the resume record sets it.
+            assert abs(int(fields["realtime"]) - now) < 15 * 10**9, (fields["realtime"], now)
+            seen["random"].append(fields["random"])
+        finally:
+            keep.close()
+    assert len(set(seen["random"])) == 3, "each copy reseeds its RNG: no two draw the same bytes"
+    [snapshot] = snapshots.glob("*.snap")
+    # A snapshot that does not restore is dropped, and the keep boots (and saves a new one).
+    snapshot.write_bytes(b"not a migration stream")
+    keep = KvmBackend(snapshots=True).launch(spec)
+    try:
+        assert not keep.restored and keep.snapshot_saved
+        assert _run(keep, "hello")[0] == 0
+    finally:
+        keep.close()
+    assert snapshot.stat().st_size > 1 << 20
+    keep = KvmBackend(snapshots=False).launch(spec)  # MOTTE_KVM_SNAPSHOT=0
+    try:
+        assert not keep.restored and PARK_PARAM not in " ".join(keep.command)
+        assert _run(keep, "hello")[0] == 0
     finally:
         keep.close()
 

@@ -1,9 +1,12 @@
-"""The guest side of the channel: finding and opening the named virtio serial port."""
+"""The guest side of the channel: finding and opening the named virtio serial port, and parking
+a keep for a snapshot and resuming it."""
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,3 +95,78 @@ def test_other_open_errors_are_not_retried(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(vm_channel.os, "open", denied)
     with pytest.raises(PermissionError):
         open_virtio_port("motte.0", 5.0, ports_dir=str(sysfs), dev_dir=str(dev))
+
+
+# ---- park and resume ----------------------------------------------------------------------
+
+
+def _host_side(sock: socket.socket, reply: bytes | None, seen: list[bytes]) -> threading.Thread:
+    def play() -> None:
+        received = b""
+        while len(received) < len(vm_channel.PARKED):
+            data = sock.recv(64)
+            if not data:
+                break
+            received += data
+        seen.append(received)
+        if reply is None:
+            sock.close()
+        else:
+            sock.sendall(reply)
+
+    thread = threading.Thread(target=play, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_park_says_so_then_applies_the_resume_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(vm_channel, "resume", lambda realtime, entropy: applied.append((realtime, entropy)))
+    monkeypatch.setattr(vm_channel, "_NOT_BEFORE_PARK", ())  # the test process may have loaded ssl
+    host, guest = socket.socketpair()
+    seen: list[bytes] = []
+    entropy = os.urandom(64)
+    thread = _host_side(host, vm_channel.encode_resume(1_795_000_000_123_456_789, entropy), seen)
+    vm_channel.park(guest.fileno())
+    thread.join(5)
+    assert seen == [vm_channel.PARKED]
+    assert applied == [(1_795_000_000_123_456_789, entropy)]
+    assert "motte.keep.runtime" in sys.modules, "the engine is loaded before the snapshot point"
+    host.close()
+    guest.close()
+
+
+def test_park_rejects_a_bad_or_missing_resume_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm_channel, "resume", lambda realtime, entropy: pytest.fail("must not resume"))
+    monkeypatch.setattr(vm_channel, "_NOT_BEFORE_PARK", ())
+    for reply, error in ((b"x" * vm_channel.RESUME.size, RuntimeError), (None, EOFError)):
+        host, guest = socket.socketpair()
+        thread = _host_side(host, reply, [])
+        with pytest.raises(error):
+            vm_channel.park(guest.fileno())
+        thread.join(5)
+        guest.close()
+        if reply is not None:
+            host.close()
+
+
+def test_park_refuses_when_a_module_with_its_own_rng_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ssl", sys.modules.get("ssl") or type(sys)("ssl"))
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(RuntimeError, match=r"\bssl\b.* loaded before the snapshot point"):
+            vm_channel.park(write_end)
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 64)  # it did not even say it parked
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_resume_record_layout() -> None:
+    record = vm_channel.encode_resume(5, b"\1" * 64)
+    assert len(record) == vm_channel.RESUME.size == 88
+    assert record.startswith(vm_channel.RESUME_MAGIC) and record[16:24] == (5).to_bytes(8, "little")
+    with pytest.raises(ValueError):
+        vm_channel.encode_resume(5, b"short")

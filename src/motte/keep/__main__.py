@@ -1,7 +1,8 @@
 """Entry point of the keep: ``python -m motte.keep --channel-fd N | --channel-device NAME``.
 
 HELLO goes out before the engine is imported, so the host can send the workload while the keep
-is still loading wasmtime.
+is still loading wasmtime; except in a kvm keep that parks for a snapshot (``MOTTE_PARK=1``), which
+loads it first (see :func:`motte.keep.vm_channel.park`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,30 @@ Under TCG the command line also gets ``tsc_early_khz=<host TSC kHz> tsc=reliable
 the guest calibrates its TSC against the emulated PIT, which fails under host load, and then
 hangs for want of any clock (3 of 15 boots here under load; none in ~40 boots since). See :func:`tcg_clock_params`.
 
+Start-up, measured under TCG on this project's machines (``motte run --backend kvm hello.wasm``,
+image cached, launch to the first byte of output; medians): 3.76 s booting as first built;
+2.8-2.9 s booting with :data:`KVM_BOOT_PARAMS` (the kernel reaches /init ~0.65 s sooner); 0.68 s
+restoring a snapshot (0.2 s to HELLO; most of the rest is compiling the module). Of a boot,
+~1.2 s is the kernel (unpacking the 62 MB initramfs alone ~0.4 s) and ~1.1 s is Python starting
+and importing wasmtime and the runtime, all of it CPU work that TCG runs 15-30x slower than
+native, and the same in every boot.
+
+Warm starts: the keep runtime *parks* (``MOTTE_PARK=1`` on its command line) once it has loaded
+the engine, before HELLO, i.e. before anything of a tenant reaches it; see
+:func:`motte.keep.vm_channel.park`. The first boot of a given configuration (command line incl.
+memory size, QEMU binary, kernel and initrd files, under KVM the host CPU) is then live-migrated
+into a file in ``<cache>/kvm-snapshots`` (0.1-0.2 s: the parked guest is idle) and goes on; later
+launches of that configuration start QEMU with ``-incoming`` from the file and resume the parked
+keep: the VM is running 0.1-0.2 s after launch, and the workload's own compile and run follow.
+Every launch sends the parked keep the host's wall clock and 64 bytes of fresh entropy, which it
+credits to the kernel RNG and reseeds it with: the copies would otherwise share the snapshot's
+clock and RNG state. They still share what only a new boot changes: the guest kernel's and the
+keep process's address-space layout and Python's hash seed. That weakens only defence in depth
+*inside* the guest (against a workload that escapes wasmtime), which a kvm keep does not rely
+on for the host's safety; confidential keeps never park (their command line has no
+``MOTTE_PARK``, and their launch must be measured). ``MOTTE_KVM_SNAPSHOT=0`` turns it off. A
+snapshot that fails to restore is deleted and the keep boots; four are kept (~190 MB each).
+
 Isolation: the workload cannot reach the host except through the channel; the host can read the
 keep's memory (no encryption: that is what ``snp``/``tdx`` add) and there is no attestation.
 
@@ -410,6 +434,10 @@ def snapshots_enabled() -> bool:
     return os.environ.get("MOTTE_KVM_SNAPSHOT", "1") != "0"
 
 
+def snapshot_dir() -> Path:
+    return cache_root() / "kvm-snapshots"
+
+
 def _file_identity(path: str) -> list[object]:
     info = os.stat(path)
     return [path, info.st_size, info.st_mtime_ns, info.st_ino]
@@ -440,7 +468,7 @@ class Snapshot:
         socket path aside), the QEMU binary, the kernel and initrd files, and under KVM the host
         CPU. A restore loads machine state QEMU trusts and code the guest runs, so the directory
         must be this user's alone, as for the module cache."""
-        directory = cache_root() / "kvm-snapshots"
+        directory = snapshot_dir()
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             info = directory.stat()
@@ -462,7 +490,10 @@ class Snapshot:
         return self.path.is_file()
 
     def open_for_restore(self) -> int:
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:  # pruned or replaced by another launch since exists()
+            raise MotteError(f"cannot open the keep snapshot {self.path}: {exc.strerror}") from None
         with contextlib.suppress(OSError):
             os.utime(self.path)  # the newest used are the ones pruning keeps
         return fd
@@ -484,7 +515,9 @@ class Snapshot:
             if self.exists():
                 return False
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()  # left by a process of the same pid that died saving
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 with _Qmp(qmp_path) as qmp:
                     completed = False
@@ -695,11 +728,15 @@ class KvmBackend(Backend):
         vmlinux: str | None = None,
         initrd: str | None = None,
         cmdline: str | None = None,
+        snapshots: bool | None = None,
     ):
         """``guest_mode`` selects ``MOTTE_MODE`` in the guest (None: the keep runtime;
         ``"selftest"``: the image's channel self test). ``vmlinux``/``initrd``/``cmdline`` override
-        the cached image (tests, experiments); by default the image is built on first use."""
+        the cached image (tests, experiments); by default the image is built on first use.
+        ``snapshots``: start keeps from a snapshot of a parked keep (None: unless
+        ``MOTTE_KVM_SNAPSHOT=0``); only the keep runtime parks, so only it is ever restored."""
         self.guest_mode = guest_mode
+        self.snapshots = snapshots_enabled() if snapshots is None else snapshots
         self.retry_hangs = retry_hangs
         self.vmlinux = vmlinux
         self.initrd = initrd
@@ -719,7 +756,7 @@ class KvmBackend(Backend):
                 progress("building the keep image (first use; cached afterwards)")
             image = ensure_image(progress)
         base = kernel_cmdline(self.guest_mode, console=bool(self.console_log))
-        park = f" {PARK_PARAM}" if self.guest_mode is None and snapshots_enabled() else ""
+        park = f" {PARK_PARAM}" if self.guest_mode is None and self.snapshots else ""
         cmdline = self.cmdline or f"{base} {kvm_boot_params()}{park}"
         return str(image.vmlinux), str(image.initrd), cmdline
 
@@ -734,7 +771,7 @@ class KvmBackend(Backend):
         sweep_stale_rundirs()
         park = PARK_PARAM in cmdline.split()
         snapshot = None
-        if park and snapshots_enabled():
+        if park and self.snapshots:
             template = microvm_command(
                 accel=accel, vmlinux=vmlinux, initrd=initrd, cmdline=cmdline,
                 memory_mib=guest_memory_mib(spec.memory_bytes), vcpus=spec.vcpus, socket_path="@channel@",
@@ -800,6 +837,7 @@ class KvmBackend(Backend):
         started = time.monotonic()
         rundir = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX, dir=_rundir_base()))
         process: subprocess.Popen[bytes] | None = None
+        sock: socket.socket | None = None
         endpoint: Endpoint | None = None
         keep: KvmKeep | None = None
         try:
@@ -851,7 +889,8 @@ class KvmBackend(Backend):
                         except (OSError, ValueError, MotteError):
                             saved = False  # only an optimisation: this keep runs on regardless
                 # The restored keep waits at the very point where the saved one parked.
-                sock.sendall(encode_resume(time.time_ns(), os.urandom(64)))
+                with contextlib.suppress(OSError):  # QEMU died: HELLO below reports how
+                    sock.sendall(encode_resume(time.time_ns(), os.urandom(64)))
             endpoint = Endpoint(SocketTransport(sock), "host", name="kvm-keep").start()
             keep = KvmKeep(process, endpoint, rundir, accel, command, 0.0, attempt, restored=restore)
             keep.snapshot_saved = saved
@@ -880,6 +919,8 @@ class KvmBackend(Backend):
             else:
                 if endpoint is not None:
                     endpoint.close()
+                elif sock is not None:
+                    sock.close()
                 if process is not None:
                     _kill(process)
                 shutil.rmtree(rundir, ignore_errors=True)

@@ -178,6 +178,8 @@ def _known_sha256(path: Path) -> str:
     if isinstance(entry, dict) and entry.get("identity") == identity:
         return str(entry["sha256"])
     digest = _file_sha256(path)
+    if time.time_ns() - info.st_ctime_ns < 2 * 10**9:
+        return digest  # changed moments ago: it could change again within the same clock tick
     known = known if isinstance(known, dict) else {}
     known[str(path)] = {"identity": identity, "sha256": digest}
     try:
