@@ -85,11 +85,11 @@ def recv_all(sock: socket.socket) -> bytes:
 class Served:
     """``motte run --backend nil`` of a workload in the background, its stdout read line by line."""
 
-    def __init__(self, tmp_path: Path, name: str, toml: str, *args: str):
+    def __init__(self, tmp_path: Path, name: str, toml: str, *args: str, backend: str = "nil"):
         config = tmp_path / "Enarx.toml"
         config.write_text(toml)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "motte", "run", "--backend", "nil", "--wasmcfgfile", str(config),
+            [sys.executable, "-m", "motte", "run", "--backend", backend, "--wasmcfgfile", str(config),
              str(workload(name)), "--", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
@@ -154,8 +154,8 @@ class Served:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(name: str, toml: str, *args: str) -> Served:
-        served = Served(tmp_path, name, toml, *args)
+    def start(name: str, toml: str, *args: str, backend: str = "nil") -> Served:
+        served = Served(tmp_path, name, toml, *args, backend=backend)
         started.append(served)
         return served
 
