@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -124,9 +125,10 @@ def _build_key(src: Path, name: str) -> str:
     h.update(_compiler_id(src.suffix).encode() + b"\0")
     if src.suffix == ".c":
         h.update(" ".join((*C_FLAGS, *EXTRA_C_FLAGS.get(name, ()))).encode() + b"\0")
-        # A workload may include a header kept beside it.
-        for header in sorted(src.parent.glob("*.h")):
-            h.update(header.name.encode() + b"\0" + header.read_bytes() + b"\0")
+        # Headers it includes with quotes (beside it, or the demo's shared ones) decide it too.
+        for include in sorted(set(re.findall(r'^\s*#\s*include\s+"([^"]+)"', src.read_text(), re.M))):
+            header = src.parent / include
+            h.update(include.encode() + b"\0" + header.read_bytes() + b"\0")
     h.update(src.read_bytes())
     return h.hexdigest()
 
