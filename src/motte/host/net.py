@@ -30,7 +30,7 @@ from typing import Any
 
 from motte.shared import netstreams
 from motte.shared.enarx_config import FileSpec, WorkloadConfig
-from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
+from motte.shared.endpoint import ChannelClosed, Endpoint, ReceiveBuffer, StreamAborted
 from motte.shared.errors import MotteError
 
 LISTEN_BACKLOG = 128  # the kernel's queue of connections the host has not accepted yet
@@ -107,6 +107,7 @@ class HostNetwork:
         self._steward: tuple[str, int] | None = None  # where the keep may connect to reach its Steward
         self._listeners: list[_Listener] = []
         self._conns: dict[int, _Connection] = {}
+        self._received = ReceiveBuffer(RECV_SIZE)  # for every socket: only the relay thread reads them
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -476,7 +477,7 @@ class HostNetwork:
         if window <= 0:
             return
         try:
-            data = conn.sock.recv(min(window, RECV_SIZE))
+            data = self._received.recv(conn.sock.recv_into, window)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

@@ -86,24 +86,25 @@ class PortTransport:
         import select
 
         self.fd = fd
-        self.batch = batch
+        # One reused buffer: a fresh one per read would cost an mmap and page faults each time.
+        self._buffer = bytearray(batch)
+        self._view = memoryview(self._buffer)
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
     def recv(self, size: int) -> bytes:
-        first = os.read(self.fd, size)
-        if not first:
-            return first
-        chunks = [first]
-        total = len(first)
-        limit = min(size, self.batch)
-        while total < limit and self._poll.poll(0):
-            more = os.read(self.fd, limit - total)
-            if not more:
-                break
-            chunks.append(more)
-            total += len(more)
-        return first if len(chunks) == 1 else b"".join(chunks)
+        view = self._view[: min(size, len(self._buffer))]
+        total = os.readv(self.fd, [view])
+        if total:
+            while total < len(view) and self._poll.poll(0):
+                count = os.readv(self.fd, [view[total:]])
+                if not count:
+                    break
+                total += count
+        return bytes(view[:total])
+
+    def fileno(self) -> int:
+        return self.fd
 
     def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
         """Write all buffers in order, with ``writev`` (no joining copy), resuming short writes."""

@@ -197,7 +197,9 @@ class StreamSocket(WasiFile):
         return WakeOn(
             self.endpoint,
             readable=self.stream if (not write or waiting_for_peer) else None,
-            writable=self.stream if (write or self._unsent) else None,
+            # During the handshake only the peer's bytes (or credit for ours) move it on: waking
+            # on the stream's credit would only spin.
+            writable=self.stream if ((write and not waiting_for_peer) or self._unsent) else None,
             until=self._handshake_deadline if waiting_for_peer else None,
         )
 
