@@ -41,6 +41,8 @@ RECV_SIZE = 256 << 10
 MAX_CA_BUNDLE = 128 << 10
 MAX_WARNINGS = 20  # per run; a flood of bad clients must not flood the terminal
 ACCEPT_RETRY = 1.0  # seconds before accepting again after the host ran out of file descriptors
+LINGER = 5.0  # seconds a connection the keep closed is drained of the client's unread bytes
+MAX_LINGERING = 256  # connections drained at once; beyond that a close may reset
 _STEWARD_LABEL = "steward"  # the keep runtime's own connection to the config's Steward
 
 #: Sees every byte the host relays: ``tap(event, stream, data)`` with event ``"open"``,
@@ -107,7 +109,9 @@ class HostNetwork:
         self._steward: tuple[str, int] | None = None  # where the keep may connect to reach its Steward
         self._listeners: list[_Listener] = []
         self._conns: dict[int, _Connection] = {}
+        self._lingering: dict[socket.socket, float] = {}  # closed by the keep, drained until EOF or the deadline
         self._received = ReceiveBuffer(RECV_SIZE)  # for every socket: only the relay thread reads them
+        self._discard = bytearray(256 << 10)  # what lingering connections still send
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -245,7 +249,7 @@ class HostNetwork:
             while True:
                 timeout = 1.0
                 if self._stop_at is not None:
-                    if not self._conns or time.monotonic() >= self._stop_at:
+                    if (not self._conns and not self._lingering) or time.monotonic() >= self._stop_at:
                         return
                     timeout = 0.05
                 ready = self._selector.select(timeout)
@@ -254,6 +258,8 @@ class HostNetwork:
                         key.data(mask)
                     self._process_posted()
                     self._resume_listeners()
+                    if self._lingering:
+                        self._expire_lingering()
         except Exception as exc:  # a relay bug must not hang the run: report it, drop the sockets
             self._warn(f"the network relay failed: {type(exc).__name__}: {exc}")
         finally:
@@ -535,7 +541,7 @@ class HostNetwork:
             self._send(conn, conn.out)
         if conn.out is None and not conn.closed:
             if conn.reset is not None:
-                self._close(conn)  # the keep's last bytes are out
+                self._retire(conn)  # the keep's last bytes are out
             else:
                 self._from_keep(conn)
 
@@ -544,7 +550,7 @@ class HostNetwork:
         if conn.reset != netstreams.CLOSED and not conn.label.startswith(_STEWARD_LABEL):
             self._warn(f"{conn.label}: closed by the keep: {conn.reset}")  # (the keep reports its Steward's)
         if conn.out is None:
-            self._close(conn)
+            self._retire(conn)
 
     def _peer_failed(self, conn: _Connection, exc: OSError) -> None:
         # The peer vanished mid-stream: only its own stream ends.
@@ -557,19 +563,67 @@ class HostNetwork:
             self._close(conn)
 
     def _close(self, conn: _Connection) -> None:
-        if conn.closed:
-            return
+        if not conn.closed:
+            self._forget(conn)
+            conn.sock.close()
+
+    def _forget(self, conn: _Connection) -> None:
         conn.closed = True
         if conn.mask:
             self._selector.unregister(conn.sock)
             conn.mask = 0
-        conn.sock.close()
         self.endpoint.reset(conn.stream, netstreams.CLOSED)  # frees the stream; a frame only if still open
         self._conns.pop(conn.stream, None)
         if self._tap is not None:
             self._tap("close", conn.stream, b"")
         if conn.listener is not None:
             conn.listener.pending.discard(conn.stream)
+
+    # ---- lingering close ----
+
+    def _retire(self, conn: _Connection) -> None:
+        """The keep closed the connection and its last bytes are out. If the client may still be
+        sending, close gracefully: closing a socket with unread bytes resets the connection, and a
+        reset can destroy the answer before the client has read it (an HTTP server that answers
+        without reading the whole request). So: FIN now, then read and discard what the client
+        still sends, until it closes too or LINGER seconds have passed."""
+        if conn.closed:
+            return
+        if conn.peer_eof or conn.reset != netstreams.CLOSED or len(self._lingering) >= MAX_LINGERING:
+            self._close(conn)
+            return
+        self._forget(conn)
+        sock = conn.sock
+        if not conn.keep_eof:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                sock.close()
+                return
+        self._lingering[sock] = time.monotonic() + LINGER
+        self._selector.register(sock, selectors.EVENT_READ, lambda _mask: self._drain_lingering(sock))
+
+    def _drain_lingering(self, sock: socket.socket) -> None:
+        for _ in range(16):  # at most 4 MiB per wake-up: other connections go on meanwhile
+            try:
+                count = sock.recv_into(self._discard)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                count = 0
+            if not count:
+                self._end_lingering(sock)
+                return
+
+    def _expire_lingering(self) -> None:
+        now = time.monotonic()
+        for sock in [sock for sock, deadline in self._lingering.items() if deadline <= now]:
+            self._end_lingering(sock)
+
+    def _end_lingering(self, sock: socket.socket) -> None:
+        if self._lingering.pop(sock, None) is not None:
+            self._selector.unregister(sock)
+            sock.close()
 
     # ---- the end ----
 
@@ -588,6 +642,9 @@ class HostNetwork:
             conn.sock.close()
             self.endpoint.reset(conn.stream, netstreams.CLOSED)
         self._conns.clear()
+        for sock in self._lingering:
+            sock.close()
+        self._lingering.clear()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -53,6 +53,9 @@ class FrameType(IntEnum):
     CREDIT = 7  # payload u32: the receiver grants that many more bytes
 
 
+_FRAME_TYPES = {member.value: member for member in FrameType}  # a dict: FrameType(n) costs ~1 µs a frame
+
+
 class ProtocolError(MotteError):
     """The peer broke the channel protocol (malformed or out-of-order frame)."""
 
@@ -102,10 +105,9 @@ class FrameDecoder:
                 raise ProtocolError(f"frame for stream id {stream} beyond the maximum {MAX_STREAM_ID}")
             if length > MAX_PAYLOAD:
                 raise ProtocolError(f"frame length {length} exceeds the maximum {MAX_PAYLOAD}")
-            try:
-                frame_type = FrameType(kind)
-            except ValueError:
-                raise ProtocolError(f"unknown frame type {kind}") from None
+            frame_type = _FRAME_TYPES.get(kind)
+            if frame_type is None:
+                raise ProtocolError(f"unknown frame type {kind}")
             if flags != 0:
                 raise ProtocolError(f"unknown frame flags {flags:#x}")
             end = offset + HEADER_SIZE + length

@@ -622,8 +622,6 @@ class Endpoint:
     def _received(self, data: bytes | BaseException) -> None:
         """Lock held: take what one read of the transport gave, bytes or the error it raised."""
         self._reading = False
-        if self._read_when_waiting:
-            self._changed.notify_all()  # the transport is free: a waiting thread may read it
         if isinstance(data, BaseException):
             self._close_with(ChannelClosed(f"channel read failed: {getattr(data, 'strerror', None) or data}"))
             return
@@ -642,7 +640,7 @@ class Endpoint:
         except Exception as exc:
             self._close_with(ChannelClosed(f"channel reader failed: {type(exc).__name__}: {exc}"))
             return
-        if self._wake_waiters:
+        if self._wake_waiters or self._read_when_waiting:  # (the transport is free: a waiter may read it)
             self._changed.notify_all()
 
     def _dispatch(self, event: object) -> None:
