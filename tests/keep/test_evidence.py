@@ -295,3 +295,16 @@ def test_debug_reports_are_produced_as_asked(platform: FakeSnp) -> None:
     # The keep does not judge its own evidence: a debug report is sent and the Steward refuses it.
     report = platform.report(RD, policy=DEBUG_POLICY)
     assert verify_snp(report, now=NOW, certs=[platform.vcek], trust=platform.trust()).debug is True
+
+
+def test_a_vm_keep_knows_what_it_is_from_the_guest_kernel(tmp_path: Path) -> None:
+    from motte.keep.evidence import vm_technology
+
+    sys_root, cpuinfo = tmp_path / "sys", tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme hypervisor\n")
+    assert vm_technology(sys_root, cpuinfo) == "kvm"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme tdx_guest hypervisor\n")
+    assert vm_technology(sys_root, cpuinfo) == "tdx"
+    (sys_root / "bus/platform/devices/sev-guest").mkdir(parents=True)
+    assert vm_technology(sys_root, cpuinfo) == "snp"
+    assert vm_technology(tmp_path / "absent", tmp_path / "absent") == "kvm"

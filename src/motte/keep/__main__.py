@@ -66,12 +66,13 @@ def main(argv: list[str]) -> int:
     if argv[0] == "--channel-fd":
         die_with_parent()  # a nil keep is a child process of the host: it must not outlive it
         return serve(socket.socket(fileno=int(argv[1])), backend="nil")
+    from motte.keep.evidence import vm_technology
     from motte.keep.vm_channel import PortTransport, open_virtio_port, park
 
     port = open_virtio_port(argv[1], timeout=30.0)
     if os.environ.get("MOTTE_PARK") == "1":  # from the kernel command line, via /init
         park(port)  # loads the runtime; the host may snapshot the VM here and restore it later
-    return serve(PortTransport(port), backend="kvm")
+    return serve(PortTransport(port), backend=vm_technology())  # snp and tdx keeps are this same VM
 
 
 if __name__ == "__main__":
