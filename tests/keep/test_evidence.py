@@ -298,7 +298,7 @@ def test_debug_reports_are_produced_as_asked(platform: FakeSnp) -> None:
 
 
 def test_a_vm_keep_knows_what_it_is_from_the_guest_kernel(tmp_path: Path) -> None:
-    from motte.keep.evidence import vm_technology
+    from motte.keep.platform import vm_technology
 
     sys_root, cpuinfo = tmp_path / "sys", tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme hypervisor\n")

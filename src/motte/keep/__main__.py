@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "--channel-fd":
         die_with_parent()  # a nil keep is a child process of the host: it must not outlive it
         return serve(socket.socket(fileno=int(argv[1])), backend="nil")
-    from motte.keep.evidence import vm_technology
+    from motte.keep.platform import vm_technology
     from motte.keep.vm_channel import PortTransport, open_virtio_port, park
 
     port = open_virtio_port(argv[1], timeout=30.0)

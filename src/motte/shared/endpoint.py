@@ -351,36 +351,35 @@ class Endpoint:
     def read(self, stream: int, size: int, timeout: float | None = None) -> bytes:
         """Up to ``size`` bytes; ``b""`` at EOF. Blocks until data, EOF, reset or timeout."""
         with self._lock:
-            inbox = self._inboxes.get(stream)
-            if inbox is None:
-                raise StreamAborted(f"stream {stream} is not open")
-            ok = self._wait_for(
-                lambda: inbox.size or inbox.eof or inbox.reset is not None or self._closed is not None, timeout
-            )
-            if inbox.size:
-                return self._take(stream, inbox, size)
-            if inbox.reset is not None:
-                raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
-            if inbox.eof:
-                return b""
-            self._raise_if_closed()
-            assert not ok
-            raise Timeout(f"stream {stream}: nothing to read within {timeout} s")
+            inbox = self._open_inbox(stream)
+            self._wait_for(lambda: inbox.size or inbox.eof or inbox.reset is not None or self._closed is not None,
+                           timeout)
+            data = self._take_available(stream, inbox, size)
+            if data is None:
+                raise Timeout(f"stream {stream}: nothing to read within {timeout} s")
+            return data
 
     def read_nowait(self, stream: int, size: int) -> bytes | None:
         """Like :meth:`read` but returns ``None`` instead of blocking."""
         with self._lock:
-            inbox = self._inboxes.get(stream)
-            if inbox is None:
-                raise StreamAborted(f"stream {stream} is not open")
-            if inbox.size:
-                return self._take(stream, inbox, size)
-            if inbox.reset is not None:
-                raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
-            if inbox.eof:
-                return b""
-            self._raise_if_closed()
-            return None
+            return self._take_available(stream, self._open_inbox(stream), size)
+
+    def _open_inbox(self, stream: int) -> _Inbox:
+        inbox = self._inboxes.get(stream)
+        if inbox is None:
+            raise StreamAborted(f"stream {stream} is not open")
+        return inbox
+
+    def _take_available(self, stream: int, inbox: _Inbox, size: int) -> bytes | None:
+        """What a read gets now: data, ``b""`` at EOF, an error, or None if it would have to wait."""
+        if inbox.size:
+            return self._take(stream, inbox, size)
+        if inbox.reset is not None:
+            raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
+        if inbox.eof:
+            return b""
+        self._raise_if_closed()
+        return None
 
     def _take(self, stream: int, inbox: _Inbox, size: int) -> bytes:
         pieces: list[bytes] = []

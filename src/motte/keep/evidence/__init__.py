@@ -11,7 +11,6 @@ imported only when asked for, so the nil keep never loads ``ctypes`` or ``fcntl`
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from motte.shared.errors import MotteError
@@ -53,22 +52,6 @@ class NoEvidence:
     def collect(self, report_data: bytes) -> Evidence:
         check_report_data(report_data)
         return Evidence("kvm", b"")
-
-
-def vm_technology(sys_root: Path = Path("/sys"), cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """What kind of VM keep this is, from what the guest kernel found in the hardware (never from
-    what the host says): ``"snp"`` when it registered the sev-guest device (an SEV-SNP guest),
-    ``"tdx"`` when it set the tdx_guest CPU flag, ``"kvm"`` otherwise."""
-    if (sys_root / "bus/platform/devices/sev-guest").exists():
-        return "snp"
-    try:
-        with cpuinfo.open() as lines:
-            for line in lines:
-                if line.startswith("flags"):
-                    return "tdx" if "tdx_guest" in line.split() else "kvm"
-    except OSError:
-        pass
-    return "kvm"
 
 
 def source_for(backend: str) -> EvidenceSource:
