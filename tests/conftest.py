@@ -1,4 +1,8 @@
-"""Shared fixtures: the workloads built from tests/workloads, and the backends to run them on."""
+"""Shared fixtures: the workloads built from tests/workloads, and the backends to run them on.
+
+Every test that takes ``backend`` runs on each backend (one suite for all): ``nil`` always, ``kvm``
+marked ``vm`` and skipped, with the reason, where this host cannot run a VM keep.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from motte.host.platform import kvm_usable
 from tests.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +34,12 @@ def wasm() -> object:
     return lambda name: str(workload(name))
 
 
+def _backends() -> list[object]:
+    usable, reason = kvm_usable()
+    kvm_marks = [pytest.mark.vm] + ([] if usable else [pytest.mark.skip(reason=f"kvm backend unavailable: {reason}")])
+    return ["nil", pytest.param("kvm", marks=kvm_marks)]
+
+
+@pytest.fixture(params=_backends())
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

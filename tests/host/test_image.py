@@ -162,6 +162,13 @@ def test_image_holds_the_keep_runtime_and_nothing_of_the_host(image: build.KeepI
     assert "usr/lib/modules/virtio_mmio.ko" in entries
     assert "usr/lib/motte/selftest.pyc" in entries
     assert all(entries[f"usr/bin/{a}"][1] == b"busybox" for a in ("sh", "mount", "insmod", "reboot"))
+    # The system trust store, where the keep's OpenSSL looks by default: Mozilla's bundle (certifi).
+    import ssl
+
+    assert build.guest_ca_file() == ssl.get_default_verify_paths().openssl_cafile.lstrip("/")
+    ca_mode, ca_bundle = entries[build.guest_ca_file()]
+    assert ca_mode == 0o100644 and ca_bundle == build.ca_bundle_path().read_bytes()
+    assert ca_bundle.count(b"-----BEGIN CERTIFICATE-----") > 100
 
 
 def test_image_key_follows_the_keep_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +180,22 @@ def test_image_key_follows_the_keep_sources(tmp_path: Path, monkeypatch: pytest.
     changed = build.image_key(build.image_inputs())
     extra.write_text("X = 2\n")
     assert len({before, changed, build.image_key(build.image_inputs())}) == 3
+
+
+def test_image_key_follows_the_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = build.image_key(build.image_inputs())
+    assert build.image_inputs()["ca_bundle"]["version"] == build._dist_version("certifi")
+    other = tmp_path / "cacert.pem"
+    other.write_bytes(build.ca_bundle_path().read_bytes() + b"\n")
+    monkeypatch.setattr(build, "ca_bundle_path", lambda: other)
+    assert build.image_key(build.image_inputs()) != before
+
+
+def test_a_missing_ca_bundle_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "CA_BUNDLE_PACKAGE", "no_such_ca_package")
+    with pytest.raises(MotteError, match="needs the CA bundle of the no_such_ca_package package"):
+        build.ca_bundle_path()
+    assert build.image_inputs()["ca_bundle"] == "missing"
 
 
 def test_keep_code_importing_host_code_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """Helpers for the keep-networking tests: a ``motte run`` keep serving on a free port, TLS clients.
 
-Servers run as ``motte run --backend nil`` subprocesses (the way a user runs them), or through
-the Python API where a test needs to see what the host relays (``run_in_thread``).
+Servers run as ``motte run --backend B`` subprocesses (the way a user runs them), or through the
+Python API where a test needs to see what the host relays (``InThread``); every test takes the
+``backend`` fixture (tests/conftest.py), so each runs on nil and on kvm.
 """
 
 from __future__ import annotations
@@ -82,12 +83,20 @@ def recv_all(sock: socket.socket) -> bytes:
     return bytes(chunks)
 
 
-class Served:
-    """``motte run --backend nil`` of a workload in the background, its stdout read line by line."""
+#: How long to wait for a line (or the end) of a run, by backend. A kvm keep under TCG starts in
+#: about a second from its snapshot, but the first one of a test session may build the keep image
+#: and boot to make that snapshot (tens of seconds), and everything in the guest runs emulated.
+PATIENCE = {"nil": 30.0, "kvm": 120.0}
 
-    def __init__(self, tmp_path: Path, name: str, toml: str, *args: str, backend: str = "nil"):
+
+class Served:
+    """``motte run --backend B`` of a workload in the background, its stdout read line by line."""
+
+    def __init__(self, tmp_path: Path, name: str, toml: str, *args: str, backend: str):
         config = tmp_path / "Enarx.toml"
         config.write_text(toml)
+        self.backend = backend
+        self.patience = PATIENCE[backend]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "motte", "run", "--backend", backend, "--wasmcfgfile", str(config),
              str(workload(name)), "--", *args],
@@ -109,8 +118,9 @@ class Served:
         for line in self.process.stderr:
             self._stderr += line
 
-    def line(self, timeout: float = 30.0) -> str:
+    def line(self, timeout: float | None = None) -> str:
         """The next line of the workload's stdout ("" once it ended)."""
+        timeout = self.patience if timeout is None else timeout
         try:
             return self._lines.get(timeout=timeout).decode().rstrip("\n")
         except queue.Empty:
@@ -126,7 +136,7 @@ class Served:
             if raw:  # b"" marks the end of the output
                 out.append(raw.decode().rstrip("\n"))
 
-    def expect(self, text: str, timeout: float = 30.0) -> None:
+    def expect(self, text: str, timeout: float | None = None) -> None:
         line = self.line(timeout)
         assert line == text, f"expected {text!r}, got {line!r}; stderr: {self.stderr}"
 
@@ -134,7 +144,8 @@ class Served:
     def stderr(self) -> str:
         return self._stderr.decode(errors="replace")
 
-    def wait(self, timeout: float = 30.0) -> int:
+    def wait(self, timeout: float | None = None) -> int:
+        timeout = self.patience if timeout is None else timeout
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -154,7 +165,7 @@ class Served:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(name: str, toml: str, *args: str, backend: str = "nil") -> Served:
+    def start(name: str, toml: str, *args: str, backend: str) -> Served:
         served = Served(tmp_path, name, toml, *args, backend=backend)
         started.append(served)
         return served
@@ -165,20 +176,30 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
 
 
 class InThread:
-    """A run through the Python API (nil backend), for tests that tap what the host relays."""
+    """A run through the Python API, for tests that tap what the host relays."""
 
-    def __init__(self, name: str, toml: str, *args: str, tap: Callable[[str, int, bytes], None] | None = None):
+    def __init__(self, backend: str, name: str, toml: str, *args: str,
+                 tap: Callable[[str, int, bytes], None] | None = None):
         from motte.host.backends import get_backend
         from motte.host.backends.base import LaunchSpec
         from motte.host.session import HostStdio, RunRequest, prepare_network, run_workload
         from motte.shared.enarx_config import parse_enarx_toml
 
         config = parse_enarx_toml(toml).with_extra(args=list(args))
-        request = RunRequest(workload(name).read_bytes(), config, timeout=60)
+        request = RunRequest(workload(name).read_bytes(), config, timeout=PATIENCE[backend] * 2)
+        self.patience = PATIENCE[backend]
         network = prepare_network(request, tap)  # bound now: clients may connect once this returns
         self._out_r, out_w = os.pipe()
         self._null = os.open(os.devnull, os.O_RDWR)
-        self.keep = get_backend("nil").launch(LaunchSpec(memory_bytes=256 << 20))
+        try:
+            self.keep = get_backend(backend).launch(LaunchSpec(memory_bytes=256 << 20))
+        except BaseException:  # the keep did not start: release what was set up for it
+            if network is not None:
+                network.close(grace=0)
+            os.close(self._out_r)
+            os.close(out_w)
+            os.close(self._null)
+            raise
         self.result: object = None
         stdio = HostStdio(stdin=self._null, stdout=out_w, stderr=self._null)
 
@@ -195,8 +216,8 @@ class InThread:
     def line(self) -> str:
         return self._reader.readline().decode().rstrip("\n")
 
-    def join(self, timeout: float = 30.0) -> object:
-        self._thread.join(timeout)
+    def join(self, timeout: float | None = None) -> object:
+        self._thread.join(self.patience if timeout is None else timeout)
         assert not self._thread.is_alive(), "the run did not end"
         return self.result
 

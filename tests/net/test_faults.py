@@ -13,7 +13,7 @@ import pytest
 
 from tests.net.conftest import Served, connect, free_port, listen_toml, recv_exactly, tls_client
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)  # a kvm keep: see PATIENCE
 
 
 def _closed_by_server(sock: socket.socket, timeout: float) -> bool:
@@ -29,9 +29,9 @@ def _closed_by_server(sock: socket.socket, timeout: float) -> bool:
     return True
 
 
-def test_bad_clients_end_only_their_own_connection(serve) -> None:
+def test_bad_clients_end_only_their_own_connection(serve, backend: str) -> None:
     port = free_port()
-    server: Served = serve("net_echo", listen_toml(port, name="api"), "7")
+    server: Served = serve("net_echo", listen_toml(port, name="api"), "7", backend=backend)
     server.expect("listening")
     started = time.monotonic()
     # 1. Connects and never says anything: the handshake times out inside the keep (10 s).
@@ -69,7 +69,7 @@ def test_bad_clients_end_only_their_own_connection(serve) -> None:
     watcher.join(30)
     assert silent_closed, "the silent client was never disconnected"
     assert 9.0 <= silent_closed[0] - started <= 20.0  # the 10 s handshake timeout, not sooner
-    server.expect("served 7", timeout=30)
+    server.expect("served 7")
     assert server.wait() == 0
     warnings = server.stderr
     # The host says which connections failed and why (the keep sends the reason with its RESET).

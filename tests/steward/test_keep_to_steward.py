@@ -112,7 +112,7 @@ def test_keep_serves_the_stewards_certificate(ca: CertificateAuthority, steward_
     policy = 'allow_unattested = true\ndns_names = ["localhost"]\n'
     with tls_steward(ca, context, policy, tmp_path / "log.db") as (url, _log):
         port = free_port()
-        served = Served(tmp_path, "http_hello", steward_toml(url, ca_path, listen_toml(port)), "1")
+        served = Served(tmp_path, "http_hello", steward_toml(url, ca_path, listen_toml(port)), "1", backend="nil")
         try:
             served.expect("listening")
             body, leaf = get(port, trusting(ca.cert))  # verifies the chain and the name "localhost"
@@ -130,7 +130,7 @@ def test_keep_serves_the_stewards_certificate(ca: CertificateAuthority, steward_
 def test_a_keep_without_steward_is_not_trusted_by_the_stewards_clients(ca: CertificateAuthority,
                                                                        tmp_path: Path) -> None:
     port = free_port()
-    served = Served(tmp_path, "http_hello", listen_toml(port), "1")
+    served = Served(tmp_path, "http_hello", listen_toml(port), "1", backend="nil")
     try:
         served.expect("listening")
         with pytest.raises(ssl.SSLCertVerificationError):

@@ -307,8 +307,11 @@ class HostNetwork:
             action()
 
     def _drop_connections(self) -> None:
+        # The keep is gone. What it sent still reaches the clients (within close()'s grace): a
+        # connection closes once its last bytes are out (_from_keep finds the channel closed).
         for conn in list(self._conns.values()):
-            self._close(conn)
+            self._from_keep(conn)
+            self._update(conn)
 
     def _begin_stop(self, grace: float) -> None:
         self._stop_at = time.monotonic() + grace

@@ -369,6 +369,10 @@ def kvm_usable() -> tuple[bool, str]:
         build._busybox_path()
     except MotteError:
         missing.append("busybox")
+    try:
+        build.ca_bundle_path()
+    except MotteError:
+        missing.append(f"the {build.CA_BUNDLE_PACKAGE} package (the image's CA bundle)")
     if kernel.cached_kernel() is None:
         if shutil.which("apt-get") is None and not os.environ.get("MOTTE_KERNEL_DEB"):
             return False, "no keep kernel cached, and no apt-get to download it (or set MOTTE_KERNEL_DEB)"

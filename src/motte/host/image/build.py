@@ -18,7 +18,10 @@ What goes in (and only that, since it is the keep's trusted computing base):
   from the sources' syntax trees), plus a fixed list of modules it may import lazily;
 * ``wasmtime`` and ``cryptography`` whole, and any other package the trace finds (``_cffi_backend``);
 * the interpreter, ``libpython`` and every shared library they need (``ldd`` closure), stripped;
-* busybox (static), ``/init``, the kernel modules /init loads, and the self-test script.
+* busybox (static), ``/init``, the kernel modules /init loads, and the self-test script;
+* the system trust store: Mozilla's CA bundle from the pinned ``certifi`` package (never the host's
+  own store, which its administrator may have added CAs to), at the default CA file of the
+  OpenSSL that goes in, so ``ssl.create_default_context`` in the keep verifies against it.
 
 Guest layout: the interpreter is ``/usr/bin/python3.11``; ``/usr/bin/python3.11._pth`` pins
 ``sys.path`` to ``/usr/lib/python3.11`` (+ ``lib-dynload``, ``site-packages``), which also implies
@@ -152,6 +155,7 @@ def image_inputs() -> dict[str, Any]:
         "motte_keep_sources": digest(keep_source_files()),
         "builder_sources": digest((p.name, p) for p in _builder_files()),
         "busybox": _busybox_identity(),
+        "ca_bundle": _ca_bundle_identity(),
     }  # fmt: skip
 
 
@@ -218,6 +222,48 @@ def _busybox_identity() -> str:
     except MotteError:
         return "missing"
     return _known_sha256(path)
+
+
+#: The distribution whose CA bundle is the keep's system trust store, and the file in it.
+CA_BUNDLE_PACKAGE = "certifi"
+CA_BUNDLE_FILE = "cacert.pem"
+
+
+def ca_bundle_path() -> Path:
+    """The CA bundle that goes into the image, found without importing its package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(CA_BUNDLE_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / CA_BUNDLE_FILE
+        if path.is_file():
+            return path
+    raise MotteError(f"the keep image needs the CA bundle of the {CA_BUNDLE_PACKAGE} package, which is not installed",
+                     hint=f"run dev/setup, or pip install {CA_BUNDLE_PACKAGE} (the version pyproject.toml pins)")
+
+
+def _ca_bundle_identity() -> dict[str, str | None] | str:
+    try:
+        path = ca_bundle_path()
+    except MotteError:
+        return "missing"
+    return {"package": CA_BUNDLE_PACKAGE, "version": _dist_version(CA_BUNDLE_PACKAGE), "sha256": _known_sha256(path)}
+
+
+def guest_ca_file() -> str:
+    """Where the keep's OpenSSL looks for its default CA file (``OPENSSLDIR/cert.pem``; on Debian
+    ``/usr/lib/ssl/cert.pem``), as a path in the image. It is the host's OpenSSL that goes in
+    (the ``ldd`` closure of ``_ssl``), so the host's compiled-in default is the guest's."""
+    import ssl
+
+    default = ssl.get_default_verify_paths().openssl_cafile
+    if not default or not default.startswith("/"):
+        raise MotteError(f"OpenSSL has no usable default CA file path: {default!r}")
+    path = default.lstrip("/")
+    if path.startswith(("bin/", "lib/")):
+        path = f"usr/{path}"  # merged /usr: /bin and /lib are links into /usr in the image
+    return path
 
 
 # ---- the image on disk ----------------------------------------------------------------------
@@ -389,6 +435,8 @@ def build_archive(kernel: Kernel, say: Progress) -> Archive:
     for module in kernel.modules:
         archive.add_file(f"usr/lib/modules/{module.name}.ko", module.path.read_bytes(), 0o644)
     archive.add_file("init", render_init(kernel).encode(), 0o755)
+    say("adding the system trust store")
+    archive.add_file(guest_ca_file(), ca_bundle_path().read_bytes(), 0o644)
     return archive
 
 
