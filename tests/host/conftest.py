@@ -1,9 +1,9 @@
 """Fixtures for the host-side tests of the micro-VM keep (image, kernel, launcher, platform).
 
-The top-level conftest gives every test a private, empty MOTTE_CACHE_DIR. The kernel (34 MB from
-apt) and the keep image (a few seconds to build) are cached across test runs instead: tests that
-need them use the ``shared_cache`` fixture, which points MOTTE_CACHE_DIR back at the cache the
-developer (or CI) would use, as read before any fixture changed it.
+The kernel (34 MB from apt) and the keep image (a few seconds to build) are cached across test
+runs: tests that need them use the ``shared_cache`` fixture, which points MOTTE_CACHE_DIR at the
+cache the developer (or CI) would use, as read before any fixture changed it, even inside a test
+that gave itself a private cache.
 """
 
 from __future__ import annotations

@@ -118,12 +118,12 @@ def test_a_run_leaves_no_served_file_open_nor_thread_running(tmp_path: Path) -> 
     assert not [t for t in threading.enumerate() if t.name.startswith("hostfs")]
 
 
-def test_two_directories_are_two_served_trees(tmp_path: Path, wasm: object) -> None:
+def test_two_directories_are_two_served_trees(tmp_path: Path, wasm: object, backend: str) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
     (second / "input.txt").write_text("from b")
-    result = motte("run", "--backend", "nil", "--dir", f"{first}::/a", "--dir", f"{second}::/b",
+    result = motte("run", "--backend", backend, "--dir", f"{first}::/a", "--dir", f"{second}::/b",
                    wasm("files"), "--", "/b")  # type: ignore[operator]
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"input: from b" in result.stdout

@@ -1,4 +1,4 @@
-"""End to end on the nil backend: a keep whose Enarx.toml names a Steward gets its certificate from
+"""End to end on every backend: a keep whose Enarx.toml names a Steward gets its certificate from
 it (through the host's TCP relay, TLS ending in the keep) before the workload starts, and serves
 its TLS listeners with ``[issued leaf, Steward CA]``; a refusal stops the run before the workload.
 
@@ -107,12 +107,12 @@ def get(port: int, context: ssl.SSLContext) -> tuple[bytes, x509.Certificate]:
 
 
 def test_keep_serves_the_stewards_certificate(ca: CertificateAuthority, steward_tls: StewardTls,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, backend: str) -> None:
     ca_path, context = steward_tls
     policy = 'allow_unattested = true\ndns_names = ["localhost"]\n'
     with tls_steward(ca, context, policy, tmp_path / "log.db") as (url, _log):
         port = free_port()
-        served = Served(tmp_path, "http_hello", steward_toml(url, ca_path, listen_toml(port)), "1", backend="nil")
+        served = Served(tmp_path, "http_hello", steward_toml(url, ca_path, listen_toml(port)), "1", backend=backend)
         try:
             served.expect("listening")
             body, leaf = get(port, trusting(ca.cert))  # verifies the chain and the name "localhost"
@@ -123,14 +123,14 @@ def test_keep_serves_the_stewards_certificate(ca: CertificateAuthority, steward_
     assert body.startswith(b"HTTP/1.0 200") and body.endswith(b"Hello from a motte keep!\n")
     assert leaf.issuer == ca.cert.subject
     attestation = read_attestation(leaf)
-    assert attestation.technology == UNATTESTED  # a nil keep: KVM evidence, admitted by this policy
+    assert attestation.technology == UNATTESTED  # a nil or kvm keep: KVM evidence, admitted by this policy
     assert not attestation.attested
 
 
 def test_a_keep_without_steward_is_not_trusted_by_the_stewards_clients(ca: CertificateAuthority,
-                                                                       tmp_path: Path) -> None:
+                                                                       tmp_path: Path, backend: str) -> None:
     port = free_port()
-    served = Served(tmp_path, "http_hello", listen_toml(port), "1", backend="nil")
+    served = Served(tmp_path, "http_hello", listen_toml(port), "1", backend=backend)
     try:
         served.expect("listening")
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -139,11 +139,11 @@ def test_a_keep_without_steward_is_not_trusted_by_the_stewards_clients(ca: Certi
         served.stop()
 
 
-def run(tmp_path: Path, toml: str) -> subprocess.CompletedProcess[bytes]:
+def run(tmp_path: Path, toml: str, backend: str) -> subprocess.CompletedProcess[bytes]:
     config = tmp_path / "Enarx.toml"
     config.write_text(toml)
     return subprocess.run(
-        [sys.executable, "-m", "motte", "run", "--backend", "nil", "--wasmcfgfile", str(config),
+        [sys.executable, "-m", "motte", "run", "--backend", backend, "--wasmcfgfile", str(config),
          str(workload("http_hello"))],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False,
     )
@@ -157,23 +157,24 @@ def one_error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     return lines[0]
 
 
-def test_a_refusal_stops_the_run(ca: CertificateAuthority, steward_tls: StewardTls, tmp_path: Path) -> None:
+def test_a_refusal_stops_the_run(ca: CertificateAuthority, steward_tls: StewardTls, tmp_path: Path,
+                                 backend: str) -> None:
     ca_path, context = steward_tls
     with tls_steward(ca, context, "allow_unattested = false\n", tmp_path / "log.db") as (url, _log):
-        line = one_error_line(run(tmp_path, steward_toml(url, ca_path, listen_toml(free_port()))))
+        line = one_error_line(run(tmp_path, steward_toml(url, ca_path, listen_toml(free_port())), backend))
     assert "the Steward refused the keep's certificate request: HTTP 401: unattested_refused" in line, line
 
 
 def test_an_unreachable_or_untrusted_steward_stops_the_run(ca: CertificateAuthority,
                                                            steward_tls: StewardTls,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, backend: str) -> None:
     ca_path, context = steward_tls
     nowhere = f"https://127.0.0.1:{free_port()}/"
-    line = one_error_line(run(tmp_path, steward_toml(nowhere, ca_path, STDIO)))
+    line = one_error_line(run(tmp_path, steward_toml(nowhere, ca_path, STDIO), backend))
     assert "cannot get the keep's certificate from the Steward at 127.0.0.1:" in line, line
     assert "ECONNREFUSED" in line, line
     with tls_steward(ca, context, "allow_unattested = true\n", tmp_path / "log.db") as (url, _log):
-        line = one_error_line(run(tmp_path, steward_toml(url, None, STDIO)))  # no steward_ca: not trusted
+        line = one_error_line(run(tmp_path, steward_toml(url, None, STDIO), backend))  # no steward_ca: not trusted
     assert "certificate verification failed" in line, line
 
 
