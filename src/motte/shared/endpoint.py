@@ -213,7 +213,7 @@ class Endpoint:
         self.bytes_sent = 0
         self._read_when_waiting = read_when_waiting
         self._reading = False  # a thread is receiving from the transport, outside the lock
-        self._waiting = 0  # threads in _wait_for
+        self._waiting = 0  # threads blocked in _wait_for (reading, or sleeping while another reads)
         self._waits_ended = 0.0  # when _waiting last dropped to 0
         self._reader_turn = threading.Condition(self._lock)  # the reader thread, stepping aside
         self._poller: select.poll | None = None
