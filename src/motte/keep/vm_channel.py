@@ -24,6 +24,8 @@ import struct
 import sys
 import time
 
+from motte.shared.endpoint import send_vectored
+
 PORTS_DIR = "/sys/class/virtio-ports"
 _RETRY_ERRNOS = (errno.ENXIO, errno.ENOENT, errno.ENODEV, errno.EBUSY)
 
@@ -73,7 +75,8 @@ def open_virtio_port(
 
 
 class PortTransport:
-    """The channel transport over a virtio serial port fd, batching small reads.
+    """The channel transport over a raw fd (a virtio serial port in a VM keep; a socketpair end
+    for the channel benchmark's baseline), batching small reads.
 
     The guest's virtio-console driver hands out at most one receive buffer (a page) per
     ``read``, so host->guest data arrives 4 KiB at a time. Each read that reaches the channel
@@ -107,16 +110,7 @@ class PortTransport:
         return self.fd
 
     def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
-        """Write all buffers in order, with ``writev`` (no joining copy), resuming short writes."""
-        views = [memoryview(b) for b in buffers if len(b)]
-        while views:
-            sent = os.writev(self.fd, views[:512])  # IOV_MAX is 1024 on Linux
-            while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views.pop(0))
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
+        send_vectored(lambda views: os.writev(self.fd, views), buffers)
 
     def sendall(self, data: bytes) -> None:
         self.send_buffers([data])

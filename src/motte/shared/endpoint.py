@@ -15,7 +15,6 @@ while (a workload busy computing), so the channel is always read.
 from __future__ import annotations
 
 import math
-import os
 import select
 import socket
 import threading
@@ -79,8 +78,9 @@ def _drop_sent(buffers: list[bytes | memoryview], sent: int) -> list[bytes | mem
     return rest
 
 
-def _send_vectored(send: Callable[[list[memoryview]], int], buffers: list[bytes | memoryview]) -> None:
-    views = [memoryview(b) for b in buffers]
+def send_vectored(send: Callable[[list[memoryview]], int], buffers: list[bytes | memoryview]) -> None:
+    """Send all ``buffers`` in order with a scatter-gather ``send`` (sendmsg, writev), resuming short sends."""
+    views = [memoryview(b) for b in buffers if len(b)]  # an empty one would never be "sent"
     index = 0
     while index < len(views):
         sent = send(views[index : index + 512])  # IOV_MAX is 1024 on Linux
@@ -111,29 +111,6 @@ class ReceiveBuffer:
         return bytes(self._view[:count])
 
 
-class FdTransport:
-    """A raw file descriptor (a virtio port inside a VM keep, a pipe or socket fd)."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self._received = ReceiveBuffer()
-
-    def recv(self, size: int) -> bytes:
-        return self._received.recv(lambda view: os.readv(self.fd, [view]), size)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
-        _send_vectored(lambda views: os.writev(self.fd, views), buffers)
-
-    def close(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-
-
 class SocketTransport:
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -146,7 +123,7 @@ class SocketTransport:
         return self.sock.fileno()
 
     def send_buffers(self, buffers: list[bytes | memoryview]) -> None:
-        _send_vectored(self.sock.sendmsg, buffers)
+        send_vectored(self.sock.sendmsg, buffers)
 
     def send_nowait(self, buffers: list[bytes | memoryview]) -> int:
         """Send what the socket takes without blocking; how many bytes that was."""

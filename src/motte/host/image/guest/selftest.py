@@ -22,7 +22,7 @@ import sys
 import time
 
 from motte.keep.vm_channel import PortTransport, open_virtio_port
-from motte.shared.endpoint import Endpoint, FdTransport
+from motte.shared.endpoint import Endpoint
 
 
 def _uptime() -> float:
@@ -35,11 +35,9 @@ def _uptime() -> float:
 
 def main(argv: list[str]) -> int:
     # In the guest: the virtio port. On the host (the benchmark's baseline): a socketpair fd.
-    if argv[:1] == ["--channel-fd"]:
-        endpoint = Endpoint(FdTransport(int(argv[1])), "keep", name="selftest").start()
-    else:
-        fd = open_virtio_port("motte.0", timeout=60.0)
-        endpoint = Endpoint(PortTransport(fd), "keep", name="selftest").start()
+    fd = int(argv[1]) if argv[:1] == ["--channel-fd"] else open_virtio_port("motte.0", timeout=60.0)
+    # As the keep runtime does (keep/__main__.py): the waiting thread reads the channel itself.
+    endpoint = Endpoint(PortTransport(fd), "keep", name="selftest", read_when_waiting=True).start()
     endpoint.hello(timeout=60.0, mode="selftest", uptime=_uptime())
     while True:
         message = endpoint.recv_control()
