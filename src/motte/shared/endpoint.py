@@ -8,8 +8,8 @@ writing while the peer writes; what they queue is bounded by the stream credit.
 With ``read_when_waiting`` (the keep's side) a thread that must wait for the peer reads the
 transport itself instead of sleeping until the reader thread wakes it: a request then reaches the
 workload with one thread switch less, which is most of a small message's latency. The reader
-thread steps aside while anyone waits and takes over only after the waiting has stopped for a
-while (a workload busy computing), so the channel is always read.
+thread steps aside while anyone waits and takes over once the waiting has stopped for a while (a
+workload busy computing: within about a second), so the channel is always read.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ DIRECT_SEND_MAX = 32 << 10
 #: With ``read_when_waiting``: how long no thread must have waited before the reader thread takes
 #: the transport back (it then holds it until the next message arrives).
 READER_GRACE = 0.02
+#: How often the stepped-aside reader thread looks whether the waiting has stopped. Nobody tells it
+#: (that would wake it on every request); looking rarely keeps an idle keep idle (1 wake-up a second).
+READER_RECHECK = 1.0
 
 #: Called with a claimed stream's id when it gets data, EOF, a reset or credit (0: the channel
 #: closed). Runs on the reader thread, without the endpoint's lock: it may use the endpoint, but
@@ -564,7 +567,7 @@ class Endpoint:
         with self._lock:
             while self._closed is None:
                 if self._reading or self._waiting:
-                    self._reader_turn.wait(READER_GRACE)
+                    self._reader_turn.wait(READER_RECHECK)
                     continue
                 idle = time.monotonic() - self._waits_ended
                 if idle >= READER_GRACE:

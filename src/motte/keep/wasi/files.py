@@ -174,6 +174,7 @@ class ChannelOutput(WasiFile):
         self._buffer = bytearray()
         self._lock = threading.Lock()
         self.broken = False
+        self.on_pending: Callable[[], None] | None = None  # told when the buffer stops being empty
 
     def write(self, data: bytes, deadline: float | None) -> int:
         if self.broken:
@@ -183,6 +184,8 @@ class ChannelOutput(WasiFile):
             if not self.buffered:
                 self._send(data, deadline)
                 return len(data)
+            if not self._buffer and self.on_pending is not None:
+                self.on_pending()
             self._buffer += data
             if len(self._buffer) >= self.COALESCE:
                 self._send_buffer(deadline)
@@ -225,16 +228,19 @@ class ChannelOutput(WasiFile):
 
 
 class ChannelOutputs:
-    """Flushes buffered outputs: before the workload blocks, and every ``interval`` seconds so
-    output from a long computation is not held back."""
+    """Flushes buffered outputs: before the workload blocks, and ``interval`` seconds after output
+    starts to gather, so output from a long computation is not held back. With nothing buffered the
+    flusher sleeps: an idle keep does not wake up for it."""
 
     def __init__(self, interval: float = 0.02):
         self.outputs: list[ChannelOutput] = []
         self._interval = interval
         self._stop = threading.Event()
+        self._gathering = threading.Event()  # some output's buffer is not empty
         self._thread: threading.Thread | None = None
 
     def add(self, output: ChannelOutput) -> None:
+        output.on_pending = self._gathering.set
         self.outputs.append(output)
 
     def flush_all(self) -> None:
@@ -247,13 +253,19 @@ class ChannelOutputs:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._gathering.wait()
+            if self._stop.wait(self._interval):
+                return
+            # Cleared before flushing: what is written from now on sets it again.
+            self._gathering.clear()
             for output in self.outputs:
                 if output.pending():
                     output.flush()
 
     def stop(self) -> None:
         self._stop.set()
+        self._gathering.set()
         if self._thread is not None:
             self._thread.join()
         self.flush_all()
