@@ -45,11 +45,21 @@ def test_a_waiting_thread_reads_its_own_data(pair: tuple[Endpoint, Endpoint, Rec
     host, keep, transport = pair
     stream = host.open_stream("test")
     opened, _ = keep.accept_stream(5)
+
+    def request_soon(text: bytes) -> None:
+        # As a client does: the request comes while the keep already waits for it.
+        threading.Timer(0.002, host.write, args=(stream, text)).start()
+
+    request_soon(b"warm-up")  # the reader thread may hold the transport from before: it reads this
+    assert keep.read(opened, 100, timeout=5) == b"warm-up"
+    start = len(transport.readers)
     for round_trip in range(50):
-        host.write(stream, b"ping %d" % round_trip)
+        request_soon(b"ping %d" % round_trip)
         assert keep.read(opened, 100, timeout=5) == b"ping %d" % round_trip
-    # Each read came to the thread that waited for it; the reader thread stood aside.
-    assert transport.readers[-50:] == ["MainThread"] * 50
+    # The reads came to the thread that waited for them; the reader thread stood aside (it may take
+    # one back only if this thread stopped waiting for READER_GRACE, as a loaded machine can make it).
+    readers = transport.readers[start:]
+    assert readers.count("MainThread") >= len(readers) - 2, readers
 
 
 def test_the_reader_thread_takes_over_when_nobody_waits(pair: tuple[Endpoint, Endpoint, RecordingTransport]) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from enum import IntEnum
 from typing import Any, Literal, NamedTuple
 
@@ -287,18 +286,19 @@ class ChannelState:
     def receive(self, data: bytes) -> list[Event]:
         events: list[Event] = []
         for frame in self._decoder.feed(data):
-            events.extend(self._handle(frame))
+            event = self._handle(frame)
+            if event is not None:
+                events.append(event)
         return events
 
-    def _handle(self, frame: Frame) -> Iterator[Event]:
+    def _handle(self, frame: Frame) -> Event | None:
+        """The event one frame makes, if any (a plain function, not a generator: it runs per frame)."""
         if frame.stream == CONTROL_STREAM:
-            yield self._handle_control(frame)
-            return
+            return self._handle_control(frame)
         if not self._hello_received:
             raise ProtocolError(f"{frame.type.name} frame before HELLO")
         if frame.type is FrameType.OPEN:
-            yield self._handle_open(frame)
-            return
+            return self._handle_open(frame)
         state = self._streams.get(frame.stream)
         if state is None:
             # Late frames on a stream we already closed are normal (crossing RESET/EOF); frames
@@ -306,8 +306,8 @@ class ChannelState:
             if frame.stream not in self._closed_ids and frame.type not in (FrameType.RESET, FrameType.CREDIT):
                 self._closed_ids.add(frame.stream)
                 self._emit(frame.stream, FrameType.RESET, b"unknown stream")
-                yield StreamRefused(frame.stream, frame.type)
-            return
+                return StreamRefused(frame.stream, frame.type)
+            return None
         if frame.type is FrameType.DATA:
             if state.remote_eof:
                 raise ProtocolError(f"DATA on stream {frame.stream} after EOF")
@@ -317,17 +317,17 @@ class ChannelState:
                     f"{state.recv_window} bytes of credit"
                 )
             state.recv_window -= len(frame.payload)
-            yield Data(frame.stream, frame.payload)
+            return Data(frame.stream, frame.payload)
         elif frame.type is FrameType.EOF:
             if frame.payload:
                 raise ProtocolError("EOF frame with a payload")
             state.remote_eof = True
             self._forget_if_done(frame.stream, state)
-            yield StreamEnded(frame.stream)
+            return StreamEnded(frame.stream)
         elif frame.type is FrameType.RESET:
             del self._streams[frame.stream]
             self._closed_ids.add(frame.stream)
-            yield StreamReset(frame.stream, frame.payload.decode("utf-8", "replace"))
+            return StreamReset(frame.stream, frame.payload.decode("utf-8", "replace"))
         elif frame.type is FrameType.CREDIT:
             if len(frame.payload) != 4:
                 raise ProtocolError("CREDIT frame must carry 4 bytes")
@@ -335,7 +335,7 @@ class ChannelState:
             if state.send_window + count > MAX_WINDOW:
                 raise ProtocolError(f"stream {frame.stream}: credit beyond {MAX_WINDOW} bytes")
             state.send_window += count
-            yield CreditGranted(frame.stream, state.send_window)
+            return CreditGranted(frame.stream, state.send_window)
         else:
             raise ProtocolError(f"{frame.type.name} frame on data stream {frame.stream}")
 

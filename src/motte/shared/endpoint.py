@@ -538,28 +538,26 @@ class Endpoint:
         """Lock held: one read of the transport by this thread, up to ``timeout``."""
         self._reading = True
         self._lock.release()
+        data: bytes | BaseException | None = None
         try:
-            data: bytes | BaseException | None
-            try:
-                if timeout is not None and not self._poll_input(timeout):
-                    data = None
-                else:
-                    data = self._transport.recv(READ_SIZE)
-            except OSError as exc:
-                data = exc
+            if timeout is None or self._poll_input(timeout):
+                data = self._transport.recv(READ_SIZE)
+        except OSError as exc:
+            data = exc
         finally:
             self._lock.acquire()
+            if data is None:  # nothing came (or this thread is leaving with an exception)
+                self._reading = False
+                self._changed.notify_all()  # the transport is free: another waiting thread may read it
         if data is None:
-            self._reading = False
-            self._changed.notify_all()  # the transport is free: another waiting thread may read it
-        else:
-            self._received(data)
+            return
+        self._received(data)
 
     def _poll_input(self, timeout: float) -> bool:
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self._transport.fileno(), select.POLLIN)
-        return bool(self._poller.poll(math.ceil(timeout * 1000)))
+        return bool(self._poller.poll(math.ceil(min(timeout, 86400.0) * 1000)))  # poll takes an int of ms
 
     def _take_reader_turn(self) -> bool:
         """The reader thread of an endpoint that reads when waiting: wait until no thread has waited
