@@ -581,7 +581,7 @@ class Endpoint:
             data: bytes | BaseException
             try:
                 data = self._transport.recv(READ_SIZE)
-            except OSError as exc:
+            except Exception as exc:  # OSError, or a bug: either ends the channel (it must not strand a waiter)
                 data = exc
             with self._lock:
                 self._received(data)
