@@ -24,7 +24,7 @@ import struct
 import sys
 import time
 
-from motte.shared.endpoint import send_vectored
+from motte.shared.endpoint import ReceiveBuffer, send_vectored
 
 PORTS_DIR = "/sys/class/virtio-ports"
 _RETRY_ERRNOS = (errno.ENXIO, errno.ENOENT, errno.ENODEV, errno.EBUSY)
@@ -89,22 +89,22 @@ class PortTransport:
         import select
 
         self.fd = fd
-        # One reused buffer: a fresh one per read would cost an mmap and page faults each time.
-        self._buffer = bytearray(batch)
-        self._view = memoryview(self._buffer)
+        self._received = ReceiveBuffer(batch)
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
     def recv(self, size: int) -> bytes:
-        view = self._view[: min(size, len(self._buffer))]
+        return self._received.recv(self._read_batch, size)
+
+    def _read_batch(self, view: memoryview) -> int:
+        """Block for the first chunk, then take what else is already queued, into ``view``."""
         total = os.readv(self.fd, [view])
-        if total:
-            while total < len(view) and self._poll.poll(0):
-                count = os.readv(self.fd, [view[total:]])
-                if not count:
-                    break
-                total += count
-        return bytes(view[:total])
+        while total and total < len(view) and self._poll.poll(0):
+            count = os.readv(self.fd, [view[total:]])
+            if not count:
+                break
+            total += count
+        return total
 
     def fileno(self) -> int:
         return self.fd
