@@ -57,8 +57,9 @@ def prespawn() -> None:
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
+            environment = _keep_environment()  # (read before the clear: it keeps a few of the host's)
             os.environ.clear()
-            os.environ.update(_keep_environment())
+            os.environ.update(environment)
             import signal
 
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host decides when the keep ends

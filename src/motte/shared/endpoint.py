@@ -15,6 +15,7 @@ workload busy computing: within about a second), so the channel is always read.
 from __future__ import annotations
 
 import math
+import os
 import select
 import socket
 import threading
@@ -168,7 +169,7 @@ class _Inbox:
 
 class Endpoint:
     def __init__(self, transport: Transport, role: Role, *, window: int | None = None, name: str = "channel",
-                 read_when_waiting: bool = False):
+                 read_when_waiting: bool = False, yield_after_send: bool = False):
         self._transport = transport
         self._state = ChannelState(role) if window is None else ChannelState(role, window)
         self._lock = threading.Lock()
@@ -192,6 +193,7 @@ class Endpoint:
         self.bytes_received = 0
         self.bytes_sent = 0
         self._read_when_waiting = read_when_waiting
+        self._yield_after_send = yield_after_send
         self._reading = False  # a thread is receiving from the transport, outside the lock
         self._waiting = 0  # threads blocked in _wait_for (reading, or sleeping while another reads)
         self._waits_ended = 0.0  # when _waiting last dropped to 0
@@ -300,6 +302,7 @@ class Endpoint:
     def write(self, stream: int, data: bytes | memoryview, deadline: float | None = None) -> None:
         """Send all of ``data``, waiting for credit as needed."""
         view = memoryview(data)
+        sent_here = False
         with self._lock:
             while view:
                 self._raise_if_closed()
@@ -311,12 +314,17 @@ class Endpoint:
                 taken = self._state.send_data(stream, view)
                 if taken:
                     view = view[taken:]
-                    self._queue_outgoing()
+                    sent_here = self._queue_outgoing()
                     continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"stream {stream}: no credit from the peer before the deadline")
                 self._wait_for(lambda: self._closed is not None or self._writable(stream), remaining)
+        if sent_here and self._yield_after_send:
+            # The peer just woken to read this was likely queued on this CPU (a sync wake-up), to
+            # run once this thread sleeps. Let it run now: it would otherwise wait for the rest
+            # of this thread's work.
+            os.sched_yield()
 
     def _writable(self, stream: int) -> bool:
         """A write on ``stream`` would not wait (it has credit, or it is closed or reset)."""
@@ -469,10 +477,11 @@ class Endpoint:
                 raise self._closed
             raise ChannelClosed(f"channel closed: {self._closed}")
 
-    def _queue_outgoing(self) -> None:
+    def _queue_outgoing(self) -> bool:
+        """Send or queue what the protocol state has for the peer: True if it all went out here."""
         buffers = self._state.outgoing()
         if not buffers:
-            return
+            return False
         if (self._send_nowait is not None and not self._pending and not self._writing and self._closed is None
                 and sum(len(b) for b in buffers) <= DIRECT_SEND_MAX):
             # The writer thread is idle: send from this thread, without blocking. A small message
@@ -481,13 +490,14 @@ class Endpoint:
                 sent = self._send_nowait(buffers)
             except OSError as exc:
                 self._close_with(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
-                return
+                return False
             self.bytes_sent += sent
             buffers = _drop_sent(buffers, sent)
             if not buffers:
-                return
+                return True
         self._pending += buffers
         self._to_send.notify()
+        return False
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
@@ -575,11 +585,17 @@ class Endpoint:
             return False
 
     def _read_loop(self) -> None:
+        # Wait in poll, then receive: a thread blocked in recv on a socket is also woken each time
+        # the peer reads from its end (the kernel signals "writable" on the same wait queue), which
+        # costs the peer a cross-CPU wake-up per message. poll waits for input only.
+        ready_to_read = select.poll()
+        ready_to_read.register(self._transport.fileno(), select.POLLIN)
         while True:
             if self._read_when_waiting and not self._take_reader_turn():
                 return
             data: bytes | BaseException
             try:
+                ready_to_read.poll()
                 data = self._transport.recv(READ_SIZE)
             except Exception as exc:  # OSError, or a bug: either ends the channel (it must not strand a waiter)
                 data = exc

@@ -43,6 +43,7 @@ LINGER = 2.0  # seconds close() waits for credit to hand over the last bytes
 
 _NOTHING: Callable[[], None] = lambda: None  # noqa: E731
 _NO_FLAGS = FdFlags(0)
+_NONBLOCK = int(FdFlags.NONBLOCK)  # tested as a plain int: an IntFlag operation is a Python call
 
 
 def reset_errno(reason: str | None) -> Errno:
@@ -88,6 +89,7 @@ class StreamSocket(WasiFile):
         self.failure: str | None = None  # why the connection failed, when known (for the keep's own messages)
         self._closed = False
         self._handshake_bytes = False  # the peer sent something during the handshake
+        self._wake_on_data = WakeOn(endpoint, readable=stream)  # what an established reader waits for
 
     # ---- the workload's operations ----
 
@@ -98,7 +100,7 @@ class StreamSocket(WasiFile):
         if self._read_shut:
             return b""
         if not self._inbound_step():
-            if self.flags & FdFlags.NONBLOCK:
+            if int(self.flags) & _NONBLOCK:
                 raise WasiError(Errno.AGAIN)
             self._block_until(self._inbound_step, deadline, read=True)
         if waitall and not peek:
@@ -132,7 +134,7 @@ class StreamSocket(WasiFile):
         if not data:
             self._check_writable()
             return 0
-        nonblocking = bool(self.flags & FdFlags.NONBLOCK)
+        nonblocking = bool(int(self.flags) & _NONBLOCK)
         while True:
             self._check_writable()
             if not self._ready_step():
@@ -201,6 +203,8 @@ class StreamSocket(WasiFile):
 
     def wake_on(self, write: bool) -> WakeOn | None:
         waiting_for_peer = not self.established
+        if not write and not waiting_for_peer and not self._unsent:
+            return self._wake_on_data  # the common case, made once
         return WakeOn(
             self.endpoint,
             readable=self.stream if (not write or waiting_for_peer) else None,
@@ -265,11 +269,12 @@ class StreamSocket(WasiFile):
         """Take what has arrived: True when a read would not block (data, EOF or an error)."""
         if self._inbound or self._peer_eof or self._error is not None:
             return True
-        if not self._ready_step():
-            return False
-        if self._error is not None:
-            return True
         tls = self.tls
+        if self._connecting or (tls is not None and not tls.established):
+            if not self._ready_step():
+                return False
+            if self._error is not None:
+                return True
         if tls is None:
             chunk = self._take_channel(RECV_CHUNK)
             if chunk is None:
@@ -446,6 +451,7 @@ class ListenSocket(WasiFile):
         self._backlog: deque[int] = deque()
         self._lock = threading.Lock()  # offer() runs on the channel's reader thread
         self._closed = False
+        self._wake_on_connection = WakeOn(endpoint, condition=self._has_backlog)
 
     def offer(self, stream: int) -> str | None:
         """A connection for this socket arrived (reader thread, endpoint lock held): queue it."""
@@ -501,7 +507,7 @@ class ListenSocket(WasiFile):
         return False  # as poll(2) on a listening socket: never writable
 
     def wake_on(self, write: bool) -> WakeOn | None:
-        return None if write else WakeOn(self.endpoint, condition=self._has_backlog)
+        return None if write else self._wake_on_connection
 
     def close(self) -> None:
         with self._lock:

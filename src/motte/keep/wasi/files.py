@@ -16,8 +16,13 @@ class WasiError(Exception):
     """A WASI call fails with ``errno`` (returned to the workload, not a trap)."""
 
     def __init__(self, errno: Errno, detail: str = ""):
-        super().__init__(f"{errno.name}: {detail}" if detail else errno.name)
+        # The message is made only when asked for: EAGAIN is raised on every read that would block.
+        super().__init__(errno, detail)
         self.errno = errno
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.errno.name}: {self.detail}" if self.detail else self.errno.name
 
 
 class DeadlineExceeded(Exception):
@@ -206,6 +211,8 @@ class ChannelOutput(WasiFile):
             raise WasiError(Errno.PIPE) from None
 
     def flush(self) -> None:
+        if not self._buffer:
+            return  # (only the workload's thread adds to it; this runs before each block)
         with self._lock:
             if self._buffer:
                 try:

@@ -21,6 +21,7 @@ _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 _u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
+_IOVEC = struct.Struct("<II")  # buf, buf_len
 _memory_data = ffi.wasmtime_memory_data
 _memory_size = ffi.wasmtime_memory_data_size
 _c_void_p = ctypes.c_void_p
@@ -96,12 +97,15 @@ class GuestMemory:
     def write_u64(self, ptr: int, value: int) -> None:
         _u64.from_address(self._span(ptr, 8)).value = value
 
+    def read_iovec(self, ptr: int) -> tuple[int, int]:
+        """One (address, length) iovec."""
+        buf, length = _IOVEC.unpack(_string_at(self._span(ptr, 8), 8))
+        return buf, length
+
     def read_iovecs(self, ptr: int, count: int) -> list[tuple[int, int]]:
         if count > 1024:  # IOV_MAX: bounds the work one call can ask for
             raise GuestFault("too many iovecs")
-        raw = self.read(ptr, 8 * count)
-        return [(int.from_bytes(raw[i : i + 4], "little"), int.from_bytes(raw[i + 4 : i + 8], "little"))
-                for i in range(0, 8 * count, 8)]
+        return list(_IOVEC.iter_unpack(self.read(ptr, 8 * count)))
 
     def read_string(self, ptr: int, length: int) -> str:
         return self.read(ptr, length).decode("utf-8")

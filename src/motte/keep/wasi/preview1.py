@@ -261,10 +261,15 @@ class Preview1:
 
     def fd_read(self, fd: int, iovs: int, count: int, nread_ptr: int) -> int:
         file = self._file(fd)
-        vectors = self.memory.read_iovecs(iovs, count)
-        total = min(sum(length for _, length in vectors), MAX_IO)
-        data = file.read(total, self.deadline) if total else b""
-        self._scatter(vectors, data)
+        if count == 1:  # the common case, without building a list
+            ptr, length = self.memory.read_iovec(iovs)
+            data = file.read(min(length, MAX_IO), self.deadline) if length else b""
+            self.memory.write(ptr, data)
+        else:
+            vectors = self.memory.read_iovecs(iovs, count)
+            total = min(sum(length for _, length in vectors), MAX_IO)
+            data = file.read(total, self.deadline) if total else b""
+            self._scatter(vectors, data)
         self.memory.write_u32(nread_ptr, len(data))
         return Errno.SUCCESS
 
@@ -288,8 +293,7 @@ class Preview1:
 
     def _gather(self, iovs: int, count: int) -> bytes:
         if count == 1:  # the common case, without building a list
-            ptr = self.memory.read_u32(iovs)
-            length = self.memory.read_u32(iovs + 4)
+            ptr, length = self.memory.read_iovec(iovs)
             if length > MAX_IO:
                 raise WasiError(Errno.INVAL)
             return self.memory.read(ptr, length)
@@ -489,7 +493,11 @@ class Preview1:
                 timeout = left if timeout is None else min(timeout, left)
         if endpoint is not None:
             # Waits on the channel, so a stream event (data, credit, a new connection) ends it early.
-            condition = (lambda: any(check() for check in conditions)) if conditions else None
+            condition = None
+            if len(conditions) == 1:
+                condition = conditions[0]
+            elif conditions:
+                condition = lambda: any(check() for check in conditions)  # noqa: E731
             endpoint.wait(readable, timeout if timeout is not None else 1.0, writable=writable, condition=condition)
         elif timeout is not None:
             time.sleep(max(0.0, timeout))

@@ -1,0 +1,76 @@
+"""What an endpoint costs the other side in wake-ups: its reader thread sleeps through the peer's
+reads, and a keep-side endpoint lets the thread it just woke run (yield after a direct send)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from motte.shared import endpoint as endpoint_module
+from motte.shared.endpoint import Endpoint, SocketTransport
+
+
+def _voluntary_switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc status")
+
+
+@pytest.fixture
+def host_and_peer() -> Iterator[tuple[Endpoint, socket.socket]]:
+    """A host endpoint on one end of a real socketpair; the other end is read by the test."""
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host", window=1 << 20).start()
+    host.send_hello()
+    yield host, b
+    host.close()
+    b.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to count a thread's wake-ups")
+def test_the_reader_thread_sleeps_while_the_peer_reads(host_and_peer: tuple[Endpoint, socket.socket]) -> None:
+    # A thread blocked in recv() on a Unix socket is also woken whenever the peer reads from the
+    # other end (the kernel reports "writable" on the same wait queue). The reader thread waits in
+    # poll() for input only, so the peer's reads do not wake it: each wake-up would cost the peer
+    # a cross-CPU interrupt on every message.
+    host, peer = host_and_peer
+    reader = host._reader
+    time.sleep(0.1)  # the reader thread is blocked, waiting for the first byte from the peer
+    before = _voluntary_switches(reader)
+    for _ in range(200):
+        host.send_control("ping")  # sent by this thread; the peer takes each message at once
+        peer.recv(4096)
+    woken = _voluntary_switches(reader) - before
+    assert woken <= 5, f"the reader thread woke {woken} times for 200 reads by the peer"
+
+
+def test_a_keep_endpoint_yields_after_a_direct_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    yields: list[str] = []
+    monkeypatch.setattr(endpoint_module.os, "sched_yield", lambda: yields.append(threading.current_thread().name))
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host").start()
+    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True, yield_after_send=True).start()
+    try:
+        for side in (host, keep):
+            side.send_hello()
+        for side in (host, keep):
+            side.await_hello(5)
+        stream = keep.open_stream("test")
+        opened, _ = host.accept_stream(5)
+        yields.clear()
+        keep.write(stream, b"reply")
+        assert host.read(opened, 100, timeout=5) == b"reply"
+        assert yields == [threading.current_thread().name]  # once, by the writer, after the send
+        host.write(opened, b"request")  # the host's endpoint does not yield
+        assert keep.read(stream, 100, timeout=5) == b"request"
+        assert len(yields) == 1
+    finally:
+        for side in (host, keep):
+            side.close()
