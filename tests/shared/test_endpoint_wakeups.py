@@ -51,7 +51,7 @@ def test_the_reader_thread_sleeps_while_the_peer_reads(host_and_peer: tuple[Endp
     assert woken <= 5, f"the reader thread woke {woken} times for 200 reads by the peer"
 
 
-def test_a_keep_endpoint_yields_after_a_direct_send(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_keep_endpoint_yields_when_it_answers_what_it_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     yields: list[str] = []
     monkeypatch.setattr(endpoint_module.os, "sched_yield", lambda: yields.append(threading.current_thread().name))
     a, b = socket.socketpair()
@@ -64,11 +64,20 @@ def test_a_keep_endpoint_yields_after_a_direct_send(monkeypatch: pytest.MonkeyPa
             side.await_hello(5)
         stream = keep.open_stream("test")
         opened, _ = host.accept_stream(5)
-        yields.clear()
-        keep.write(stream, b"reply")
-        assert host.read(opened, 100, timeout=5) == b"reply"
-        assert yields == [threading.current_thread().name]  # once, by the writer, after the send
-        host.write(opened, b"request")  # the host's endpoint does not yield
+        for _ in range(3):
+            # A request that comes while the keep waits for it, and the keep's answer.
+            threading.Timer(0.05, host.write, args=(opened, b"request")).start()
+            assert keep.read(stream, 100, timeout=5) == b"request"
+            yields.clear()
+            keep.write(stream, b"reply")
+            assert host.read(opened, 100, timeout=5) == b"reply"
+            if yields == [threading.current_thread().name]:  # once, by the answering thread
+                break
+        else:
+            pytest.fail(f"the keep did not yield after its answers: {yields}")
+        keep.write(stream, b"more")  # not an answer to a wait: no yield
+        host.write(opened, b"request")  # the host's endpoint never yields
+        assert host.read(opened, 100, timeout=5) == b"more"
         assert keep.read(stream, 100, timeout=5) == b"request"
         assert len(yields) == 1
     finally:

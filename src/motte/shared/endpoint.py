@@ -194,6 +194,7 @@ class Endpoint:
         self.bytes_sent = 0
         self._read_when_waiting = read_when_waiting
         self._yield_after_send = yield_after_send
+        self._answering = False  # a waiting thread was just woken by input: its next send answers it
         self._reading = False  # a thread is receiving from the transport, outside the lock
         self._waiting = 0  # threads blocked in _wait_for (reading, or sleeping while another reads)
         self._waits_ended = 0.0  # when _waiting last dropped to 0
@@ -320,10 +321,13 @@ class Endpoint:
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"stream {stream}: no credit from the peer before the deadline")
                 self._wait_for(lambda: self._closed is not None or self._writable(stream), remaining)
-        if sent_here and self._yield_after_send:
-            # The peer just woken to read this was likely queued on this CPU (a sync wake-up), to
-            # run once this thread sleeps. Let it run now: it would otherwise wait for the rest
-            # of this thread's work.
+        if sent_here and self._answering:
+            # An answer to a request this side slept waiting for: the peer thread just woken to
+            # read it was likely queued on this CPU (a sync wake-up), to run once this thread
+            # sleeps again. Let it run now rather than after this thread's way back to sleep.
+            # (A busy side, which reads without waiting, does not yield: that would only cost
+            # switches and the peer's batching.)
+            self._answering = False
             os.sched_yield()
 
     def _writable(self, stream: int) -> bool:
@@ -561,6 +565,7 @@ class Endpoint:
                 self._changed.notify_all()  # the transport is free: another waiting thread may read it
         if data is None:
             return
+        self._answering = self._yield_after_send
         self._received(data)
 
     def _poll_input(self, timeout: float) -> bool:
