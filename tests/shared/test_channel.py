@@ -52,6 +52,25 @@ def test_frames_round_trip_through_the_decoder_in_any_split() -> None:
         assert decoder.pending == 0
 
 
+def test_a_large_frame_split_over_many_reads_arrives_whole() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, the largest frame
+    frames = [Frame(5, FrameType.DATA, payload), Frame(5, FrameType.DATA, b"tail"), Frame(5, FrameType.EOF)]
+    wire = b"".join(encode_frame(f) for f in frames)
+    for split in (4099, 65536, 262144, 262144 + 7):
+        decoder = FrameDecoder()
+        got: list[Frame] = []
+        fed = 0
+        for i in range(0, len(wire), split):
+            piece = bytearray(wire[i : i + split])  # a reused receive buffer: changed after feed
+            got += decoder.feed(piece)
+            piece[:] = b"\xff" * len(piece)
+            fed += split
+            if fed < len(payload):
+                assert decoder.pending == min(fed, len(wire))
+        assert got == frames
+        assert decoder.pending == 0
+
+
 def test_streams_carry_data_eof_and_control() -> None:
     host, keep = pair()
     stream = host.open_stream("stdin", fd=0)

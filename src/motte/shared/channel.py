@@ -83,44 +83,77 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames. Holds at most one partial frame."""
+    """Splits a byte stream into frames.
+
+    Holds at most one partial frame: the start of a header, or the pieces of a payload that has
+    not wholly arrived. A payload split over many reads (bulk data: a frame may be 1 MiB, a read
+    256 KiB) is joined once when it is complete; its pieces are views of the bytes fed, so
+    ``feed`` must be given bytes that do not change afterwards (``bytes``, not a reused buffer).
+    """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._head = bytearray()  # the start of a header (fewer than HEADER_SIZE bytes)
+        self._frame: tuple[int, FrameType] | None = None  # a frame whose payload is still coming
+        self._pieces: list[memoryview] = []  # its payload so far
+        self._missing = 0  # bytes of it still to come
 
     def feed(self, data: bytes) -> list[Frame]:
-        if self._buffer:
-            self._buffer += data
-            source = bytes(self._buffer)
-            self._buffer.clear()
-        else:
-            source = data  # the common case: parse in place, no joining copy
+        if type(data) is not bytes:
+            data = bytes(data)  # pieces of it are kept: they must not change under us
         frames: list[Frame] = []
         offset = 0
-        end_of_data = len(source)
-        while end_of_data - offset >= HEADER_SIZE:
-            stream, kind, flags, length = HEADER.unpack_from(source, offset)
-            if stream > MAX_STREAM_ID:
-                raise ProtocolError(f"frame for stream id {stream} beyond the maximum {MAX_STREAM_ID}")
-            if length > MAX_PAYLOAD:
-                raise ProtocolError(f"frame length {length} exceeds the maximum {MAX_PAYLOAD}")
-            frame_type = _FRAME_TYPES.get(kind)
-            if frame_type is None:
-                raise ProtocolError(f"unknown frame type {kind}")
-            if flags != 0:
-                raise ProtocolError(f"unknown frame flags {flags:#x}")
-            end = offset + HEADER_SIZE + length
-            if end_of_data < end:
-                break
-            frames.append(Frame(stream, frame_type, source[offset + HEADER_SIZE : end]))
-            offset = end
-        if offset < end_of_data:
-            self._buffer += memoryview(source)[offset:]
+        end_of_data = len(data)
+        while offset < end_of_data:
+            if self._frame is not None:
+                take = min(self._missing, end_of_data - offset)
+                self._pieces.append(memoryview(data)[offset : offset + take])
+                offset += take
+                self._missing -= take
+                if self._missing:
+                    break
+                stream, frame_type = self._frame
+                frames.append(Frame(stream, frame_type, b"".join(self._pieces)))
+                self._frame = None
+                self._pieces = []
+                continue
+            if self._head or end_of_data - offset < HEADER_SIZE:
+                take = min(HEADER_SIZE - len(self._head), end_of_data - offset)
+                self._head += data[offset : offset + take]
+                offset += take
+                if len(self._head) < HEADER_SIZE:
+                    break
+                header = self._parse_header(bytes(self._head), 0)
+                self._head.clear()
+            else:
+                header = self._parse_header(data, offset)  # the common case: parse in place
+                offset += HEADER_SIZE
+            stream, frame_type, length = header
+            if end_of_data - offset >= length:
+                frames.append(Frame(stream, frame_type, data[offset : offset + length]))
+                offset += length
+            else:
+                self._frame = (stream, frame_type)
+                self._missing = length
         return frames
+
+    @staticmethod
+    def _parse_header(source: bytes, offset: int) -> tuple[int, FrameType, int]:
+        stream, kind, flags, length = HEADER.unpack_from(source, offset)
+        if stream > MAX_STREAM_ID:
+            raise ProtocolError(f"frame for stream id {stream} beyond the maximum {MAX_STREAM_ID}")
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"frame length {length} exceeds the maximum {MAX_PAYLOAD}")
+        frame_type = _FRAME_TYPES.get(kind)
+        if frame_type is None:
+            raise ProtocolError(f"unknown frame type {kind}")
+        if flags != 0:
+            raise ProtocolError(f"unknown frame flags {flags:#x}")
+        return stream, frame_type, length
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Bytes held of a frame not yet complete."""
+        return len(self._head) + sum(len(piece) for piece in self._pieces) + (HEADER_SIZE if self._frame else 0)
 
 
 # ---- events ---------------------------------------------------------------------------------
