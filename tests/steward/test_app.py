@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from cryptography import x509
 
 from motte.keep.csr import accept_response, certificate_request
@@ -101,6 +102,19 @@ def test_a_slow_client_gets_408_and_does_not_block_others(steward: Start) -> Non
         answer = slow.result(timeout=10)
     assert answer.startswith(b"HTTP/1.1 408")
     assert sorted(e["status"] for e in events(handle)) == [200, 408]
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST / HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "part-of-the-head"])
+def test_a_client_that_does_not_send_a_whole_request_head_is_cut_off(steward: Start, sent: bytes) -> None:
+    # Slowloris: connections that never finish a request must not pile up (each holds a file
+    # descriptor). The head must come within the request timeout of connecting.
+    handle = steward(request_timeout=0.5)
+    started = time.monotonic()
+    answer = raw_exchange(handle, sent, timeout=30)
+    assert time.monotonic() - started < 10
+    assert answer == b""  # closed without an answer: there was no request to answer
+    status, _, _ = handle.post(certificate_request(NoEvidence()).csr)  # others are served as before
+    assert status == 200
 
 
 def test_concurrent_requests_are_all_logged_in_group_commits(steward: Start) -> None:

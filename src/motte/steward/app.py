@@ -407,7 +407,11 @@ async def serve(
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread (tests run the service in a thread)
     await service.warm_up()
-    runner = web.AppRunner(service.app(), access_log=None, lingering_time=LINGER, shutdown_timeout=REQUEST_TIMEOUT)
+    # keepalive_timeout also runs from the connection's start: a client must bring a whole request
+    # head within the request timeout of connecting (or of its previous answer), so connections
+    # that never finish one (slowloris) do not pile up. aiohttp's default is an hour.
+    runner = web.AppRunner(service.app(), access_log=None, lingering_time=LINGER, shutdown_timeout=REQUEST_TIMEOUT,
+                           keepalive_timeout=service.request_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
