@@ -1,5 +1,6 @@
-"""What an endpoint costs the other side in wake-ups: its reader thread sleeps through the peer's
-reads, and a keep-side endpoint lets the thread it just woke run (yield after a direct send)."""
+"""What an endpoint costs in wake-ups: its reader thread sleeps through the peer's reads, a thread
+blocked on one stream sleeps through the others' frames, and a keep-side endpoint lets the thread
+it just woke run (yield after answering)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from motte.shared import endpoint as endpoint_module
 from motte.shared.endpoint import Endpoint, SocketTransport
+from motte.shared.errors import MotteError
 
 
 def _voluntary_switches(thread: threading.Thread) -> int:
@@ -83,3 +85,69 @@ def test_a_keep_endpoint_yields_when_it_answers_what_it_waited_for(monkeypatch: 
     finally:
         for side in (host, keep):
             side.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to count a thread's wake-ups")
+def test_a_thread_blocked_on_one_stream_sleeps_through_the_others() -> None:
+    # The host has a thread per served directory, output pumps and a control loop, each blocked on
+    # its own stream: a frame for one stream must wake its thread only.
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host").start()
+    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True).start()
+    try:
+        for side in (host, keep):
+            side.send_hello()
+        for side in (host, keep):
+            side.await_hello(5)
+        quiet, busy = keep.open_stream("quiet"), keep.open_stream("busy")
+        opened = dict((meta["kind"], stream) for stream, meta in (host.accept_stream(5), host.accept_stream(5)))
+        got: list[bytes] = []
+        sleeper = threading.Thread(target=lambda: got.append(host.read(opened["quiet"], 100, timeout=30)))
+        sleeper.start()
+        time.sleep(0.1)  # blocked now
+        before = _voluntary_switches(sleeper)
+        for index in range(200):
+            keep.write(busy, b"frame %d" % index)
+            assert host.read(opened["busy"], 100, timeout=5) == b"frame %d" % index
+        woken = _voluntary_switches(sleeper) - before
+        keep.write(quiet, b"at last")
+        sleeper.join(5)
+        assert got == [b"at last"]
+        assert woken <= 5, f"a thread blocked on another stream woke {woken} times for 200 frames"
+    finally:
+        host.close()
+        keep.close()
+
+
+def test_reads_blocked_on_their_streams_end_when_the_channel_closes() -> None:
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host").start()
+    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True).start()
+    try:
+        for side in (host, keep):
+            side.send_hello()
+        for side in (host, keep):
+            side.await_hello(5)
+        keep.open_stream("one")
+        keep.open_stream("two")
+        streams = [host.accept_stream(5)[0], host.accept_stream(5)[0]]
+        outcomes: list[str] = []
+
+        def reader(stream: int) -> None:
+            try:
+                host.read(stream, 100, timeout=30)
+                outcomes.append("data")
+            except MotteError as exc:
+                outcomes.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=reader, args=(stream,)) for stream in streams]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.1)  # both blocked, each on its own stream
+        keep.close()  # the channel ends: both readers learn it at once, not after 30 s
+        for thread in threads:
+            thread.join(5)
+            assert not thread.is_alive()
+        assert outcomes == ["ChannelClosed", "ChannelClosed"]
+    finally:
+        host.close()

@@ -157,7 +157,7 @@ class Timeout(MotteError):
 
 
 class _Inbox:
-    __slots__ = ("chunks", "eof", "reset", "size", "unacked")
+    __slots__ = ("chunks", "eof", "reset", "size", "unacked", "waiters")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes] = deque()
@@ -165,6 +165,7 @@ class _Inbox:
         self.eof = False
         self.reset: str | None = None
         self.unacked = 0  # bytes consumed but not yet returned to the peer as credit
+        self.waiters: threading.Condition | None = None  # threads blocked on this stream alone
 
 
 class Endpoint:
@@ -184,6 +185,7 @@ class Endpoint:
         self._claimed: set[int] = set()  # streams whose events go to the observer, not to waiters
         self._touched: list[int] = []  # claimed streams with news, for the observer
         self._wake_waiters = False
+        self._stream_watchers = 0  # threads in wait(): woken by any stream's events
         self._writing = False  # the writer thread is sending outside the lock
         self._send_nowait: Callable[[list[bytes | memoryview]], int] | None = getattr(transport, "send_nowait", None)
         self._peer_hello: dict[str, Any] | None = None
@@ -320,7 +322,7 @@ class Endpoint:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"stream {stream}: no credit from the peer before the deadline")
-                self._wait_for(lambda: self._closed is not None or self._writable(stream), remaining)
+                self._wait_on_stream(inbox, lambda: self._closed is not None or self._writable(stream), remaining)
         if sent_here and self._answering:
             # An answer to a request this side slept waiting for: the peer thread just woken to
             # read it was likely queued on this CPU (a sync wake-up), to run once this thread
@@ -344,8 +346,9 @@ class Endpoint:
         """Up to ``size`` bytes; ``b""`` at EOF. Blocks until data, EOF, reset or timeout."""
         with self._lock:
             inbox = self._open_inbox(stream)
-            self._wait_for(lambda: inbox.size or inbox.eof or inbox.reset is not None or self._closed is not None,
-                           timeout)
+            self._wait_on_stream(
+                inbox, lambda: inbox.size or inbox.eof or inbox.reset is not None or self._closed is not None, timeout
+            )
             data = self._take_available(stream, inbox, size)
             if data is None:
                 raise Timeout(f"stream {stream}: nothing to read within {timeout} s")
@@ -439,7 +442,11 @@ class Endpoint:
             return condition is not None and condition()
 
         with self._lock:
-            return self._wait_for(ready, timeout)
+            self._stream_watchers += 1
+            try:
+                return self._wait_for(ready, timeout)
+            finally:
+                self._stream_watchers -= 1
 
     def eof(self, stream: int) -> None:
         with self._lock:
@@ -514,6 +521,9 @@ class Endpoint:
         if self._closed is None:
             self._closed = error
         self._changed.notify_all()
+        for inbox in self._inboxes.values():
+            if inbox.waiters is not None:
+                inbox.waiters.notify_all()
         self._to_send.notify_all()
         self._reader_turn.notify_all()
 
@@ -679,8 +689,23 @@ class Endpoint:
     def _notify(self, stream: int) -> None:
         if stream in self._claimed:
             self._touched.append(stream)
-        else:
+            return
+        inbox = self._inboxes.get(stream)
+        if inbox is not None and inbox.waiters is not None:
+            inbox.waiters.notify_all()
+        if inbox is None or self._stream_watchers or self._read_when_waiting:
             self._wake_waiters = True
+
+    def _wait_on_stream(self, inbox: _Inbox | None, ready: Callable[[], object], timeout: float | None) -> bool:
+        """Lock held: wait for ``ready``, which only events on ``inbox``'s stream (or the channel's
+        end) can make true. Such a wait is woken by those events only: the host's threads (each
+        served directory's, the output pumps, the control loop) do not all wake on every frame.
+        An endpoint that reads when waiting waits as always (the waiting thread reads)."""
+        if self._read_when_waiting or inbox is None:
+            return self._wait_for(ready, timeout)
+        if inbox.waiters is None:
+            inbox.waiters = threading.Condition(self._lock)
+        return bool(inbox.waiters.wait_for(ready, timeout))
 
     def _write_loop(self) -> None:
         while True:
