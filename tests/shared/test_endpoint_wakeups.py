@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,23 @@ import pytest
 from motte.shared import endpoint as endpoint_module
 from motte.shared.endpoint import Endpoint, SocketTransport
 from motte.shared.errors import MotteError
+
+
+@contextmanager
+def connected(*, yield_after_send: bool = False) -> Iterator[tuple[Endpoint, Endpoint]]:
+    """A host endpoint and a keep endpoint (reading when waiting) on a real socketpair, past HELLO."""
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host").start()
+    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True, yield_after_send=yield_after_send).start()
+    try:
+        for side in (host, keep):
+            side.send_hello()
+        for side in (host, keep):
+            side.await_hello(5)
+        yield host, keep
+    finally:
+        host.close()
+        keep.close()
 
 
 def _voluntary_switches(thread: threading.Thread) -> int:
@@ -56,14 +74,7 @@ def test_the_reader_thread_sleeps_while_the_peer_reads(host_and_peer: tuple[Endp
 def test_a_keep_endpoint_yields_when_it_answers_what_it_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     yields: list[str] = []
     monkeypatch.setattr(endpoint_module.os, "sched_yield", lambda: yields.append(threading.current_thread().name))
-    a, b = socket.socketpair()
-    host = Endpoint(SocketTransport(a), "host").start()
-    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True, yield_after_send=True).start()
-    try:
-        for side in (host, keep):
-            side.send_hello()
-        for side in (host, keep):
-            side.await_hello(5)
+    with connected(yield_after_send=True) as (host, keep):
         stream = keep.open_stream("test")
         opened, _ = host.accept_stream(5)
         for _ in range(3):
@@ -82,23 +93,13 @@ def test_a_keep_endpoint_yields_when_it_answers_what_it_waited_for(monkeypatch: 
         assert host.read(opened, 100, timeout=5) == b"more"
         assert keep.read(stream, 100, timeout=5) == b"request"
         assert len(yields) == 1
-    finally:
-        for side in (host, keep):
-            side.close()
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to count a thread's wake-ups")
 def test_a_thread_blocked_on_one_stream_sleeps_through_the_others() -> None:
     # The host has a thread per served directory, output pumps and a control loop, each blocked on
     # its own stream: a frame for one stream must wake its thread only.
-    a, b = socket.socketpair()
-    host = Endpoint(SocketTransport(a), "host").start()
-    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True).start()
-    try:
-        for side in (host, keep):
-            side.send_hello()
-        for side in (host, keep):
-            side.await_hello(5)
+    with connected() as (host, keep):
         quiet, busy = keep.open_stream("quiet"), keep.open_stream("busy")
         opened = dict((meta["kind"], stream) for stream, meta in (host.accept_stream(5), host.accept_stream(5)))
         got: list[bytes] = []
@@ -114,20 +115,10 @@ def test_a_thread_blocked_on_one_stream_sleeps_through_the_others() -> None:
         sleeper.join(5)
         assert got == [b"at last"]
         assert woken <= 5, f"a thread blocked on another stream woke {woken} times for 200 frames"
-    finally:
-        host.close()
-        keep.close()
 
 
 def test_reads_blocked_on_their_streams_end_when_the_channel_closes() -> None:
-    a, b = socket.socketpair()
-    host = Endpoint(SocketTransport(a), "host").start()
-    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True).start()
-    try:
-        for side in (host, keep):
-            side.send_hello()
-        for side in (host, keep):
-            side.await_hello(5)
+    with connected() as (host, keep):
         keep.open_stream("one")
         keep.open_stream("two")
         streams = [host.accept_stream(5)[0], host.accept_stream(5)[0]]
@@ -149,5 +140,3 @@ def test_reads_blocked_on_their_streams_end_when_the_channel_closes() -> None:
             thread.join(5)
             assert not thread.is_alive()
         assert outcomes == ["ChannelClosed", "ChannelClosed"]
-    finally:
-        host.close()
