@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import NamedTuple
@@ -88,7 +87,7 @@ class ModuleCache:
 
     @staticmethod
     def _store(path: Path, data: bytes | bytearray) -> None:
-        temporary = path.with_name(f".tmp-{secrets.token_hex(8)}.cwasm")
+        temporary = path.with_name(f".tmp-{os.urandom(8).hex()}.cwasm")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as file:
