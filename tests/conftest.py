@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from motte.host.platform import kvm_usable
+from tests.stacks import python_stacks
 from tests.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,12 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def motte(*args: str, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None,
           cwd: str | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run the motte CLI in a fresh process, as a user would."""
+    """Run the motte CLI in a fresh process, as a user would. A run that does not end within
+    ``timeout`` fails the test with the stacks of its threads (and its keep's)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "motte", *args], input=input if input is not None else b"",
-        capture_output=True, timeout=timeout, env=full_env, cwd=cwd,
-    )
+    command = [sys.executable, "-m", "motte", *args]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=full_env, cwd=cwd) as process:
+        try:
+            stdout, stderr = process.communicate(input if input is not None else b"", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = python_stacks(process.pid)
+            process.kill()
+            process.communicate()
+            raise AssertionError(f"motte {' '.join(args)}: did not end within {timeout} s\n{stacks}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="session")

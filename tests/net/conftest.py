@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.stacks import python_stacks
 from tests.workloads import workload
 
 STDIO = '[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "stderr"\n'
@@ -149,7 +150,8 @@ class Served:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"the run did not end within {timeout} s; stderr: {self.stderr}") from None
+            stacks = python_stacks(self.process.pid)
+            raise AssertionError(f"the run did not end within {timeout} s; stderr: {self.stderr}\n{stacks}") from None
 
     def stop(self) -> None:
         if self.process.poll() is None:
