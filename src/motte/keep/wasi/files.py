@@ -266,6 +266,10 @@ class ChannelOutputs:
                 return
             # Cleared before flushing: what is written from now on sets it again.
             self._gathering.clear()
+            if self._stop.is_set():
+                # stop() came after the wait above and its wake-up was just cleared: waiting for
+                # output again would wait for ever (and stop() joins this thread).
+                return
             for output in self.outputs:
                 if output.pending():
                     output.flush()
