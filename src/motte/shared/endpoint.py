@@ -564,7 +564,7 @@ class Endpoint:
         self._lock.release()
         data: bytes | BaseException | None = None
         try:
-            if timeout is None or self._poll_input(timeout):
+            if self._poll_input(timeout):  # (poll, not a blocked recv: see _read_loop)
                 data = self._transport.recv(READ_SIZE)
         except OSError as exc:
             data = exc
@@ -578,10 +578,12 @@ class Endpoint:
         self._answering = self._yield_after_send
         self._received(data)
 
-    def _poll_input(self, timeout: float) -> bool:
+    def _poll_input(self, timeout: float | None) -> bool:
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self._transport.fileno(), select.POLLIN)
+        if timeout is None:
+            return bool(self._poller.poll())
         return bool(self._poller.poll(math.ceil(min(timeout, 86400.0) * 1000)))  # poll takes an int of ms
 
     def _take_reader_turn(self) -> bool:
