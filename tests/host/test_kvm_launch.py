@@ -17,8 +17,8 @@ from motte.host.backends.base import LaunchSpec
 from motte.host.backends.kvm import KvmBackend, guest_memory_mib, microvm_command, resolve_accel
 from motte.host.image import build
 from motte.host.image.cpio import Archive
-from motte.keep.vm_channel import PARK_PARAM
 from motte.shared.errors import MotteError
+from motte.shared.vm_port import PARK_PARAM
 from tests.host.conftest import DEFAULT_CACHE, qemu_pids, rundirs
 
 needs_qemu = pytest.mark.skipif(kvm.qemu_path() is None, reason=f"QEMU is not installed ({kvm.QEMU_HINT})")

@@ -15,6 +15,8 @@ import pytest
 
 from motte.keep import vm_channel
 from motte.keep.vm_channel import PortNotFound, find_virtio_port, open_virtio_port
+from motte.shared import vm_port
+from motte.shared.vm_port import Resume
 
 
 def make_port(sysfs: Path, dev: Path, port: str, name: str) -> None:
@@ -103,7 +105,7 @@ def test_other_open_errors_are_not_retried(tmp_path: Path, monkeypatch: pytest.M
 def _host_side(sock: socket.socket, reply: bytes | None, seen: list[bytes]) -> threading.Thread:
     def play() -> None:
         received = b""
-        while len(received) < len(vm_channel.PARKED):
+        while len(received) < len(vm_port.PARKED):
             data = sock.recv(64)
             if not data:
                 break
@@ -126,10 +128,10 @@ def test_park_says_so_then_applies_the_resume_record(monkeypatch: pytest.MonkeyP
     host, guest = socket.socketpair()
     seen: list[bytes] = []
     entropy = os.urandom(64)
-    thread = _host_side(host, vm_channel.encode_resume(1_795_000_000_123_456_789, entropy), seen)
+    thread = _host_side(host, Resume(1_795_000_000_123_456_789, entropy).to_bytes(), seen)
     vm_channel.park(guest.fileno())
     thread.join(5)
-    assert seen == [vm_channel.PARKED]
+    assert seen == [vm_port.PARKED]
     assert applied == [(1_795_000_000_123_456_789, entropy)]
     assert "motte.keep.runtime" in sys.modules, "the engine is loaded before the snapshot point"
     host.close()
@@ -139,7 +141,7 @@ def test_park_says_so_then_applies_the_resume_record(monkeypatch: pytest.MonkeyP
 def test_park_rejects_a_bad_or_missing_resume_record(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vm_channel, "resume", lambda realtime, entropy: pytest.fail("must not resume"))
     monkeypatch.setattr(vm_channel, "_NOT_BEFORE_PARK", ())
-    for reply, error in ((b"x" * vm_channel.RESUME.size, RuntimeError), (None, EOFError)):
+    for reply, error in ((b"x" * vm_port.RESUME.size, RuntimeError), (None, EOFError)):
         host, guest = socket.socketpair()
         thread = _host_side(host, reply, [])
         with pytest.raises(error):
@@ -165,8 +167,17 @@ def test_park_refuses_when_a_module_with_its_own_rng_is_loaded(monkeypatch: pyte
 
 
 def test_resume_record_layout() -> None:
-    record = vm_channel.encode_resume(5, b"\1" * 64)
-    assert len(record) == vm_channel.RESUME.size == 88
-    assert record.startswith(vm_channel.RESUME_MAGIC) and record[16:24] == (5).to_bytes(8, "little")
+    record = Resume(5, b"\1" * 64).to_bytes()
+    assert len(record) == vm_port.RESUME.size == 88
+    assert record.startswith(vm_port.RESUME_MAGIC) and record[16:24] == (5).to_bytes(8, "little")
     with pytest.raises(ValueError):
-        vm_channel.encode_resume(5, b"short")
+        Resume(5, b"short").to_bytes()
+
+
+def test_resume_record_round_trips_and_refuses_a_bad_magic_or_size() -> None:
+    record = Resume(1_795_000_000_123_456_789, bytes(range(64)))
+    assert Resume.from_bytes(record.to_bytes()) == record
+    with pytest.raises(ValueError, match="no valid resume record"):
+        Resume.from_bytes(b"x" * vm_port.RESUME.size)
+    with pytest.raises(ValueError, match="88 bytes"):
+        Resume.from_bytes(record.to_bytes()[:-1])

@@ -1,17 +1,16 @@
 """Inside a VM keep: find and open the virtio serial port that carries the channel.
 
-The host names the port (``-device virtserialport,name=motte.0``); the guest kernel lists it as
+The host names the port (:data:`motte.shared.vm_port.PORT_NAME`); the guest kernel lists it as
 ``/sys/class/virtio-ports/vportNpM/name`` and devtmpfs makes ``/dev/vportNpM``. Two races are
 handled here, both seen on real boots:
 
 * the port may not be enumerated yet when the keep starts (the virtio driver probes
   asynchronously), so the sysfs listing is polled;
 * the device node appears before the port is ready, and ``open`` fails with ENXIO for a moment
-  (pitfall 2 in the VM notes), so the open is retried.
+  (see docs/vm-keep.md), so the open is retried.
 
 It also holds the keep's side of the *park and resume* step of a kvm keep that the host may
-snapshot (see :func:`park`): the records both sides exchange on the port before the channel
-protocol starts, and what the keep does on resuming.
+snapshot (see :func:`park`); the records both sides exchange are in :mod:`motte.shared.vm_port`.
 
 Only the standard library: this module is part of the keep's trusted computing base.
 """
@@ -25,6 +24,7 @@ import sys
 import time
 
 from motte.shared.endpoint import ReceiveBuffer, send_vectored
+from motte.shared.vm_port import PARKED, RESUME, Resume
 
 PORTS_DIR = "/sys/class/virtio-ports"
 _RETRY_ERRNOS = (errno.ENXIO, errno.ENOENT, errno.ENODEV, errno.EBUSY)
@@ -124,24 +124,11 @@ class PortTransport:
 
 # ---- park and resume (kvm keeps that may be snapshotted) -------------------------------------
 
-#: keep -> host, on the raw port, once the keep runtime is loaded: the host may now snapshot the VM.
-PARKED = b"motte-keep-parked-1\n"
-#: host -> keep, on the raw port: magic, the host's CLOCK_REALTIME in ns, entropy for the kernel RNG.
-RESUME = struct.Struct("<16sQ64s")
-RESUME_MAGIC = b"motte-resume-1\n\0"
-#: The kernel-command-line word (an environment variable of /init's children) that asks for it.
-PARK_PARAM = "MOTTE_PARK=1"
 _RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 _RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 #: Modules with random state of their own that resuming would not renew (OpenSSL's DRBG): they
 #: must not be loaded before the snapshot point.
 _NOT_BEFORE_PARK = ("_ssl", "ssl", "cryptography")
-
-
-def encode_resume(realtime_ns: int, entropy: bytes) -> bytes:
-    if len(entropy) != 64:
-        raise ValueError("the resume record carries exactly 64 bytes of entropy")
-    return RESUME.pack(RESUME_MAGIC, realtime_ns, entropy)
 
 
 def park(fd: int) -> None:
@@ -162,11 +149,11 @@ def park(fd: int) -> None:
     if loaded:
         raise RuntimeError(f"{', '.join(loaded)} loaded before the snapshot point: its RNG state would be cloned")
     _write_all(fd, PARKED)
-    record = _read_exactly(fd, RESUME.size)
-    magic, realtime_ns, entropy = RESUME.unpack(record)
-    if magic != RESUME_MAGIC:
-        raise RuntimeError("the host sent no valid resume record")
-    resume(realtime_ns, entropy)
+    try:
+        record = Resume.from_bytes(_read_exactly(fd, RESUME.size))
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+    resume(record.realtime_ns, record.entropy)
 
 
 def resume(realtime_ns: int, entropy: bytes) -> None:

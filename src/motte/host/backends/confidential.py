@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from motte.shared.errors import MotteError
+from motte.shared.vm_port import PORT_NAME
 
 QEMU = "qemu-system-x86_64"
 SNP_MIN_QEMU = (9, 1)
@@ -74,7 +75,7 @@ def _common_tail(launch: ConfidentialLaunch) -> list[str]:
         "-no-reboot", "-display", "none", "-monitor", "none",
         "-device", "virtio-serial-pci,disable-legacy=on,iommu_platform=true",
         "-chardev", f"socket,id=ch0,path={launch.socket_path},server=on,wait=on",
-        "-device", "virtserialport,chardev=ch0,name=motte.0",
+        "-device", f"virtserialport,chardev=ch0,name={PORT_NAME}",
     ]  # fmt: skip
 
 

@@ -76,9 +76,9 @@ from typing import Any, Literal
 
 from motte.host.backends.base import Backend, KeepHandle, LaunchSpec, Progress
 from motte.host.image.cache import cache_root
-from motte.keep.vm_channel import PARK_PARAM, PARKED, encode_resume
 from motte.shared.endpoint import ChannelClosed, Endpoint, SocketTransport, Timeout
 from motte.shared.errors import MotteError
+from motte.shared.vm_port import PARK_PARAM, PARKED, PORT_NAME, RESUME_ENTROPY, Resume
 
 QEMU = "qemu-system-x86_64"
 QEMU_HINT = "apt-get install qemu-system-x86"
@@ -131,7 +131,7 @@ def microvm_command(
         "-no-reboot", "-display", "none", "-monitor", "none",
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=ch0,path={socket_path},server=on,wait=on",
-        "-device", "virtserialport,chardev=ch0,name=motte.0",
+        "-device", f"virtserialport,chardev=ch0,name={PORT_NAME}",
     ]  # fmt: skip
     if console_log:
         command += ["-serial", f"file:{console_log}"]
@@ -890,7 +890,7 @@ class KvmBackend(Backend):
                             saved = False  # only an optimisation: this keep runs on regardless
                 # The restored keep waits at the very point where the saved one parked.
                 with contextlib.suppress(OSError):  # QEMU died: HELLO below reports how
-                    sock.sendall(encode_resume(time.time_ns(), os.urandom(64)))
+                    sock.sendall(Resume(time.time_ns(), os.urandom(RESUME_ENTROPY)).to_bytes())
             endpoint = Endpoint(SocketTransport(sock), "host", name="kvm-keep").start()
             keep = KvmKeep(process, endpoint, rundir, accel, command, 0.0, attempt, restored=restore)
             keep.snapshot_saved = saved

@@ -52,6 +52,7 @@ from motte.host.image.cache import cache_root, locked
 from motte.host.image.cpio import Archive
 from motte.host.image.kernel import Kernel, ensure_kernel, lz4_legacy_compress
 from motte.shared.errors import MotteError
+from motte.shared.vm_port import PORT_NAME
 
 Progress = Callable[[str], None]
 
@@ -63,7 +64,6 @@ GUEST_DYNLOAD = f"{GUEST_STDLIB}/lib-dynload"
 GUEST_SITE = f"{GUEST_STDLIB}/site-packages"
 GUEST_LIBDIR = "usr/lib/x86_64-linux-gnu"
 GUEST_PYTHON = f"usr/bin/python{PY}"
-CHANNEL_PORT = "motte.0"
 LZ4_LEVEL = 9  # lz4 HC: 2-3x smaller than the fast mode and decompressed just as fast
 
 #: The keep imports these lazily or on some paths only (TLS, attestation, config parsing, argument
@@ -456,7 +456,8 @@ def render_init(kernel: Kernel) -> str:
     template = (GUEST_DIR / "init.sh").read_text()
     required = " ".join(m.name for m in kernel.modules if not m.optional)
     optional = " ".join(m.name for m in kernel.modules if m.optional)
-    return template.replace("@MODULES@", required).replace("@OPTIONAL_MODULES@", optional)
+    return (template.replace("@MODULES@", required).replace("@OPTIONAL_MODULES@", optional)
+            .replace("@PORT_NAME@", PORT_NAME))
 
 
 # ---- tracing --------------------------------------------------------------------------------

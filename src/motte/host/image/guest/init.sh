@@ -39,7 +39,7 @@ fi
 # -I -S -B are implied by /usr/bin/python3.11._pth too, which pins sys.path to the image.
 case "$MOTTE_MODE" in
     selftest) /usr/bin/python3.11 -I -S -B /usr/lib/motte/selftest.pyc ;;
-    *) /usr/bin/python3.11 -I -S -B -m motte.keep --channel-device motte.0 ;;
+    *) /usr/bin/python3.11 -I -S -B -m motte.keep --channel-device @PORT_NAME@ ;;
 esac
 echo "motte-init: the keep exited with status $?"
 reboot -f

@@ -23,6 +23,7 @@ import time
 
 from motte.keep.vm_channel import PortTransport, open_virtio_port
 from motte.shared.endpoint import Endpoint
+from motte.shared.vm_port import PORT_NAME
 
 
 def _uptime() -> float:
@@ -35,7 +36,7 @@ def _uptime() -> float:
 
 def main(argv: list[str]) -> int:
     # In the guest: the virtio port. On the host (the benchmark's baseline): a socketpair fd.
-    fd = int(argv[1]) if argv[:1] == ["--channel-fd"] else open_virtio_port("motte.0", timeout=60.0)
+    fd = int(argv[1]) if argv[:1] == ["--channel-fd"] else open_virtio_port(PORT_NAME, timeout=60.0)
     # As the keep runtime does (keep/__main__.py): the waiting thread reads the channel itself.
     endpoint = Endpoint(PortTransport(fd), "keep", name="selftest", read_when_waiting=True).start()
     endpoint.hello(timeout=60.0, mode="selftest", uptime=_uptime())
