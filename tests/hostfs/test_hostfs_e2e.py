@@ -16,16 +16,14 @@ from pathlib import Path
 import pytest
 
 from motte.host.backends import get_backend
-from motte.host.backends.base import KeepHandle, LaunchSpec
+from motte.host.backends.base import LaunchSpec
 from motte.host.hostfs import HostDirs, ServedDir
 from motte.host.paths import cache_root
 from motte.host.platform import kvm_usable
 from motte.host.session import HostStdio, RunRequest, run_workload
-from motte.keep.runtime import Launch, LaunchError
 from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
 from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
-from motte.shared.errors import MotteError
 from tests.conftest import motte
 from tests.hostfs.test_hostfs_server import snapshot
 
@@ -127,55 +125,6 @@ def test_two_directories_are_two_served_trees(tmp_path: Path, wasm: object, back
                    wasm("files"), "--", "/b")  # type: ignore[operator]
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"input: from b" in result.stdout
-
-
-def test_a_vm_keep_cannot_be_given_host_paths(tmp_path: Path) -> None:
-    class VmKeep(KeepHandle):
-        backend = "kvm"
-        isolation = "a test double"
-        endpoint = None  # type: ignore[assignment]
-
-        def memory_pid(self) -> int | None:
-            return None
-
-        def wait(self, timeout: float | None = None) -> int | None:
-            return None
-
-        def close(self, grace: float = 2.0) -> None:
-            pass
-
-    request = RunRequest(b"\0asm", default_config(), ((str(tmp_path), "/d"),), serve_dirs=False)
-    with pytest.raises(MotteError, match="kvm keep cannot open host paths"):
-        run_workload(VmKeep(), request)
-
-
-# ---- the launch request's dirs, as the keep checks them -------------------------------------
-
-
-def launch_message(dirs: object) -> dict[str, object]:
-    return {"op": "launch", "config": default_config().to_json(), "wasm": {"stream": 1, "size": 8, "sha256": "0" * 64},
-            "limits": {"memory": 1 << 20}, "dirs": dirs}
-
-
-def test_the_keep_takes_served_and_direct_preopens() -> None:
-    launch = Launch.parse(launch_message([{"stream": 5, "guest": "/data"}, {"host": "/srv", "guest": "/srv"}]))
-    assert [(p.guest, p.stream, p.host) for p in launch.dirs] == [("/data", 5, None), ("/srv", None, "/srv")]
-
-
-@pytest.mark.parametrize("dirs", [
-    [{"stream": "5", "guest": "/data"}],
-    [{"stream": -1, "guest": "/data"}],
-    [{"stream": 5}],
-    [{"guest": "/data"}],
-    [{"stream": 5, "guest": ""}],
-    [{"stream": 5, "guest": "/a\0b"}],
-    [{"stream": 5, "guest": "/" + "x" * 1024}],
-    ["stream"],
-    [{"stream": i, "guest": f"/d{i}"} for i in range(65)],
-])
-def test_the_keep_refuses_malformed_preopens(dirs: object) -> None:
-    with pytest.raises(LaunchError):
-        Launch.parse(launch_message(dirs))
 
 
 # ---- the serving thread ---------------------------------------------------------------------

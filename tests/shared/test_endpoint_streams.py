@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from motte.shared import netstreams
-from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Endpoint, Endpoint]]:
-    a, b = socket.socketpair()
-    host = Endpoint(SocketTransport(a), "host", window=1 << 16).start()
-    keep = Endpoint(SocketTransport(b), "keep", window=1 << 16).start()
-    host.send_hello()
-    keep.send_hello()
-    host.await_hello(5)
-    keep.await_hello(5)
-    yield host, keep
-    host.close()
-    keep.close()
+from motte.shared.endpoint import Endpoint, StreamAborted
 
 
 def _eventually(predicate: Any, timeout: float = 5.0) -> bool:

@@ -201,17 +201,20 @@ def test_the_host_connects_the_keep_to_the_configs_steward_only(tmp_path: Path) 
 
 
 def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
-    from motte.keep.runtime import Launch, LaunchError
+    from motte.shared.control import STDIO_KINDS, ControlError, Conversation, LaunchTerms
     from motte.shared.enarx_config import parse_enarx_toml
 
-    def launch(toml: str, steward_ca: str) -> Launch:
-        return Launch.parse({
-            "config": parse_enarx_toml(toml).to_json(), "wasm": {"stream": 1, "size": 8, "sha256": "0" * 64},
-            "limits": {"memory": 1 << 20}, "steward_ca": steward_ca,
-        })
+    def launch(toml: str, steward_ca: str) -> LaunchTerms:
+        config = parse_enarx_toml(toml)
+        terms = {"config": config.to_json(), "wasm": {"size": 8, "sha256": "0" * 64}, "dirs": [],
+                 "limits": {"memory": 1 << 20, "timeout_ms": None}, "ca": [], "steward_ca": steward_ca}
+        stdio = [{"fd": fd, "stream": 2 * fd + 3} for fd, f in enumerate(config.files) if f.kind in STDIO_KINDS]
+        streams = {"wasm": 1, "stdio": stdio, "dirs": [], "cache_dir": None}
+        launched = Conversation("keep").received({"op": "launch", "terms": terms, "streams": streams})
+        return launched.terms  # type: ignore[union-attr]
 
     assert launch('steward = "https://s.example"\n', "PEM").steward_ca == "PEM"
-    with pytest.raises(LaunchError, match="names no steward"):
+    with pytest.raises(ControlError, match="names no steward"):
         launch(STDIO, "PEM")
-    with pytest.raises(LaunchError, match="Steward CA bundle exceeds"):
+    with pytest.raises(ControlError, match="steward_ca is longer than 131072 characters"):
         launch('steward = "https://s.example"\n', "x" * (200 << 10))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from motte.shared import netstreams
+from motte.shared.control import MAX_CA_BUNDLE
 from motte.shared.enarx_config import FileSpec, WorkloadConfig
 from motte.shared.endpoint import ChannelClosed, Endpoint, ReceiveBuffer, StreamAborted
 from motte.shared.errors import MotteError
@@ -38,7 +39,6 @@ KEEP_BACKLOG = 64  # connections per listen socket handed to the keep but not ye
 MAX_CONNECTIONS = 1024  # open connections per keep (the channel allows 4096 streams per side)
 CONNECT_TIMEOUT = 10.0
 RECV_SIZE = 256 << 10
-MAX_CA_BUNDLE = 128 << 10
 MAX_WARNINGS = 20  # per run; a flood of bad clients must not flood the terminal
 ACCEPT_RETRY = 1.0  # seconds before accepting again after the host ran out of file descriptors
 LINGER = 5.0  # seconds a connection the keep closed is drained of the client's unread bytes
@@ -104,7 +104,7 @@ class HostNetwork:
         self._warn_sink = warn
         self._warnings = 0
         self._tap = tap
-        self.ca_bundles: dict[str, str] = {}
+        self.ca_bundles: dict[int, str] = {}  # TLS connect fd -> PEM
         self.steward_ca: str | None = None  # the PEM of the config's steward_ca
         self._steward: tuple[str, int] | None = None  # where the keep may connect to reach its Steward
         self._listeners: list[_Listener] = []
@@ -126,7 +126,7 @@ class HostNetwork:
 
     # ---- before the launch ----
 
-    def prepare(self) -> dict[str, str]:
+    def prepare(self) -> dict[int, str]:
         """Bind every listen socket and read every CA bundle, or fail with a clear error."""
         try:
             if self.config.steward is not None:
@@ -143,7 +143,7 @@ class HostNetwork:
                 if spec.kind == "listen":
                     self._listeners.append(_Listener(fd, spec, self._bind(fd, spec)))
                 elif spec.kind == "connect" and spec.ca is not None:
-                    self.ca_bundles[str(fd)] = self._read_ca(f"files[{fd}].ca", spec.ca)
+                    self.ca_bundles[fd] = self._read_ca(f"files[{fd}].ca", spec.ca)
         except BaseException:
             self._close_all()
             raise
@@ -220,14 +220,9 @@ class HostNetwork:
         self._thread = threading.Thread(target=self._run, name="motte-net", daemon=True)
         self._thread.start()
 
-    def handle_control(self, message: dict[str, Any]) -> bool:
-        """A control message from the keep about networking (True if it was one)."""
-        if message.get("op") != netstreams.OP_ACCEPTED:
-            return False
-        stream = message.get("stream")
-        if isinstance(stream, int):
-            self._post(lambda: self._keep_accepted(stream))
-        return True
+    def accepted(self, stream: int) -> None:
+        """The workload took the connection on ``stream``: the host may queue another."""
+        self._post(lambda: self._keep_accepted(stream))
 
     def close(self, grace: float = 2.0) -> None:
         """Stop accepting now; let connections the keep has finished flush for up to ``grace``

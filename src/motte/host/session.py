@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import threading
 import time
@@ -16,6 +17,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from motte.host.backends.base import KeepHandle
+from motte.shared.control import (
+    Accepted,
+    Bye,
+    ControlError,
+    Conversation,
+    Exit,
+    Launch,
+    LaunchStreams,
+    LaunchTerms,
+    Stats,
+)
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeout
 from motte.shared.errors import EXIT_MOTTE_ERROR, EXIT_TIMEOUT, MotteError
@@ -26,9 +38,6 @@ if TYPE_CHECKING:
 
 WASM_CHUNK = 1 << 20
 GRACE = 5.0  # seconds past the workload deadline before the host stops waiting for the keep
-#: A nil keep could open --dir paths itself, but it gets them served like every other backend:
-#: one code path everywhere, at a cost measured by bench/bench_hostfs.py.
-SERVE_DIRS_ON_NIL = True
 
 
 @dataclass(frozen=True)
@@ -40,9 +49,6 @@ class RunRequest:
     timeout: float | None = None
     cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
     config_dir: str | None = None  # where the config file is: relative paths in it (ca) start there
-    #: --dir access: True serves each directory on a channel stream, False lets a nil keep open the
-    #: host path itself; None: the backend's default (see SERVE_DIRS_ON_NIL)
-    serve_dirs: bool | None = None
 
 
 @dataclass
@@ -97,12 +103,7 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
 def _host_dirs(keep: KeepHandle, request: RunRequest) -> HostDirs:
     from motte.host.hostfs import HostDirs
 
-    serve = request.serve_dirs
-    if serve is None:
-        serve = keep.backend != "nil" or SERVE_DIRS_ON_NIL
-    elif not serve and keep.backend != "nil":
-        raise MotteError(f"a {keep.backend} keep cannot open host paths: its --dir must be served")
-    return HostDirs(keep.endpoint, request.dirs, serve=serve)
+    return HostDirs(keep.endpoint, request.dirs, serve=True)
 
 
 def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None,
@@ -131,33 +132,42 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
         network.start(endpoint)  # before the launch: the keep may ask for connections as soon as it has it
     if dirs is not None:
         dirs.start()
-    endpoint.send_control(
-        "launch",
-        config=request.config.to_json(),
-        wasm={"stream": wasm_stream, "size": len(request.wasm), "sha256": hashlib.sha256(request.wasm).hexdigest()},
-        stdio={str(fd): stream for fd, stream in streams.items()},
-        dirs=dirs.launch_entries() if dirs is not None else [],
-        limits={"memory": request.memory_limit, "timeout": request.timeout},
-        cache_dir=request.cache_dir,
-        ca=network.ca_bundles if network is not None else {},
-        steward_ca=network.steward_ca if network is not None else None,
+    served = dirs.served if dirs is not None else []
+    launch = Launch(
+        LaunchTerms(
+            wasm_size=len(request.wasm),
+            wasm_sha256=hashlib.sha256(request.wasm).hexdigest(),
+            config=request.config,
+            dirs=tuple(s.guest_path for s in served),
+            memory_limit=request.memory_limit,
+            timeout_ms=None if request.timeout is None else max(1, math.ceil(request.timeout * 1000)),
+            ca_bundles=network.ca_bundles if network is not None else {},
+            steward_ca=network.steward_ca if network is not None else None,
+        ),
+        LaunchStreams(wasm_stream, streams, tuple(s.stream for s in served), request.cache_dir),
     )
+    conversation = Conversation("host")
+    try:
+        endpoint.send_control(**conversation.sending(launch))
+    except ValueError as exc:  # too large for one control message
+        raise MotteError(f"cannot launch the workload: {exc}", hint="use fewer or smaller CA bundles") from None
     _daemon(_send_wasm, endpoint, wasm_stream, request.wasm).start()
     for pump in pumps:
         pump.start()
-    result = _await_exit(keep, request, network)
+    result = _await_exit(keep, request, conversation, network)
     outputs = [p for p in pumps if p.name == _pump_output.__name__]
     for pump in outputs:
         pump.join(timeout=10.0)
     try:
-        endpoint.send_control("bye")
+        endpoint.send_control(**conversation.sending(Bye()))
         endpoint.flush(timeout=2.0)
     except MotteError:
         pass
     return result
 
 
-def _await_exit(keep: KeepHandle, request: RunRequest, network: HostNetwork | None = None) -> RunResult:
+def _await_exit(keep: KeepHandle, request: RunRequest, conversation: Conversation,
+                network: HostNetwork | None = None) -> RunResult:
     endpoint = keep.endpoint
     hard_deadline = None if request.timeout is None else time.monotonic() + request.timeout + GRACE
     cached: bool | None = None
@@ -172,24 +182,17 @@ def _await_exit(keep: KeepHandle, request: RunRequest, network: HostNetwork | No
             status = keep.wait(timeout=2.0)
             detail = f" (keep process exit status {status})" if status is not None else ""
             return RunResult(EXIT_MOTTE_ERROR, "error", f"the keep ended without reporting an exit: {exc}{detail}")
-        op = message.get("op")
-        if op == "stats":
-            cached = bool(message.get("cached"))
-        elif op == "exit":
-            return _exit_result(message, cached)
-        elif network is not None:
-            network.handle_control(message)  # e.g. "accepted": the workload took a connection
-
-
-def _exit_result(message: dict[str, object], cached: bool | None) -> RunResult:
-    status = message.get("status")
-    reason = message.get("reason")
-    text = message.get("message")
-    backtrace = message.get("backtrace")
-    if not isinstance(status, int) or not 0 <= status <= 255 or not isinstance(reason, str):
-        return RunResult(EXIT_MOTTE_ERROR, "error", "the keep sent a malformed exit report")
-    lines = [str(line) for line in backtrace] if isinstance(backtrace, list) else []
-    return RunResult(status, reason, text if isinstance(text, str) else "", lines[:64], cached)
+        try:
+            received = conversation.received(message)
+        except ControlError as exc:
+            keep.close(grace=0)
+            return RunResult(EXIT_MOTTE_ERROR, "error", str(exc))
+        if isinstance(received, Stats):
+            cached = received.cached
+        elif isinstance(received, Exit):
+            return RunResult(received.status, received.reason, received.message, list(received.backtrace), cached)
+        elif isinstance(received, Accepted) and network is not None:
+            network.accepted(received.stream)
 
 
 def _daemon(target: Callable[..., None], *args: object) -> threading.Thread:

@@ -1,15 +1,7 @@
 """The keep runtime: receive a workload over the channel, run it, report how it ended.
 
-The same code runs in every backend; only the transport under the channel differs.
-
-Sequence on the channel (after HELLO)::
-
-    host -> keep   OPEN wasm stream, OPEN one stream per stdio file and per --dir, CONTROL launch
-    host -> keep   DATA (the wasm bytes), EOF
-    keep -> host   CONTROL started {cached, compile_ms}
-    both           DATA on stdio streams; hostfs requests and answers on --dir streams
-    keep -> host   CONTROL exit {status, reason, message, backtrace}
-    host -> keep   CONTROL bye           (only then may a VM keep power off: nothing is lost)
+The same code runs in every backend; only the transport under the channel differs. The control
+messages it exchanges with the host, and their order, are defined in :mod:`motte.shared.control`.
 """
 
 from __future__ import annotations
@@ -17,134 +9,27 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import wasmtime
 
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiError, WasiFile
-from motte.keep.wasi.fs import open_preopen
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
-from motte.shared.enarx_config import ConfigError, WorkloadConfig
+from motte.shared.control import MAX_BACKTRACE, STDIO_KINDS, Bye, ControlMessage, Conversation, Exit, Launch, Stats
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
 
 if TYPE_CHECKING:
     from motte.keep.wasi.remote_fs import HostFsClient
 
-MAX_WASM_SIZE = 512 << 20
-MAX_CA_BUNDLE = 128 << 10  # a PEM CA bundle for one connect file
-WASM_PAGE = 64 << 10
 ARGV0 = "main.wasm"
-MAX_PREOPENS = 64
-
-
-class Outcome(NamedTuple):
-    """How the workload ended; sent to the host as the ``exit`` control message."""
-
-    status: int
-    reason: str  # exit | trap | timeout | memory | error
-    message: str = ""
-    backtrace: list[str] = []  # noqa: RUF012 - never mutated
-
-    def to_message(self) -> dict[str, Any]:
-        return {"status": self.status, "reason": self.reason, "message": self.message, "backtrace": self.backtrace}
 
 
 class LaunchError(MotteError):
     """The workload could not be started (bad module, bad launch request)."""
-
-
-class Launch(NamedTuple):
-    config: WorkloadConfig
-    wasm_stream: int
-    wasm_size: int
-    wasm_sha256: str
-    stdio_streams: dict[int, int]  # fd -> stream
-    dirs: list[Preopen]
-    memory_limit: int
-    timeout: float | None
-    cache_dir: str | None
-    ca_bundles: dict[int, str] = {}  # noqa: RUF012 - fd -> PEM of the extra CA for a TLS connect
-    steward_ca: str | None = None  # PEM of the CA the keep trusts for the Steward's TLS certificate
-
-    @classmethod
-    def parse(cls, message: dict[str, Any]) -> Launch:
-        """Validate a launch request: it comes from the untrusted host."""
-        try:
-            config = WorkloadConfig.from_json(message.get("config"))
-            wasm = message["wasm"]
-            stdio = {int(fd): _int(stream, "stream") for fd, stream in dict(message.get("stdio", {})).items()}
-            dirs = [Preopen.parse(d) for d in message.get("dirs", [])]
-            limits = message.get("limits", {})
-            timeout = limits.get("timeout")
-            launch = cls(
-                config=config,
-                wasm_stream=_int(wasm["stream"], "wasm.stream"),
-                wasm_size=_int(wasm["size"], "wasm.size"),
-                wasm_sha256=_str(wasm["sha256"], "wasm.sha256"),
-                stdio_streams=stdio,
-                dirs=dirs,
-                memory_limit=_int(limits["memory"], "limits.memory"),
-                timeout=None if timeout is None else float(timeout),
-                cache_dir=None if message.get("cache_dir") is None else _str(message["cache_dir"], "cache_dir"),
-                ca_bundles={int(fd): _str(pem, "ca") for fd, pem in dict(message.get("ca", {})).items()},
-                steward_ca=None if message.get("steward_ca") is None else _str(message["steward_ca"], "steward_ca"),
-            )
-        except ConfigError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise LaunchError(f"malformed launch request: {exc}") from None
-        if not 0 < launch.wasm_size <= MAX_WASM_SIZE:
-            raise LaunchError(f"workload size {launch.wasm_size} outside 1..{MAX_WASM_SIZE} bytes")
-        if launch.memory_limit < WASM_PAGE:
-            raise LaunchError("memory limit below one wasm page")
-        if len(launch.dirs) > MAX_PREOPENS:
-            raise LaunchError(f"{len(launch.dirs)} preopened directories, more than {MAX_PREOPENS}")
-        for fd, pem in launch.ca_bundles.items():
-            spec = launch.config.files[fd] if 0 <= fd < len(launch.config.files) else None
-            if spec is None or spec.kind != "connect" or spec.prot != "tls":
-                raise LaunchError(f"a CA bundle was sent for fd {fd}, which is no TLS connect file")
-            if len(pem) > MAX_CA_BUNDLE:
-                raise LaunchError(f"the CA bundle for fd {fd} exceeds {MAX_CA_BUNDLE} bytes")
-        if launch.steward_ca is not None:
-            if launch.config.steward is None:
-                raise LaunchError("a Steward CA bundle was sent, but the workload config names no steward")
-            if len(launch.steward_ca) > MAX_CA_BUNDLE:
-                raise LaunchError(f"the Steward CA bundle exceeds {MAX_CA_BUNDLE} bytes")
-        return launch
-
-
-class Preopen(NamedTuple):
-    """A ``--dir``: served by the host on a channel stream (every backend), or, for a ``nil``
-    keep only, a host path the keep opens itself."""
-
-    guest: str
-    stream: int | None = None
-    host: str | None = None
-
-    @classmethod
-    def parse(cls, entry: Any) -> Preopen:
-        guest = _str(entry["guest"], "dir.guest")
-        if not 0 < len(guest.encode()) <= 1024 or "\0" in guest:
-            raise ValueError("dir.guest must be a path of 1 to 1024 bytes without NUL")
-        if "stream" in entry:
-            return cls(guest, stream=_int(entry["stream"], "dir.stream"))
-        return cls(guest, host=_str(entry["host"], "dir.host"))
-
-
-def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer")
-    return value
-
-
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string")
-    return value
 
 
 class KeepRuntime:
@@ -153,61 +38,67 @@ class KeepRuntime:
         self.allow_host_cache = allow_host_cache
         self.backend = backend  # chooses the evidence source when the config names a Steward
         self.hostfs_clients: list[HostFsClient] = []  # one per served directory
+        self.conversation = Conversation("keep")
 
-    def serve(self) -> Outcome:
+    def report(self, message: ControlMessage) -> None:
+        """Send a control message to the host, once the sequence allows it."""
+        self.endpoint.send_control(**self.conversation.sending(message))
+
+    def serve(self) -> Exit:
         """Handle one launch request; always tells the host how it ended."""
+        conversation = self.conversation
         launch: Launch | None = None
         try:
-            message = self.endpoint.recv_control()
-            if message.get("op") != "launch":
-                raise LaunchError(f"expected a launch request, got {message.get('op')!r}")
-            launch = Launch.parse(message)
+            message = conversation.received(self.endpoint.recv_control())
+            assert isinstance(message, Launch)  # the only message the host may send first
+            launch = message
             outcome = self.run(launch)
         except MotteError as exc:
-            outcome = Outcome(EXIT_MOTTE_ERROR, "error", str(exc))
-            for stream in launch.stdio_streams.values() if launch is not None else ():
+            outcome = Exit(EXIT_MOTTE_ERROR, "error", str(exc))
+            for stream in launch.streams.stdio.values() if launch is not None else ():
                 self.endpoint.eof(stream)  # the host stops waiting for output the workload never wrote
-        self.endpoint.send_control("exit", **outcome.to_message())
+        self.report(outcome)
         try:
-            self.endpoint.recv_control(timeout=10.0)  # "bye": the host has everything
+            bye = conversation.received(self.endpoint.recv_control(timeout=10.0))
+            assert isinstance(bye, Bye)  # the host has everything
         except MotteError:
             pass
         return outcome
 
     def _receive_wasm(self, launch: Launch) -> bytes:
+        size = launch.terms.wasm_size
         chunks = bytearray()
         while True:
-            data = self.endpoint.read(launch.wasm_stream, 1 << 20, timeout=60.0)
+            data = self.endpoint.read(launch.streams.wasm, 1 << 20, timeout=60.0)
             if not data:
                 break
             chunks += data
-            if len(chunks) > launch.wasm_size:
+            if len(chunks) > size:
                 raise LaunchError("the host sent more workload bytes than it announced")
-        if len(chunks) != launch.wasm_size:
-            raise LaunchError(f"workload truncated: {len(chunks)} of {launch.wasm_size} bytes arrived")
+        if len(chunks) != size:
+            raise LaunchError(f"workload truncated: {len(chunks)} of {size} bytes arrived")
         wasm = bytes(chunks)
-        if hashlib.sha256(wasm).hexdigest() != launch.wasm_sha256:
+        if hashlib.sha256(wasm).hexdigest() != launch.terms.wasm_sha256:
             raise LaunchError("workload digest mismatch: the bytes that arrived are not the ones announced")
         return wasm
 
     def _files(self, launch: Launch, outputs: ChannelOutputs) -> list[WasiFile]:
         files: list[WasiFile] = []
         network = None
-        steward = launch.config.steward
-        if steward is not None or any(spec.kind in ("listen", "connect") for spec in launch.config.files):
+        steward = launch.terms.config.steward
+        if steward is not None or any(spec.kind in ("listen", "connect") for spec in launch.terms.config.files):
             from motte.keep.net.setup import NetworkSetup  # only workloads with sockets load ssl
 
-            network = NetworkSetup(self.endpoint, launch.ca_bundles, on_block=outputs.flush_all)
+            network = NetworkSetup(self.endpoint, launch.terms.ca_bundles, report=self.report,
+                                   on_block=outputs.flush_all)
             if steward is not None:
                 # Before the workload starts: without the Steward's certificate it does not run.
-                network.use_steward(steward, self.backend, launch.steward_ca)
-        for fd, spec in enumerate(launch.config.files):
+                network.use_steward(steward, self.backend, launch.terms.steward_ca)
+        for fd, spec in enumerate(launch.terms.config.files):
             if spec.kind == "null":
                 files.append(NullFile())
-            elif spec.kind in ("stdin", "stdout", "stderr"):
-                stream = launch.stdio_streams.get(fd)
-                if stream is None:
-                    raise LaunchError(f"no channel stream for fd {fd} ({spec.kind})")
+            elif spec.kind in STDIO_KINDS:
+                stream = launch.streams.stdio[fd]  # the launch was checked: every stdio file has one
                 if spec.kind == "stdin":
                     files.append(ChannelInput(self.endpoint, stream, on_block=outputs))
                     self.endpoint.eof(stream)  # nothing flows keep -> host on stdin
@@ -224,40 +115,35 @@ class KeepRuntime:
                 raise LaunchError(f"files[{fd}] has unknown kind {spec.kind!r}")
         if network is not None:
             network.start()
-        deadline = None if launch.timeout is None else time.monotonic() + launch.timeout  # as run() sets it
-        for preopen in launch.dirs:
-            if preopen.stream is not None:
-                from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir
+        deadline = None if launch.terms.timeout is None else time.monotonic() + launch.terms.timeout  # as run() sets it
+        if launch.terms.dirs:
+            from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir
 
-                client = HostFsClient(self.endpoint, preopen.stream, deadline)
+            for guest, stream in zip(launch.terms.dirs, launch.streams.dirs, strict=True):
+                client = HostFsClient(self.endpoint, stream, deadline)
                 self.hostfs_clients.append(client)
-                files.append(RemoteDir.preopen(client, preopen.guest))
-                continue
-            assert preopen.host is not None
-            try:
-                files.append(open_preopen(preopen.host, preopen.guest))
-            except WasiError as exc:
-                raise LaunchError(f"cannot preopen {preopen.guest}: {exc}") from None
+                files.append(RemoteDir.preopen(client, guest))
         return files
 
-    def run(self, launch: Launch) -> Outcome:
+    def run(self, launch: Launch) -> Exit:
         wasm = self._receive_wasm(launch)
         started = time.monotonic()
         try:
-            interruptible = launch.timeout is not None
-            memory_limit = MemoryLimit(launch.memory_limit)
+            interruptible = launch.terms.timeout is not None
+            memory_limit = MemoryLimit(launch.terms.memory_limit)
             engine = make_engine(interruptible, memory_limit)
-            cache = ModuleCache(launch.cache_dir if self.allow_host_cache else None, engine_settings(interruptible))
-            compiled = cache.load(engine, wasm, launch.wasm_sha256)
+            cache_dir = launch.streams.cache_dir if self.allow_host_cache else None
+            cache = ModuleCache(cache_dir, engine_settings(interruptible))
+            compiled = cache.load(engine, wasm, launch.terms.wasm_sha256)
         except wasmtime.WasmtimeError as exc:
             raise LaunchError(f"not a valid WebAssembly module: {_first_line(exc)}") from None
-        compile_ms = (time.monotonic() - started) * 1000
+        compile_us = round((time.monotonic() - started) * 1e6)
         outputs = ChannelOutputs()
         files = self._files(launch, outputs)
         memory = GuestMemory()
-        deadline = None if launch.timeout is None else time.monotonic() + launch.timeout
+        deadline = None if launch.terms.timeout is None else time.monotonic() + launch.terms.timeout
         wasi = Preview1(
-            [ARGV0, *launch.config.args], launch.config.workload_env(), files, memory,
+            [ARGV0, *launch.terms.config.args], launch.terms.config.workload_env(), files, memory,
             deadline=deadline, before_block=outputs.flush_all,
         )
         linker = wasmtime.Linker(engine)
@@ -267,9 +153,9 @@ class KeepRuntime:
         wasi.register(host)
         store = wasmtime.Store(engine)
         timer = None
-        if launch.timeout is not None:
+        if launch.terms.timeout is not None:
             store.set_epoch_deadline(1)
-            timer = threading.Timer(launch.timeout, engine.increment_epoch)
+            timer = threading.Timer(launch.terms.timeout, engine.increment_epoch)
             timer.daemon = True
             timer.start()
         outputs.start()
@@ -289,11 +175,12 @@ class KeepRuntime:
                     file.close()
                 except (OSError, WasiError):
                     pass
-        self.endpoint.send_control("stats", cached=compiled.from_cache, compile_ms=round(compile_ms, 3))
+        stats = Stats(cached=compiled.from_cache, compile_us=compile_us)
+        self.report(stats)
         return outcome
 
     def _execute(self, store: wasmtime.Store, linker: wasmtime.Linker, host: HostFunctions,
-                 module: wasmtime.Module, memory: GuestMemory, launch: Launch) -> Outcome:
+                 module: wasmtime.Module, memory: GuestMemory, launch: Launch) -> Exit:
         try:
             instance = linker.instantiate(store, module)
         except wasmtime.Trap as exc:
@@ -320,11 +207,11 @@ class KeepRuntime:
             pending = host.take_pending()
             if isinstance(pending, HostTrap):
                 return _ended(pending.outcome, launch)
-            return Outcome(EXIT_TRAP, "trap", _first_line(exc))
+            return Exit(EXIT_TRAP, "trap", _first_line(exc))
         return _ended(ProcExit(0), launch)
 
 
-def _ended(how: object, launch: Launch) -> Outcome:
+def _ended(how: object, launch: Launch) -> Exit:
     """The outcome of a deliberate end: proc_exit, the deadline, or the memory cap."""
     if isinstance(how, DeadlineHit):
         return _timeout(launch)
@@ -332,34 +219,34 @@ def _ended(how: object, launch: Launch) -> Outcome:
         return _memory_outcome(launch, f"a memory.grow to {how.wanted} bytes was refused")
     assert isinstance(how, ProcExit)
     if how.status > 255:
-        return Outcome(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {how.status}, beyond 255")
-    return Outcome(how.status, "exit")
+        return Exit(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {how.status}, beyond 255")
+    return Exit(how.status, "exit")
 
 
-def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, launch: Launch) -> Outcome:
+def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, launch: Launch) -> Exit:
     pending = host.take_pending()
     if isinstance(pending, HostTrap):
         return _ended(pending.outcome, launch)
     if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
         return _timeout(launch)
-    backtrace = [_frame_text(i, frame) for i, frame in enumerate(trap.frames)]
+    backtrace = tuple(_frame_text(i, frame) for i, frame in enumerate(trap.frames[:MAX_BACKTRACE]))
     cause = _trap_cause(trap.message)
     if pending is not None:
-        return Outcome(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
-    return Outcome(EXIT_TRAP, "trap", cause, backtrace)
+        return Exit(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
+    return Exit(EXIT_TRAP, "trap", cause, backtrace)
 
 
-def _timeout(launch: Launch) -> Outcome:
-    return Outcome(EXIT_TIMEOUT, "timeout", f"the workload ran past its {launch.timeout:g} s deadline")
+def _timeout(launch: Launch) -> Exit:
+    return Exit(EXIT_TIMEOUT, "timeout", f"the workload ran past its {launch.terms.timeout:g} s deadline")
 
 
 class MemoryRefused(NamedTuple):
     wanted: int  # bytes the refused grow asked for
 
 
-def _memory_outcome(launch: Launch, then: str) -> Outcome:
-    mib = launch.memory_limit / (1 << 20)
-    return Outcome(EXIT_MEMORY, "memory", f"the workload reached its memory limit of {mib:g} MiB; {then}")
+def _memory_outcome(launch: Launch, then: str) -> Exit:
+    mib = launch.terms.memory_limit / (1 << 20)
+    return Exit(EXIT_MEMORY, "memory", f"the workload reached its memory limit of {mib:g} MiB; {then}")
 
 
 def _frame_text(index: int, frame: wasmtime.Frame) -> str:

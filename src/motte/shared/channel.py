@@ -6,7 +6,8 @@ One byte stream (a socketpair for ``nil``, a virtio serial port for VM keeps) ca
     | stream u32| type u8| flags u8| length u32 | payload        |
     +-----------+--------+--------+-------------+----------------+
 
-Stream 0 is the control stream (HELLO and CONTROL frames, JSON payloads). Other streams carry
+Stream 0 is the control stream (HELLO and CONTROL frames, JSON payloads; the CONTROL messages and
+their order are in :mod:`motte.shared.control`). Other streams carry
 bytes (the workload image, stdio, network connections). The side that opens a stream picks its
 id: the host uses odd ids, the keep even ones, so both can open streams without a race.
 
@@ -32,7 +33,7 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 1 << 20  # one frame carries at most 1 MiB
-MAX_CONTROL_PAYLOAD = 256 << 10  # JSON control messages are small; refuse anything huge
+MAX_CONTROL_PAYLOAD = MAX_PAYLOAD  # a launch carries CA bundles of up to 128 KiB each
 MAX_STREAM_ID = (1 << 31) - 1
 MAX_STREAMS = 4096  # open streams per side at once
 DEFAULT_WINDOW = 1 << 20  # initial credit per stream, in bytes
@@ -420,8 +421,14 @@ class ChannelState:
             self._closed_ids.add(stream)
 
 
+def canonical_json(value: dict[str, Any]) -> bytes:
+    """The one encoding of a JSON payload: keys sorted, no spaces, ASCII only (non-ASCII as
+    ``\\uXXXX``), no NaN or infinity. Messages that are hashed carry no floats."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
 def _dump_json(value: dict[str, Any]) -> bytes:
-    data = json.dumps(value, separators=(",", ":")).encode()
+    data = canonical_json(value)
     if len(data) > MAX_CONTROL_PAYLOAD:
         raise ValueError(f"control message of {len(data)} bytes exceeds {MAX_CONTROL_PAYLOAD}")
     return data

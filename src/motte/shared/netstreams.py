@@ -6,7 +6,7 @@ the wire carries (TLS records for ``prot = "tls"``: the session ends inside the 
 - A connection the host accepted on a listen socket: the host opens a stream of kind
   :data:`ACCEPTED` with ``fd`` (the listen socket's WASI fd) and ``peer`` (``"addr:port"``,
   informational). When the workload takes it (``sock_accept``) the keep sends the control message
-  :data:`OP_ACCEPTED` ``{"stream": id}``: the host holds at most a backlog of streams the workload
+  :class:`motte.shared.control.Accepted`: the host holds at most a backlog of streams the workload
   has not taken yet per listen socket, and lets further clients wait in the kernel's queue.
 - An outbound connection: the keep opens a stream of kind :data:`CONNECT` with ``fd``, ``host``
   and ``port`` (which must match the workload config). Once the TCP connection is up, the host's
@@ -25,7 +25,6 @@ from __future__ import annotations
 ACCEPTED = "accepted"
 CONNECT = "connect"
 STEWARD = "steward"
-OP_ACCEPTED = "accepted"
 CONNECTED = b"\0"
 CLOSED = "closed"
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from motte.keep.identity import KeepIdentity
 from motte.keep.net.sockets import KeepNetwork, ListenSocket, StreamSocket
 from motte.keep.net.tls import HANDSHAKE_TIMEOUT, TlsError, client_context, server_context
 from motte.keep.wasi.files import DeadlineExceeded, WasiError
+from motte.shared.control import ControlMessage
 from motte.shared.enarx_config import FileSpec
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
@@ -25,9 +26,9 @@ STEWARD_TIMEOUT = 30.0  # seconds for the whole certificate request: connect, TL
 
 
 class NetworkSetup:
-    def __init__(self, endpoint: Endpoint, ca_bundles: dict[int, str], *, on_block: Callable[[], None],
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT):
-        self.network = KeepNetwork(endpoint, on_block=on_block, handshake_timeout=handshake_timeout)
+    def __init__(self, endpoint: Endpoint, ca_bundles: Mapping[int, str], *, report: Callable[[ControlMessage], None],
+                 on_block: Callable[[], None], handshake_timeout: float = HANDSHAKE_TIMEOUT):
+        self.network = KeepNetwork(endpoint, report=report, on_block=on_block, handshake_timeout=handshake_timeout)
         self._ca_bundles = ca_bundles
         self._server: ssl.SSLContext | None = None
         self._default_client: ssl.SSLContext | None = None

@@ -20,6 +20,7 @@ from motte.keep.net import TlsError
 from motte.keep.wasi.abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
 from motte.shared import netstreams
+from motte.shared.control import Accepted, ControlMessage
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
 from motte.shared.errors import MotteError
@@ -441,9 +442,11 @@ class ListenSocket(WasiFile):
     rights_base = LISTEN_RIGHTS
 
     def __init__(self, endpoint: Endpoint, fd: int, *, tls_context: ssl.SSLContext | None,
-                 on_block: Callable[[], None] = _NOTHING, handshake_timeout: float = 10.0):
+                 report: Callable[[ControlMessage], None], on_block: Callable[[], None] = _NOTHING,
+                 handshake_timeout: float = 10.0):
         super().__init__()
         self.endpoint = endpoint
+        self.report = report  # sends a control message to the host, in the order of shared/control.py
         self.fd = fd
         self.tls_context = tls_context
         self._on_block = on_block
@@ -482,7 +485,7 @@ class ListenSocket(WasiFile):
         with self._lock:
             stream = self._backlog.popleft()
         try:
-            self.endpoint.send_control(netstreams.OP_ACCEPTED, stream=stream)
+            self.report(Accepted(stream))
         except MotteError:
             raise WasiError(Errno.CONNABORTED) from None
         tls = None
@@ -523,16 +526,17 @@ class KeepNetwork:
     """The keep's sockets: routes the connections the host accepted to their listen socket and
     asks the host for outbound ones."""
 
-    def __init__(self, endpoint: Endpoint, *, on_block: Callable[[], None] = _NOTHING,
-                 handshake_timeout: float = 10.0):
+    def __init__(self, endpoint: Endpoint, *, report: Callable[[ControlMessage], None],
+                 on_block: Callable[[], None] = _NOTHING, handshake_timeout: float = 10.0):
         self.endpoint = endpoint
+        self.report = report
         self.on_block = on_block
         self.handshake_timeout = handshake_timeout
         self.listeners: dict[int, ListenSocket] = {}
 
     def listen(self, fd: int, tls_context: ssl.SSLContext | None) -> ListenSocket:
-        listener = ListenSocket(self.endpoint, fd, tls_context=tls_context, on_block=self.on_block,
-                                handshake_timeout=self.handshake_timeout)
+        listener = ListenSocket(self.endpoint, fd, tls_context=tls_context, report=self.report,
+                                on_block=self.on_block, handshake_timeout=self.handshake_timeout)
         self.listeners[fd] = listener
         return listener
 

@@ -1,0 +1,409 @@
+"""The control stream: every message the host and the keep exchange on stream 0, and their order.
+
+Each message is a typed value with ``to_message`` (a JSON object whose ``"op"`` names it) and
+``from_message`` (which validates: whatever the host sends comes from the untrusted side, and the
+host does not trust the keep's words either). The channel encodes every control message with
+:func:`motte.shared.channel.canonical_json`, so a message has one byte encoding; the keep will
+hash :meth:`LaunchTerms.canonical_bytes` into its attested identity.
+
+The order is one table, :data:`SEQUENCE`, that both ends follow through :class:`Conversation`::
+
+    phase             sender  message    next phase
+    awaiting launch   host    launch     running     the workload, its config and where each part arrives
+    awaiting launch   keep    exit       exited      the keep could not take what the host sent
+    running           keep    accepted   running     the workload took a network connection
+    running           keep    stats      reported    once, after the workload ended
+    running           keep    exit       exited      how the workload ended
+    reported          keep    exit       exited
+    exited            host    bye        done        the host has everything: a VM keep may power off
+
+Anything else (an unknown op, a message out of turn, a malformed one) is a :class:`ControlError`
+naming the side that broke the protocol. The data streams the launch names (the workload bytes,
+stdio, ``--dir``) are opened before it; see ``docs/architecture.md`` for the whole picture.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from motte.shared.channel import ProtocolError, Role, canonical_json
+from motte.shared.enarx_config import ConfigError, WorkloadConfig
+
+MAX_WASM_SIZE = 512 << 20
+MAX_CA_BUNDLE = 128 << 10  # one PEM bundle: the extra CA of a TLS connect file, or the Steward's CA
+MAX_PREOPENS = 64
+MAX_GUEST_PATH = 1024
+MAX_BACKTRACE = 64  # frames of a trap's backtrace the keep reports
+MAX_EXIT_TEXT = 4096  # characters of an exit message or of one backtrace line
+MAX_TIMEOUT_MS = 1 << 53
+WASM_PAGE = 64 << 10
+STDIO_KINDS = frozenset({"stdin", "stdout", "stderr"})
+ExitReason = Literal["exit", "trap", "timeout", "memory", "error"]
+EXIT_REASONS: frozenset[str] = frozenset({"exit", "trap", "timeout", "memory", "error"})
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ControlError(ProtocolError):
+    """A control message that is unknown, out of turn or malformed; the text names who sent it."""
+
+
+class _Malformed(ValueError):
+    """A field of a control message is missing or of the wrong type or range."""
+
+
+# ---- the messages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchTerms:
+    """Everything the host supplies that decides what the workload is and sees. Attestation
+    binds these; nothing here depends on the channel or the host's file layout."""
+
+    wasm_size: int
+    wasm_sha256: str  # lower-case hex
+    config: WorkloadConfig
+    dirs: tuple[str, ...] = ()  # guest paths of the preopened directories, in preopen order
+    memory_limit: int = 1 << 30
+    timeout_ms: int | None = None
+    ca_bundles: Mapping[int, str] = field(default_factory=dict)  # TLS connect fd -> PEM of its extra CA
+    steward_ca: str | None = None  # PEM of the CA the keep trusts for the Steward's TLS certificate
+
+    @property
+    def timeout(self) -> float | None:
+        return None if self.timeout_ms is None else self.timeout_ms / 1000
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "wasm": {"size": self.wasm_size, "sha256": self.wasm_sha256},
+            "config": self.config.to_json(),
+            "dirs": list(self.dirs),
+            "limits": {"memory": self.memory_limit, "timeout_ms": self.timeout_ms},
+            "ca": [{"fd": fd, "pem": pem} for fd, pem in sorted(self.ca_bundles.items())],
+            "steward_ca": self.steward_ca,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        """The one byte encoding of the terms (what attestation hashes)."""
+        return canonical_json(self.to_message())
+
+    @classmethod
+    def from_message(cls, data: Any) -> LaunchTerms:
+        wasm, limits = _object(_get(data, "wasm"), "wasm"), _object(_get(data, "limits"), "limits")
+        dirs = _list(_get(data, "dirs"), "dirs", MAX_PREOPENS)
+        timeout_ms = _get(limits, "timeout_ms")
+        terms = cls(
+            wasm_size=_int(_get(wasm, "size"), "wasm.size", 1, MAX_WASM_SIZE),
+            wasm_sha256=_sha256(_get(wasm, "sha256"), "wasm.sha256"),
+            config=WorkloadConfig.from_json(_get(data, "config")),
+            dirs=tuple(_guest_path(path, f"dirs[{i}]") for i, path in enumerate(dirs)),
+            memory_limit=_int(_get(limits, "memory"), "limits.memory", WASM_PAGE, 1 << 62),
+            timeout_ms=None if timeout_ms is None else _int(timeout_ms, "limits.timeout_ms", 1, MAX_TIMEOUT_MS),
+            ca_bundles=_ca_bundles(_get(data, "ca")),
+            steward_ca=_optional_pem(_get(data, "steward_ca"), "steward_ca"),
+        )
+        terms.check()
+        return terms
+
+    def check(self) -> None:
+        """The rules that tie the fields together (both ends check them: the host before sending)."""
+        for fd in self.ca_bundles:
+            spec = self.config.files[fd] if 0 <= fd < len(self.config.files) else None
+            if spec is None or spec.kind != "connect" or spec.prot != "tls":
+                raise _Malformed(f"a CA bundle was sent for fd {fd}, which is no TLS connect file")
+        if self.steward_ca is not None and self.config.steward is None:
+            raise _Malformed("a Steward CA bundle was sent, but the workload config names no steward")
+
+
+@dataclass(frozen=True)
+class LaunchStreams:
+    """Where each part of the launch arrives on the channel, and the host's module cache."""
+
+    wasm: int
+    stdio: Mapping[int, int] = field(default_factory=dict)  # fd of a stdio file -> its stream
+    dirs: tuple[int, ...] = ()  # the stream serving each of LaunchTerms.dirs, in the same order
+    cache_dir: str | None = None  # compiled-module cache; honoured by nil keeps only
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "wasm": self.wasm,
+            "stdio": [{"fd": fd, "stream": stream} for fd, stream in sorted(self.stdio.items())],
+            "dirs": list(self.dirs),
+            "cache_dir": self.cache_dir,
+        }
+
+    @classmethod
+    def from_message(cls, data: Any) -> LaunchStreams:
+        stdio: dict[int, int] = {}
+        for i, entry in enumerate(_list(_get(data, "stdio"), "streams.stdio", 1 << 16)):
+            fd = _int(_get(entry, "fd"), f"streams.stdio[{i}].fd")
+            if fd in stdio:
+                raise _Malformed(f"streams.stdio names fd {fd} twice")
+            stdio[fd] = _stream(_get(entry, "stream"), f"streams.stdio[{i}].stream")
+        cache_dir = _get(data, "cache_dir")
+        dirs = _list(_get(data, "dirs"), "streams.dirs", MAX_PREOPENS)
+        return cls(
+            wasm=_stream(_get(data, "wasm"), "streams.wasm"),
+            stdio=stdio,
+            dirs=tuple(_stream(stream, f"streams.dirs[{i}]") for i, stream in enumerate(dirs)),
+            cache_dir=None if cache_dir is None else _str(cache_dir, "streams.cache_dir", 4096),
+        )
+
+
+@dataclass(frozen=True)
+class Launch:
+    """host -> keep, first: run this workload."""
+
+    OP: ClassVar[str] = "launch"
+    terms: LaunchTerms
+    streams: LaunchStreams
+
+    def to_message(self) -> dict[str, Any]:
+        self.terms.check()
+        return {"op": self.OP, "terms": self.terms.to_message(), "streams": self.streams.to_message()}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Launch:
+        launch = cls(LaunchTerms.from_message(_get(data, "terms")), LaunchStreams.from_message(_get(data, "streams")))
+        files = launch.terms.config.files
+        for fd, spec in enumerate(files):
+            if spec.kind in STDIO_KINDS and fd not in launch.streams.stdio:
+                raise _Malformed(f"no channel stream for fd {fd} ({spec.kind})")
+        for fd in launch.streams.stdio:
+            if not (0 <= fd < len(files) and files[fd].kind in STDIO_KINDS):
+                raise _Malformed(f"a stdio stream was sent for fd {fd}, which is no stdio file")
+        if len(launch.streams.dirs) != len(launch.terms.dirs):
+            raise _Malformed(f"{len(launch.terms.dirs)} preopened directories but {len(launch.streams.dirs)} streams")
+        return launch
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """keep -> host: the workload took the connection on this stream (the host may queue another)."""
+
+    OP: ClassVar[str] = "accepted"
+    stream: int
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": self.OP, "stream": self.stream}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Accepted:
+        return cls(_stream(_get(data, "stream"), "stream"))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """keep -> host, once the workload ended: how its module was compiled."""
+
+    OP: ClassVar[str] = "stats"
+    cached: bool
+    compile_us: int
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": self.OP, "cached": self.cached, "compile_us": self.compile_us}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Stats:
+        cached = _get(data, "cached")
+        if not isinstance(cached, bool):
+            raise _Malformed("cached must be true or false")
+        return cls(cached, _int(_get(data, "compile_us"), "compile_us"))
+
+
+@dataclass(frozen=True)
+class Exit:
+    """keep -> host: how the workload (or its launch) ended. ``status`` is motte's exit status."""
+
+    OP: ClassVar[str] = "exit"
+    status: int
+    reason: ExitReason  # exit | trap | timeout | memory | error
+    message: str = ""
+    backtrace: tuple[str, ...] = ()
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "op": self.OP, "status": self.status, "reason": self.reason,
+            "message": self.message[:MAX_EXIT_TEXT],
+            "backtrace": [line[:MAX_EXIT_TEXT] for line in self.backtrace[:MAX_BACKTRACE]],
+        }
+
+    @classmethod
+    def from_message(cls, data: Any) -> Exit:
+        reason = _get(data, "reason")
+        if reason not in EXIT_REASONS:
+            raise _Malformed(f"reason must be one of {', '.join(sorted(EXIT_REASONS))}")
+        lines = _list(_get(data, "backtrace"), "backtrace", MAX_BACKTRACE)
+        return cls(
+            status=_int(_get(data, "status"), "status", 0, 255),
+            reason=reason,
+            message=_str(_get(data, "message"), "message", MAX_EXIT_TEXT),
+            backtrace=tuple(_str(line, f"backtrace[{i}]", MAX_EXIT_TEXT) for i, line in enumerate(lines)),
+        )
+
+
+@dataclass(frozen=True)
+class Bye:
+    """host -> keep, after the exit: the host has all output; a VM keep may now power off."""
+
+    OP: ClassVar[str] = "bye"
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": self.OP}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Bye:
+        return cls()
+
+
+ControlMessage: TypeAlias = Launch | Accepted | Stats | Exit | Bye
+MESSAGES: dict[str, type[ControlMessage]] = {m.OP: m for m in (Launch, Accepted, Stats, Exit, Bye)}
+
+
+# ---- the sequence ----------------------------------------------------------------------------
+
+
+class Phase(Enum):
+    AWAITING_LAUNCH = "awaiting launch"
+    RUNNING = "running"
+    REPORTED = "reported"
+    EXITED = "exited"
+    DONE = "done"
+
+
+#: (phase, sender, op) -> the phase after it. The one definition of the order; both ends follow it.
+SEQUENCE: dict[tuple[Phase, Role, str], Phase] = {
+    (Phase.AWAITING_LAUNCH, "host", Launch.OP): Phase.RUNNING,
+    (Phase.AWAITING_LAUNCH, "keep", Exit.OP): Phase.EXITED,
+    (Phase.RUNNING, "keep", Accepted.OP): Phase.RUNNING,
+    (Phase.RUNNING, "keep", Stats.OP): Phase.REPORTED,
+    (Phase.RUNNING, "keep", Exit.OP): Phase.EXITED,
+    (Phase.REPORTED, "keep", Exit.OP): Phase.EXITED,
+    (Phase.EXITED, "host", Bye.OP): Phase.DONE,
+}
+
+
+class Conversation:
+    """One side's view of the control sequence: checks and advances it for every message sent
+    (:meth:`sending`) and received (:meth:`received`). Pure: the caller does the I/O."""
+
+    def __init__(self, role: Role):
+        self.role: Role = role
+        self.peer: Role = "keep" if role == "host" else "host"
+        self.phase = Phase.AWAITING_LAUNCH
+
+    def sending(self, message: ControlMessage) -> dict[str, Any]:
+        """The JSON object to send for ``message``, once the sequence allows this side to send it."""
+        self._advance(self.role, message.OP)
+        return message.to_message()
+
+    def received(self, data: Mapping[str, Any]) -> ControlMessage:
+        """Parse and check a message from the peer; :class:`ControlError` names the peer if it broke the rules."""
+        op = data.get("op")
+        kind = MESSAGES.get(op) if isinstance(op, str) else None
+        if kind is None or not isinstance(op, str):
+            raise ControlError(f"the {self.peer} sent an unknown control message {_shown(op)}")
+        after = self._next(self.peer, op)
+        try:
+            message = kind.from_message(data)
+        except (_Malformed, ConfigError) as exc:
+            raise ControlError(f"the {self.peer} sent a malformed {op!r} message: {exc}") from None
+        self.phase = after
+        return message
+
+    def _advance(self, sender: Role, op: str) -> None:
+        self.phase = self._next(sender, op)
+
+    def _next(self, sender: Role, op: str) -> Phase:
+        after = SEQUENCE.get((self.phase, sender, op))
+        if after is None:
+            allowed = sorted(o for (p, s, o) in SEQUENCE if p is self.phase and s == sender)
+            expected = f"it may send {' or '.join(map(repr, allowed))}" if allowed else "it may send nothing"
+            raise ControlError(f"the {sender} sent {op!r} out of turn ({self.phase.value}: {expected})")
+        return after
+
+
+# ---- field checks (the host and the keep do not trust each other's JSON) ------------------------
+
+
+def _get(data: Any, key: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise _Malformed(f"expected an object holding {key!r}")
+    if key not in data:
+        raise _Malformed(f"{key!r} is missing")
+    return data[key]
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _Malformed(f"{what} must be an object")
+    return value
+
+
+def _list(value: Any, what: str, most: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Malformed(f"{what} must be a list")
+    if len(value) > most:
+        raise _Malformed(f"{what} has {len(value)} entries, more than {most}")
+    return value
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = (1 << 63) - 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _Malformed(f"{what} must be an integer from {low} to {high}")
+    return value
+
+
+def _stream(value: Any, what: str) -> int:
+    return _int(value, what, 1, (1 << 31) - 1)
+
+
+def _str(value: Any, what: str, most: int) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{what} must be a string")
+    if len(value) > most:
+        raise _Malformed(f"{what} is longer than {most} characters")
+    return value
+
+
+def _sha256(value: Any, what: str) -> str:
+    text = _str(value, what, 64)
+    if not _SHA256_HEX.fullmatch(text):
+        raise _Malformed(f"{what} must be 64 lower-case hex digits")
+    return text
+
+
+def _guest_path(value: Any, what: str) -> str:
+    path = _str(value, what, MAX_GUEST_PATH)
+    if not 0 < len(path.encode("utf-8", "surrogatepass")) <= MAX_GUEST_PATH or "\0" in path:
+        raise _Malformed(f"{what} must be a path of 1 to {MAX_GUEST_PATH} bytes without NUL")
+    return path
+
+
+def _optional_pem(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    pem = _str(value, what, MAX_CA_BUNDLE)
+    if len(pem.encode("utf-8", "surrogatepass")) > MAX_CA_BUNDLE:
+        raise _Malformed(f"{what} exceeds {MAX_CA_BUNDLE} bytes")
+    return pem
+
+
+def _ca_bundles(value: Any) -> dict[int, str]:
+    bundles: dict[int, str] = {}
+    for i, entry in enumerate(_list(value, "ca", 1 << 16)):
+        fd = _int(_get(entry, "fd"), f"ca[{i}].fd")
+        if fd in bundles:
+            raise _Malformed(f"ca names fd {fd} twice")
+        pem = _optional_pem(_get(entry, "pem"), f"the CA bundle for fd {fd}")
+        if pem is None:
+            raise _Malformed(f"ca[{i}].pem must be a string")
+        bundles[fd] = pem
+    return bundles
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:80]
