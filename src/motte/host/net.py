@@ -65,7 +65,7 @@ def _address(sockaddr: Any) -> str:
 
 
 class _Listener:
-    __slots__ = ("active", "fd", "pending", "resume_at", "sock", "spec")
+    __slots__ = ("active", "fd", "pending", "refused", "resume_at", "sock", "spec")
 
     def __init__(self, fd: int, spec: FileSpec, sock: socket.socket):
         self.fd = fd
@@ -74,6 +74,7 @@ class _Listener:
         self.pending: set[int] = set()  # streams the workload has not accepted yet
         self.active = False  # registered with the selector
         self.resume_at = 0.0
+        self.refused = False  # the workload closed its listen socket: accept no more for it
 
 
 class _Connection:
@@ -116,11 +117,14 @@ class HostNetwork:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._relay_lock = threading.Lock()  # the relay state: connections, listeners, the selector
+        # The relay state (connections, listeners, the selector); reentrant: the channel's events
+        # reach _on_stream_event from pump(), on the relay thread, which holds it already.
+        self._relay_lock = threading.RLock()
         self._lock = threading.Lock()  # guards the three fields below (other threads post to them)
         self._posted: list[Callable[[], None]] = []
         self._wake_pending = False
         self._thread: threading.Thread | None = None
+        self._channel_fd: int | None = None  # while the relay thread reads the channel
         self._stop_at: float | None = None
         self._closed = False
 
@@ -217,6 +221,10 @@ class HostNetwork:
             self._update_listener(listener)
         self.endpoint.observe(self._on_stream_event)
         self.endpoint.route_opens(netstreams.CONNECT, self._on_connect_request)
+        # This thread reads the channel too: a request and its answer then wake one host thread,
+        # not two that hand the GIL to each other on every round trip.
+        self._channel_fd = self.endpoint.lend_reading()
+        self._selector.register(self._channel_fd, selectors.EVENT_READ, self._on_channel)
         self._thread = threading.Thread(target=self._run, name="motte-net", daemon=True)
         self._thread.start()
 
@@ -259,7 +267,18 @@ class HostNetwork:
             self._warn(f"the network relay failed: {type(exc).__name__}: {exc}")
         finally:
             with self._relay_lock:
+                self._stop_reading_channel()
                 self._close_all()
+
+    def _on_channel(self, _mask: int) -> None:
+        if not self.endpoint.pump():
+            self._stop_reading_channel()  # the keep is gone (the observer was told)
+
+    def _stop_reading_channel(self) -> None:
+        if self._channel_fd is not None:
+            self._selector.unregister(self._channel_fd)
+            self._channel_fd = None
+            self.endpoint.reclaim_reading()  # the run goes on: its exit report must still arrive
 
     def _post(self, action: Callable[[], None]) -> None:
         with self._lock:
@@ -319,7 +338,7 @@ class HostNetwork:
     # ---- listen sockets ----
 
     def _can_accept(self, listener: _Listener) -> bool:
-        return (self._stop_at is None and len(listener.pending) < KEEP_BACKLOG
+        return (self._stop_at is None and not listener.refused and len(listener.pending) < KEEP_BACKLOG
                 and len(self._conns) < MAX_CONNECTIONS and time.monotonic() >= listener.resume_at)
 
     def _update_listener(self, listener: _Listener) -> None:
@@ -545,6 +564,11 @@ class HostNetwork:
 
     def _keep_reset(self, conn: _Connection, reason: str | None) -> None:
         conn.reset = reason or "reset"
+        listener = conn.listener
+        if (listener is not None and conn.stream in listener.pending
+                and netstreams.failure_errno(reason) == "ECONNREFUSED"):
+            listener.refused = True  # the keep refuses what the workload will never accept
+            self._update_listener(listener)
         if conn.reset != netstreams.CLOSED and not conn.label.startswith(_STEWARD_LABEL):
             self._warn(f"{conn.label}: closed by the keep: {conn.reset}")  # (the keep reports its Steward's)
         if conn.out is None:

@@ -14,6 +14,7 @@ workload busy computing: within about a second), so the channel is always read.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import select
@@ -202,6 +203,8 @@ class Endpoint:
         self._waits_ended = 0.0  # when _waiting last dropped to 0
         self._reader_turn = threading.Condition(self._lock)  # the reader thread, stepping aside
         self._poller: select.poll | None = None
+        self._lent = False  # another thread's event loop reads the transport (lend_reading)
+        self._lend_r, self._lend_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True)
 
@@ -478,7 +481,16 @@ class Endpoint:
     def close(self) -> None:
         with self._lock:
             self._close_with(ChannelClosed("channel closed by this side"))
+            wake, self._lend_w = self._lend_w, -1
         self._transport.close()
+        if wake < 0:
+            return  # closed before
+        with contextlib.suppress(OSError):
+            os.write(wake, b"\0")  # a reader thread in poll: closing a transport may not wake it
+        if self._reader.ident is not None and self._reader is not threading.current_thread():
+            self._reader.join(5.0)
+        os.close(wake)
+        os.close(self._lend_r)
 
     # ---- internals ----
 
@@ -607,27 +619,78 @@ class Endpoint:
         # costs the peer a cross-CPU wake-up per message. poll waits for input only.
         ready_to_read = select.poll()
         ready_to_read.register(self._transport.fileno(), select.POLLIN)
+        ready_to_read.register(self._lend_r, select.POLLIN)
         while True:
             if self._read_when_waiting and not self._take_reader_turn():
                 return
             data: bytes | BaseException
             try:
-                ready_to_read.poll()
+                ready = ready_to_read.poll()
+                with self._lock:
+                    if self._lent or self._closed is not None:  # lent to another thread's event loop, or closed
+                        self._reading = False
+                        return
+                if not any(fd == self._transport.fileno() for fd, _ in ready):
+                    continue
                 data = self._transport.recv(READ_SIZE)
             except Exception as exc:  # OSError, or a bug: either ends the channel (it must not strand a waiter)
                 data = exc
-            with self._lock:
-                self._received(data)
-                touched, self._touched = self._touched, []
-                observer = self._observer
-                closed = self._closed is not None
-            if observer is not None:
-                for stream in dict.fromkeys(touched):  # each once, in order
-                    observer(stream)
-                if closed:
-                    observer(0)
-            if closed:
+            if not self._handle_read(data):
                 return
+
+    def _handle_read(self, data: bytes | BaseException) -> bool:
+        """What one read of the transport gave, handled, and the observer told: False once closed."""
+        with self._lock:
+            self._received(data)
+            touched, self._touched = self._touched, []
+            observer = self._observer
+            closed = self._closed is not None
+        if observer is not None:
+            for stream in dict.fromkeys(touched):  # each once, in order
+                observer(stream)
+            if closed:
+                observer(0)
+        return not closed
+
+    # ---- reading by another thread's event loop ----
+
+    def lend_reading(self) -> int:
+        """Stop the reader thread and return the transport's file descriptor: from now on the
+        caller's event loop reads the channel, calling :meth:`pump` whenever that descriptor is
+        readable, until :meth:`reclaim_reading`. The host's network relay does this so that one
+        thread wakes for a request and for its answer: two threads would hand the GIL to each
+        other on every round trip."""
+        if self._read_when_waiting:
+            raise ValueError("an endpoint that reads when waiting reads in its waiting threads")
+        with self._lock:
+            self._lent = True
+            if self._lend_w >= 0:
+                os.write(self._lend_w, b"\0")
+        if self._reader.is_alive():
+            self._reader.join()
+        return self._transport.fileno()
+
+    def pump(self) -> bool:
+        """The lent transport is readable: read it once and handle what came (see
+        :meth:`lend_reading`). False once the channel is closed."""
+        try:
+            data: bytes | BaseException = self._transport.recv(READ_SIZE)
+        except Exception as exc:  # as in _read_loop
+            data = exc
+        return self._handle_read(data)
+
+    def reclaim_reading(self) -> None:
+        """Start a reader thread again after :meth:`lend_reading`."""
+        with self._lock:
+            if not self._lent:
+                return
+            self._lent = False
+            closed = self._closed is not None
+            if not closed:
+                os.read(self._lend_r, 64)
+        if not closed:
+            self._reader = threading.Thread(target=self._read_loop, name=f"{self.name}-reader", daemon=True)
+            self._reader.start()
 
     def _received(self, data: bytes | BaseException) -> None:
         """Lock held: take what one read of the transport gave, bytes or the error it raised."""
