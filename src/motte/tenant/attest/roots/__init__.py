@@ -6,10 +6,11 @@
 
 Pinning the file digests means a modified installation fails loudly instead of trusting a new root.
 
-Sources (copied from ../shared/vectors, where each has a PROVENANCE.txt): the AMD files are AMD KDS
+Sources (each also under tests/vectors/, beside its PROVENANCE.txt): the AMD files are AMD KDS
 chains as published in confidential-containers/trustee (Apache-2.0), byte-identical to those in
-google/go-sev-guest and virtee/sev; the Intel root is the one in Phala-Network/dcap-qvl (MIT) and
-enarx/steward; the AWS root is the first cabundle entry of a real Nitro document.
+google/go-sev-guest and virtee/sev (tests/vectors/snp/amd-ca/*_ask_ark_asvk.pem); the Intel root
+is the one in Phala-Network/dcap-qvl (MIT) and enarx/steward (tests/vectors/dcap/intel-root/); the
+AWS root is the first cabundle entry of a real Nitro document (tests/vectors/nitro/eternis/).
 """
 
 from __future__ import annotations
