@@ -18,7 +18,7 @@ from motte.host.backends.kvm import snapshot as snapshots_module
 from motte.host.backends.kvm.accel import resolve_accel
 from motte.host.backends.kvm.qemu import guest_memory_mib, microvm_command
 from motte.host.backends.kvm.rundir import sweep_stale_rundirs
-from motte.host.image import build
+from motte.host.image import build, inputs
 from motte.host.image.cpio import Archive
 from motte.shared.errors import MotteError
 from motte.shared.vm_port import PARK_PARAM
@@ -257,7 +257,7 @@ def test_a_parked_keep_is_snapshotted_then_restored_with_a_fresh_clock_and_rng(
 def _sleeping_initrd(path: Path) -> Path:
     """A kernel that boots into an /init that never opens the channel: a boot 'hang'."""
     archive = Archive()
-    archive.add_file("bin/busybox", Path(build._busybox_path()).read_bytes(), 0o755)
+    archive.add_file("bin/busybox", Path(inputs.busybox_path()).read_bytes(), 0o755)
     archive.add_file("init", b"#!/bin/busybox sh\nexec /bin/busybox sleep 600\n", 0o755)
     archive.add_chardev("dev/console", 5, 1)
     path.write_bytes(archive.to_bytes())

@@ -144,7 +144,7 @@ def kvm_usable() -> tuple[bool, str]:
     import shutil
 
     from motte.host.backends.kvm.qemu import QEMU, QEMU_HINT, qemu_path
-    from motte.host.image import build, kernel
+    from motte.host.image import build, inputs, kernel
     from motte.shared.errors import MotteError
 
     if qemu_path() is None:
@@ -157,13 +157,13 @@ def kvm_usable() -> tuple[bool, str]:
         return True, f"QEMU and the keep image {image.key[:12]}"
     missing = []
     try:
-        build._busybox_path()
+        inputs.busybox_path()
     except MotteError:
         missing.append("busybox")
     try:
-        build.ca_bundle_path()
+        inputs.ca_bundle_path()
     except MotteError:
-        missing.append(f"the {build.CA_BUNDLE_PACKAGE} package (the image's CA bundle)")
+        missing.append(f"the {inputs.CA_BUNDLE_PACKAGE} package (the image's CA bundle)")
     if kernel.cached_kernel() is None:
         if shutil.which("apt-get") is None and not os.environ.get("MOTTE_KERNEL_DEB"):
             return False, "no keep kernel cached, and no apt-get to download it (or set MOTTE_KERNEL_DEB)"
