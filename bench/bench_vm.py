@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))  # tests.workloads builds the hello-world workload
 from motte.host.backends.base import Backend, KeepHandle, LaunchSpec  # noqa: E402
 from motte.host.backends.kvm import KvmBackend  # noqa: E402
 from motte.host.backends.nil import NilBackend  # noqa: E402
-from motte.host.image.build import GUEST_DIR, ensure_image  # noqa: E402
+from motte.host.image.build import ensure_image  # noqa: E402
+from motte.host.image.layout import GUEST_DIR  # noqa: E402
 from motte.shared.endpoint import Endpoint, SocketTransport  # noqa: E402
 
 MB = 1_000_000

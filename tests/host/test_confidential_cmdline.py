@@ -10,10 +10,10 @@ import json
 
 import pytest
 
+from motte.host.backends.base import Check
 from motte.host.backends.confidential import (
     SNP_DEFAULT_POLICY,
     SNP_POLICY_DEBUG,
-    Check,
     ConfidentialLaunch,
     SnpOptions,
     TdxOptions,

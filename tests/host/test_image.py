@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from motte.host.image import build, kernel
+from motte.host.image import archive, build, inputs, kernel, layout, python_files
 from motte.host.image.cpio import read_newc
 from motte.host.image.kernel import bzimage_to_vmlinux, has_pvh_note, lz4_legacy_compress, lz4_legacy_decompress
 from motte.host.image.measure import cmdline_digest, snp_launch_digest
@@ -106,7 +106,7 @@ def test_pinned_kernel_is_unpacked_for_pvh_boot(pinned_kernel: kernel.Kernel) ->
 
 
 def test_init_loads_required_modules_and_tries_optional_ones(pinned_kernel: kernel.Kernel) -> None:
-    init = build.render_init(pinned_kernel)
+    init = archive.render_init(pinned_kernel)
     assert "for module in virtio_mmio; do" in init
     assert "for module in configfs tsm sev_guest tdx_guest; do" in init
     assert "@" not in init
@@ -128,10 +128,10 @@ def image(shared_cache: str) -> build.KeepImage:
 
 
 def test_two_builds_are_byte_identical(image: build.KeepImage, tmp_path: Path) -> None:
-    inputs = build.image_inputs()
-    if build.image_key(inputs) != image.key:
+    current = inputs.image_inputs()
+    if inputs.image_key(current) != image.key:
         pytest.skip("the keep sources changed during the test run")
-    manifest = build.build_into(tmp_path, image.kernel, inputs, lambda _m: None)
+    manifest = build.build_into(tmp_path, image.kernel, current, lambda _m: None)
     assert (tmp_path / "keep.cpio.lz4").read_bytes() == image.initrd.read_bytes()
     assert manifest["initrd"]["sha256"] == image.manifest["initrd"]["sha256"]
 
@@ -140,7 +140,7 @@ def test_image_holds_the_keep_runtime_and_nothing_of_the_host(image: build.KeepI
     entries = {
         name: (mode, data) for name, mode, data, _ in read_newc(lz4_legacy_decompress(image.initrd.read_bytes()))
     }
-    site = f"usr/lib/python{build.PY}/site-packages"
+    site = f"usr/lib/python{layout.PY}/site-packages"
     for needed in ("motte/__init__.pyc", "motte/keep/vm_channel.pyc", "motte/shared/endpoint.pyc",
                    "motte/shared/channel.pyc", "wasmtime/linux-x86_64/_libwasmtime.so",
                    "cryptography/hazmat/bindings/_rust.abi3.so"):  # fmt: skip
@@ -151,13 +151,13 @@ def test_image_holds_the_keep_runtime_and_nothing_of_the_host(image: build.KeepI
     assert not [n for n in entries if n.endswith(".py")], "sources are compiled to sourceless .pyc"
     for stdlib in ("os", "ssl", "hashlib", "json/__init__", "secrets", "selectors", "socket", "struct",
                    "tomllib/__init__", "encodings/utf_8"):  # fmt: skip
-        assert f"usr/lib/python{build.PY}/{stdlib}.pyc" in entries, stdlib
+        assert f"usr/lib/python{layout.PY}/{stdlib}.pyc" in entries, stdlib
     pyc = entries[f"{site}/motte/keep/vm_channel.pyc"][1]
     assert struct.unpack("<I", pyc[4:8])[0] == 1, "hash-based, unchecked .pyc"
     init_mode, init = entries["init"]
     assert init_mode == 0o100755 and init.startswith(b"#!/bin/sh\n")
-    pth = entries[f"usr/bin/python{build.PY}._pth"][1].decode().split()
-    assert pth == [f"/usr/lib/python{build.PY}", f"/usr/lib/python{build.PY}/lib-dynload", f"/{site}"]
+    pth = entries[f"usr/bin/python{layout.PY}._pth"][1].decode().split()
+    assert pth == [f"/usr/lib/python{layout.PY}", f"/usr/lib/python{layout.PY}/lib-dynload", f"/{site}"]
     assert entries["lib64/ld-linux-x86-64.so.2"][0] & 0o170000 == 0o120000
     assert "usr/lib/modules/virtio_mmio.ko" in entries
     assert "usr/lib/motte/selftest.pyc" in entries
@@ -165,53 +165,53 @@ def test_image_holds_the_keep_runtime_and_nothing_of_the_host(image: build.KeepI
     # The system trust store, where the keep's OpenSSL looks by default: Mozilla's bundle (certifi).
     import ssl
 
-    assert build.guest_ca_file() == ssl.get_default_verify_paths().openssl_cafile.lstrip("/")
-    ca_mode, ca_bundle = entries[build.guest_ca_file()]
-    assert ca_mode == 0o100644 and ca_bundle == build.ca_bundle_path().read_bytes()
+    assert layout.guest_ca_file() == ssl.get_default_verify_paths().openssl_cafile.lstrip("/")
+    ca_mode, ca_bundle = entries[layout.guest_ca_file()]
+    assert ca_mode == 0o100644 and ca_bundle == inputs.ca_bundle_path().read_bytes()
     assert ca_bundle.count(b"-----BEGIN CERTIFICATE-----") > 100
 
 
 def test_image_key_follows_the_keep_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = build.image_key(build.image_inputs())
+    before = inputs.image_key(inputs.image_inputs())
     extra = tmp_path / "extra.py"
     extra.write_text("X = 1\n")
-    original = build.keep_source_files
-    monkeypatch.setattr(build, "keep_source_files", lambda: [*original(), ("keep/extra.py", extra)])
-    changed = build.image_key(build.image_inputs())
+    original = inputs.keep_source_files
+    monkeypatch.setattr(inputs, "keep_source_files", lambda: [*original(), ("keep/extra.py", extra)])
+    changed = inputs.image_key(inputs.image_inputs())
     extra.write_text("X = 2\n")
-    assert len({before, changed, build.image_key(build.image_inputs())}) == 3
+    assert len({before, changed, inputs.image_key(inputs.image_inputs())}) == 3
 
 
 def test_image_key_follows_the_ca_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = build.image_key(build.image_inputs())
-    assert build.image_inputs()["ca_bundle"]["version"] == build._dist_version("certifi")
+    before = inputs.image_key(inputs.image_inputs())
+    assert inputs.image_inputs()["ca_bundle"]["version"] == inputs._dist_version("certifi")
     other = tmp_path / "cacert.pem"
-    other.write_bytes(build.ca_bundle_path().read_bytes() + b"\n")
-    monkeypatch.setattr(build, "ca_bundle_path", lambda: other)
-    assert build.image_key(build.image_inputs()) != before
+    other.write_bytes(inputs.ca_bundle_path().read_bytes() + b"\n")
+    monkeypatch.setattr(inputs, "ca_bundle_path", lambda: other)
+    assert inputs.image_key(inputs.image_inputs()) != before
 
 
 def test_a_missing_ca_bundle_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build, "CA_BUNDLE_PACKAGE", "no_such_ca_package")
+    monkeypatch.setattr(inputs, "CA_BUNDLE_PACKAGE", "no_such_ca_package")
     with pytest.raises(MotteError, match="needs the CA bundle of the no_such_ca_package package"):
-        build.ca_bundle_path()
-    assert build.image_inputs()["ca_bundle"] == "missing"
+        inputs.ca_bundle_path()
+    assert inputs.image_inputs()["ca_bundle"] == "missing"
 
 
 def test_keep_code_importing_host_code_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evil = tmp_path / "evil.py"
     evil.write_text("def f():\n    from motte.host import platform\n")
-    original = build.keep_source_files
-    monkeypatch.setattr(build, "keep_source_files", lambda: [*original(), ("keep/evil.py", evil)])
+    original = inputs.keep_source_files
+    monkeypatch.setattr(python_files, "keep_source_files", lambda: [*original(), ("keep/evil.py", evil)])
     with pytest.raises(MotteError, match=r"imports host-side modules: motte\.host"):
-        build.trace_python_files()
+        python_files.trace_python_files()
 
 
 def test_compiled_modules_are_deterministic(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("FLAGS = {'a', 'b', 'c', 'd'}\ndef f(x):\n    return x in {'p', 'q', 'r'}\n")
-    first = build.compile_sources({"usr/lib/m.py": source})
-    assert first == build.compile_sources({"usr/lib/m.py": source})
+    first = python_files.compile_sources({"usr/lib/m.py": source})
+    assert first == python_files.compile_sources({"usr/lib/m.py": source})
     assert list(first) == ["usr/lib/m.pyc"]
 
 
@@ -309,30 +309,30 @@ def test_image_path_without_an_image_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_large_inputs_are_hashed_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build, "images_root", lambda: tmp_path / "image")
+    monkeypatch.setattr(inputs, "images_root", lambda: tmp_path / "image")
     big = tmp_path / "libbig.so"
     big.write_bytes(b"a" * 1000)
     os.utime(big, ns=(0, 0))  # old enough to be remembered: not written within the last 2 s
     time.sleep(2.1)  # the ctime, which cannot be set, must be old too
     hashed: list[Path] = []
-    real = build._file_sha256
-    monkeypatch.setattr(build, "_file_sha256", lambda path: hashed.append(path) or real(path))
-    first = build._known_sha256(big)
-    assert first == hashlib.sha256(b"a" * 1000).hexdigest() and build._known_sha256(big) == first
+    real = kernel.sha256_file
+    monkeypatch.setattr(kernel, "sha256_file", lambda path: hashed.append(path) or real(path))
+    first = inputs._known_sha256(big)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest() and inputs._known_sha256(big) == first
     assert hashed == [big], "the second call uses the remembered digest"
     big.write_bytes(b"b" * 1000)  # same size; new mtime and ctime
-    assert build._known_sha256(big) == hashlib.sha256(b"b" * 1000).hexdigest() and len(hashed) == 2
-    assert build._known_sha256(big) and len(hashed) == 3, "a file changed moments ago is not remembered"
+    assert inputs._known_sha256(big) == hashlib.sha256(b"b" * 1000).hexdigest() and len(hashed) == 2
+    assert inputs._known_sha256(big) and len(hashed) == 3, "a file changed moments ago is not remembered"
 
 
 def test_package_versions_come_from_dist_info_names() -> None:
     import importlib.metadata
 
     for name in ("wasmtime", "cryptography", "cffi"):
-        assert build._dist_version(name) == importlib.metadata.version(name)
-    assert build._dist_version("no-such-distribution-here") is None
+        assert inputs._dist_version(name) == importlib.metadata.version(name)
+    assert inputs._dist_version("no-such-distribution-here") is None
 
 
 def test_python_is_the_one_running_the_build() -> None:
     # The image embeds this interpreter; its version is part of the key.
-    assert build.image_inputs()["python"]["version"] == sys.version
+    assert inputs.image_inputs()["python"]["version"] == sys.version

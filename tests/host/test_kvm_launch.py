@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from motte.host.backends import kvm
 from motte.host.backends.base import LaunchSpec
-from motte.host.backends.kvm import KvmBackend, guest_memory_mib, microvm_command, resolve_accel
-from motte.host.image import build
+from motte.host.backends.kvm import KvmBackend, KvmKeep, accel, qemu
+from motte.host.backends.kvm import snapshot as snapshots_module
+from motte.host.backends.kvm.accel import resolve_accel
+from motte.host.backends.kvm.qemu import guest_memory_mib, microvm_command
+from motte.host.backends.kvm.rundir import sweep_stale_rundirs
+from motte.host.image import build, inputs
 from motte.host.image.cpio import Archive
 from motte.shared.errors import MotteError
 from motte.shared.vm_port import PARK_PARAM
 from tests.host.conftest import DEFAULT_CACHE, qemu_pids, rundirs
 
-needs_qemu = pytest.mark.skipif(kvm.qemu_path() is None, reason=f"QEMU is not installed ({kvm.QEMU_HINT})")
+needs_qemu = pytest.mark.skipif(qemu.qemu_path() is None, reason=f"QEMU is not installed ({qemu.QEMU_HINT})")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,7 +50,7 @@ def test_command_line_for_tcg_and_kvm() -> None:
 
 
 def test_kvm_boot_params_skip_unused_kernel_work() -> None:
-    params = kvm.kvm_boot_params().split()
+    params = qemu.kvm_boot_params().split()
     blacklist = next(p for p in params if p.startswith("initcall_blacklist=")).split("=", 1)[1].split(",")
     assert {"jent_mod_init", "crypto_kdf108_init", "init_encrypted"} <= set(blacklist)
     assert {"noreplace-smp", "ipv6.disable=1", "init_on_alloc=0", "cryptomgr.notests"} <= set(params)
@@ -67,15 +70,15 @@ def test_qemu_facts_are_cached_by_the_binary_identity(tmp_path: Path) -> None:
     def count() -> int:
         return len(calls.read_text().split()) if calls.exists() else 0
 
-    kvm._qemu_facts.cache_clear()
-    assert kvm.qemu_version(str(fake)) == (9, 2, 1) and kvm.qemu_has_sandbox(str(fake))
+    qemu._qemu_facts.cache_clear()
+    assert qemu.qemu_version(str(fake)) == (9, 2, 1) and qemu.qemu_has_sandbox(str(fake))
     assert count() == 2
-    kvm._qemu_facts.cache_clear()  # a new process: the facts come from the cache file
-    assert kvm.qemu_version(str(fake)) == (9, 2, 1) and count() == 2
+    qemu._qemu_facts.cache_clear()  # a new process: the facts come from the cache file
+    assert qemu.qemu_version(str(fake)) == (9, 2, 1) and count() == 2
     fake.write_text(script.replace("9.2.1", "10.1.0"))  # a QEMU update
-    kvm._qemu_facts.cache_clear()
-    assert kvm.qemu_version(str(fake)) == (10, 1, 0) and count() == 4
-    kvm._qemu_facts.cache_clear()
+    qemu._qemu_facts.cache_clear()
+    assert qemu.qemu_version(str(fake)) == (10, 1, 0) and count() == 4
+    qemu._qemu_facts.cache_clear()
 
 
 def test_guest_memory_is_the_cap_plus_the_runtime() -> None:
@@ -90,24 +93,24 @@ def test_accelerator_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_accel("kvm")[0] == "kvm"
     with pytest.raises(MotteError, match="unknown accelerator"):
         resolve_accel("hvf")
-    monkeypatch.setattr(kvm, "kvm_verdict", lambda **_: kvm.KvmVerdict(False, "PVM", False))
+    monkeypatch.setattr(accel, "kvm_verdict", lambda **_: accel.KvmVerdict(False, "PVM", False))
     assert resolve_accel("auto") == ("tcg", "KVM unusable: PVM")
-    monkeypatch.setattr(kvm, "kvm_verdict", lambda **_: kvm.KvmVerdict(True, "probe ok", True))
+    monkeypatch.setattr(accel, "kvm_verdict", lambda **_: accel.KvmVerdict(True, "probe ok", True))
     assert resolve_accel("auto") == ("kvm", "probe ok")
 
 
 def test_kvm_verdict_on_this_host_needs_no_boot() -> None:
-    verdict = kvm.kvm_verdict(allow_boot=False)
+    verdict = accel.kvm_verdict(allow_boot=False)
     if not os.path.exists("/dev/kvm"):
         assert verdict.usable is False and "does not exist" in verdict.reason
-    elif kvm.is_pvm():
+    elif accel.is_pvm():
         assert verdict.usable is False and "PVM" in verdict.reason and not verdict.probed
     else:
         assert verdict.usable in (None, True, False)
 
 
 def test_missing_qemu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kvm.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(qemu.shutil, "which", lambda _name: None)
     with pytest.raises(MotteError) as caught:
         KvmBackend().launch(LaunchSpec(memory_bytes=1 << 20))
     assert "qemu-system-x86_64 is not installed" in str(caught.value)
@@ -188,7 +191,7 @@ def test_keep_runtime_boots_and_runs_a_workload(image: build.KeepImage, no_leaks
         keep.close()
 
 
-def _run(keep: kvm.KvmKeep, name: str, *args: str) -> tuple[int, str]:
+def _run(keep: KvmKeep, name: str, *args: str) -> tuple[int, str]:
     from motte.host.session import HostStdio, RunRequest, run_workload
     from motte.shared.enarx_config import default_config
     from tests.workloads import workload
@@ -214,7 +217,7 @@ def test_a_parked_keep_is_snapshotted_then_restored_with_a_fresh_clock_and_rng(
 ) -> None:
     snapshots = tmp_path / "snapshots"
     snapshots.mkdir(mode=0o700)
-    monkeypatch.setattr(kvm, "snapshot_dir", lambda: snapshots)
+    monkeypatch.setattr(snapshots_module, "snapshot_dir", lambda: snapshots)
     spec = LaunchSpec(memory_bytes=32 << 20, boot_timeout=90)
     seen: dict[str, list[str]] = {"random": []}
     for round_ in range(3):
@@ -254,7 +257,7 @@ def test_a_parked_keep_is_snapshotted_then_restored_with_a_fresh_clock_and_rng(
 def _sleeping_initrd(path: Path) -> Path:
     """A kernel that boots into an /init that never opens the channel: a boot 'hang'."""
     archive = Archive()
-    archive.add_file("bin/busybox", Path(build._busybox_path()).read_bytes(), 0o755)
+    archive.add_file("bin/busybox", Path(inputs.busybox_path()).read_bytes(), 0o755)
     archive.add_file("init", b"#!/bin/busybox sh\nexec /bin/busybox sleep 600\n", 0o755)
     archive.add_chardev("dev/console", 5, 1)
     path.write_bytes(archive.to_bytes())
@@ -313,6 +316,6 @@ def test_no_qemu_outlives_a_failing_host(image: build.KeepImage, how: str, no_le
     assert not status.exists() or status.read_text().rsplit(")", 1)[1].split()[0] == "Z"
     if how == "kill":
         assert Path(info["rundir"]).exists(), "nothing could clean up after SIGKILL"
-        kvm.sweep_stale_rundirs()  # what the next launch does first
+        sweep_stale_rundirs()  # what the next launch does first
     assert Path(info["rundir"]).parent == Path(no_leaks)
     assert not rundirs(no_leaks)

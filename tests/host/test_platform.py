@@ -7,7 +7,8 @@ import json
 import pytest
 
 from motte.host import platform
-from motte.host.backends import kvm
+from motte.host.backends import facts
+from motte.host.backends.kvm import KvmBackend, accel, qemu
 from tests.conftest import motte
 
 EXPECTED_CHECKS = {
@@ -40,13 +41,13 @@ def test_json_has_every_backend_and_check() -> None:
 
 
 def test_kvm_checks_on_this_host() -> None:
-    report = platform.kvm_report()
+    report = KvmBackend().report()
     checks = {c.name: c for c in report.checks}
-    assert report.supported == (kvm.qemu_path() is not None)
+    assert report.supported == (qemu.qemu_path() is not None)
     if checks["/dev/kvm"].ok and "KVM API version" in checks:
-        api, _types, error = platform.kvm_api()
+        api, _types, error = accel.kvm_api()
         assert (api == 12) == checks["KVM API version"].ok, error
-    if kvm.is_pvm():
+    if accel.is_pvm():
         assert not checks["kvm_pvm"].ok and not checks["KVM boots a guest"].ok
         assert "TCG" in checks["accelerator"].detail and "TCG" in report.summary
 
@@ -61,18 +62,18 @@ def test_table_output() -> None:
 
 def test_fact_parsers() -> None:
     cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC 9654\nflags\t\t: fpu sse4_1 svm sev sev_es sev_snp\n"
-    assert platform.cpu_flags(cpuinfo) == {"fpu", "sse4_1", "svm", "sev", "sev_es", "sev_snp"}
-    assert platform.cpu_model(cpuinfo) == "AMD EPYC 9654"
-    assert platform.kernel_version("6.1.0-50-cloud-amd64") == (6, 1, 0)
-    assert platform.kernel_version("6.18.44-fc-v769") == (6, 18, 44)
-    assert platform.kernel_version("6.16") == (6, 16, 0)
-    assert kvm.host_tsc_khz("cpu MHz\t\t: 2599.998\nflags\t\t: fpu constant_tsc\n") == 2599998
-    assert kvm.host_tsc_khz("cpu MHz\t\t: 800.000\nflags\t\t: fpu\n") is None  # scaling: not the TSC
+    assert facts.cpu_flags(cpuinfo) == {"fpu", "sse4_1", "svm", "sev", "sev_es", "sev_snp"}
+    assert facts.cpu_model(cpuinfo) == "AMD EPYC 9654"
+    assert facts.kernel_version("6.1.0-50-cloud-amd64") == (6, 1, 0)
+    assert facts.kernel_version("6.18.44-fc-v769") == (6, 18, 44)
+    assert facts.kernel_version("6.16") == (6, 16, 0)
+    assert accel.host_tsc_khz("cpu MHz\t\t: 2599.998\nflags\t\t: fpu constant_tsc\n") == 2599998
+    assert accel.host_tsc_khz("cpu MHz\t\t: 800.000\nflags\t\t: fpu\n") is None  # scaling: not the TSC
 
 
 def test_strongest_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kvm, "qemu_path", lambda: None)
+    monkeypatch.setattr(qemu, "qemu_path", lambda: None)
     assert platform.strongest_backend() == "nil"
     # With QEMU, the VM keep is the default even before its image is built (built on first use).
-    monkeypatch.setattr(kvm, "qemu_path", lambda: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(qemu, "qemu_path", lambda: "/usr/bin/qemu-system-x86_64")
     assert platform.strongest_backend() == "kvm"

@@ -140,7 +140,7 @@ SYSTEM_ROOT = "CN=ISRG Root X1,O=Internet Security Research Group,C=US"
 def _system_root(backend: str) -> x509.Certificate:
     """SYSTEM_ROOT from the trust store the keep verifies against without ``ca``: the image's
     bundle in a VM keep, the host's default CA file in a nil keep (which gets no SSL_CERT_FILE)."""
-    from motte.host.image.build import ca_bundle_path
+    from motte.host.image.inputs import ca_bundle_path
 
     bundle = ca_bundle_path() if backend == "kvm" else Path(ssl.get_default_verify_paths().openssl_cafile)
     try:

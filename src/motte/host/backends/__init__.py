@@ -17,7 +17,7 @@ def get_backend(name: str) -> Backend:
 
         return NilBackend()
     if name == "kvm":
-        from motte.host.backends.kvm import KvmBackend  # type: ignore[import-not-found,unused-ignore]
+        from motte.host.backends.kvm import KvmBackend
 
-        return KvmBackend()  # type: ignore[no-any-return,unused-ignore]
+        return KvmBackend()
     raise MotteError(f"unknown backend {name!r}", hint="choose nil or kvm; see 'motte platform info'")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from motte.shared.endpoint import Endpoint
 
@@ -44,8 +44,67 @@ class KeepHandle(abc.ABC):
         Idempotent; safe to call from error paths."""
 
 
-class Backend(abc.ABC):
+@dataclass(frozen=True)
+class Check:
+    """One thing a backend needs from the host, and what this host has."""
+
     name: str
+    ok: bool
+    detail: str  # what was found; on failure, what is missing and what is needed
+    required: bool = True  # False: reported for information, does not decide support
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """Whether this host can run a backend, with every check behind it."""
+
+    name: str
+    supported: bool
+    summary: str
+    checks: list[Check]
+    notes: list[str] = field(default_factory=list)  # about the host, for whoever reads the report
+
+
+def failed(checks: Sequence[Check]) -> list[Check]:
+    """The required checks that did not pass."""
+    return [c for c in checks if c.required and not c.ok]
+
+
+def unsupported(checks: Sequence[Check]) -> str:
+    """The summary of a backend this host cannot run: the checks it failed."""
+    return "no: " + "; ".join(c.name for c in failed(checks))
+
+
+class BackendChecks(abc.ABC):
+    """The checks behind whether this host can run one kind of keep (device nodes, CPU flags,
+    kernel modules, QEMU, permissions...), as Enarx's ``Backend::data``/``have``. Each backend
+    decides its own; ``motte platform info`` only collects them."""
+
+    name: str
+
+    @abc.abstractmethod
+    def data(self, *, probe: bool = False) -> list[Check]:
+        """Every check, with its result. Only reads, unless ``probe`` allows a slow probe."""
+
+    def have(self, checks: Sequence[Check]) -> bool:
+        """Whether this host can run the backend: every required check passed."""
+        return not failed(checks)
+
+    @abc.abstractmethod
+    def summary(self, checks: Sequence[Check]) -> str:
+        """One line: whether this host can run the backend, and the main reason."""
+
+    def notes(self, checks: Sequence[Check]) -> list[str]:
+        """What a user of this host should know beyond the checks."""
+        return []
+
+    def report(self, *, probe: bool = False) -> BackendReport:
+        checks = self.data(probe=probe)
+        return BackendReport(self.name, self.have(checks), self.summary(checks), checks, self.notes(checks))
+
+
+class Backend(BackendChecks):
+    """A kind of keep motte can launch."""
 
     @abc.abstractmethod
     def launch(self, spec: LaunchSpec, progress: Progress | None = None) -> KeepHandle:

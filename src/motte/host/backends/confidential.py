@@ -21,9 +21,12 @@ misses. What differs from the ``kvm`` keep, and why:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from motte.host.backends.base import BackendChecks, Check, failed, unsupported
+from motte.host.backends.facts import cpu_flags, kernel_version, module_param
 from motte.shared.errors import MotteError
 from motte.shared.vm_port import PORT_NAME
 
@@ -36,7 +39,6 @@ TDX_MIN_KERNEL = (6, 16)
 # SEV-SNP guest policy bits (AMD SEV-SNP ABI specification, "Guest Policy").
 SNP_POLICY_SMT = 1 << 16
 SNP_POLICY_RESERVED_1 = 1 << 17  # must be 1
-SNP_POLICY_MIGRATE_MA = 1 << 18
 SNP_POLICY_DEBUG = 1 << 19
 SNP_DEFAULT_POLICY = SNP_POLICY_SMT | SNP_POLICY_RESERVED_1  # 0x30000
 
@@ -138,14 +140,6 @@ def tdx_command(launch: ConfidentialLaunch, options: TdxOptions = TdxOptions()) 
 # ---- host checks ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str  # what was found; on failure, what is missing and what is needed
-    required: bool = True  # False: reported for information, does not decide support
-
-
 def _version(v: tuple[int, ...] | None) -> str:
     return ".".join(map(str, v)) if v else "absent"
 
@@ -206,8 +200,58 @@ def tdx_checks(
 
 def refuse_unless_ready(tech: str, checks: list[Check]) -> None:
     """Raise one clear error naming every failed check, or return."""
-    failed = [c for c in checks if c.required and not c.ok]
-    if failed:
-        reasons = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    missing = failed(checks)
+    if missing:
+        reasons = "; ".join(f"{c.name}: {c.detail}" for c in missing)
         raise MotteError(f"this host cannot launch a {tech} keep: {reasons}",
                          hint="see 'motte platform info'")  # fmt: skip
+
+
+class _ConfidentialChecks(BackendChecks):
+    """A confidential keep's host checks: reported, though no launcher is written yet."""
+
+    def have(self, checks: Sequence[Check]) -> bool:
+        return False  # every host requirement may hold, but motte cannot launch this keep yet
+
+    def summary(self, checks: Sequence[Check]) -> str:
+        if failed(checks):
+            return unsupported(checks)
+        return "host ready; not implemented yet: launch command lines and checks only"
+
+
+def _guest_device_check(device: str, guest: str) -> Check:
+    """Whether this machine is itself a confidential guest (for information only)."""
+    if os.path.exists(device):
+        return Check(device, True, f"present: this machine is itself {guest}", False)
+    return Check(device, False, f"absent: this machine is not {guest}", False)
+
+
+class SnpChecks(_ConfidentialChecks):
+    name = "snp"
+
+    def data(self, *, probe: bool = False) -> list[Check]:
+        from motte.host.backends.kvm.qemu import qemu_version
+
+        checks = snp_checks(
+            qemu_version=qemu_version(),
+            host_kernel=kernel_version(),
+            cpu_flags=cpu_flags(),
+            dev_sev=os.path.exists("/dev/sev"),
+            kvm_amd_sev_snp=module_param("kvm_amd", "sev_snp"),
+        )
+        return [*checks, _guest_device_check("/dev/sev-guest", "an SEV-SNP guest")]
+
+
+class TdxChecks(_ConfidentialChecks):
+    name = "tdx"
+
+    def data(self, *, probe: bool = False) -> list[Check]:
+        from motte.host.backends.kvm.qemu import qemu_version
+
+        checks = tdx_checks(
+            qemu_version=qemu_version(),
+            host_kernel=kernel_version(),
+            cpu_flags=cpu_flags(),
+            kvm_intel_tdx=module_param("kvm_intel", "tdx"),
+        )
+        return [*checks, _guest_device_check("/dev/tdx_guest", "a TDX guest")]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 
-from motte.host.backends.base import Backend, KeepHandle, LaunchSpec, Progress
+from motte.host.backends.base import Backend, Check, KeepHandle, LaunchSpec, Progress
 from motte.host.nil_process import spawn_nil_keep, take_prespawned
 from motte.shared.endpoint import Endpoint, SocketTransport
 from motte.shared.errors import MotteError
@@ -64,6 +65,18 @@ class NilKeep(KeepHandle):
 
 class NilBackend(Backend):
     name = "nil"
+
+    def data(self, *, probe: bool = False) -> list[Check]:
+        import importlib.util  # only 'motte platform info' asks; a launch does not
+
+        wasmtime = importlib.util.find_spec("wasmtime") is not None
+        return [
+            Check("wasmtime", wasmtime, "importable" if wasmtime else "not installed: pip install wasmtime"),
+            Check("isolation", True, "none: the keep is a child process of the host (development only)", False),
+        ]
+
+    def summary(self, checks: Sequence[Check]) -> str:
+        return "yes: no isolation" if self.have(checks) else "no: wasmtime missing"
 
     def launch(self, spec: LaunchSpec, progress: Progress | None = None) -> KeepHandle:
         try:

@@ -1,4 +1,5 @@
-"""The build lock for the kernel and image caches (``cache_root`` lives in :mod:`motte.host.paths`)."""
+"""The kernel and image caches: where the images live, and the build lock (``cache_root`` lives in
+:mod:`motte.host.paths`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from pathlib import Path
 
 from motte.host.paths import cache_root
 
-__all__ = ["cache_root", "locked"]
+__all__ = ["cache_root", "images_root", "locked"]
+
+
+def images_root() -> Path:
+    return cache_root() / "image"
 
 
 @contextlib.contextmanager

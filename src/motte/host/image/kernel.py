@@ -12,7 +12,7 @@ Why this kernel (``linux-image-6.12.117+deb12-cloud-amd64-unsigned``, from bookw
 * Kept for the ``kvm`` backend too (measured 2026-11, TCG, the keep image, QEMU start to Python
   running in the guest, medians of 5 interleaved boots): 6.12 2.65 s, 6.1.0-56 cloud 2.28 s with
   the same command line; but with the initcalls the keep does not need left out
-  (``motte.host.backends.kvm.KVM_BOOT_PARAMS``: most of 6.12's extra time is its jitter-entropy
+  (``motte.host.backends.kvm.qemu.KVM_BOOT_PARAMS``: most of 6.12's extra time is its jitter-entropy
   self-test, a KDF self-test that waits for the initramfs, and BTF kfunc setup) 6.12 took 1.99 s
   and 6.1 2.09 s (6.1 also needs three more modules: virtio, virtio_ring, virtio_console). A
   second kernel would also mean a second initramfs (its modules) and a second pin. And a warm
@@ -187,7 +187,7 @@ def _obtain_deb(pin: KernelPin, workdir: Path, say: Progress) -> Path:
                 "or set MOTTE_KERNEL_DEB to a downloaded copy",
             )
         deb = debs[0]
-    digest = _sha256_file(deb)
+    digest = sha256_file(deb)
     if digest != pin.sha256:
         raise MotteError(
             f"the kernel package has SHA-256 {digest}, not the pinned {pin.sha256}",
@@ -197,7 +197,7 @@ def _obtain_deb(pin: KernelPin, workdir: Path, say: Progress) -> Path:
     return deb
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
