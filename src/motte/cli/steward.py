@@ -218,7 +218,8 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
 
     from cryptography import x509
 
-    from motte.shared.steward_protocol import ProtocolError, read_attestation
+    from motte.shared.steward_certs import read_attestation
+    from motte.shared.steward_protocol import StewardProtocolError
 
     host, port = _host_port(address)
     try:
@@ -247,7 +248,7 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
     cert = x509.load_der_x509_certificate(der)
     try:
         att = read_attestation(cert)
-    except ProtocolError as exc:
+    except StewardProtocolError as exc:
         _refused(f"the certificate's attestation extensions are malformed: {exc}", as_json)
         return
     self_signed = cert.issuer == cert.subject

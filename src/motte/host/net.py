@@ -130,7 +130,7 @@ class HostNetwork:
         """Bind every listen socket and read every CA bundle, or fail with a clear error."""
         try:
             if self.config.steward is not None:
-                from motte.shared.steward_protocol import parse_steward_url  # loads cryptography
+                from motte.shared.steward_http import parse_steward_url
 
                 try:
                     url = parse_steward_url(self.config.steward)
