@@ -75,8 +75,9 @@ def run_server(config: Any, workers: int, log_dir: str, conn: Any) -> None:
 def csr_requests(platform: Any, kind: str, count: int) -> list[bytes]:
     from motte.keep.csr import build_csr, generate_key
     from motte.keep.evidence import Evidence
-    from motte.keep.evidence.der import encode_snp_evidence
-    from motte.shared.steward_protocol import key_binding, spki_der
+    from motte.keep.evidence.encoding import encode_snp_evidence
+    from motte.shared.steward_certs import spki_der
+    from motte.shared.steward_protocol import key_binding
 
     out = []
     for _ in range(count):

@@ -21,16 +21,13 @@ from motte.keep.csr import (
     generate_key,
 )
 from motte.keep.evidence import Evidence, NoEvidence
+from motte.shared.der import DerReader
 from motte.shared.errors import MotteError
+from motte.shared.steward_http import ResponseReader, build_request, parse_steward_url
 from motte.shared.steward_protocol import (
-    DerReader,
-    ProtocolError,
-    ResponseReader,
-    build_request,
+    StewardProtocolError,
     decode_chain,
-    decode_oid,
     encode_chain,
-    parse_steward_url,
     read_csr_info,
     read_extensions,
 )
@@ -153,12 +150,12 @@ def test_accept_response_checks_the_chain_is_for_this_key() -> None:
     assert chain.leaf == leaf and chain.ca == ca
     assert x509.load_pem_x509_certificates(chain.pem()) == [leaf, ca]  # a TLS server's order
     other = CertificateRequest(generate_key("kvm"), request.evidence, request.csr)
-    with pytest.raises(ProtocolError, match="not for this keep's key"):
+    with pytest.raises(StewardProtocolError, match="not for this keep's key"):
         accept_response(other, 200, encode_chain([der(ca), der(leaf)]))
-    with pytest.raises(ProtocolError, match="got 1 certificates"):
+    with pytest.raises(StewardProtocolError, match="got 1 certificates"):
         accept_response(request, 200, encode_chain([der(leaf)]))
     stranger, _, _ = ca_and_leaf(request.key)
-    with pytest.raises(ProtocolError, match="signature does not verify"):
+    with pytest.raises(StewardProtocolError, match="signature does not verify"):
         accept_response(request, 200, encode_chain([der(stranger), der(leaf)]))
     with pytest.raises(MotteError, match="HTTP 401: unattested_refused: no"):
         accept_response(request, 401, b"unattested_refused: no\nmore")
@@ -168,16 +165,8 @@ def test_chain_der_is_a_sequence_of_certificates() -> None:
     assert encode_chain([b"\x30\x00", b"\x30\x01\x05"]) == b"\x30\x05\x30\x00\x30\x01\x05"
     assert decode_chain(b"\x30\x05\x30\x00\x30\x01\x05") == [b"\x30\x00", b"\x30\x01\x05"]
     for bad in (b"\x30\x05\x30\x00\x30\x01\x05\x00", b"\x30\x02\x04\x00", b"\x30\x80\x00\x00", b"\x30\x81\x02\x30\x00"):
-        with pytest.raises(ProtocolError):
+        with pytest.raises(StewardProtocolError):
             decode_chain(bad)
-
-
-def test_oid_decoding() -> None:
-    assert decode_oid(bytes.fromhex("2b0601040183c71e0103")) == "1.3.6.1.4.1.58270.1.3"
-    assert decode_oid(bytes.fromhex("2a864886f70d01090e")) == "1.2.840.113549.1.9.14"
-    for bad in (b"", b"\x2b\x86", b"\x2b\x80\x01"):
-        with pytest.raises(ProtocolError):
-            decode_oid(bad)
 
 
 # --- HTTP framing ------------------------------------------------------------------------------------
@@ -186,7 +175,7 @@ def test_steward_url_must_be_https() -> None:
     assert url == ("steward.example.com", 443, "/api") and url.host_header == "steward.example.com"
     assert parse_steward_url("https://[::1]:8443").host_header == "[::1]:8443"
     for bad in ("http://steward.example.com", "https://", "https://u:p@h/", "https://h/?q=1", "https://h:99999/"):
-        with pytest.raises(ProtocolError):
+        with pytest.raises(StewardProtocolError):
             parse_steward_url(bad)
 
 
@@ -220,18 +209,18 @@ def test_response_reader_content_length_chunked_and_eof() -> None:
     assert (r.status, r.body) == (401, b"no evidence")
     partial = feed_bytewise(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
     assert not partial.complete
-    with pytest.raises(ProtocolError, match="closed before"):
+    with pytest.raises(StewardProtocolError, match="closed before"):
         partial.feed_eof()
 
 
 def test_response_reader_bounds_and_garbage() -> None:
-    with pytest.raises(ProtocolError, match="too large"):
+    with pytest.raises(StewardProtocolError, match="too large"):
         ResponseReader().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")
-    with pytest.raises(ProtocolError, match="header section"):
+    with pytest.raises(StewardProtocolError, match="header section"):
         ResponseReader().feed(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20000)
-    with pytest.raises(ProtocolError, match="malformed"):
+    with pytest.raises(StewardProtocolError, match="malformed"):
         ResponseReader().feed(b"SMTP ready\r\n\r\n")
-    with pytest.raises(ProtocolError, match="larger than"):
+    with pytest.raises(StewardProtocolError, match="larger than"):
         ResponseReader(max_body=10).feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\n")
 
 
@@ -250,5 +239,5 @@ def test_steward_exchange_is_the_whole_client_side_without_io() -> None:
         refused.receive(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 17\r\n\r\nno_evidence: none")
     cut = StewardExchange("https://steward.example/", request)
     cut.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n")
-    with pytest.raises(ProtocolError, match="closed before"):
+    with pytest.raises(StewardProtocolError, match="closed before"):
         cut.receive(b"")

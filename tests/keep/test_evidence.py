@@ -26,11 +26,11 @@ from tests.tenant.attest_forge import NOW, fake_amd
 
 from motte.keep.evidence import Evidence, NoEvidence, source_for
 from motte.keep.evidence import snp as snpev
-from motte.keep.evidence.der import encode_dcap_evidence, encode_snp_evidence
+from motte.keep.evidence.encoding import encode_dcap_evidence, encode_snp_evidence
 from motte.keep.evidence.tdx import TdxEvidenceSource
 from motte.keep.evidence.tsm import tsm_report
 from motte.shared.errors import MotteError
-from motte.shared.steward_protocol import ProtocolError, decode_dcap_evidence, decode_snp_evidence
+from motte.shared.steward_protocol import StewardProtocolError, decode_dcap_evidence, decode_snp_evidence
 from motte.tenant.attest import verify_snp
 
 RD = bytes(range(64))
@@ -271,10 +271,10 @@ def test_evidence_encoders_and_decoders_refuse_bad_input(platform: FakeSnp) -> N
         encode_snp_evidence(b"\x30\x05\x00", [], bytes(1184))
     good = encode_snp_evidence(platform.vcek, [], bytes(1184))
     for bad in (good + b"\0", good[:-1], b"\x31" + good[1:], bytes(10)):
-        with pytest.raises(ProtocolError):
+        with pytest.raises(StewardProtocolError):
             decode_snp_evidence(bad)
     assert decode_dcap_evidence(encode_dcap_evidence(b"quote")) == (b"quote", None)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(StewardProtocolError):
         decode_dcap_evidence(encode_dcap_evidence(b"quote") + b"\x04\x00")
 
 

@@ -16,7 +16,8 @@ from cryptography import x509
 
 from motte.keep.csr import accept_response, certificate_request
 from motte.keep.evidence import NoEvidence
-from motte.shared.steward_protocol import decode_chain, read_attestation
+from motte.shared.steward_certs import read_attestation
+from motte.shared.steward_protocol import decode_chain
 from motte.steward.issuer import CertificateAuthority
 from motte.steward.log import read_events
 from motte.steward.policy import StewardPolicy

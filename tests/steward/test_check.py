@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from motte.keep.csr import build_csr, certificate_request, generate_key
 from motte.keep.evidence import Evidence, NoEvidence
-from motte.keep.evidence.der import encode_dcap_evidence, encode_snp_evidence
+from motte.keep.evidence.encoding import encode_dcap_evidence, encode_snp_evidence
 from motte.keep.evidence.snp import SnpEvidenceSource
 from motte.shared.errors import MotteError
-from motte.shared.steward_protocol import key_binding, read_attestation, spki_der
+from motte.shared.steward_certs import read_attestation, spki_der
+from motte.shared.steward_protocol import key_binding
 from motte.steward.check import Refused, check_request
 from motte.steward.issuer import CertificateAuthority
 from motte.steward.policy import StewardPolicy, load_steward_policy

@@ -24,7 +24,7 @@ from motte.keep.csr import CertificateRequest, StewardExchange, build_csr, certi
 from motte.keep.evidence import Evidence
 from motte.keep.evidence.snp import SnpEvidenceSource
 from motte.shared.errors import MotteError
-from motte.shared.steward_protocol import IssuedChain
+from motte.shared.steward_certs import IssuedChain
 from motte.steward.issuer import CertificateAuthority, new_ca
 from motte.steward.log import read_events
 from motte.steward.policy import load_steward_policy

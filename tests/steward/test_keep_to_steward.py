@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from motte.shared.steward_protocol import UNATTESTED, read_attestation
+from motte.shared.steward_certs import read_attestation
+from motte.shared.steward_protocol import UNATTESTED
 from motte.steward.app import StewardConfig, StewardService
 from motte.steward.issuer import CertificateAuthority, new_ca
 from motte.steward.log import AuditLog

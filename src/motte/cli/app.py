@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
 
 import click
 
@@ -51,18 +50,13 @@ def _module_exists(module: str) -> bool:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="motte")
-@click.option("--debug", is_flag=True, help="Show tracebacks and protocol details on errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+# --debug is acted on by motte.cli.main, around click (errors surface after click returns).
+@click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks and protocol details on errors.")
+def cli() -> None:
     """motte runs WebAssembly (WASI) workloads inside keeps.
 
     A keep isolates a workload; on SEV-SNP or TDX hardware it also protects the workload from the
     host and proves by remote attestation what it runs. The nil and kvm backends run the same
     workload with weaker isolation, and say so.
     """
-    ctx.obj = {"debug": debug}
 
-
-def debug_enabled(ctx: click.Context) -> bool:
-    obj: Any = ctx.find_root().obj
-    return bool(obj and obj.get("debug"))

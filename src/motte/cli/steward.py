@@ -11,11 +11,16 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from motte.shared.errors import MotteError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from motte.shared.steward_certs import Attestation
 
 DEFAULT_PORT = 3000
 EXIT_REFUSED = 1
@@ -212,13 +217,43 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
     With --ca the certificate must chain to that Steward CA (exit 1 if it does not). Without it
     nothing is verified: a keep's self-signed certificate proves nothing about the keep.
     """
-    import hashlib
-    import socket
-    import ssl
-
     from cryptography import x509
 
-    from motte.shared.steward_protocol import ProtocolError, read_attestation
+    from motte.shared.steward_certs import read_attestation
+    from motte.shared.steward_protocol import StewardProtocolError
+
+    der, version = _peer_certificate(address, ca_path, timeout, as_json)
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        att = read_attestation(cert)
+    except StewardProtocolError as exc:
+        _refused(f"the certificate's attestation extensions are malformed: {exc}", as_json)
+    result = _describe(address, ca_path, version, der, cert, att)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for line in result["warnings"]:
+        click.secho(f"WARNING: {line}", fg="red", bold=True, err=True)
+    if ca_path:
+        click.secho(f"verified: the certificate chains to the Steward CA in {ca_path} ({version})", fg="green")
+    fields = ("subject", "issuer", "serial", "not_before", "not_after", "sha256", "technology", "measurement")
+    rows = [
+        (key.replace("_", " "), str(result[key])) for key in (*fields, "evidence_sha256") if result[key] is not None
+    ]
+    for key, value in att.claims.items():
+        if key != "technology" and value is not None:
+            shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+            rows.append((f"claim {key}", shown))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:>{width}}: {value}")
+
+
+def _peer_certificate(address: str, ca_path: Path | None, timeout: float, as_json: bool) -> tuple[bytes, str | None]:
+    """The DER certificate the TLS server at ``address`` presents (chaining to ``ca_path`` if
+    given, or refused), and the TLS version spoken."""
+    import socket
+    import ssl
 
     host, port = _host_port(address)
     try:
@@ -237,35 +272,22 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
             version = tls.version()
     except ssl.SSLCertVerificationError as exc:
         _refused(f"the keep's certificate does not chain to the Steward CA {ca_path}: {exc.verify_message}", as_json)
-        return
     except (OSError, ssl.SSLError) as exc:
         raise MotteError(
             f"cannot fetch a certificate from {address}: {exc}", hint="is the keep listening with TLS?"
         ) from exc
     if der is None:
         raise MotteError(f"{address} sent no certificate")
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        att = read_attestation(cert)
-    except ProtocolError as exc:
-        _refused(f"the certificate's attestation extensions are malformed: {exc}", as_json)
-        return
+    return der, version
+
+
+def _describe(
+    address: str, ca_path: Path | None, version: str | None, der: bytes, cert: x509.Certificate, att: Attestation
+) -> dict[str, Any]:
+    """What fetch-cert reports (its JSON): the certificate, its attestation claims, and warnings."""
+    import hashlib
+
     self_signed = cert.issuer == cert.subject
-    result: dict[str, Any] = {
-        "address": address,
-        "tls": version,
-        "verified_against": str(ca_path) if ca_path else None,
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": f"{cert.serial_number:x}",
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "sha256": hashlib.sha256(der).hexdigest(),
-        "technology": att.technology or None,
-        "measurement": att.measurement.hex() if att.measurement else None,
-        "evidence_sha256": att.evidence_sha256.hex() if att.evidence_sha256 else None,
-        "claims": att.claims,
-    }
     warnings = []
     if ca_path is None:
         warnings.append(
@@ -279,28 +301,25 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
             if att.technology
             else "NOT ATTESTED: the certificate carries no attestation claims."
         )
-    result["warnings"] = warnings
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    for line in warnings:
-        click.secho(f"WARNING: {line}", fg="red", bold=True, err=True)
-    if ca_path:
-        click.secho(f"verified: the certificate chains to the Steward CA in {ca_path} ({version})", fg="green")
-    fields = ("subject", "issuer", "serial", "not_before", "not_after", "sha256", "technology", "measurement")
-    rows = [
-        (key.replace("_", " "), str(result[key])) for key in (*fields, "evidence_sha256") if result[key] is not None
-    ]
-    for key, value in att.claims.items():
-        if key != "technology" and value is not None:
-            shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
-            rows.append((f"claim {key}", shown))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        click.echo(f"{name:>{width}}: {value}")
+    return {
+        "address": address,
+        "tls": version,
+        "verified_against": str(ca_path) if ca_path else None,
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": hashlib.sha256(der).hexdigest(),
+        "technology": att.technology or None,
+        "measurement": att.measurement.hex() if att.measurement else None,
+        "evidence_sha256": att.evidence_sha256.hex() if att.evidence_sha256 else None,
+        "claims": att.claims,
+        "warnings": warnings,
+    }
 
 
-def _refused(message: str, as_json: bool) -> None:
+def _refused(message: str, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"verdict": "refused", "reason": message}))
     else:

@@ -24,21 +24,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from motte.keep.evidence import Evidence, EvidenceSource
 from motte.shared.errors import MotteError
-from motte.shared.steward_protocol import (
-    IssuedChain,
-    ResponseReader,
-    StewardUrl,
-    build_request,
-    csr_hash,
-    key_binding,
-    key_curve,
-    parse_steward_url,
-    read_issued_chain,
-    spki_der,
-)
-from motte.shared.steward_protocol import (
-    ProtocolError as ProtocolError,  # re-exported: what accept_response raises on a bad answer
-)
+from motte.shared.steward_certs import IssuedChain, csr_hash, key_curve, read_issued_chain, spki_der
+from motte.shared.steward_http import ResponseReader, StewardUrl, build_request, parse_steward_url
+from motte.shared.steward_protocol import key_binding
 
 
 class CertificateRequest(NamedTuple):
@@ -111,7 +99,7 @@ class StewardExchange:
 
     def receive(self, data: bytes) -> IssuedChain | None:
         """Feed what arrived (``b""`` at end of stream). None until the response is complete; then
-        the issued chain, or MotteError / ProtocolError if the Steward refused or answered badly."""
+        the issued chain, or MotteError / StewardProtocolError if the Steward refused or answered badly."""
         if data:
             self._reader.feed(data)
         else:

@@ -263,11 +263,6 @@ def encode_error(request_id: int, errno: int) -> bytes:
     return _frame([_RESPONSE_HEAD.pack(request_id, errno)])
 
 
-def entries_size(entries: list[Entry]) -> int:
-    """Bytes the ``E`` field of ``entries`` takes (for the server to fill a page)."""
-    return _U32.size + sum(_ENTRY_HEAD.size + len(e.name) for e in entries)
-
-
 ENTRY_OVERHEAD = _ENTRY_HEAD.size
 
 

@@ -83,7 +83,9 @@ class StewardConfig:
         return cls(key_pem, ca.cert.public_bytes(serialization.Encoding.PEM), policy, trust_der)
 
 
-class Outcome(NamedTuple):
+class IssueOutcome(NamedTuple):
+    """What the Steward decided on one certificate request: the HTTP answer and its audit-log entry."""
+
     status: int
     reason: str | None
     message: str
@@ -131,7 +133,7 @@ class Steward:
             trust = AmdTrust.from_certs(x509.load_der_x509_certificate(d) for d in config.amd_trust_der)
         return cls(CertificateAuthority(key, cert), config.policy, amd_trust=trust)  # type: ignore[arg-type]
 
-    def process(self, csr_der: bytes, now: datetime) -> Outcome:
+    def process(self, csr_der: bytes, now: datetime) -> IssueOutcome:
         csr_sha256 = hashlib.sha256(csr_der).hexdigest()
         try:
             attested = check_request(csr_der, policy=self.policy, now=now, amd_trust=self.amd_trust)
@@ -139,7 +141,7 @@ class Steward:
             return refusal(refused, csr_sha256, _key_sha256(csr_der))
         cert = self.ca.issue(attested, now=now, lifetime=self.policy.lifetime, dns_names=self.policy.dns_names)
         cert_der = cert.public_bytes(serialization.Encoding.DER)
-        return Outcome(
+        return IssueOutcome(
             200,
             None,
             "issued",
@@ -155,8 +157,8 @@ class Steward:
         )
 
 
-def refusal(refused: Refused, csr_sha256: str, key_sha256: str | None = None) -> Outcome:
-    return Outcome(
+def refusal(refused: Refused, csr_sha256: str, key_sha256: str | None = None) -> IssueOutcome:
+    return IssueOutcome(
         refused.status,
         refused.reason,
         refused.message,
@@ -208,7 +210,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _work(csr_der: bytes, now: datetime) -> Outcome:
+def _work(csr_der: bytes, now: datetime) -> IssueOutcome:
     assert _worker is not None, "worker not initialised"
     return _worker.process(csr_der, now)
 
@@ -303,7 +305,7 @@ class StewardService:
             request.protocol.force_close()
         return response
 
-    async def _decide(self, body: bytes, now: datetime) -> Outcome:
+    async def _decide(self, body: bytes, now: datetime) -> IssueOutcome:
         try:
             if self._pool is None:
                 return self.steward.process(body, now)
@@ -348,7 +350,7 @@ def _noop() -> None:
     return None
 
 
-def _response(outcome: Outcome) -> web.Response:
+def _response(outcome: IssueOutcome) -> web.Response:
     if outcome.status == 200:
         return web.Response(body=outcome.body, content_type=CHAIN_CONTENT_TYPE)
     response = web.Response(

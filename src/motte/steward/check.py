@@ -17,16 +17,16 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from motte.shared.steward_certs import key_curve
 from motte.shared.steward_protocol import (
     EXTENSION_REQUEST_OID,
     TECHNOLOGY_BY_OID,
     UNATTESTED,
     CsrExtension,
-    ProtocolError,
+    StewardProtocolError,
     decode_dcap_evidence,
     decode_snp_evidence,
     key_binding,
-    key_curve,
     read_csr_info,
     read_extensions,
 )
@@ -160,7 +160,7 @@ def _read_csr(csr_der: bytes) -> tuple[x509.CertificateSigningRequest, bytes, Cs
     try:
         csr = x509.load_der_x509_csr(csr_der)
         info = read_csr_info(csr.tbs_certrequest_bytes)
-    except (ValueError, ProtocolError) as exc:
+    except (ValueError, StewardProtocolError) as exc:
         raise Refused(400, MALFORMED_CSR, f"not a DER PKCS#10 CSR: {exc}") from exc
     try:
         valid = csr.is_signature_valid
@@ -180,7 +180,7 @@ def _read_csr(csr_der: bytes) -> tuple[x509.CertificateSigningRequest, bytes, Cs
         raise Refused(400, CSR_ATTRIBUTES, "the CSR must carry exactly one extensionRequest with one value")
     try:
         extensions = read_extensions(requests[0][0])
-    except ProtocolError as exc:
+    except StewardProtocolError as exc:
         raise Refused(400, MALFORMED_CSR, str(exc)) from exc
     if not extensions:
         raise Refused(401, NO_EVIDENCE, "the CSR's extensionRequest is empty: no attestation extension")
@@ -206,7 +206,7 @@ def _verify(technology: str, value: bytes, digest: str, now: datetime, amd_trust
                 evidence_sha256=digest,
             )
         return verify(dcap.quote, technology, now=now, collateral=dcap.collateral)
-    except ProtocolError as exc:
+    except StewardProtocolError as exc:
         raise Refused(400, MALFORMED_EVIDENCE, str(exc), technology=technology, evidence_sha256=digest) from exc
     except VerificationError as exc:
         raise Refused(

@@ -19,14 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from motte.shared.der import der_octet_string, der_utf8
 from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import (
     ATTESTED_CLAIMS_OID,
     ATTESTED_MEASUREMENT_OID,
     ATTESTED_TECHNOLOGY_OID,
     EVIDENCE_DIGEST_OID,
-    der_octet_string,
-    der_utf8,
 )
 from motte.steward.check import Attested
 

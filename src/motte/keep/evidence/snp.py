@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from motte.keep.evidence import Evidence, check_report_data
-from motte.keep.evidence.der import SNP_REPORT_SIZE, encode_snp_evidence
+from motte.keep.evidence.encoding import SNP_REPORT_SIZE, encode_snp_evidence
 from motte.keep.evidence.tsm import TSM_REPORT_ROOT, TsmFiles, tsm_available, tsm_report
 from motte.shared.errors import MotteError
 

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from motte.keep.evidence import Evidence, check_report_data
-from motte.keep.evidence.der import encode_dcap_evidence
+from motte.keep.evidence.encoding import encode_dcap_evidence
 from motte.keep.evidence.tsm import TSM_REPORT_ROOT, TsmFiles, tsm_report
 from motte.shared.errors import MotteError
 

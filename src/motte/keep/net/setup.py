@@ -50,8 +50,9 @@ class NetworkSetup:
         it from now on. ``ca_pem`` is the config's ``steward_ca``; without it the Steward's TLS
         certificate must chain to the system trust store. Raises MotteError (one line) if the Steward
         cannot be reached, refuses, or answers badly: the workload must not start then."""
-        from motte.keep.csr import ProtocolError, StewardExchange, certificate_request
+        from motte.keep.csr import StewardExchange, certificate_request
         from motte.keep.evidence import source_for
+        from motte.shared.steward_protocol import StewardProtocolError
 
         request = certificate_request(source_for(backend))  # a fresh key, evidence bound to it, the CSR
         exchange = StewardExchange(steward, request)
@@ -73,7 +74,7 @@ class NetworkSetup:
         except WasiError as exc:
             reason = sock.failure or exc.errno.name
             raise MotteError(f"cannot get the keep's certificate from the Steward at {where}: {reason}") from None
-        except ProtocolError as exc:
+        except StewardProtocolError as exc:
             raise MotteError(f"the Steward at {where} answered badly: {exc}") from None
         finally:
             sock.close()

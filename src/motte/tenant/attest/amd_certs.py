@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from motte.tenant.attest import der
+from motte.shared.der import TAG_IA5STRING, TAG_OCTET_STRING, DerError, read_integer, read_one, read_string
 from motte.tenant.attest.amd_roots import (
     PSS,
     AmdTrust,
@@ -57,6 +57,13 @@ def parse_vek_extensions(cert: x509.Certificate) -> VekExtensions:
         extensions = list(cert.extensions)
     except CERT_ERRORS as exc:
         raise VerificationError(Reason.MALFORMED, f"VEK certificate extensions: {exc}") from exc
+    try:
+        return _read_vek_extensions(extensions)
+    except DerError as exc:
+        raise VerificationError(Reason.MALFORMED, exc.message) from exc
+
+
+def _read_vek_extensions(extensions: Sequence[x509.Extension[x509.ExtensionType]]) -> VekExtensions:
     struct_version = product = hwid = csp = None
     spl: dict[int, int] = {}
     for ext in extensions:
@@ -65,20 +72,20 @@ def parse_vek_extensions(cert: x509.Certificate) -> VekExtensions:
             continue
         value = ext.value.value
         if oid == OID_STRUCT_VERSION:
-            struct_version = der.read_integer(value, "VEK structVersion")
+            struct_version = read_integer(value, "VEK structVersion")
         elif oid == OID_PRODUCT_NAME:
-            product = der.read_ia5string(value, "VEK productName1")
+            product = read_string(value, TAG_IA5STRING, "VEK productName1")
         elif oid.startswith(OID_SPL_PREFIX):
             suffix = oid[len(OID_SPL_PREFIX) :]
             if suffix.isdigit():
-                level = der.read_integer(value, f"VEK SPL extension {oid}")
+                level = read_integer(value, f"VEK SPL extension {oid}")
                 if level > 0xFF:
                     raise VerificationError(Reason.MALFORMED, f"VEK SPL extension {oid} = {level} > 255")
                 spl[int(suffix)] = level
         elif oid == OID_HWID:
             hwid = _hwid(value)
         elif oid == OID_CSP_ID:
-            csp = der.read_ia5string(value, "VLEK cspId")
+            csp = read_string(value, TAG_IA5STRING, "VLEK cspId")
     return VekExtensions(struct_version, product, spl, hwid, csp)
 
 
@@ -86,7 +93,7 @@ def _hwid(value: bytes) -> bytes:
     """The hwID comes raw (64 bytes; 8 on Turin) or wrapped in a DER OCTET STRING."""
     if len(value) in HWID_SIZES:
         return value
-    inner = der.read_octet_string(value, "VCEK hwID")
+    inner = read_one(value, TAG_OCTET_STRING, "VCEK hwID")
     if len(inner) not in HWID_SIZES:
         raise VerificationError(Reason.MALFORMED, f"VCEK hwID is {len(inner)} bytes, expected 64 or 8")
     return inner

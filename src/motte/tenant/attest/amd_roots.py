@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from motte.tenant.attest.der import signature_fields_consistent
+from motte.shared.der import TAG_BIT_STRING, TAG_CONTEXT_0, TAG_INTEGER, TAG_SEQUENCE, DerError, read_outer
 from motte.tenant.attest.roots import read_root
 
 PRODUCTS = ("Milan", "Genoa", "Turin")
@@ -47,6 +47,26 @@ def common_name(name: x509.Name) -> str:
 
 def cert_der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
+
+
+def signature_fields_consistent(cert_der: bytes) -> bool:
+    """Whether the certificate's unsigned fields hold no slack: the outer signatureAlgorithm equals
+    the signed one inside the TBS (RFC 5280 requires it), the signature BIT STRING has no unused
+    bits, and nothing follows it. Only the TBS is signed, so a verifier that uses fixed algorithm
+    parameters must check this itself or accept certificates altered outside the signature.
+    """
+    try:
+        certificate = read_outer(cert_der, TAG_SEQUENCE, "Certificate", "certificate")
+        tbs = certificate.enter(TAG_SEQUENCE, "tbsCertificate")
+        outer_algorithm = certificate.read(TAG_SEQUENCE, "signatureAlgorithm").encoded
+        signature = certificate.read(TAG_BIT_STRING, "signatureValue").content
+        certificate.done()
+        if tbs.read(name="version or serialNumber").tag == TAG_CONTEXT_0:  # [0] EXPLICIT version
+            tbs.read(TAG_INTEGER, "serialNumber")
+        inner_algorithm = tbs.read(TAG_SEQUENCE, "signature").encoded
+    except DerError:
+        return False
+    return inner_algorithm == outer_algorithm and signature[:1] == b"\0"
 
 
 def pss_signed_by(subject: x509.Certificate, issuer: x509.Certificate) -> bool:

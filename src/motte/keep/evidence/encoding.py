@@ -1,5 +1,5 @@
-"""The DER the keep puts in its CSR's attestation extension (the shapes are documented, and read
-back, in :mod:`motte.shared.steward_protocol`)::
+"""The evidence the keep puts in its CSR's attestation extension, in DER (the shapes are documented,
+and read back, in :mod:`motte.shared.steward_protocol`)::
 
     SnpEvidence  ::= SEQUENCE { crts SEQUENCE { vcek Certificate, crls CrlList }, report OCTET STRING }
     CrlList      ::= SEQUENCE OF CertificateList
@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from motte.shared.der import TAG_SEQUENCE, DerError, der_octet_string, der_sequence, der_utf8, read_one
 from motte.shared.errors import MotteError
-from motte.shared.steward_protocol import (
-    TAG_SEQUENCE,
-    DerReader,
-    ProtocolError,
-    der_octet_string,
-    der_sequence,
-    der_utf8,
-)
 
 SNP_REPORT_SIZE = 0x4A0  # 1184 bytes, every report version so far
 
@@ -28,10 +21,8 @@ def _der_object(blob: bytes, what: str) -> bytes:
     if blob.lstrip().startswith(b"-----BEGIN"):
         blob = _pem_to_der(blob, what)
     try:
-        reader = DerReader(blob, what)
-        reader.read(TAG_SEQUENCE, what)
-        reader.done()
-    except ProtocolError as exc:
+        read_one(blob, TAG_SEQUENCE, what)
+    except DerError as exc:
         raise MotteError(f"{what} is not DER: {exc}") from exc
     return blob
 
