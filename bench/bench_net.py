@@ -9,7 +9,7 @@ of key (P-256, self-signed) and TLS 1.3. The clients run in this process, the sa
 
 The round trips are measured in alternating half-second slices on the two servers (the load of a
 shared machine drifts and must weigh on both alike). Prints both measurements and their ratio.
-Targets (issue 3): throughput of 64 KiB messages >= 0.5x the baseline, p50 round trip of 1 KiB
+Targets: throughput of 64 KiB messages >= 0.5x the baseline, p50 round trip of 1 KiB
 messages <= 2x; 256 concurrent TLS connections doing request/response: no errors (requests/s
 reported).
 """

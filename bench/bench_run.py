@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_run.py [--quick]
 
-Prints, for each figure, both measurements and their ratio. Targets (issue 2): start-up ≤ 1.5×,
+Prints, for each figure, both measurements and their ratio. Targets: start-up ≤ 1.5×,
 CPU-bound ≤ 1.10×, stdout throughput ≥ 0.5× the direct run.
 """
 

@@ -1,10 +1,10 @@
 """The keep's TLS identity: a key pair made inside the keep at start, and its certificate chain.
 
-The private key never leaves the keep. Until the Steward protocol lands (the keep sends a CSR
-carrying its evidence and gets back ``[CA, issued]``), the certificate is self-signed, and it
-proves nothing about the keep: a client that accepts it has only an encrypted channel to
-*something*. The Steward work replaces :func:`self_signed_identity` with a function that returns
-the same :class:`KeepIdentity` shape with the Steward's chain.
+The private key never leaves the keep. When the workload config names a Steward, the keep sends
+it a CSR carrying its evidence and serves TLS with the ``[CA, issued]`` chain it gets back
+(:meth:`motte.keep.net.setup.NetworkSetup.use_steward`). Without one the certificate is
+self-signed (:func:`self_signed_identity`), and it proves nothing about the keep: a client that
+accepts it has only an encrypted channel to *something*.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-#: Outside a TEE the keep key is P-256 (SNP keeps use P-384, per the design).
+#: Outside a TEE the keep key is P-256 (SNP keeps use P-384: docs/threat-model.md, "What the evidence must bind").
 CURVE = ec.SECP256R1
 SELF_SIGNED_CN = "motte keep (self-signed, unattested)"
 VALIDITY = datetime.timedelta(days=1)  # a keep's identity lives as long as the keep

@@ -7,7 +7,7 @@ handled here, both seen on real boots:
 * the port may not be enumerated yet when the keep starts (the virtio driver probes
   asynchronously), so the sysfs listing is polled;
 * the device node appears before the port is ready, and ``open`` fails with ENXIO for a moment
-  (see docs/vm-keep.md), so the open is retried.
+  (docs/vm-keep.md, "Pitfalls", 2), so the open is retried.
 
 It also holds the keep's side of the *park and resume* step of a kvm keep that the host may
 snapshot (see :func:`park`); the records both sides exchange are in :mod:`motte.shared.vm_port`.
@@ -141,7 +141,7 @@ def park(fd: int) -> None:
     the snapshot's), and the host's entropy is credited to the kernel's RNG and the RNG reseeded
     at once (otherwise every copy would draw the same "random" bytes), then Python's ``random``
     too. Still shared by copies of one snapshot: the kernel's and this process's address-space
-    layout and Python's hash seed (see the kvm backend's notes).
+    layout and Python's hash seed (docs/vm-keep.md, "Snapshots: park and resume").
     """
     import motte.keep.runtime  # noqa: F401  (the engine loads before the snapshot, not after it)
 

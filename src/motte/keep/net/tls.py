@@ -1,8 +1,8 @@
 """TLS that ends inside the keep: the standard ``ssl`` module over memory BIOs, sans-I/O.
 
 The host relays only what :meth:`TlsSession.outgoing` returns and feeds back what it received;
-it never holds a key nor sees plaintext (commitment 4: the network stack is outside the TCB, TLS
-is inside). TLS 1.3 only.
+it never holds a key nor sees plaintext (commitment 4 in docs/threat-model.md: the network stack
+is outside the TCB, TLS is inside). TLS 1.3 only.
 """
 
 from __future__ import annotations
