@@ -42,7 +42,8 @@ from motte.host.backends.kvm import KvmBackend  # noqa: E402
 from motte.host.backends.nil import NilBackend  # noqa: E402
 from motte.host.image.build import ensure_image  # noqa: E402
 from motte.host.image.layout import GUEST_DIR  # noqa: E402
-from motte.shared.endpoint import Endpoint, SocketTransport  # noqa: E402
+from motte.shared.endpoint import Endpoint  # noqa: E402
+from motte.shared.transport import SocketTransport  # noqa: E402
 
 MB = 1_000_000
 

@@ -23,7 +23,8 @@ from motte.host.platform import kvm_usable
 from motte.host.session import HostStdio, RunRequest, run_workload
 from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
-from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
+from motte.shared.endpoint import Endpoint, StreamAborted
+from motte.shared.transport import SocketTransport
 from tests.conftest import motte
 from tests.hostfs.test_hostfs_server import snapshot
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from motte.shared.endpoint import Endpoint, SocketTransport
+from motte.shared.endpoint import Endpoint
+from motte.shared.transport import SocketTransport
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from motte.shared.endpoint import READER_GRACE, Endpoint, SocketTransport, Timeout
+from motte.shared.endpoint import READER_GRACE, Endpoint, Timeout
+from motte.shared.transport import SocketTransport
 
 
 class RecordingTransport(SocketTransport):

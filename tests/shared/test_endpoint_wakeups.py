@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from motte.shared import endpoint as endpoint_module
-from motte.shared.endpoint import Endpoint, SocketTransport
+from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
+from motte.shared.transport import SocketTransport
 
 
 @contextmanager

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 
 from motte.shared import netstreams
-from motte.shared.endpoint import ChannelClosed, Endpoint, ReceiveBuffer, StreamAborted
+from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
+from motte.shared.transport import ReceiveBuffer
 
 MAX_CONNECTIONS = 1024  # open connections per keep (the channel allows 4096 streams per side)
 RECV_SIZE = 256 << 10

@@ -14,15 +14,16 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from motte.shared.endpoint import Transport
+    from motte.shared.transport import Transport
 
 USAGE = "usage: python -m motte.keep (--channel-fd N | --channel-device NAME)"
 
 
 def serve(channel: socket.socket | Transport, backend: str) -> int:
     """Run the keep on a channel: a connected socket (nil), or a transport such as a virtio port."""
-    from motte.shared.endpoint import Endpoint, SocketTransport
+    from motte.shared.endpoint import Endpoint
     from motte.shared.errors import MotteError
+    from motte.shared.transport import SocketTransport
 
     transport = SocketTransport(channel) if isinstance(channel, socket.socket) else channel
     # The workload's thread reads the channel itself while it waits: one thread switch less per request.

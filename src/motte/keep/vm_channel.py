@@ -23,7 +23,7 @@ import struct
 import sys
 import time
 
-from motte.shared.endpoint import ReceiveBuffer, send_vectored
+from motte.shared.transport import ReceiveBuffer, send_vectored
 from motte.shared.vm_port import PARKED, RESUME, Resume
 
 PORTS_DIR = "/sys/class/virtio-ports"

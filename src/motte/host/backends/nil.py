@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from motte.host.backends.base import Backend, Check, KeepHandle, LaunchSpec, Progress
 from motte.host.nil_process import spawn_nil_keep, take_prespawned
-from motte.shared.endpoint import Endpoint, SocketTransport
+from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
+from motte.shared.transport import SocketTransport
 
 
 class NilKeep(KeepHandle):

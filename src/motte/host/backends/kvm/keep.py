@@ -17,8 +17,9 @@ from motte.host.backends.base import KeepHandle
 from motte.host.backends.kvm.qemu import Accel, microvm_command, qemu_has_sandbox
 from motte.host.backends.kvm.rundir import forget, kill_qemu, log_tail, new_rundir, track, with_pdeathsig
 from motte.host.backends.kvm.snapshot import Snapshot
-from motte.shared.endpoint import ChannelClosed, Endpoint, SocketTransport, Timeout
+from motte.shared.endpoint import ChannelClosed, Endpoint, Timeout
 from motte.shared.errors import MotteError
+from motte.shared.transport import SocketTransport
 from motte.shared.vm_port import PARKED, RESUME_ENTROPY, Resume
 
 #: A first boot attempt that shows no HELLO by then is taken for a hang (TCG boots hang now and

@@ -1,0 +1,464 @@
+"""The threads under an :class:`~motte.shared.endpoint.Endpoint`: reading, dispatching, writing.
+
+A reader thread turns received bytes into per-stream inboxes, a writer thread sends queued bytes.
+Application threads never block on a transport write, so neither side can deadlock the other by
+writing while the peer writes; what they queue is bounded by the stream credit.
+
+With ``read_when_waiting`` (the keep's side) a thread that must wait for the peer reads the
+transport itself instead of sleeping until the reader thread wakes it: a request then reaches the
+workload with one thread switch less, which is most of a small message's latency. The reader
+thread steps aside while anyone waits and takes over once the waiting has stopped for a while (a
+workload busy computing: within about a second), so the channel is always read. On the host,
+another thread's event loop may take the reading over (:meth:`ChannelIO.lend_reading`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Self
+
+from motte.shared.channel import (
+    ChannelState,
+    Control,
+    CreditGranted,
+    Data,
+    Hello,
+    ProtocolError,
+    Role,
+    StreamEnded,
+    StreamOpened,
+    StreamRefused,
+    StreamReset,
+)
+from motte.shared.errors import MotteError
+from motte.shared.transport import READ_SIZE, Transport, drop_sent
+
+#: Frames up to this size are sent by the thread that queued them when the writer is idle: a small
+#: message then costs no thread switch. Larger ones go to the writer thread, so the copy into the
+#: kernel overlaps with the producer's next work (stdout, bulk transfers).
+DIRECT_SEND_MAX = 32 << 10
+#: With ``read_when_waiting``: how long no thread must have waited before the reader thread takes
+#: the transport back (it then holds it until the next message arrives).
+READER_GRACE = 0.02
+#: How often the stepped-aside reader thread looks whether the waiting has stopped. Nobody tells it
+#: (that would wake it on every request); looking rarely keeps an idle keep idle (1 wake-up a second).
+READER_RECHECK = 1.0
+
+#: Called with a claimed stream's id when it gets data, EOF, a reset or credit (0: the channel
+#: closed). Runs on the reader thread, without the endpoint's lock: it may use the endpoint, but
+#: the channel is not read while it runs, so it must not block.
+StreamObserver = Callable[[int], None]
+#: Takes a stream the peer opened (stream id, OPEN metadata); returns None to keep it or a reason
+#: to refuse it (the stream is then reset). Runs on the reader thread with the endpoint's lock
+#: held: it must only take note and return, never call back into the endpoint.
+OpenHandler = Callable[[int, dict[str, Any]], str | None]
+
+
+class ChannelClosed(MotteError):
+    """The channel ended: the peer went away or broke the protocol."""
+
+
+class StreamAborted(MotteError):
+    """The peer reset the stream."""
+
+
+class Timeout(MotteError):
+    pass
+
+
+class _Inbox:
+    __slots__ = ("chunks", "eof", "reset", "size", "unacked", "waiters")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.eof = False
+        self.reset: str | None = None
+        self.unacked = 0  # bytes consumed but not yet returned to the peer as credit
+        self.waiters: threading.Condition | None = None  # threads blocked on this stream alone
+
+
+class ChannelIO:
+    """The state and threads of an endpoint; :class:`~motte.shared.endpoint.Endpoint` adds the
+    calls application threads make."""
+
+    def __init__(self, transport: Transport, role: Role, *, window: int | None = None, name: str = "channel",
+                 read_when_waiting: bool = False, yield_after_send: bool = False):
+        self._transport = transport
+        self._state = ChannelState(role) if window is None else ChannelState(role, window)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # inboxes, credit, queues, closure
+        self._to_send = threading.Condition(self._lock)
+        self._pending: list[bytes | memoryview] = []
+        self._inboxes: dict[int, _Inbox] = {}
+        self._controls: deque[dict[str, Any]] = deque()
+        self._opened: deque[tuple[int, dict[str, Any]]] = deque()
+        self._routes: dict[str, OpenHandler] = {}
+        self._observer: StreamObserver | None = None
+        self._claimed: set[int] = set()  # streams whose events go to the observer, not to waiters
+        self._touched: list[int] = []  # claimed streams with news, for the observer
+        self._wake_waiters = False
+        self._stream_watchers = 0  # threads in wait(): woken by any stream's events
+        self._writing = False  # the writer thread is sending outside the lock
+        self._send_nowait: Callable[[list[bytes | memoryview]], int] | None = getattr(transport, "send_nowait", None)
+        self._peer_hello: dict[str, Any] | None = None
+        self._closed: BaseException | None = None
+        self._transport_done = False
+        self.name = name
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._read_when_waiting = read_when_waiting
+        self._yield_after_send = yield_after_send
+        self._answering = False  # a waiting thread was just woken by input: its next send answers it
+        self._reading = False  # a thread is receiving from the transport, outside the lock
+        self._waiting = 0  # threads blocked in _wait_for (reading, or sleeping while another reads)
+        self._waits_ended = 0.0  # when _waiting last dropped to 0
+        self._reader_turn = threading.Condition(self._lock)  # the reader thread, stepping aside
+        self._poller: select.poll | None = None
+        self._lent = False  # another thread's event loop reads the transport (lend_reading)
+        self._lend_r, self._lend_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True)
+
+    def start(self) -> Self:
+        self._reader.start()
+        self._writer.start()
+        return self
+
+    # ---- lifetime ----
+
+    @property
+    def closed(self) -> BaseException | None:
+        return self._closed
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued byte has been handed to the transport."""
+        with self._lock:
+            return self._changed.wait_for(
+                lambda: (not self._pending and not self._writing) or self._closed is not None, timeout
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_with(ChannelClosed("channel closed by this side"))
+            wake, self._lend_w = self._lend_w, -1
+        self._transport.close()
+        if wake < 0:
+            return  # closed before
+        with contextlib.suppress(OSError):
+            os.write(wake, b"\0")  # a reader thread in poll: closing a transport may not wake it
+        if self._reader.ident is not None and self._reader is not threading.current_thread():
+            self._reader.join(5.0)
+        os.close(wake)
+        os.close(self._lend_r)
+
+    def _route(self, stream: int, meta: dict[str, Any], handler: OpenHandler) -> None:
+        refusal = handler(stream, meta)
+        if refusal is not None:
+            self._inboxes.pop(stream, None)
+            self._state.reset_stream(stream, refusal)
+
+    # ---- internals ----
+
+    def _raise_if_closed(self) -> None:
+        if self._closed is not None:
+            if isinstance(self._closed, MotteError):
+                raise self._closed
+            raise ChannelClosed(f"channel closed: {self._closed}")
+
+    def _queue_outgoing(self) -> bool:
+        """Send or queue what the protocol state has for the peer: True if it all went out here."""
+        buffers = self._state.outgoing()
+        if not buffers:
+            return False
+        if (self._send_nowait is not None and not self._pending and not self._writing and self._closed is None
+                and sum(len(b) for b in buffers) <= DIRECT_SEND_MAX):
+            # The writer thread is idle: send from this thread, without blocking. A small message
+            # then costs no thread switch, which is most of its latency.
+            try:
+                sent = self._send_nowait(buffers)
+            except OSError as exc:
+                self._close_with(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
+                return False
+            self.bytes_sent += sent
+            buffers = drop_sent(buffers, sent)
+            if not buffers:
+                return True
+        self._pending += buffers
+        self._to_send.notify()
+        return False
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            self._close_with(error)
+            observer = self._observer
+        if observer is not None:
+            observer(0)
+
+    def _close_with(self, error: BaseException) -> None:
+        if self._closed is None:
+            self._closed = error
+        self._changed.notify_all()
+        for inbox in self._inboxes.values():
+            if inbox.waiters is not None:
+                inbox.waiters.notify_all()
+        self._to_send.notify_all()
+        self._reader_turn.notify_all()
+
+    def _wait_for(self, ready: Callable[[], object], timeout: float | None) -> bool:
+        """``Condition.wait_for`` on ``_changed`` (lock held), reading the transport in this thread
+        while no other thread does, if the endpoint reads when waiting."""
+        if not self._read_when_waiting:
+            return bool(self._changed.wait_for(ready, timeout))
+        if ready():
+            return True
+        end = None if timeout is None else time.monotonic() + timeout
+        # Counted as waiting only once it blocks: a thread that polls in a loop must not keep the
+        # reader thread from the transport.
+        blocked = False
+        try:
+            while True:
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not blocked:
+                    self._waiting += 1
+                    blocked = True
+                if self._reading or self._closed is not None:
+                    self._changed.wait(remaining)
+                else:
+                    self._read_here(remaining)
+                if ready():
+                    return True
+        finally:
+            if blocked:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._waits_ended = time.monotonic()
+
+    def _read_here(self, timeout: float | None) -> None:
+        """Lock held: one read of the transport by this thread, up to ``timeout``."""
+        self._reading = True
+        self._lock.release()
+        data: bytes | BaseException | None = None
+        try:
+            if self._poll_input(timeout):  # (poll, not a blocked recv: see _read_loop)
+                data = self._transport.recv(READ_SIZE)
+        except OSError as exc:
+            data = exc
+        finally:
+            self._lock.acquire()
+            if data is None:  # nothing came (or this thread is leaving with an exception)
+                self._reading = False
+                self._changed.notify_all()  # the transport is free: another waiting thread may read it
+        if data is None:
+            return
+        self._answering = self._yield_after_send
+        self._received(data)
+
+    def _poll_input(self, timeout: float | None) -> bool:
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self._transport.fileno(), select.POLLIN)
+        if timeout is None:
+            return bool(self._poller.poll())
+        return bool(self._poller.poll(math.ceil(min(timeout, 86400.0) * 1000)))  # poll takes an int of ms
+
+    def _take_reader_turn(self) -> bool:
+        """The reader thread of an endpoint that reads when waiting: wait until no thread has waited
+        for READER_GRACE, then hold the transport. False once the channel is closed."""
+        with self._lock:
+            while self._closed is None:
+                if self._reading or self._waiting:
+                    self._reader_turn.wait(READER_RECHECK)
+                    continue
+                idle = time.monotonic() - self._waits_ended
+                if idle >= READER_GRACE:
+                    self._reading = True
+                    return True
+                self._reader_turn.wait(READER_GRACE - idle)
+            return False
+
+    def _read_loop(self) -> None:
+        # Wait in poll, then receive: a thread blocked in recv on a socket is also woken each time
+        # the peer reads from its end (the kernel signals "writable" on the same wait queue), which
+        # costs the peer a cross-CPU wake-up per message. poll waits for input only.
+        ready_to_read = select.poll()
+        ready_to_read.register(self._transport.fileno(), select.POLLIN)
+        ready_to_read.register(self._lend_r, select.POLLIN)
+        while True:
+            if self._read_when_waiting and not self._take_reader_turn():
+                return
+            data: bytes | BaseException
+            try:
+                ready = ready_to_read.poll()
+                with self._lock:
+                    if self._lent or self._closed is not None:  # lent to another thread's event loop, or closed
+                        self._reading = False
+                        return
+                if not any(fd == self._transport.fileno() for fd, _ in ready):
+                    continue
+                data = self._transport.recv(READ_SIZE)
+            except Exception as exc:  # OSError, or a bug: either ends the channel (it must not strand a waiter)
+                data = exc
+            if not self._handle_read(data):
+                return
+
+    def _handle_read(self, data: bytes | BaseException) -> bool:
+        """What one read of the transport gave, handled, and the observer told: False once closed."""
+        with self._lock:
+            self._received(data)
+            touched, self._touched = self._touched, []
+            observer = self._observer
+            closed = self._closed is not None
+        if observer is not None:
+            for stream in dict.fromkeys(touched):  # each once, in order
+                observer(stream)
+            if closed:
+                observer(0)
+        return not closed
+
+    # ---- reading by another thread's event loop ----
+
+    def lend_reading(self) -> int:
+        """Stop the reader thread and return the transport's file descriptor: from now on the
+        caller's event loop reads the channel, calling :meth:`pump` whenever that descriptor is
+        readable, until :meth:`reclaim_reading`. The host's network relay does this so that one
+        thread wakes for a request and for its answer: two threads would hand the GIL to each
+        other on every round trip."""
+        if self._read_when_waiting:
+            raise ValueError("an endpoint that reads when waiting reads in its waiting threads")
+        with self._lock:
+            self._lent = True
+            if self._lend_w >= 0:
+                os.write(self._lend_w, b"\0")
+        if self._reader.is_alive():
+            self._reader.join()
+        return self._transport.fileno()
+
+    def pump(self) -> bool:
+        """The lent transport is readable: read it once and handle what came (see
+        :meth:`lend_reading`). False once the channel is closed."""
+        try:
+            data: bytes | BaseException = self._transport.recv(READ_SIZE)
+        except Exception as exc:  # as in _read_loop
+            data = exc
+        return self._handle_read(data)
+
+    def reclaim_reading(self) -> None:
+        """Start a reader thread again after :meth:`lend_reading`."""
+        with self._lock:
+            if not self._lent:
+                return
+            self._lent = False
+            closed = self._closed is not None
+            if not closed:
+                os.read(self._lend_r, 64)
+        if not closed:
+            self._reader = threading.Thread(target=self._read_loop, name=f"{self.name}-reader", daemon=True)
+            self._reader.start()
+
+    def _received(self, data: bytes | BaseException) -> None:
+        """Lock held: take what one read of the transport gave, bytes or the error it raised."""
+        self._reading = False
+        if isinstance(data, BaseException):
+            self._close_with(ChannelClosed(f"channel read failed: {getattr(data, 'strerror', None) or data}"))
+            return
+        if not data:
+            self._close_with(ChannelClosed("the peer closed the channel"))
+            return
+        self.bytes_received += len(data)
+        self._wake_waiters = False
+        try:
+            for event in self._state.receive(data):
+                self._dispatch(event)
+            self._queue_outgoing()
+        except ProtocolError as exc:
+            self._close_with(exc)
+            return
+        except Exception as exc:
+            self._close_with(ChannelClosed(f"channel reader failed: {type(exc).__name__}: {exc}"))
+            return
+        if self._wake_waiters or self._read_when_waiting:  # (the transport is free: a waiter may read it)
+            self._changed.notify_all()
+
+    def _dispatch(self, event: object) -> None:
+        if not isinstance(event, Data | StreamEnded | StreamReset | CreditGranted):
+            self._wake_waiters = True  # control messages, opened streams, HELLO
+        if isinstance(event, Data):
+            inbox = self._inboxes.get(event.stream)
+            if inbox is not None and event.data:
+                inbox.chunks.append(event.data)
+                inbox.size += len(event.data)
+            self._notify(event.stream)
+        elif isinstance(event, Control):
+            self._controls.append(event.message)
+        elif isinstance(event, StreamOpened):
+            self._inboxes[event.stream] = _Inbox()
+            handler = self._routes.get(event.meta["kind"])
+            if handler is None:
+                self._opened.append((event.stream, event.meta))
+            else:
+                self._route(event.stream, event.meta, handler)
+        elif isinstance(event, StreamEnded):
+            inbox = self._inboxes.get(event.stream)
+            if inbox is not None:
+                inbox.eof = True
+            self._notify(event.stream)
+        elif isinstance(event, StreamReset):
+            inbox = self._inboxes.get(event.stream)
+            if inbox is not None:
+                inbox.reset = event.reason or "reset"
+            self._notify(event.stream)
+        elif isinstance(event, CreditGranted):
+            self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
+        elif isinstance(event, Hello):
+            self._peer_hello = event.info
+        elif isinstance(event, StreamRefused):
+            pass  # answered with RESET by the state machine
+
+    def _notify(self, stream: int) -> None:
+        if stream in self._claimed:
+            self._touched.append(stream)
+            return
+        inbox = self._inboxes.get(stream)
+        if inbox is not None and inbox.waiters is not None:
+            inbox.waiters.notify_all()
+        if inbox is None or self._stream_watchers or self._read_when_waiting:
+            self._wake_waiters = True
+
+    def _wait_on_stream(self, inbox: _Inbox | None, ready: Callable[[], object], timeout: float | None) -> bool:
+        """Lock held: wait for ``ready``, which only events on ``inbox``'s stream (or the channel's
+        end) can make true. Such a wait is woken by those events only: the host's threads (each
+        served directory's, the output pumps, the control loop) do not all wake on every frame.
+        An endpoint that reads when waiting waits as always (the waiting thread reads)."""
+        if self._read_when_waiting or inbox is None:
+            return self._wait_for(ready, timeout)
+        if inbox.waiters is None:
+            inbox.waiters = threading.Condition(self._lock)
+        return bool(inbox.waiters.wait_for(ready, timeout))
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._writing = False
+                if not self._pending:
+                    self._changed.notify_all()  # flush() waiters
+                self._to_send.wait_for(lambda: self._pending or self._closed is not None)
+                if not self._pending:
+                    return
+                buffers, self._pending = self._pending, []
+                self._writing = True  # until these are out, other threads must not send directly
+            try:
+                self._transport.send_buffers(buffers)
+                self.bytes_sent += sum(len(b) for b in buffers)
+            except OSError as exc:
+                self._fail(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
+                return
