@@ -1,8 +1,9 @@
 """Served directories end to end: real workloads in real keeps, and the host's serving threads.
 
 ``fsops`` runs every file operation the ``files`` workload does not, plus escapes through links;
-served and direct access must print the same lines (the direct path is the kernel's own semantics,
-so the served path matches them), on nil and on kvm.
+served to a nil keep and to a kvm keep, it must print ``fsops_expected.txt``: the kernel's own
+answers to those operations on a Linux filesystem (errno values as WASI numbers), with every
+escape refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from motte.host.backends import get_backend
-from motte.host.backends.base import KeepHandle, LaunchSpec
+from motte.host.backends.base import LaunchSpec
 from motte.host.hostfs import HostDirs, ServedDir
 from motte.host.paths import cache_root
 from motte.host.platform import kvm_usable
@@ -25,7 +26,6 @@ from motte.keep.runtime import Launch, LaunchError
 from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
 from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
-from motte.shared.errors import MotteError
 from tests.conftest import motte
 from tests.hostfs.test_hostfs_server import snapshot
 
@@ -43,16 +43,15 @@ def fsops_tree(base: Path) -> Path:
     return data
 
 
-def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str, str], ...],
-                serve: bool | None, tmp_path: Path) -> str:
+def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str, str], ...], tmp_path: Path) -> str:
     from tests.workloads import workload
 
-    out = tmp_path / f"stdout-{backend}-{serve}"
+    out = tmp_path / f"stdout-{backend}"
     with out.open("wb") as sink, open(os.devnull, "rb") as null:
         keep = get_backend(backend).launch(LaunchSpec(memory_bytes=256 << 20))
         try:
             request = RunRequest(Path(workload(name)).read_bytes(), default_config().with_extra(args=args),
-                                 dirs, 256 << 20, timeout=120, serve_dirs=serve)
+                                 dirs, 256 << 20, timeout=120)
             result = run_workload(keep, request, HostStdio(stdin=null.fileno(), stdout=sink.fileno(),
                                                            stderr=sink.fileno()))
         finally:
@@ -62,21 +61,16 @@ def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str,
     return text
 
 
-@pytest.fixture
-def fsops_expected(tmp_path: Path) -> str:
-    """fsops with direct access on nil: what the kernel itself says."""
-    (tmp_path / "direct").mkdir()
-    data = fsops_tree(tmp_path / "direct")
-    return run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), False, tmp_path)
+FSOPS_EXPECTED = (Path(__file__).parent / "fsops_expected.txt").read_text()
 
 
-def test_fsops_served_matches_direct_on_nil(tmp_path: Path, fsops_expected: str) -> None:
+def test_fsops_served_to_a_nil_keep_gives_the_kernels_answers(tmp_path: Path) -> None:
     base = tmp_path / "served"
     base.mkdir()
     data = fsops_tree(base)
     before = snapshot(base, "data")
-    served = run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), True, tmp_path)
-    assert served == fsops_expected
+    served = run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), tmp_path)
+    assert served == FSOPS_EXPECTED
     lines = dict(line.split(": ", 1) for line in served.splitlines())
     escapes = {step: result for step, result in lines.items() if step.startswith("escape ")}
     assert len(escapes) == 10 and set(escapes.values()) == {"errno=76"}
@@ -91,14 +85,13 @@ def test_fsops_served_matches_direct_on_nil(tmp_path: Path, fsops_expected: str)
 
 @pytest.mark.vm
 @pytest.mark.skipif(not KVM_USABLE, reason=KVM_REASON)
-def test_fsops_served_to_a_kvm_keep_matches_direct_on_nil(tmp_path: Path, fsops_expected: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fsops_served_to_a_kvm_keep_gives_the_kernels_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOTTE_CACHE_DIR", DEFAULT_CACHE)  # the kernel and image stay cached across runs
     base = tmp_path / "kvm"
     base.mkdir()
     data = fsops_tree(base)
     before = snapshot(base, "data")
-    assert run_in_keep("kvm", "fsops", ["/data"], ((str(data), "/data"),), None, tmp_path) == fsops_expected
+    assert run_in_keep("kvm", "fsops", ["/data"], ((str(data), "/data"),), tmp_path) == FSOPS_EXPECTED
     assert snapshot(base, "data") == before
 
 
@@ -110,9 +103,9 @@ def test_a_run_leaves_no_served_file_open_nor_thread_running(tmp_path: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     (data / "input.txt").write_text("hello")
-    run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), True, tmp_path)  # warm: caches, imports
+    run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), tmp_path)  # warm: caches, imports
     fds = _fds()
-    out = run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), True, tmp_path)
+    out = run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), tmp_path)
     assert "input: hello" in out and "ALLOWED" not in out
     assert _fds() <= fds
     assert not [t for t in threading.enumerate() if t.name.startswith("hostfs")]
@@ -129,26 +122,6 @@ def test_two_directories_are_two_served_trees(tmp_path: Path, wasm: object, back
     assert b"input: from b" in result.stdout
 
 
-def test_a_vm_keep_cannot_be_given_host_paths(tmp_path: Path) -> None:
-    class VmKeep(KeepHandle):
-        backend = "kvm"
-        isolation = "a test double"
-        endpoint = None  # type: ignore[assignment]
-
-        def memory_pid(self) -> int | None:
-            return None
-
-        def wait(self, timeout: float | None = None) -> int | None:
-            return None
-
-        def close(self, grace: float = 2.0) -> None:
-            pass
-
-    request = RunRequest(b"\0asm", default_config(), ((str(tmp_path), "/d"),), serve_dirs=False)
-    with pytest.raises(MotteError, match="kvm keep cannot open host paths"):
-        run_workload(VmKeep(), request)
-
-
 # ---- the launch request's dirs, as the keep checks them -------------------------------------
 
 
@@ -157,9 +130,9 @@ def launch_message(dirs: object) -> dict[str, object]:
             "limits": {"memory": 1 << 20}, "dirs": dirs}
 
 
-def test_the_keep_takes_served_and_direct_preopens() -> None:
-    launch = Launch.parse(launch_message([{"stream": 5, "guest": "/data"}, {"host": "/srv", "guest": "/srv"}]))
-    assert [(p.guest, p.stream, p.host) for p in launch.dirs] == [("/data", 5, None), ("/srv", None, "/srv")]
+def test_the_keep_takes_served_preopens() -> None:
+    launch = Launch.parse(launch_message([{"stream": 5, "guest": "/data"}, {"stream": 7, "guest": "/srv"}]))
+    assert [(p.guest, p.stream) for p in launch.dirs] == [("/data", 5), ("/srv", 7)]
 
 
 @pytest.mark.parametrize("dirs", [
@@ -167,6 +140,7 @@ def test_the_keep_takes_served_and_direct_preopens() -> None:
     [{"stream": -1, "guest": "/data"}],
     [{"stream": 5}],
     [{"guest": "/data"}],
+    [{"host": "/srv", "guest": "/srv"}],  # the keep never opens a host path itself
     [{"stream": 5, "guest": ""}],
     [{"stream": 5, "guest": "/a\0b"}],
     [{"stream": 5, "guest": "/" + "x" * 1024}],
@@ -213,7 +187,7 @@ def test_broken_framing_from_the_keep_ends_only_its_stream(channel: tuple[Endpoi
 def test_the_host_stops_serving_when_the_keep_ends_the_stream(channel: tuple[Endpoint, Endpoint],
                                                                tmp_path: Path) -> None:
     host, keep = channel
-    dirs = HostDirs(host, [(str(tmp_path), "/d")], serve=True)
+    dirs = HostDirs(host, [(str(tmp_path), "/d")])
     assert dirs.launch_entries() == [{"stream": dirs.served[0].stream, "guest": "/d"}]
     dirs.start()
     stream, _ = keep.accept_stream(5)
@@ -224,8 +198,3 @@ def test_the_host_stops_serving_when_the_keep_ends_the_stream(channel: tuple[End
     assert keep.read(stream, 100, timeout=5) == b""  # the host ends its side too
     dirs.close(timeout=5)
     assert dirs.served[0].server.open_handles == 0 and (tmp_path / "f").exists()
-
-
-def test_direct_entries_name_the_host_path(channel: tuple[Endpoint, Endpoint], tmp_path: Path) -> None:
-    dirs = HostDirs(channel[0], [(str(tmp_path), "/d")], serve=False)
-    assert dirs.launch_entries() == [{"host": str(tmp_path), "guest": "/d"}] and dirs.served == []

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 WASM_CHUNK = 1 << 20
 GRACE = 5.0  # seconds past the workload deadline before the host stops waiting for the keep
-#: A nil keep could open --dir paths itself, but it gets them served like every other backend:
-#: one code path everywhere, at a cost measured by bench/bench_hostfs.py.
-SERVE_DIRS_ON_NIL = True
 
 
 @dataclass(frozen=True)
@@ -40,9 +37,6 @@ class RunRequest:
     timeout: float | None = None
     cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
     config_dir: str | None = None  # where the config file is: relative paths in it (ca) start there
-    #: --dir access: True serves each directory on a channel stream, False lets a nil keep open the
-    #: host path itself; None: the backend's default (see SERVE_DIRS_ON_NIL)
-    serve_dirs: bool | None = None
 
 
 @dataclass
@@ -85,24 +79,15 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
     dirs = None
     try:
         if request.dirs:
-            dirs = _host_dirs(keep, request)
+            from motte.host.hostfs import HostDirs
+
+            dirs = HostDirs(keep.endpoint, request.dirs)
         return _run_workload(keep, request, stdio or HostStdio(), network, dirs)
     finally:
         if dirs is not None:
             dirs.close()
         if network is not None:
             network.close()
-
-
-def _host_dirs(keep: KeepHandle, request: RunRequest) -> HostDirs:
-    from motte.host.hostfs import HostDirs
-
-    serve = request.serve_dirs
-    if serve is None:
-        serve = keep.backend != "nil" or SERVE_DIRS_ON_NIL
-    elif not serve and keep.backend != "nil":
-        raise MotteError(f"a {keep.backend} keep cannot open host paths: its --dir must be served")
-    return HostDirs(keep.endpoint, request.dirs, serve=serve)
 
 
 def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None,

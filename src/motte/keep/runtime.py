@@ -23,13 +23,13 @@ import wasmtime
 
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
-from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiError, WasiFile
-from motte.keep.wasi.fs import open_preopen
+from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
 from motte.shared.enarx_config import ConfigError, WorkloadConfig
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
+from motte.shared.wasi_abi import WasiError
 
 if TYPE_CHECKING:
     from motte.keep.wasi.remote_fs import HostFsClient
@@ -118,21 +118,17 @@ class Launch(NamedTuple):
 
 
 class Preopen(NamedTuple):
-    """A ``--dir``: served by the host on a channel stream (every backend), or, for a ``nil``
-    keep only, a host path the keep opens itself."""
+    """A ``--dir``: served by the host on a channel stream."""
 
     guest: str
-    stream: int | None = None
-    host: str | None = None
+    stream: int
 
     @classmethod
     def parse(cls, entry: Any) -> Preopen:
         guest = _str(entry["guest"], "dir.guest")
         if not 0 < len(guest.encode()) <= 1024 or "\0" in guest:
             raise ValueError("dir.guest must be a path of 1 to 1024 bytes without NUL")
-        if "stream" in entry:
-            return cls(guest, stream=_int(entry["stream"], "dir.stream"))
-        return cls(guest, host=_str(entry["host"], "dir.host"))
+        return cls(guest, _int(entry["stream"], "dir.stream"))
 
 
 def _int(value: Any, what: str) -> int:
@@ -226,18 +222,11 @@ class KeepRuntime:
             network.start()
         deadline = None if launch.timeout is None else time.monotonic() + launch.timeout  # as run() sets it
         for preopen in launch.dirs:
-            if preopen.stream is not None:
-                from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir
+            from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir
 
-                client = HostFsClient(self.endpoint, preopen.stream, deadline)
-                self.hostfs_clients.append(client)
-                files.append(RemoteDir.preopen(client, preopen.guest))
-                continue
-            assert preopen.host is not None
-            try:
-                files.append(open_preopen(preopen.host, preopen.guest))
-            except WasiError as exc:
-                raise LaunchError(f"cannot preopen {preopen.guest}: {exc}") from None
+            client = HostFsClient(self.endpoint, preopen.stream, deadline)
+            self.hostfs_clients.append(client)
+            files.append(RemoteDir.preopen(client, preopen.guest))
         return files
 
     def run(self, launch: Launch) -> Outcome:

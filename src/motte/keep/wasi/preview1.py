@@ -7,12 +7,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from motte.keep.wasi import abi
-from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
-from motte.keep.wasi.dirs import WasiDir
-from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
-from motte.keep.wasi.fs import pack_dirents
+from motte.keep.wasi.dirs import WasiDir, pack_dirents
+from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiFile
 from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
+from motte.shared import wasi_abi as abi
+from motte.shared.wasi_abi import Errno, FdFlags, Filetype, OFlags, Rights, WasiError
 
 if TYPE_CHECKING:
     from motte.keep.net.sockets import StreamSocket
