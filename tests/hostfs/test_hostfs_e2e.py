@@ -3,7 +3,8 @@
 ``fsops`` runs every file operation the ``files`` workload does not, plus escapes through links;
 served to a nil keep and to a kvm keep, it must print ``fsops_expected.txt``: the kernel's own
 answers to those operations on a Linux filesystem (errno values as WASI numbers), with every
-escape refused.
+escape refused. The errors in it that are the kernel's are checked against the same operations
+done directly on this host.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from motte.keep.runtime import Launch, LaunchError
 from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
 from motte.shared.endpoint import Endpoint, SocketTransport, StreamAborted
+from motte.shared.wasi_abi import wasi_errno
 from tests.conftest import motte
 from tests.hostfs.test_hostfs_server import snapshot
 
@@ -81,6 +83,51 @@ def test_fsops_served_to_a_nil_keep_gives_the_kernels_answers(tmp_path: Path) ->
     assert lines["cleaned up"] == "ok"
     assert snapshot(base, "data") == before  # nothing outside changed: no link, no times, no file
     assert sorted(p.name for p in data.iterdir()) == ["out-abs", "out-rel"]
+
+
+def _host_errno(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except OSError as exc:
+        return f"errno={int(wasi_errno(exc))}"
+    return "ok"
+
+
+def test_the_expected_errors_are_what_this_hosts_kernel_answers(tmp_path: Path) -> None:
+    """The failing steps of fsops_expected.txt whose errno is the kernel's (not a refusal of motte's),
+    done directly on the host filesystem, give the same errno."""
+    w = tmp_path / "w"
+    (w / "sub").mkdir(parents=True)
+    (w / "a.txt").write_text("a")
+    (w / "sub" / "x").write_text("x")
+    (w / "loop1").symlink_to("loop2")
+    (w / "loop2").symlink_to("loop1")
+    (w / "dangling").symlink_to("nowhere")
+    (w / "sym").symlink_to("a.txt")
+    fd = os.open(w / "a.txt", os.O_RDONLY)
+    try:
+        direct = {
+            "seek negative": _host_errno(lambda: os.lseek(fd, -100, os.SEEK_SET)),
+            "write on read-only fd": _host_errno(lambda: os.write(fd, b"x")),
+        }
+    finally:
+        os.close(fd)
+    direct |= {
+        "stat missing": _host_errno(lambda: os.stat(w / "nope")),
+        "readlink of a file": _host_errno(lambda: os.readlink(w / "a.txt")),
+        "open loop": _host_errno(lambda: os.close(os.open(w / "loop1", os.O_RDONLY))),
+        "stat dangling": _host_errno(lambda: os.stat(w / "dangling")),
+        "open nofollow": _host_errno(lambda: os.close(os.open(w / "sym", os.O_RDONLY | os.O_NOFOLLOW))),
+        "mkdir again": _host_errno(lambda: os.mkdir(w / "sub")),
+        "rmdir non-empty": _host_errno(lambda: os.rmdir(w / "sub")),
+        "unlink a dir": _host_errno(lambda: os.unlink(w / "sub")),
+        "open file as dir": _host_errno(lambda: os.close(os.open(w / "a.txt", os.O_RDONLY | os.O_DIRECTORY))),
+        "create existing": _host_errno(lambda: os.close(os.open(w / "a.txt", os.O_RDONLY | os.O_CREAT | os.O_EXCL))),
+        "open dir for writing": _host_errno(lambda: os.close(os.open(w / "sub", os.O_WRONLY))),
+    }
+    expected = dict(line.split(": ", 1) for line in FSOPS_EXPECTED.splitlines())
+    assert direct == {step: expected[step] for step in direct}
+    assert all(result.startswith("errno=") for result in direct.values())
 
 
 @pytest.mark.vm
