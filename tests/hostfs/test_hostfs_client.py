@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import motte.keep.wasi.remote_fs as remote_fs
-from motte.keep.wasi.abi import Errno, FdFlags, Filetype
-from motte.keep.wasi.files import DeadlineExceeded, WasiError
+from motte.keep.wasi.files import DeadlineExceeded
 from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir, RemoteFile
 from motte.shared import hostfs
 from motte.shared.endpoint import Endpoint
 from motte.shared.hostfs import MAX_DATA, Entry, Op, Request, Stat, decode_request, encode_error, encode_result
 from motte.shared.transport import SocketTransport
+from motte.shared.wasi_abi import Errno, FdFlags, Filetype, WasiError
 
 Answer = Callable[[Request], bytes]
 STAT = Stat(1, 2, int(Filetype.REGULAR_FILE), 1, 10, 0, 0, 0)

@@ -1,8 +1,10 @@
 """Served directories end to end: real workloads in real keeps, and the host's serving threads.
 
 ``fsops`` runs every file operation the ``files`` workload does not, plus escapes through links;
-served and direct access must print the same lines (the direct path is the kernel's own semantics,
-so the served path matches them), on nil and on kvm.
+served to a nil keep and to a kvm keep, it must print ``fsops_expected.txt``: the kernel's own
+answers to those operations on a Linux filesystem (errno values as WASI numbers), with every
+escape refused. The errors in it that are the kernel's are checked against the same operations
+done directly on this host.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
 from motte.shared.endpoint import Endpoint, StreamAborted
 from motte.shared.transport import SocketTransport
+from motte.shared.wasi_abi import wasi_errno
 from tests.conftest import motte
 from tests.hostfs.test_hostfs_server import snapshot
 
@@ -42,16 +45,15 @@ def fsops_tree(base: Path) -> Path:
     return data
 
 
-def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str, str], ...],
-                serve: bool | None, tmp_path: Path) -> str:
+def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str, str], ...], tmp_path: Path) -> str:
     from tests.workloads import workload
 
-    out = tmp_path / f"stdout-{backend}-{serve}"
+    out = tmp_path / f"stdout-{backend}"
     with out.open("wb") as sink, open(os.devnull, "rb") as null:
         keep = get_backend(backend).launch(LaunchSpec(memory_bytes=256 << 20))
         try:
             request = RunRequest(Path(workload(name)).read_bytes(), default_config().with_extra(args=args),
-                                 dirs, 256 << 20, timeout=120, serve_dirs=serve)
+                                 dirs, 256 << 20, timeout=120)
             result = run_workload(keep, request, HostStdio(stdin=null.fileno(), stdout=sink.fileno(),
                                                            stderr=sink.fileno()))
         finally:
@@ -61,21 +63,16 @@ def run_in_keep(backend: str, name: str, args: list[str], dirs: tuple[tuple[str,
     return text
 
 
-@pytest.fixture
-def fsops_expected(tmp_path: Path) -> str:
-    """fsops with direct access on nil: what the kernel itself says."""
-    (tmp_path / "direct").mkdir()
-    data = fsops_tree(tmp_path / "direct")
-    return run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), False, tmp_path)
+FSOPS_EXPECTED = (Path(__file__).parent / "fsops_expected.txt").read_text()
 
 
-def test_fsops_served_matches_direct_on_nil(tmp_path: Path, fsops_expected: str) -> None:
+def test_fsops_served_to_a_nil_keep_gives_the_kernels_answers(tmp_path: Path) -> None:
     base = tmp_path / "served"
     base.mkdir()
     data = fsops_tree(base)
     before = snapshot(base, "data")
-    served = run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), True, tmp_path)
-    assert served == fsops_expected
+    served = run_in_keep("nil", "fsops", ["/data"], ((str(data), "/data"),), tmp_path)
+    assert served == FSOPS_EXPECTED
     lines = dict(line.split(": ", 1) for line in served.splitlines())
     escapes = {step: result for step, result in lines.items() if step.startswith("escape ")}
     assert len(escapes) == 10 and set(escapes.values()) == {"errno=76"}
@@ -88,16 +85,60 @@ def test_fsops_served_matches_direct_on_nil(tmp_path: Path, fsops_expected: str)
     assert sorted(p.name for p in data.iterdir()) == ["out-abs", "out-rel"]
 
 
+def _host_errno(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except OSError as exc:
+        return f"errno={int(wasi_errno(exc))}"
+    return "ok"
+
+
+def test_the_expected_errors_are_what_this_hosts_kernel_answers(tmp_path: Path) -> None:
+    """The failing steps of fsops_expected.txt whose errno is the kernel's (not a refusal of motte's),
+    done directly on the host filesystem, give the same errno."""
+    w = tmp_path / "w"
+    (w / "sub").mkdir(parents=True)
+    (w / "a.txt").write_text("a")
+    (w / "sub" / "x").write_text("x")
+    (w / "loop1").symlink_to("loop2")
+    (w / "loop2").symlink_to("loop1")
+    (w / "dangling").symlink_to("nowhere")
+    (w / "sym").symlink_to("a.txt")
+    fd = os.open(w / "a.txt", os.O_RDONLY)
+    try:
+        direct = {
+            "seek negative": _host_errno(lambda: os.lseek(fd, -100, os.SEEK_SET)),
+            "write on read-only fd": _host_errno(lambda: os.write(fd, b"x")),
+        }
+    finally:
+        os.close(fd)
+    direct |= {
+        "stat missing": _host_errno(lambda: os.stat(w / "nope")),
+        "readlink of a file": _host_errno(lambda: os.readlink(w / "a.txt")),
+        "open loop": _host_errno(lambda: os.close(os.open(w / "loop1", os.O_RDONLY))),
+        "stat dangling": _host_errno(lambda: os.stat(w / "dangling")),
+        "open nofollow": _host_errno(lambda: os.close(os.open(w / "sym", os.O_RDONLY | os.O_NOFOLLOW))),
+        "mkdir again": _host_errno(lambda: os.mkdir(w / "sub")),
+        "rmdir non-empty": _host_errno(lambda: os.rmdir(w / "sub")),
+        "unlink a dir": _host_errno(lambda: os.unlink(w / "sub")),
+        "open file as dir": _host_errno(lambda: os.close(os.open(w / "a.txt", os.O_RDONLY | os.O_DIRECTORY))),
+        "create existing": _host_errno(lambda: os.close(os.open(w / "a.txt", os.O_RDONLY | os.O_CREAT | os.O_EXCL))),
+        "open dir for writing": _host_errno(lambda: os.close(os.open(w / "sub", os.O_WRONLY))),
+    }
+    expected = dict(line.split(": ", 1) for line in FSOPS_EXPECTED.splitlines())
+    assert direct == {step: expected[step] for step in direct}
+    assert all(result.startswith("errno=") for result in direct.values())
+
+
 @pytest.mark.vm
 @pytest.mark.skipif(not KVM_USABLE, reason=KVM_REASON)
-def test_fsops_served_to_a_kvm_keep_matches_direct_on_nil(tmp_path: Path, fsops_expected: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fsops_served_to_a_kvm_keep_gives_the_kernels_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOTTE_CACHE_DIR", DEFAULT_CACHE)  # the kernel and image stay cached across runs
     base = tmp_path / "kvm"
     base.mkdir()
     data = fsops_tree(base)
     before = snapshot(base, "data")
-    assert run_in_keep("kvm", "fsops", ["/data"], ((str(data), "/data"),), None, tmp_path) == fsops_expected
+    assert run_in_keep("kvm", "fsops", ["/data"], ((str(data), "/data"),), tmp_path) == FSOPS_EXPECTED
     assert snapshot(base, "data") == before
 
 
@@ -109,9 +150,9 @@ def test_a_run_leaves_no_served_file_open_nor_thread_running(tmp_path: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     (data / "input.txt").write_text("hello")
-    run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), True, tmp_path)  # warm: caches, imports
+    run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), tmp_path)  # warm: caches, imports
     fds = _fds()
-    out = run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), True, tmp_path)
+    out = run_in_keep("nil", "files", ["/data"], ((str(data), "/data"),), tmp_path)
     assert "input: hello" in out and "ALLOWED" not in out
     assert _fds() <= fds
     assert not [t for t in threading.enumerate() if t.name.startswith("hostfs")]
@@ -163,8 +204,8 @@ def test_broken_framing_from_the_keep_ends_only_its_stream(channel: tuple[Endpoi
 def test_the_host_stops_serving_when_the_keep_ends_the_stream(channel: tuple[Endpoint, Endpoint],
                                                                tmp_path: Path) -> None:
     host, keep = channel
-    dirs = HostDirs(host, [(str(tmp_path), "/d")], serve=True)
-    assert dirs.launch_entries() == [{"stream": dirs.served[0].stream, "guest": "/d"}]
+    dirs = HostDirs(host, [(str(tmp_path), "/d")])
+    assert [served.guest_path for served in dirs.served] == ["/d"]
     dirs.start()
     stream, _ = keep.accept_stream(5)
     keep.write(stream, hostfs.encode_request(1, hostfs.Op.OPEN, 0, "f", hostfs.OPEN_CREAT | hostfs.OPEN_WRITE, 0))
@@ -174,8 +215,3 @@ def test_the_host_stops_serving_when_the_keep_ends_the_stream(channel: tuple[End
     assert keep.read(stream, 100, timeout=5) == b""  # the host ends its side too
     dirs.close(timeout=5)
     assert dirs.served[0].server.open_handles == 0 and (tmp_path / "f").exists()
-
-
-def test_direct_entries_name_the_host_path(channel: tuple[Endpoint, Endpoint], tmp_path: Path) -> None:
-    dirs = HostDirs(channel[0], [(str(tmp_path), "/d")], serve=False)
-    assert dirs.launch_entries() == [{"host": str(tmp_path), "guest": "/d"}] and dirs.served == []

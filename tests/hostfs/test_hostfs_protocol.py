@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from motte.keep.wasi.abi import Errno
 from motte.shared import hostfs
 from motte.shared.hostfs import (
     MAX_BODY,
@@ -27,6 +26,7 @@ from motte.shared.hostfs import (
     encode_request,
     encode_result,
 )
+from motte.shared.wasi_abi import Errno
 
 STAT = Stat(1, 2, 4, 1, 100, 10, 20, 30)
 

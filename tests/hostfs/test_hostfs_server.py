@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 import motte.host.hostfs as host_hostfs
 from motte.host.hostfs import HostFsServer
-from motte.keep.wasi.abi import Errno, Filetype
 from motte.shared import hostfs
 from motte.shared.errors import MotteError
 from motte.shared.hostfs import HostFsProtocolError, Op, Response, decode_response, encode_request
+from motte.shared.wasi_abi import Errno, Filetype
 
 R = hostfs.OPEN_READ
 W = hostfs.OPEN_WRITE

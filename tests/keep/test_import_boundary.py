@@ -1,4 +1,12 @@
-"""The keep (the TCB) imports nothing from the host, tenant or CLI side."""
+"""The folders say where code runs, and imports keep to it.
+
+- The keep (``keep/``, the TCB) imports nothing from the host, tenant or CLI side.
+- ``shared/`` (code both sides run, all of it in the keep image) imports nothing from motte outside
+  itself.
+- The host imports from the keep only where it starts or holds a keep's own code: the modules in
+  :data:`HOST_MODULES_THAT_START_A_KEEP`, each with its reason. The CLI, the tenant side and the
+  Steward import nothing from the keep.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +16,83 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "motte"
-FORBIDDEN = ("motte.host", "motte.tenant", "motte.cli")
+HOST_SIDE = ("motte.host", "motte.tenant", "motte.cli")
+KEEP = "motte.keep"
+
+#: The host modules that may import ``motte.keep``, and why. Any other host module that does fails
+#: the test: host code that needs what the keep also runs takes it from ``motte.shared``.
+HOST_MODULES_THAT_START_A_KEEP = {
+    "host/nil_process.py": "starts a nil keep: its child process runs motte.keep.__main__.serve",
+    "host/image/guest/selftest.py": "runs inside the keep image (the guest's self test), on the keep's virtio port",
+}
 
 
-def _imports(path: Path) -> list[str]:
+def _module_name(path: Path, root: Path) -> str:
+    parts = ["motte", *path.relative_to(root).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, root: Path = PACKAGE) -> list[str]:
+    """Every module ``path`` imports, anywhere in it (inside functions too), relative imports
+    resolved, and ``importlib.import_module("...")`` / ``__import__("...")`` of a literal name."""
+    module = _module_name(path, root) if path.is_relative_to(root) else path.stem
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.append(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                names.append(f"{base}.{node.module}" if node.module else base)
+            elif node.module:
+                names.append(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names.append(node.args[0].value)
     return names
 
 
+def _is_in(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _offenders(folders: tuple[str, ...], forbidden: tuple[str, ...], allowed: dict[str, str] | None = None,
+               root: Path = PACKAGE) -> list[str]:
+    found = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if allowed and rel in allowed:
+                continue
+            for name in _imports(path, root):
+                if any(_is_in(name, f) for f in forbidden):
+                    found.append(f"{rel} imports {name}")
+    return found
+
+
 def test_keep_and_shared_sources_import_no_host_side_code() -> None:
-    offenders = []
-    for folder in ("keep", "shared"):
-        for path in sorted((PACKAGE / folder).rglob("*.py")):
-            for name in _imports(path):
-                if name.startswith(FORBIDDEN):
-                    offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
-    assert offenders == []
+    assert _offenders(("keep", "shared"), HOST_SIDE) == []
+
+
+def test_shared_imports_nothing_from_motte_outside_itself() -> None:
+    assert _offenders(("shared",), ("motte.keep", *HOST_SIDE)) == []
+
+
+def test_only_the_modules_that_start_a_keep_import_it() -> None:
+    assert _offenders(("host",), (KEEP,), HOST_MODULES_THAT_START_A_KEEP) == []
+
+
+def test_the_cli_tenant_and_steward_import_nothing_from_the_keep() -> None:
+    assert _offenders(("cli", "tenant", "steward"), (KEEP,)) == []
+
+
+def test_each_allowed_keep_importer_exists_and_still_needs_its_exception() -> None:
+    # A stale entry would let a new module of that name import the keep unnoticed.
+    for rel in HOST_MODULES_THAT_START_A_KEEP:
+        assert any(_is_in(name, KEEP) for name in _imports(PACKAGE / rel)), rel
 
 
 def test_loading_the_keep_runtime_loads_no_host_side_module() -> None:
@@ -42,5 +106,20 @@ def test_loading_the_keep_runtime_loads_no_host_side_module() -> None:
 
 def test_the_boundary_check_would_catch_an_offender(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("from motte.host.session import run_workload\nimport motte.cli.app\n")
-    assert _imports(bad) == ["motte.host.session", "motte.cli.app"]
+    bad.write_text(
+        "from motte.host.session import run_workload\nimport motte.cli.app\n"
+        "def later():\n    from motte.keep.wasi import files\n"
+        "    import importlib\n    importlib.import_module('motte.keep.runtime')\n"
+    )
+    assert _imports(bad) == ["motte.host.session", "motte.cli.app", "motte.keep.wasi", "importlib",
+                             "motte.keep.runtime"]
+
+
+def test_a_host_module_importing_the_keep_is_caught(tmp_path: Path) -> None:
+    fake = tmp_path / "motte"
+    (fake / "host").mkdir(parents=True)
+    (fake / "host" / "nil_process.py").write_text("from motte.keep.__main__ import serve\n")
+    (fake / "host" / "hostfs.py").write_text("from ..keep.wasi import files\n")  # relative: still the keep
+    (fake / "host" / "beneath.py").write_text("from motte.shared.wasi_abi import Errno\nimport motte.keeper\n")
+    assert _offenders(("host",), (KEEP,), HOST_MODULES_THAT_START_A_KEEP, root=fake) == [
+        "host/hostfs.py imports motte.keep.wasi"]

@@ -14,6 +14,12 @@ from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.shared.enarx_config import default_config
 
+#: wasmtime calls a MemoryLimit's callbacks until the last engine made with it is freed (the memory
+#: creator's finalizer runs then), so it must outlive them: these tests' engines share one that
+#: lives as long as the process. A temporary one would be freed by the next garbage collection
+#: (its callbacks refer back to it), and freeing the engine later would call freed memory.
+MEMORY = MemoryLimit(1 << 30)
+
 
 def _run(wasm: bytes, cache: Path, sink: int) -> bool | None:
     keep = get_backend("nil").launch(LaunchSpec(memory_bytes=1 << 30))
@@ -44,7 +50,7 @@ def test_cache_key_covers_engine_settings_and_module() -> None:
 
 
 def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
-    engine = make_engine(False, MemoryLimit(1 << 30))
+    engine = make_engine(False, MEMORY)
     module = Path(wasm("hello")).read_bytes()
     import hashlib
 
@@ -59,7 +65,7 @@ def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
 
 
 def test_a_cache_dir_others_can_write_is_not_trusted(tmp_path: Path, wasm) -> None:
-    engine = make_engine(False, MemoryLimit(1 << 30))
+    engine = make_engine(False, MEMORY)
     module = Path(wasm("hello")).read_bytes()
     shared = tmp_path / "shared"
     shared.mkdir()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from motte.host.enarx_toml import parse_enarx_toml
 from motte.shared.channel import canonical_json
 from motte.shared.control import (
     MAX_PREOPENS,
@@ -25,7 +26,6 @@ from motte.shared.control import (
     Phase,
     Stats,
 )
-from motte.shared.enarx_config import parse_enarx_toml
 from motte.shared.endpoint import Endpoint
 
 CONFIG = parse_enarx_toml("""

@@ -1,4 +1,5 @@
-"""Tests for motte.shared.enarx_config: the Enarx.toml workload config."""
+"""Tests for the Enarx.toml workload config: its checks (motte.shared.enarx_config) and reading
+its TOML (motte.host.enarx_toml)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from motte.host.enarx_toml import parse_enarx_toml
 from motte.shared.enarx_config import (
     ConfigError,
     FileKind,
@@ -20,7 +22,6 @@ from motte.shared.enarx_config import (
     Protocol,
     WorkloadConfig,
     default_config,
-    parse_enarx_toml,
 )
 from motte.shared.errors import MotteError
 

@@ -180,9 +180,9 @@ def test_an_unreachable_or_untrusted_steward_stops_the_run(ca: CertificateAuthor
 
 
 def test_the_host_connects_the_keep_to_the_configs_steward_only(tmp_path: Path) -> None:
+    from motte.host.enarx_toml import parse_enarx_toml
     from motte.host.net import HostNetwork
     from motte.shared import netstreams
-    from motte.shared.enarx_config import parse_enarx_toml
 
     network = HostNetwork(parse_enarx_toml('steward = "https://steward.example:8443/x"\n'))
     network.prepare()
@@ -202,8 +202,8 @@ def test_the_host_connects_the_keep_to_the_configs_steward_only(tmp_path: Path) 
 
 
 def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
+    from motte.host.enarx_toml import parse_enarx_toml
     from motte.shared.control import STDIO_KINDS, ControlError, Conversation, LaunchTerms
-    from motte.shared.enarx_config import parse_enarx_toml
 
     def launch(toml: str, steward_ca: str) -> LaunchTerms:
         config = parse_enarx_toml(toml)

@@ -68,7 +68,8 @@ def read_workload(path: Path) -> bytes:
 
 
 def load_config(path: Path | None) -> object:
-    from motte.shared.enarx_config import default_config, parse_enarx_toml
+    from motte.host.enarx_toml import parse_enarx_toml
+    from motte.shared.enarx_config import default_config
 
     if path is None:
         return default_config()

@@ -3,10 +3,10 @@
 The protocol is :mod:`motte.shared.hostfs`; the keep's end is :mod:`motte.keep.wasi.remote_fs`.
 Here the keep is the untrusted party: every request is decoded with bounded sizes, every path is
 resolved by the kernel beneath the served directory (``openat2`` with RESOLVE_BENEATH |
-RESOLVE_NO_MAGICLINKS, through the same ``*_beneath`` functions a ``nil`` keep's direct access
-uses), and every failure is answered with an errno. Whatever it sends, a keep cannot make the host
-act outside the directory, hold more than ``MAX_HANDLES`` files open for it, or buffer more than
-one message; a message whose framing is broken ends the stream (RESET), nothing more.
+RESOLVE_NO_MAGICLINKS, in :mod:`motte.host.beneath`), and every failure is answered with an
+errno. Whatever it sends, a keep cannot make the host act outside the directory, hold more than
+``MAX_HANDLES`` files open for it, or buffer more than one message; a message whose framing is
+broken ends the stream (RESET), nothing more.
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from motte.keep.wasi.abi import Errno, FdFlags, wasi_errno
-from motte.keep.wasi.files import WasiError
-from motte.keep.wasi.fs import (
-    check_offset,
+from motte.host.beneath import (
     filestat_fields,
     link_beneath,
     list_entries,
@@ -41,6 +38,7 @@ from motte.shared import hostfs
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeout
 from motte.shared.errors import MotteError
 from motte.shared.hostfs import Entry, Op, Stat
+from motte.shared.wasi_abi import Errno, FdFlags, WasiError, check_offset, wasi_errno
 
 MAX_HANDLES = 1024  # files and directories one keep may hold open per served directory
 READDIR_PAGE = 64 << 10  # bytes of entries per READDIR answer
@@ -254,7 +252,7 @@ class HostFsServer:
             raise WasiError(Errno.NOTDIR)
         if start == 0 or entry.listing is None:
             # A name longer than the protocol carries cannot be opened through it either.
-            entry.listing = [Entry(*e) for e in list_entries(entry.fd) if len(e[0]) <= hostfs.MAX_NAME]
+            entry.listing = [e for e in list_entries(entry.fd) if len(e.name) <= hostfs.MAX_NAME]
         listing = entry.listing
         page: list[Entry] = []
         size = 0
@@ -353,28 +351,16 @@ class ServedDir:
 
 
 class HostDirs:
-    """The ``--dir`` directories of one run.
+    """The ``--dir`` directories of one run, each served on a stream of its own (every backend)."""
 
-    ``serve=True``: each is served on a stream (every backend can use that). ``serve=False``: the
-    keep opens the host path itself, which only a ``nil`` keep (a process on this host) can.
-    """
-
-    def __init__(self, endpoint: Endpoint, dirs: Sequence[tuple[str, str]], *, serve: bool):
-        self.dirs = list(dirs)
+    def __init__(self, endpoint: Endpoint, dirs: Sequence[tuple[str, str]]):
         self.served: list[ServedDir] = []
-        if serve:
-            try:
-                for host_path, guest_path in self.dirs:
-                    self.served.append(ServedDir(endpoint, host_path, guest_path))
-            except BaseException:
-                self.close(0)
-                raise
-
-    def launch_entries(self) -> list[dict[str, Any]]:
-        """The ``dirs`` of the launch request."""
-        if self.served:
-            return [{"stream": s.stream, "guest": s.guest_path} for s in self.served]
-        return [{"host": host, "guest": guest} for host, guest in self.dirs]
+        try:
+            for host_path, guest_path in dirs:
+                self.served.append(ServedDir(endpoint, host_path, guest_path))
+        except BaseException:
+            self.close(0)
+            raise
 
     def start(self) -> None:
         for served in self.served:

@@ -91,19 +91,15 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
     dirs = None
     try:
         if request.dirs:
-            dirs = _host_dirs(keep, request)
+            from motte.host.hostfs import HostDirs
+
+            dirs = HostDirs(keep.endpoint, request.dirs)
         return _run_workload(keep, request, stdio or HostStdio(), network, dirs)
     finally:
         if dirs is not None:
             dirs.close()
         if network is not None:
             network.close()
-
-
-def _host_dirs(keep: KeepHandle, request: RunRequest) -> HostDirs:
-    from motte.host.hostfs import HostDirs
-
-    return HostDirs(keep.endpoint, request.dirs, serve=True)
 
 
 def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None,

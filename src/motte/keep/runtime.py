@@ -15,12 +15,13 @@ import wasmtime
 
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
-from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiError, WasiFile
+from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
 from motte.shared.control import MAX_BACKTRACE, STDIO_KINDS, Bye, ControlMessage, Conversation, Exit, Launch, Stats
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
+from motte.shared.wasi_abi import WasiError
 
 if TYPE_CHECKING:
     from motte.keep.wasi.remote_fs import HostFsClient

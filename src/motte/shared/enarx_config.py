@@ -1,18 +1,15 @@
-"""The workload config, in Enarx's ``Enarx.toml`` format (see DESIGN.md, "The workload config").
+"""The workload config, in Enarx's ``Enarx.toml`` format (README.md, section ``Enarx.toml``):
+optional ``steward``, ``args``, an ``[env]`` table and ``[[files]]`` tables whose position is the
+workload's WASI fd; motte adds ``steward_ca`` and a connect file's ``ca``.
 
-Pure: it parses text it is given and never opens a file. It runs in the keep too, where the config
-arrives as JSON from an untrusted host, so :meth:`WorkloadConfig.from_json` validates as strictly as
-the TOML parser does.
-
-Semantic errors name the file, the line and the key (``Enarx.toml:12: files[3].prot: ...``).
-``tomllib`` reports lines only for syntax errors, so :class:`_Locator` scans the (already valid)
-TOML text once to map each key path to the line it is written on.
+Here are its values and their checks. The keep runs them on the JSON the untrusted host sends
+(:meth:`WorkloadConfig.from_json`), as strictly as the host checks the TOML a user wrote; reading
+that TOML, and finding the line of each key for error messages, is the host's
+(``motte.host.enarx_toml``). Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import json
 import re
 import unicodedata
@@ -200,7 +197,7 @@ class WorkloadConfig:
 
         The rules are the TOML ones; anything invalid raises :class:`ConfigError` naming the field.
         """
-        return _build(data, _Reporter(source, None))
+        return validate(data, source)
 
 
 def default_config() -> WorkloadConfig:
@@ -208,45 +205,21 @@ def default_config() -> WorkloadConfig:
     return WorkloadConfig()
 
 
-def parse_enarx_toml(text: str, source: str = "Enarx.toml") -> WorkloadConfig:
-    """Parse and validate the text of an Enarx.toml. ``source`` names it in error messages."""
-    # Editors on Windows may save a byte-order mark, which tomllib rejects; it is not content.
-    text = text.removeprefix("\ufeff")
-    import tomllib  # the keep receives JSON; only the host parses TOML
-
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        message = str(e)
-        line = _toml_error_line(message, text)
-        where = f"{source}:{line}" if line is not None else source
-        raise ConfigError(f"{where}: invalid TOML: {message}", source=source, line=line) from None
-    return _build(data, _Reporter(source, _Locator(text).line_of))
-
-
-def _toml_error_line(message: str, text: str) -> int | None:
-    m = re.search(r"\(at line (\d+), column \d+\)", message)
-    if m:
-        return int(m.group(1))
-    if "at end of document" in message:
-        return max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
-    return None
-
-
 # --- validation ------------------------------------------------------------------------------------
 
-_Path = tuple[str | int, ...]
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SCALAR = re.compile(r"[^,\]}#\r\n]+")
+#: Where a value is in the config: ("files", 3, "prot") is the prot of the fourth file.
+KeyPath = tuple[str | int, ...]
+#: A TOML bare key: written without quotes in the config, and in messages.
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _format_path(path: _Path) -> str:
+def _format_path(path: KeyPath) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            key = part if _BARE_KEY.fullmatch(part) else _quote(part)
+            key = part if BARE_KEY.fullmatch(part) else _quote(part)
             out += f".{key}" if out else key
     return out
 
@@ -299,12 +272,12 @@ def _did_you_mean(key: str, valid: Sequence[str]) -> str:
 class _Reporter:
     """Builds ConfigErrors for one source; ``locate`` maps a key path to its line, if known."""
 
-    def __init__(self, source: str, locate: Callable[[_Path], int | None] | None):
+    def __init__(self, source: str, locate: Callable[[KeyPath], int | None] | None):
         self.source = source
         self.locate = locate
 
     def error(
-        self, path: _Path, message: str, *, hint: str | None = None, at: _Path | None = None
+        self, path: KeyPath, message: str, *, hint: str | None = None, at: KeyPath | None = None
     ) -> ConfigError:
         line = self.locate(at if at is not None else path) if self.locate else None
         where = f"{self.source}:{line}" if line is not None else self.source
@@ -327,7 +300,7 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
-def _string(value: Any, path: _Path, report: _Reporter, what: str = "a string") -> str:
+def _string(value: Any, path: KeyPath, report: _Reporter, what: str = "a string") -> str:
     if not isinstance(value, str):
         raise report.error(path, f"must be {what}, got {_describe(value)}")
     if not _is_utf8(value):
@@ -335,7 +308,7 @@ def _string(value: Any, path: _Path, report: _Reporter, what: str = "a string") 
     return value
 
 
-def _check_arg(value: Any, path: _Path, report: _Reporter) -> str:
+def _check_arg(value: Any, path: KeyPath, report: _Reporter) -> str:
     text = _string(value, path, report)
     if "\0" in text:
         # WASI hands args to the workload as NUL-terminated strings.
@@ -352,7 +325,7 @@ def _check_env(value: Any, report: _Reporter) -> dict[str, str]:
             raise report.error(("env",), f"keys must be strings, got {_describe(key)}")
         if not _is_utf8(key):
             raise report.error(("env",), f"key {_quote(key)} must be valid Unicode (it has a lone surrogate)")
-        path: _Path = ("env", key)
+        path: KeyPath = ("env", key)
         # WASI passes the environment as NUL-terminated "KEY=VALUE" strings.
         if not key or "=" in key or "\0" in key:
             raise report.error(path, 'a variable name must be non-empty, without "=" or NUL')
@@ -364,7 +337,7 @@ def _check_env(value: Any, report: _Reporter) -> dict[str, str]:
 
 
 def _check_steward(value: Any, report: _Reporter) -> str:
-    path: _Path = ("steward",)
+    path: KeyPath = ("steward",)
     url = _string(value, path, report, "an https:// URL")
     hint = 'e.g. steward = "https://steward.example.com"'
     if _has_control(url) or any(c.isspace() for c in url):
@@ -384,7 +357,7 @@ def _check_steward(value: Any, report: _Reporter) -> str:
     return url
 
 
-def _check_name(value: Any, path: _Path, report: _Reporter) -> str:
+def _check_name(value: Any, path: KeyPath, report: _Reporter) -> str:
     name = _string(value, path, report)
     if not name:
         raise report.error(path, "must not be empty")
@@ -399,14 +372,14 @@ def _check_name(value: Any, path: _Path, report: _Reporter) -> str:
     return name
 
 
-def _check_host(value: Any, path: _Path, report: _Reporter, what: str) -> str:
+def _check_host(value: Any, path: KeyPath, report: _Reporter, what: str) -> str:
     text = _string(value, path, report)
     if not text or _has_control(text) or any(c.isspace() for c in text):
         raise report.error(path, f"must be {what}, got {_quote(text)}")
     return text
 
 
-def _check_port(value: Any, path: _Path, report: _Reporter) -> int:
+def _check_port(value: Any, path: KeyPath, report: _Reporter) -> int:
     what = "an integer from 1 to 65535"
     if isinstance(value, bool) or not isinstance(value, int):
         hint = f"write port = {value} without quotes" if isinstance(value, str) and value.isdigit() else None
@@ -417,7 +390,7 @@ def _check_port(value: Any, path: _Path, report: _Reporter) -> int:
 
 
 def _check_file(entry: Any, index: int, report: _Reporter) -> FileSpec:
-    base: _Path = ("files", index)
+    base: KeyPath = ("files", index)
     if not isinstance(entry, dict):
         raise report.error(
             base,
@@ -474,6 +447,11 @@ def _check_file(entry: Any, index: int, report: _Reporter) -> FileSpec:
         )
         return FileSpec(kind, name, prot=prot, addr=addr, port=port)
 
+    return _check_connect(entry, base, prot, port, report)
+
+
+def _check_connect(entry: dict[Any, Any], base: KeyPath, prot: Protocol, port: int, report: _Reporter) -> FileSpec:
+    """The rest of a ``connect`` file, whose keys, ``prot`` and ``port`` are checked."""
     if "host" not in entry:
         raise report.error((*base, "host"), 'is required for kind "connect"', hint="the host to connect to")
     host = _check_host(entry["host"], (*base, "host"), report, "a host name or address")
@@ -498,10 +476,14 @@ def _check_file(entry: Any, index: int, report: _Reporter) -> FileSpec:
             raise report.error(
                 (*base, "ca"), 'is only valid with prot = "tls"', hint='set prot = "tls" or remove ca'
             )
-    return FileSpec(kind, name, prot=prot, host=host, port=port, ca=ca)
+    return FileSpec("connect", name, prot=prot, host=host, port=port, ca=ca)
 
 
-def _build(data: Any, report: _Reporter) -> WorkloadConfig:
+def validate(data: Any, source: str, locate: Callable[[KeyPath], int | None] | None = None) -> WorkloadConfig:
+    """The config ``data`` (parsed TOML, or JSON from :meth:`WorkloadConfig.to_json`) holds, checked.
+
+    Errors name ``source`` and, where ``locate`` knows it, the line of the key that is wrong."""
+    report = _Reporter(source, locate)
     if not isinstance(data, dict):
         raise report.error((), f"must be a table, got {_describe(data)}")
     top_hint = "the top-level keys are " + ", ".join(_TOP_KEYS)
@@ -542,197 +524,3 @@ def _build(data: Any, report: _Reporter) -> WorkloadConfig:
         )
     files = tuple(_check_file(entry, i, report) for i, entry in enumerate(raw_files))
     return WorkloadConfig(steward=steward, args=args, env=FrozenEnv(env), files=files, steward_ca=steward_ca)
-
-
-# --- finding the line of a key ---------------------------------------------------------------------
-
-
-class _ScanError(Exception):
-    """The scanner met something it does not understand; the lines found so far still serve."""
-
-
-class _Locator:
-    """Maps key paths of a valid TOML document to the line each is written on.
-
-    A small scanner that understands just enough TOML to skip values: strings of all four kinds,
-    arrays and inline tables (whose elements and keys it records too), comments and table headers.
-    ``[[files]]`` headers count up so path ``("files", 3, "prot")`` is the prot of the fourth entry.
-    """
-
-    def __init__(self, text: str):
-        self.text = text
-        self.pos = 0
-        self.lines: dict[_Path, int] = {}
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        self._aot_index: dict[_Path, int] = {}
-        # It only runs on text tomllib accepted; should it still get lost, what it found so far serves.
-        with contextlib.suppress(_ScanError, IndexError, ValueError):
-            self._scan()
-
-    def line_of(self, path: _Path) -> int | None:
-        """The line of ``path``, or else of its nearest enclosing key or table that is written down."""
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = path[:-1]
-        return None
-
-    def _line(self, pos: int) -> int:
-        return bisect.bisect_right(self._line_starts, pos)
-
-    def _record(self, path: _Path, pos: int) -> None:
-        self.lines.setdefault(path, self._line(pos))
-
-    def _peek(self, s: str) -> bool:
-        return self.text.startswith(s, self.pos)
-
-    def _skip_blank(self, newlines: bool) -> None:
-        text = self.text
-        while self.pos < len(text):
-            c = text[self.pos]
-            if c in " \t" or (newlines and c in "\r\n"):
-                self.pos += 1
-            elif newlines and c == "#":
-                end = text.find("\n", self.pos)
-                self.pos = len(text) if end < 0 else end
-            else:
-                return
-
-    def _expect(self, s: str) -> None:
-        if not self._peek(s):
-            raise _ScanError(f"expected {s!r} at {self.pos}")
-        self.pos += len(s)
-
-    def _scan(self) -> None:
-        table: _Path = ()
-        while True:
-            self._skip_blank(newlines=True)
-            if self.pos >= len(self.text):
-                return
-            start = self.pos
-            if self._peek("[["):
-                self.pos += 2
-                table = self._resolve_header(self._key(), array=True)
-                self._skip_blank(newlines=False)
-                self._expect("]]")
-                self._record(table, start)
-            elif self._peek("["):
-                self.pos += 1
-                table = self._resolve_header(self._key(), array=False)
-                self._skip_blank(newlines=False)
-                self._expect("]")
-                self._record(table, start)
-            else:
-                self._key_value(table)
-
-    def _resolve_header(self, keys: tuple[str, ...], *, array: bool) -> _Path:
-        # Each component that names an array of tables refers to its latest element.
-        path: _Path = ()
-        for key in keys[:-1]:
-            path += (key,)
-            if path in self._aot_index:
-                path += (self._aot_index[path],)
-        path += (keys[-1],)
-        if array:
-            self._aot_index[path] = self._aot_index.get(path, -1) + 1
-            path += (self._aot_index[path],)
-        return path
-
-    def _key_value(self, table: _Path) -> None:
-        start = self.pos
-        keys = self._key()
-        for i in range(1, len(keys) + 1):
-            self._record(table + keys[:i], start)
-        self._skip_blank(newlines=False)
-        self._expect("=")
-        self._skip_blank(newlines=False)
-        self._value(table + keys)
-
-    def _key(self) -> tuple[str, ...]:
-        parts: list[str] = []
-        while True:
-            self._skip_blank(newlines=False)
-            start = self.pos
-            c = self.text[self.pos]
-            if c == "'":
-                self._string()
-                parts.append(self.text[start + 1 : self.pos - 1])
-            elif c == '"':
-                self._string()
-                # Let tomllib undo the escapes, so the key matches the parsed dict's.
-                import tomllib
-
-                parts.extend(tomllib.loads(self.text[start : self.pos] + " = 0"))
-            else:
-                m = _BARE_KEY.match(self.text, self.pos)
-                if not m:
-                    raise _ScanError(f"expected a key at {self.pos}")
-                parts.append(m.group())
-                self.pos = m.end()
-            self._skip_blank(newlines=False)
-            if not self._peek("."):
-                return tuple(parts)
-            self.pos += 1
-
-    def _string(self) -> None:
-        text = self.text
-        for quote in ('"""', "'''"):
-            if self._peek(quote):
-                self.pos += 3
-                while not self._peek(quote):
-                    if self.pos >= len(text):
-                        raise _ScanError("unterminated string")
-                    self.pos += 2 if quote == '"""' and text[self.pos] == "\\" else 1
-                # Up to two quotes may sit right before the closing three.
-                run = 3
-                while run < 5 and self.pos + run < len(text) and text[self.pos + run] == quote[0]:
-                    run += 1
-                self.pos += run
-                return
-        quote = text[self.pos]
-        self.pos += 1
-        while text[self.pos] != quote:
-            if text[self.pos] in "\r\n":
-                raise _ScanError("unterminated string")
-            self.pos += 2 if quote == '"' and text[self.pos] == "\\" else 1
-        self.pos += 1
-
-    def _value(self, path: _Path) -> None:
-        c = self.text[self.pos]
-        if c in "\"'":
-            self._string()
-        elif c == "[":
-            self.pos += 1
-            index = 0
-            while True:
-                self._skip_blank(newlines=True)
-                if self._peek("]"):
-                    self.pos += 1
-                    return
-                self._record((*path, index), self.pos)
-                self._value((*path, index))
-                index += 1
-                self._skip_blank(newlines=True)
-                if self._peek(","):
-                    self.pos += 1
-                elif not self._peek("]"):
-                    raise _ScanError(f"expected ',' or ']' at {self.pos}")
-        elif c == "{":
-            self.pos += 1
-            while True:
-                self._skip_blank(newlines=True)
-                if self._peek("}"):
-                    self.pos += 1
-                    return
-                self._key_value(path)
-                self._skip_blank(newlines=True)
-                if self._peek(","):
-                    self.pos += 1
-                elif not self._peek("}"):
-                    raise _ScanError(f"expected ',' or '}}' at {self.pos}")
-        else:
-            # Numbers, booleans, dates: run to the next delimiter (a date-time may hold a space).
-            m = _SCALAR.match(self.text, self.pos)
-            if not m:
-                raise _ScanError(f"expected a value at {self.pos}")
-            self.pos = m.end()

@@ -47,7 +47,7 @@ MAX_BODY = MAX_DATA + 3 * MAX_PATH  # the largest body: data or two paths, plus 
 MAX_ERRNO = 76  # the highest WASI preview1 errno (NOTCAPABLE)
 MAX_FILETYPE = 7  # the highest WASI filetype (SYMBOLIC_LINK)
 
-# WASI errno values this module answers malformed fields with (motte.keep.wasi.abi.Errno).
+# WASI errno values this module answers malformed fields with (motte.shared.wasi_abi.Errno).
 EILSEQ = 25
 EINVAL = 28
 ENAMETOOLONG = 37

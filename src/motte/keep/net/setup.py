@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping
 from motte.keep.identity import KeepIdentity
 from motte.keep.net.sockets import KeepNetwork, ListenSocket, StreamSocket
 from motte.keep.net.tls import HANDSHAKE_TIMEOUT, TlsError, client_context, server_context
-from motte.keep.wasi.files import DeadlineExceeded, WasiError
+from motte.keep.wasi.files import DeadlineExceeded
 from motte.shared.control import ControlMessage
 from motte.shared.enarx_config import FileSpec
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
+from motte.shared.wasi_abi import WasiError
 
 STEWARD_TIMEOUT = 30.0  # seconds for the whole certificate request: connect, TLS, the Steward's answer
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from motte.keep.net import TlsError
-from motte.keep.wasi.abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights
-from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
+from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiFile
 from motte.shared import netstreams
 from motte.shared.control import Accepted, ControlMessage
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
 from motte.shared.errors import MotteError
+from motte.shared.wasi_abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights, WasiError
 
 if TYPE_CHECKING:  # ssl is loaded only by keeps that do TLS
     import ssl

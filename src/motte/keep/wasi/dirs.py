@@ -1,8 +1,7 @@
 """What a directory file descriptor offers ``preview1``: the path operations of WASI.
 
-Two implementations: :class:`~motte.keep.wasi.fs.OsDir` acts on a directory this process can
-open itself (a ``nil`` keep given direct access), :class:`~motte.keep.wasi.remote_fs.RemoteDir`
-asks the host over a channel stream (every backend). ``preview1`` sees only this interface.
+The implementation is :class:`~motte.keep.wasi.remote_fs.RemoteDir`, which asks the host over a
+channel stream (every backend); ``preview1`` sees only this interface.
 
 Paths are the workload's, relative to this directory; an implementation must keep every one of
 them beneath it (``..``, absolute paths and symlinks out fail with NOTCAPABLE).
@@ -12,8 +11,8 @@ from __future__ import annotations
 
 import abc
 
-from motte.keep.wasi.abi import DIR_RIGHTS, FILE_RIGHTS, Errno, FdFlags, Filetype
-from motte.keep.wasi.files import WasiError, WasiFile
+from motte.keep.wasi.files import WasiFile
+from motte.shared.wasi_abi import DIR_RIGHTS, DIRENT, FILE_RIGHTS, Errno, FdFlags, Filetype, WasiError
 
 #: One directory entry as ``fd_readdir`` reports it: (name, inode, type).
 DirEntry = tuple[bytes, int, Filetype]
@@ -70,3 +69,15 @@ class WasiDir(WasiFile, abc.ABC):
 
     @abc.abstractmethod
     def readlink(self, path: str) -> bytes: ...
+
+
+def pack_dirents(entries: list[DirEntry], cookie: int, size: int) -> bytes:
+    """Serialise entries from ``cookie`` on into at most ``size`` bytes (the last one may be cut,
+    which tells libc to call again with a larger buffer, as the WASI ABI specifies)."""
+    out = bytearray()
+    for index in range(cookie, len(entries)):
+        name, ino, kind = entries[index]
+        out += DIRENT.pack(index + 1, ino, len(name), kind) + name
+        if len(out) >= size:
+            break
+    return bytes(out[:size])

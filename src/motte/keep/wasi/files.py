@@ -7,22 +7,9 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from motte.keep.wasi.abi import FILESTAT, STREAM_RIGHTS, Errno, FdFlags, Filetype
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
-
-
-class WasiError(Exception):
-    """A WASI call fails with ``errno`` (returned to the workload, not a trap)."""
-
-    def __init__(self, errno: Errno, detail: str = ""):
-        # The message is made only when asked for: EAGAIN is raised on every read that would block.
-        super().__init__(errno, detail)
-        self.errno = errno
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.errno.name}: {self.detail}" if self.detail else self.errno.name
+from motte.shared.wasi_abi import FILESTAT, STREAM_RIGHTS, Errno, FdFlags, Filetype, WasiError
 
 
 class DeadlineExceeded(Exception):

@@ -1,4 +1,9 @@
-"""The ``wasi_snapshot_preview1`` functions over motte's own file descriptor table."""
+"""The ``wasi_snapshot_preview1`` functions over motte's own file descriptor table.
+
+The calls on files and directories (``fd_*``, ``path_*``) are :class:`~motte.keep.wasi.fd_calls.FdCalls`;
+here are the rest (arguments, environment, clocks, random, poll, exit, sockets) and the table that
+registers them all with the engine.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from motte.keep.wasi import abi
-from motte.keep.wasi.abi import Errno, FdFlags, Filetype, OFlags, Rights
-from motte.keep.wasi.dirs import WasiDir
-from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiError, WasiFile
-from motte.keep.wasi.fs import pack_dirents
+from motte.keep.wasi.fd_calls import MAX_IO, FdCalls
+from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiFile
 from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
+from motte.shared import wasi_abi as abi
+from motte.shared.wasi_abi import Errno, FdFlags, WasiError
 
 if TYPE_CHECKING:
     from motte.keep.net.sockets import StreamSocket
 
 MODULE = "wasi_snapshot_preview1"
-MAX_FDS = 1024
-MAX_IO = 16 << 20  # bytes one read/write call moves at most: bounds the keep's own buffers
 
 
 class ProcExit(NamedTuple):
@@ -30,23 +32,16 @@ class DeadlineHit(NamedTuple):
     pass
 
 
-def _signed64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-class Preview1:
+class Preview1(FdCalls):
     """One workload's WASI state: arguments, environment and file descriptors."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str], files: Sequence[WasiFile],
                  memory: GuestMemory, deadline: float | None = None,
                  before_block: Callable[[], None] | None = None):
-        self.memory = memory
+        super().__init__(files, memory, deadline)
         self.args = [a.encode() for a in args]
         self.env = [f"{k}={v}".encode() for k, v in env.items()]
-        self.fds: dict[int, WasiFile] = dict(enumerate(files))
-        self.deadline = deadline
         self._before_block = before_block or (lambda: None)
-        self._dir_cache: dict[int, list[tuple[bytes, int, Filetype]]] = {}
 
     # ---- registration ----
 
@@ -102,40 +97,7 @@ class Preview1:
         for name, params, results, func in table:
             host.define(MODULE, name, params.replace("i", I32).replace("I", I64), results, _errno_boundary(func))
 
-    # ---- helpers ----
-
-    def _file(self, fd: int) -> WasiFile:
-        file = self.fds.get(fd)
-        if file is None:
-            raise WasiError(Errno.BADF)
-        return file
-
-    def _dir(self, fd: int) -> WasiDir:
-        file = self._file(fd)
-        if not isinstance(file, WasiDir):
-            raise WasiError(Errno.NOTDIR)
-        return file
-
-    def _path(self, ptr: int, length: int) -> str:
-        if length > 4096:
-            raise WasiError(Errno.NAMETOOLONG)
-        try:
-            path = self.memory.read_string(ptr, length)
-        except UnicodeDecodeError:
-            raise WasiError(Errno.ILSEQ) from None
-        if "\0" in path:
-            raise WasiError(Errno.INVAL)
-        return path
-
-    def _new_fd(self, file: WasiFile) -> int:
-        for fd in range(len(self.fds) + 1):
-            if fd not in self.fds:
-                if fd >= MAX_FDS:
-                    break
-                self.fds[fd] = file
-                return fd
-        file.close()
-        raise WasiError(Errno.NFILE)
+    # ---- args, environment, clocks, random ----
 
     def _put_buffers(self, strings: list[bytes], ptrs: int, buf: int) -> int:
         offset = buf
@@ -144,8 +106,6 @@ class Preview1:
             self.memory.write(offset, value + b"\0")
             offset += len(value) + 1
         return Errno.SUCCESS
-
-    # ---- args, environment, clocks, random ----
 
     def args_get(self, argv: int, buf: int) -> int:
         return self._put_buffers(self.args, argv, buf)
@@ -186,230 +146,6 @@ class Preview1:
         if length > MAX_IO:
             raise WasiError(Errno.INVAL)
         self.memory.write(buf, os.urandom(length))  # the kernel CSPRNG (what secrets.token_bytes returns)
-        return Errno.SUCCESS
-
-    # ---- file descriptors ----
-
-    def fd_advise(self, fd: int, _offset: int, _length: int, advice: int) -> int:
-        self._file(fd)
-        if advice > 5:
-            raise WasiError(Errno.INVAL)
-        return Errno.SUCCESS
-
-    def fd_allocate(self, fd: int, offset: int, length: int) -> int:
-        self._file(fd).allocate(offset, length)
-        return Errno.SUCCESS
-
-    def fd_close(self, fd: int) -> int:
-        file = self.fds.pop(fd, None)
-        if file is None:
-            raise WasiError(Errno.BADF)
-        self._dir_cache.pop(fd, None)
-        file.close()
-        return Errno.SUCCESS
-
-    def fd_sync(self, fd: int) -> int:
-        self._file(fd).sync()
-        return Errno.SUCCESS
-
-    def fd_fdstat_get(self, fd: int, ptr: int) -> int:
-        file = self._file(fd)
-        self.memory.write(ptr, abi.FDSTAT.pack(file.filetype, file.flags, file.rights_base, file.rights_inheriting))
-        return Errno.SUCCESS
-
-    def fd_fdstat_set_flags(self, fd: int, flags: int) -> int:
-        self._file(fd).set_flags(FdFlags(flags & 0x1F))
-        return Errno.SUCCESS
-
-    def fd_fdstat_set_rights(self, fd: int, base: int, inheriting: int) -> int:
-        file = self._file(fd)
-        # Rights may only shrink.
-        if base & ~file.rights_base or inheriting & ~file.rights_inheriting:
-            raise WasiError(Errno.NOTCAPABLE)
-        file.rights_base, file.rights_inheriting = base, inheriting
-        return Errno.SUCCESS
-
-    def fd_filestat_get(self, fd: int, ptr: int) -> int:
-        self.memory.write(ptr, self._file(fd).stat())
-        return Errno.SUCCESS
-
-    def fd_filestat_set_size(self, fd: int, size: int) -> int:
-        self._file(fd).set_size(size)
-        return Errno.SUCCESS
-
-    def fd_filestat_set_times(self, fd: int, atim: int, mtim: int, flags: int) -> int:
-        self._file(fd).set_times(atim, mtim, flags)
-        return Errno.SUCCESS
-
-    def fd_prestat_get(self, fd: int, ptr: int) -> int:
-        file = self._file(fd)
-        if not isinstance(file, WasiDir) or file.guest_path is None:
-            raise WasiError(Errno.BADF)
-        self.memory.write(ptr, abi.PRESTAT.pack(abi.PREOPEN_TYPE_DIR, len(file.guest_path.encode())))
-        return Errno.SUCCESS
-
-    def fd_prestat_dir_name(self, fd: int, path: int, length: int) -> int:
-        file = self._file(fd)
-        if not isinstance(file, WasiDir) or file.guest_path is None:
-            raise WasiError(Errno.BADF)
-        name = file.guest_path.encode()
-        if length < len(name):
-            raise WasiError(Errno.NAMETOOLONG)
-        self.memory.write(path, name)
-        return Errno.SUCCESS
-
-    def fd_read(self, fd: int, iovs: int, count: int, nread_ptr: int) -> int:
-        file = self._file(fd)
-        if count == 1:  # the common case, without building a list
-            ptr, length = self.memory.read_iovec(iovs)
-            data = file.read(min(length, MAX_IO), self.deadline) if length else b""
-            self.memory.write(ptr, data)
-        else:
-            vectors = self.memory.read_iovecs(iovs, count)
-            total = min(sum(length for _, length in vectors), MAX_IO)
-            data = file.read(total, self.deadline) if total else b""
-            self._scatter(vectors, data)
-        self.memory.write_u32(nread_ptr, len(data))
-        return Errno.SUCCESS
-
-    def fd_pread(self, fd: int, iovs: int, count: int, offset: int, nread_ptr: int) -> int:
-        file = self._file(fd)
-        vectors = self.memory.read_iovecs(iovs, count)
-        total = min(sum(length for _, length in vectors), MAX_IO)
-        data = file.pread(total, offset)
-        self._scatter(vectors, data)
-        self.memory.write_u32(nread_ptr, len(data))
-        return Errno.SUCCESS
-
-    def _scatter(self, vectors: list[tuple[int, int]], data: bytes) -> None:
-        offset = 0
-        for ptr, length in vectors:
-            if offset >= len(data):
-                break
-            piece = data[offset : offset + length]
-            self.memory.write(ptr, piece)
-            offset += len(piece)
-
-    def _gather(self, iovs: int, count: int) -> bytes:
-        if count == 1:  # the common case, without building a list
-            ptr, length = self.memory.read_iovec(iovs)
-            if length > MAX_IO:
-                raise WasiError(Errno.INVAL)
-            return self.memory.read(ptr, length)
-        vectors = self.memory.read_iovecs(iovs, count)
-        if sum(length for _, length in vectors) > MAX_IO:
-            raise WasiError(Errno.INVAL)
-        return b"".join(self.memory.read(ptr, length) for ptr, length in vectors)
-
-    def fd_write(self, fd: int, iovs: int, count: int, nwritten_ptr: int) -> int:
-        file = self.fds.get(fd)
-        if file is None:
-            raise WasiError(Errno.BADF)
-        written = file.write(self._gather(iovs, count), self.deadline)
-        self.memory.write_u32(nwritten_ptr, written)
-        return Errno.SUCCESS
-
-    def fd_pwrite(self, fd: int, iovs: int, count: int, offset: int, nwritten_ptr: int) -> int:
-        file = self._file(fd)
-        written = file.pwrite(self._gather(iovs, count), offset)
-        self.memory.write_u32(nwritten_ptr, written)
-        return Errno.SUCCESS
-
-    def fd_readdir(self, fd: int, buf: int, length: int, cookie: int, bufused_ptr: int) -> int:
-        directory = self._dir(fd)
-        # A listing is taken at cookie 0 and reused for the follow-up calls of the same pass.
-        if cookie == 0 or fd not in self._dir_cache:
-            self._dir_cache[fd] = directory.readdir()
-        data = pack_dirents(self._dir_cache[fd], cookie, length)
-        self.memory.write(buf, data)
-        self.memory.write_u32(bufused_ptr, len(data))
-        return Errno.SUCCESS
-
-    def fd_renumber(self, fd: int, to: int) -> int:
-        file = self._file(fd)
-        target = self._file(to)
-        if fd != to:
-            target.close()
-            self.fds[to] = file
-            del self.fds[fd]
-        return Errno.SUCCESS
-
-    def fd_seek(self, fd: int, offset: int, whence: int, newoffset_ptr: int) -> int:
-        file = self._file(fd)
-        if isinstance(file, WasiDir):
-            raise WasiError(Errno.BADF)
-        position = file.seek(_signed64(offset), whence)
-        self.memory.write_u64(newoffset_ptr, position)
-        return Errno.SUCCESS
-
-    def fd_tell(self, fd: int, ptr: int) -> int:
-        return self.fd_seek(fd, 0, abi.WHENCE_CUR, ptr)
-
-    # ---- paths ----
-
-    def path_create_directory(self, fd: int, path_ptr: int, length: int) -> int:
-        self._dir(fd).mkdir(self._path(path_ptr, length))
-        return Errno.SUCCESS
-
-    def path_filestat_get(self, fd: int, flags: int, path_ptr: int, length: int, ptr: int) -> int:
-        follow = bool(flags & abi.LOOKUP_SYMLINK_FOLLOW)
-        self.memory.write(ptr, self._dir(fd).stat_path(self._path(path_ptr, length), follow))
-        return Errno.SUCCESS
-
-    def path_filestat_set_times(self, fd: int, flags: int, path_ptr: int, length: int,
-                                atim: int, mtim: int, fst: int) -> int:
-        follow = bool(flags & abi.LOOKUP_SYMLINK_FOLLOW)
-        self._dir(fd).set_times_path(self._path(path_ptr, length), atim, mtim, fst, follow)
-        return Errno.SUCCESS
-
-    def path_link(self, old_fd: int, old_flags: int, old_ptr: int, old_len: int,
-                  new_fd: int, new_ptr: int, new_len: int) -> int:
-        old_dir, new_dir = self._dir(old_fd), self._dir(new_fd)
-        old_dir.link(self._path(old_ptr, old_len), bool(old_flags & abi.LOOKUP_SYMLINK_FOLLOW),
-                     new_dir, self._path(new_ptr, new_len))
-        return Errno.SUCCESS
-
-    def path_open(self, fd: int, dirflags: int, path_ptr: int, length: int, oflags: int,
-                  rights_base: int, _rights_inheriting: int, fdflags: int, fd_ptr: int) -> int:
-        directory = self._dir(fd)
-        path = self._path(path_ptr, length)
-        write = bool(rights_base & (Rights.FD_WRITE | Rights.FD_ALLOCATE | Rights.FD_FILESTAT_SET_SIZE))
-        write = write or bool(oflags & OFlags.TRUNC)
-        read = bool(rights_base & (Rights.FD_READ | Rights.FD_READDIR)) or not write
-        file = directory.open(
-            path, follow=bool(dirflags & abi.LOOKUP_SYMLINK_FOLLOW), oflags_creat=bool(oflags & OFlags.CREAT),
-            excl=bool(oflags & OFlags.EXCL), trunc=bool(oflags & OFlags.TRUNC),
-            directory=bool(oflags & OFlags.DIRECTORY), read=read, write=write, fdflags=FdFlags(fdflags & 0x1F),
-        )
-        self.memory.write_u32(fd_ptr, self._new_fd(file))
-        return Errno.SUCCESS
-
-    def path_readlink(self, fd: int, path_ptr: int, length: int, buf: int, buf_len: int, used_ptr: int) -> int:
-        target = self._dir(fd).readlink(self._path(path_ptr, length))
-        data = target[:buf_len]
-        self.memory.write(buf, data)
-        self.memory.write_u32(used_ptr, len(data))
-        return Errno.SUCCESS
-
-    def path_remove_directory(self, fd: int, path_ptr: int, length: int) -> int:
-        self._dir(fd).rmdir(self._path(path_ptr, length))
-        return Errno.SUCCESS
-
-    def path_rename(self, fd: int, old_ptr: int, old_len: int, new_fd: int, new_ptr: int, new_len: int) -> int:
-        old_dir, new_dir = self._dir(fd), self._dir(new_fd)
-        old_dir.rename(self._path(old_ptr, old_len), new_dir, self._path(new_ptr, new_len))
-        return Errno.SUCCESS
-
-    def path_symlink(self, old_ptr: int, old_len: int, fd: int, new_ptr: int, new_len: int) -> int:
-        target = self._path(old_ptr, old_len)
-        # An absolute target could only ever point outside the sandbox: refuse it up front.
-        if target.startswith("/"):
-            raise WasiError(Errno.NOTCAPABLE)
-        self._dir(fd).symlink(target, self._path(new_ptr, new_len))
-        return Errno.SUCCESS
-
-    def path_unlink_file(self, fd: int, path_ptr: int, length: int) -> int:
-        self._dir(fd).unlink(self._path(path_ptr, length))
         return Errno.SUCCESS
 
     # ---- polling, process, scheduling ----

@@ -6,7 +6,7 @@ The host is untrusted here as everywhere: each response is decoded with bounded 
 checks, a result that cannot answer the request (more bytes than asked for, an offset beyond
 off_t, a wrong id) breaks the connection, and the workload then sees EIO from every later call on
 that directory, never a crash of the keep. What the host learns is what it serves: file names,
-contents and access patterns (DESIGN.md, "Storage at rest", is where that ends).
+contents and access patterns.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from motte.keep.wasi.abi import FILE_RIGHTS, FILESTAT, Errno, FdFlags, Filetype
 from motte.keep.wasi.dirs import DirEntry, WasiDir
-from motte.keep.wasi.files import DeadlineExceeded, WasiError, WasiFile
-from motte.keep.wasi.fs import MAX_OFFSET, check_offset
+from motte.keep.wasi.files import DeadlineExceeded, WasiFile
 from motte.shared import hostfs
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
 from motte.shared.hostfs import Op
+from motte.shared.wasi_abi import FILE_RIGHTS, FILESTAT, MAX_OFFSET, Errno, FdFlags, Filetype, WasiError, check_offset
 
 #: Entries one directory listing may have: bounds what a host can make the keep hold.
 MAX_LISTING = 1 << 17

@@ -1,4 +1,4 @@
-"""Preopened directories and the files opened beneath them.
+"""Path operations confined beneath a directory: what the host does for a keep's ``--dir``.
 
 Every path the workload names is resolved by the kernel with ``openat2(RESOLVE_BENEATH)``: ``..``,
 absolute paths and symlinks that would leave the preopened directory fail with EXDEV (reported to
@@ -7,39 +7,22 @@ Operations on a final path component (unlink, mkdir, rename, ...) open the paren
 act on the last name relative to it, never following a symlink in that last name; the few that
 follow one (stat, set times, link) resolve the whole path beneath first and act on the result.
 
-The ``*_beneath`` functions take a directory file descriptor and are the one implementation of
-that confinement: :class:`OsDir` (a ``nil`` keep's direct access) and the host's file server
-(:mod:`motte.host.hostfs`, which serves preopened directories to every backend) both use them.
+The host's file server (:mod:`motte.host.hostfs`) acts on every directory it serves through these
+functions only. They raise OSError as the ``os`` functions do, or WasiError where WASI has an
+answer of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
 import stat as stat_mod
 import time
 from collections.abc import Iterator
 
-from motte.keep.wasi.abi import (
-    DIRENT,
-    FILE_RIGHTS,
-    FILESTAT,
-    FST_ATIM,
-    FST_ATIM_NOW,
-    FST_MTIM,
-    FST_MTIM_NOW,
-    WHENCE_CUR,
-    WHENCE_END,
-    WHENCE_SET,
-    Errno,
-    FdFlags,
-    Filetype,
-    wasi_errno,
-)
-from motte.keep.wasi.dirs import DirEntry, WasiDir
-from motte.keep.wasi.files import WasiError, WasiFile
+from motte.shared.hostfs import Entry
+from motte.shared.wasi_abi import FST_ATIM, FST_ATIM_NOW, FST_MTIM, FST_MTIM_NOW, Errno, FdFlags, Filetype, WasiError
 
 _SYS_OPENAT2 = 437  # x86_64 and aarch64 share this number
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -88,10 +71,6 @@ def filestat_fields(st: os.stat_result) -> tuple[int, int, Filetype, int, int, i
     )
 
 
-def pack_filestat(st: os.stat_result) -> bytes:
-    return FILESTAT.pack(*filestat_fields(st))
-
-
 def set_times(fd_or_path: int | str, atim: int, mtim: int, fst_flags: int, dir_fd: int | None = None,
               follow: bool = True) -> None:
     if (fst_flags & FST_ATIM and fst_flags & FST_ATIM_NOW) or (fst_flags & FST_MTIM and fst_flags & FST_MTIM_NOW):
@@ -104,15 +83,6 @@ def set_times(fd_or_path: int | str, atim: int, mtim: int, fst_flags: int, dir_f
     m = mtim if fst_flags & FST_MTIM else now if fst_flags & FST_MTIM_NOW else current.st_mtime_ns
     assert a is not None and m is not None
     os.utime(fd_or_path, ns=(a, m), dir_fd=dir_fd, follow_symlinks=follow)
-
-
-MAX_OFFSET = (1 << 63) - 1  # a file offset or size beyond this is no off_t: EINVAL, not an OverflowError
-
-
-def check_offset(value: int) -> int:
-    if not 0 <= value <= MAX_OFFSET:
-        raise WasiError(Errno.INVAL)
-    return value
 
 
 def _proc_fd(fd: int) -> str:
@@ -276,179 +246,13 @@ def readlink_beneath(dir_fd: int, path: str) -> bytes:
         return os.readlink(os.fsencode(name), dir_fd=parent)
 
 
-def list_entries(dir_fd: int) -> list[DirEntry]:
+def list_entries(dir_fd: int) -> list[Entry]:
     """The entries of the directory ``dir_fd``, sorted by name, without '.' and '..'."""
-    entries: list[DirEntry] = []
+    entries: list[Entry] = []
     for name in sorted(os.listdir(dir_fd)):
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             continue  # removed while listing
-        entries.append((os.fsencode(name), st.st_ino, _filetype(st.st_mode)))
+        entries.append(Entry(os.fsencode(name), st.st_ino, _filetype(st.st_mode)))
     return entries
-
-
-class OsFile(WasiFile):
-    """A regular file (or other non-directory) opened beneath a preopened directory."""
-
-    filetype = Filetype.REGULAR_FILE
-    rights_base = FILE_RIGHTS
-
-    def __init__(self, fd: int, flags: FdFlags, readable: bool, writable: bool, mode: int | None = None):
-        super().__init__()
-        self.fd = fd
-        self.flags = flags
-        self.readable = readable
-        self.writable = writable
-        self.filetype = _filetype(os.fstat(fd).st_mode if mode is None else mode)
-
-    def read(self, size: int, deadline: float | None) -> bytes:
-        if not self.readable:
-            raise WasiError(Errno.BADF)
-        return os.read(self.fd, size)
-
-    def write(self, data: bytes, deadline: float | None) -> int:
-        if not self.writable:
-            raise WasiError(Errno.BADF)
-        return os.write(self.fd, data)
-
-    def pread(self, size: int, offset: int) -> bytes:
-        if not self.readable:
-            raise WasiError(Errno.BADF)
-        return os.pread(self.fd, size, check_offset(offset))
-
-    def pwrite(self, data: bytes, offset: int) -> int:
-        if not self.writable:
-            raise WasiError(Errno.BADF)
-        if self.flags & FdFlags.APPEND:
-            raise WasiError(Errno.NOTSUP)  # POSIX would ignore the offset: refuse rather than surprise
-        return os.pwrite(self.fd, data, check_offset(offset))
-
-    def seek(self, offset: int, whence: int) -> int:
-        how = {WHENCE_SET: os.SEEK_SET, WHENCE_CUR: os.SEEK_CUR, WHENCE_END: os.SEEK_END}.get(whence)
-        if how is None:
-            raise WasiError(Errno.INVAL)
-        return os.lseek(self.fd, offset, how)
-
-    def stat(self) -> bytes:
-        return pack_filestat(os.fstat(self.fd))
-
-    def set_flags(self, flags: FdFlags) -> None:
-        if flags & ~(FdFlags.NONBLOCK | FdFlags.APPEND):
-            raise WasiError(Errno.NOTSUP)
-        current = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-        wanted = current | os.O_APPEND if flags & FdFlags.APPEND else current & ~os.O_APPEND
-        fcntl.fcntl(self.fd, fcntl.F_SETFL, wanted)
-        self.flags = flags
-
-    def set_size(self, size: int) -> None:
-        os.ftruncate(self.fd, check_offset(size))
-
-    def set_times(self, atim: int, mtim: int, fst_flags: int) -> None:
-        set_times(self.fd, atim, mtim, fst_flags)
-
-    def allocate(self, offset: int, length: int) -> None:
-        if self.filetype != Filetype.REGULAR_FILE:
-            raise WasiError(Errno.BADF)
-        end = check_offset(offset + length)
-        if end > os.fstat(self.fd).st_size:
-            os.ftruncate(self.fd, end)
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        # Idempotent: the runtime closes its initial files again at the end, and the fd number
-        # may by then belong to something else.
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-
-class OsDir(WasiDir):
-    """A directory this process opened itself: a preopen (``nil`` keeps) or one beneath it."""
-
-    def __init__(self, fd: int, guest_path: str | None = None):
-        super().__init__()
-        self.fd = fd
-        self.guest_path = guest_path
-
-    def stat(self) -> bytes:
-        return pack_filestat(os.fstat(self.fd))
-
-    def set_times(self, atim: int, mtim: int, fst_flags: int) -> None:
-        set_times(self.fd, atim, mtim, fst_flags)
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
-    # ---- path operations ----
-
-    def open(self, path: str, *, follow: bool, oflags_creat: bool, excl: bool, trunc: bool,
-             directory: bool, read: bool, write: bool, fdflags: FdFlags) -> WasiFile:
-        flags = open_flags(follow=follow, creat=oflags_creat, excl=excl, trunc=trunc, directory=directory,
-                           read=read, write=write, fdflags=fdflags)
-        fd, st = open_beneath(self.fd, path, flags, follow)
-        if stat_mod.S_ISDIR(st.st_mode):
-            return OsDir(fd)
-        return OsFile(fd, fdflags, readable=read or not write, writable=write, mode=st.st_mode)
-
-    def readdir(self) -> list[DirEntry]:
-        here = os.fstat(self.fd)
-        return [(b".", here.st_ino, Filetype.DIRECTORY), (b"..", 0, Filetype.DIRECTORY), *list_entries(self.fd)]
-
-    def stat_path(self, path: str, follow: bool) -> bytes:
-        return pack_filestat(stat_beneath(self.fd, path, follow))
-
-    def set_times_path(self, path: str, atim: int, mtim: int, fst_flags: int, follow: bool) -> None:
-        set_times_beneath(self.fd, path, atim, mtim, fst_flags, follow)
-
-    def mkdir(self, path: str) -> None:
-        mkdir_beneath(self.fd, path)
-
-    def rmdir(self, path: str) -> None:
-        rmdir_beneath(self.fd, path)
-
-    def unlink(self, path: str) -> None:
-        unlink_beneath(self.fd, path)
-
-    def rename(self, old: str, new_dir: WasiDir, new: str) -> None:
-        if not isinstance(new_dir, OsDir):
-            raise WasiError(Errno.XDEV)
-        rename_beneath(self.fd, old, new_dir.fd, new)
-
-    def link(self, old: str, follow: bool, new_dir: WasiDir, new: str) -> None:
-        if not isinstance(new_dir, OsDir):
-            raise WasiError(Errno.XDEV)
-        link_beneath(self.fd, old, follow, new_dir.fd, new)
-
-    def symlink(self, target: str, path: str) -> None:
-        symlink_beneath(target, self.fd, path)
-
-    def readlink(self, path: str) -> bytes:
-        return readlink_beneath(self.fd, path)
-
-
-def pack_dirents(entries: list[DirEntry], cookie: int, size: int) -> bytes:
-    """Serialise entries from ``cookie`` on into at most ``size`` bytes (the last one may be cut,
-    which tells libc to call again with a larger buffer, as the WASI ABI specifies)."""
-    out = bytearray()
-    for index in range(cookie, len(entries)):
-        name, ino, kind = entries[index]
-        out += DIRENT.pack(index + 1, ino, len(name), kind) + name
-        if len(out) >= size:
-            break
-    return bytes(out[:size])
-
-
-def open_preopen(host_path: str, guest_path: str) -> OsDir:
-    try:
-        fd = os.open(host_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise WasiError(wasi_errno(exc), f"cannot open directory {host_path}: {exc.strerror}") from exc
-    return OsDir(fd, guest_path)

@@ -1,4 +1,9 @@
-"""WASI preview1 constants and struct layouts (from the witx definitions). Pure data."""
+"""The WASI preview1 ABI both sides speak: constants and struct layouts (from the witx
+definitions), the errno table, and the error a WASI call fails with.
+
+The keep implements preview1 on it; the host's file server (:mod:`motte.host.hostfs`) answers the
+keep's requests with the same errno values and the same file status fields.
+"""
 
 from __future__ import annotations
 
@@ -209,3 +214,25 @@ SUBSCRIPTION_FD = struct.Struct("<I")  # at offset 16
 EVENT = struct.Struct("<QHBxxxxxQHxxxxxx")  # userdata, error, type, nbytes, flags: 32 bytes
 assert FDSTAT.size == 24 and FILESTAT.size == 64 and PRESTAT.size == 8 and DIRENT.size == 24
 assert EVENT.size == 32
+
+
+class WasiError(Exception):
+    """A WASI call fails with ``errno`` (returned to the workload, not a trap)."""
+
+    def __init__(self, errno: Errno, detail: str = ""):
+        # The message is made only when asked for: EAGAIN is raised on every read that would block.
+        super().__init__(errno, detail)
+        self.errno = errno
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.errno.name}: {self.detail}" if self.detail else self.errno.name
+
+
+MAX_OFFSET = (1 << 63) - 1  # a file offset or size beyond this is no off_t: EINVAL, not an OverflowError
+
+
+def check_offset(value: int) -> int:
+    if not 0 <= value <= MAX_OFFSET:
+        raise WasiError(Errno.INVAL)
+    return value
