@@ -45,7 +45,7 @@ class Connection:
         self.sock = sock
         self.label = label
         self.pending = pending  # an accepted connection: its listen socket's streams the workload has not taken
-        self.on_refused = on_refused  # the keep refused it before the workload took it (its listen socket closed)
+        self.on_refused = on_refused  # called when the keep says the workload's listen socket is closed
         self.warn_on_reset = warn_on_reset  # False where the keep reports the failure itself
         self.out: memoryview | None = None  # bytes from the keep the TCP socket has not taken yet
         self.peer_eof = False  # the TCP peer half-closed; EOF went to the keep
@@ -319,10 +319,9 @@ class Relay:
 
     def _keep_reset(self, conn: Connection, reason: str | None) -> None:
         conn.reset = reason or "reset"
-        if (conn.on_refused is not None and conn.pending is not None and conn.stream in conn.pending
-                and netstreams.failure_errno(reason) == "ECONNREFUSED"):
-            conn.on_refused()
-        if conn.reset != netstreams.CLOSED and conn.warn_on_reset:
+        if conn.reset == netstreams.UNACCEPTED and conn.on_refused is not None:
+            conn.on_refused()  # the workload's listen socket is closed
+        if conn.reset not in (netstreams.CLOSED, netstreams.UNACCEPTED) and conn.warn_on_reset:
             self._warn(f"{conn.label}: closed by the keep: {conn.reset}")
         if conn.out is None:
             self._retire(conn)

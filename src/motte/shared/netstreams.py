@@ -17,7 +17,8 @@ the wire carries (TLS records for ``prot = "tls"``: the session ends inside the 
   and ``port`` (which must be the ``steward`` URL's), and no ``fd``; it then behaves as above.
 - Either side ends a connection with EOF (half close) and/or RESET. A RESET with the reason
   :data:`CLOSED` is an orderly close after the data sent before it; any other reason is an
-  error worth reporting.
+  error worth reporting, but :data:`UNACCEPTED`: the keep resets the connections the workload
+  never took when it closes their listen socket, and the host then accepts no more for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CONNECT = "connect"
 STEWARD = "steward"
 CONNECTED = b"\0"
 CLOSED = "closed"
+UNACCEPTED = "unaccepted"
 
 #: The errno names a failure reason may carry; anything else reads as ECONNRESET.
 ERRNO_NAMES = frozenset({

@@ -460,7 +460,7 @@ class ListenSocket(WasiFile):
         """A connection for this socket arrived (reader thread, endpoint lock held): queue it."""
         with self._lock:
             if self._closed:
-                return netstreams.failure("ECONNREFUSED", "the workload closed the listen socket")
+                return netstreams.UNACCEPTED  # the workload closed the listen socket
             if len(self._backlog) >= BACKLOG_LIMIT:
                 return netstreams.failure("ECONNREFUSED", "the listen socket's backlog is full")
             self._backlog.append(stream)
@@ -518,8 +518,9 @@ class ListenSocket(WasiFile):
             waiting = list(self._backlog)
             self._backlog.clear()
         for stream in waiting:
-            # An orderly close, as when a server exits with clients still queued: nothing to warn about.
-            self.endpoint.reset(stream, netstreams.CLOSED)
+            # As when a server exits with clients still queued: nothing to warn about, and the host
+            # learns that this socket takes no more.
+            self.endpoint.reset(stream, netstreams.UNACCEPTED)
 
 
 class KeepNetwork:
