@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from motte.keep.identity import KeepIdentity
-from motte.keep.net.sockets import KeepNetwork, ListenSocket, StreamSocket
+from motte.keep.net.listen import KeepNetwork, ListenSocket
+from motte.keep.net.sockets import StreamSocket
 from motte.keep.net.tls import HANDSHAKE_TIMEOUT, TlsError, client_context, server_context
 from motte.keep.wasi.files import DeadlineExceeded
 from motte.shared.control import ControlMessage

@@ -1,32 +1,27 @@
-"""Sockets inside the keep: WASI file descriptors over channel streams, one stream per connection.
+"""Connected sockets inside the keep: WASI file descriptors over channel streams, one per connection.
 
 The host does TCP (it binds, accepts, connects) and relays bytes; for ``prot = "tls"`` those bytes
 are TLS records, and the session (:class:`~motte.keep.net.tls.TlsSession`) runs here, so the
 host never sees plaintext. The conventions on the channel are in :mod:`motte.shared.netstreams`.
 
-Everything runs on the workload's thread; only :meth:`ListenSocket.offer` is called by the
-channel's reader thread (under the endpoint's lock), and it only queues.
+Everything runs on the workload's thread. Listen sockets and the factory of sockets,
+:class:`~motte.keep.net.listen.KeepNetwork`, are in :mod:`motte.keep.net.listen`.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from motte.keep.net import TlsError
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiFile
 from motte.shared import netstreams
-from motte.shared.control import Accepted, ControlMessage
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
-from motte.shared.errors import MotteError
 from motte.shared.wasi_abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights, WasiError
 
 if TYPE_CHECKING:  # ssl is loaded only by keeps that do TLS
-    import ssl
 
     from motte.keep.net.tls import TlsSession
 
@@ -35,14 +30,12 @@ SOCKET_RIGHTS = (
     Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE
     | Rights.FD_FILESTAT_GET | Rights.SOCK_SHUTDOWN
 )
-LISTEN_RIGHTS = Rights.SOCK_ACCEPT | Rights.POLL_FD_READWRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.FD_FILESTAT_GET
 RECV_CHUNK = 256 << 10  # ciphertext taken from the channel per step
 SEND_CHUNK = 256 << 10  # plaintext encrypted per step: bounds what one write holds at once
 TLS_OVERHEAD_MAX = 64 * (SEND_CHUNK // (16 << 10))  # more than TLS 1.3 adds to SEND_CHUNK (22 bytes a record)
-BACKLOG_LIMIT = 1024  # connections a listen socket holds for the workload; the host should send far fewer
 LINGER = 2.0  # seconds close() waits for credit to hand over the last bytes
 
-_NOTHING: Callable[[], None] = lambda: None  # noqa: E731
+NOTHING: Callable[[], None] = lambda: None  # noqa: E731
 _NO_FLAGS = FdFlags(0)
 _NONBLOCK = int(FdFlags.NONBLOCK)  # tested as a plain int: an IntFlag operation is a Python call
 
@@ -51,7 +44,7 @@ def reset_errno(reason: str | None) -> Errno:
     return Errno[netstreams.failure_errno(reason)[1:]]
 
 
-def _remaining(deadline: float | None) -> float | None:
+def remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     left = deadline - time.monotonic()
@@ -67,7 +60,7 @@ class StreamSocket(WasiFile):
     rights_base = SOCKET_RIGHTS
 
     def __init__(self, endpoint: Endpoint, stream: int, *, tls: TlsSession | None = None, connecting: bool = False,
-                 flags: FdFlags = _NO_FLAGS, on_block: Callable[[], None] = _NOTHING,
+                 flags: FdFlags = _NO_FLAGS, on_block: Callable[[], None] = NOTHING,
                  handshake_timeout: float = 10.0):
         super().__init__()
         self.flags = flags
@@ -421,7 +414,7 @@ class StreamSocket(WasiFile):
         """Wait on the channel until ``step()`` reports progress, the deadline or a handshake timeout."""
         self._on_block()  # output written so far (a prompt, a log line) must reach the host first
         while not step():  # first: TLS may already hold whole records that came with earlier bytes
-            timeout = _remaining(deadline)
+            timeout = remaining(deadline)
             if self._handshake_deadline is not None:
                 # Wake at the handshake deadline so step() can declare the timeout.
                 left = max(0.0, self._handshake_deadline - time.monotonic()) + 0.001
@@ -433,137 +426,3 @@ class StreamSocket(WasiFile):
             )
             if self._unsent:
                 self._drain_unsent()
-
-
-class ListenSocket(WasiFile):
-    """A listen socket: the host bound the port; each connection it accepts arrives as a stream."""
-
-    filetype = Filetype.SOCKET_STREAM
-    rights_base = LISTEN_RIGHTS
-
-    def __init__(self, endpoint: Endpoint, fd: int, *, tls_context: ssl.SSLContext | None,
-                 report: Callable[[ControlMessage], None], on_block: Callable[[], None] = _NOTHING,
-                 handshake_timeout: float = 10.0):
-        super().__init__()
-        self.endpoint = endpoint
-        self.report = report  # sends a control message to the host, in the order of shared/control.py
-        self.fd = fd
-        self.tls_context = tls_context
-        self._on_block = on_block
-        self._handshake_timeout = handshake_timeout
-        self._backlog: deque[int] = deque()
-        self._lock = threading.Lock()  # offer() runs on the channel's reader thread
-        self._closed = False
-        self._wake_on_connection = WakeOn(endpoint, condition=self._has_backlog)
-
-    def offer(self, stream: int) -> str | None:
-        """A connection for this socket arrived (reader thread, endpoint lock held): queue it."""
-        with self._lock:
-            if self._closed:
-                return netstreams.UNACCEPTED  # the workload closed the listen socket
-            if len(self._backlog) >= BACKLOG_LIMIT:
-                return netstreams.failure("ECONNREFUSED", "the listen socket's backlog is full")
-            self._backlog.append(stream)
-        return None
-
-    def _has_backlog(self) -> bool:
-        return bool(self._backlog)
-
-    def accept(self, flags: FdFlags, deadline: float | None) -> StreamSocket:
-        if flags & ~FdFlags.NONBLOCK:
-            raise WasiError(Errno.INVAL)
-        if not self._backlog:
-            if self.endpoint.closed is not None:
-                raise WasiError(Errno.CONNABORTED)  # the host is gone: no connection will come
-            if self.flags & FdFlags.NONBLOCK:
-                raise WasiError(Errno.AGAIN)
-            self._on_block()
-            while not self._backlog:
-                if self.endpoint.closed is not None:
-                    raise WasiError(Errno.CONNABORTED)
-                self.endpoint.wait((), _remaining(deadline), condition=self._has_backlog)
-        with self._lock:
-            stream = self._backlog.popleft()
-        try:
-            self.report(Accepted(stream))
-        except MotteError:
-            raise WasiError(Errno.CONNABORTED) from None
-        tls = None
-        if self.tls_context is not None:
-            from motte.keep.net.tls import TlsSession
-
-            tls = TlsSession(self.tls_context, server_side=True)
-        return StreamSocket(self.endpoint, stream, tls=tls, flags=flags, on_block=self._on_block,
-                            handshake_timeout=self._handshake_timeout)
-
-    def read(self, size: int, deadline: float | None) -> bytes:
-        raise WasiError(Errno.NOTCONN)
-
-    def write(self, data: bytes, deadline: float | None) -> int:
-        raise WasiError(Errno.NOTCONN)
-
-    def readable_now(self) -> bool:
-        # With the channel gone, accept fails at once: report that rather than wait for ever.
-        return bool(self._backlog) or self.endpoint.closed is not None
-
-    def writable_now(self) -> bool:
-        return False  # as poll(2) on a listening socket: never writable
-
-    def wake_on(self, write: bool) -> WakeOn | None:
-        return None if write else self._wake_on_connection
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            waiting = list(self._backlog)
-            self._backlog.clear()
-        for stream in waiting:
-            # As when a server exits with clients still queued: nothing to warn about, and the host
-            # learns that this socket takes no more.
-            self.endpoint.reset(stream, netstreams.UNACCEPTED)
-
-
-class KeepNetwork:
-    """The keep's sockets: routes the connections the host accepted to their listen socket and
-    asks the host for outbound ones."""
-
-    def __init__(self, endpoint: Endpoint, *, report: Callable[[ControlMessage], None],
-                 on_block: Callable[[], None] = _NOTHING, handshake_timeout: float = 10.0):
-        self.endpoint = endpoint
-        self.report = report
-        self.on_block = on_block
-        self.handshake_timeout = handshake_timeout
-        self.listeners: dict[int, ListenSocket] = {}
-
-    def listen(self, fd: int, tls_context: ssl.SSLContext | None) -> ListenSocket:
-        listener = ListenSocket(self.endpoint, fd, tls_context=tls_context, report=self.report,
-                                on_block=self.on_block, handshake_timeout=self.handshake_timeout)
-        self.listeners[fd] = listener
-        return listener
-
-    def connect(self, fd: int | None, host: str, port: int, tls_context: ssl.SSLContext | None) -> StreamSocket:
-        """A workload's connect file (``fd``), or with ``fd=None`` the runtime's own connection to
-        the config's Steward. Opened now, so the host connects while the workload is still being
-        instantiated."""
-        if fd is None:
-            stream = self.endpoint.open_stream(netstreams.CONNECT, host=host, port=port, **{netstreams.STEWARD: True})
-        else:
-            stream = self.endpoint.open_stream(netstreams.CONNECT, fd=fd, host=host, port=port)
-        tls = None
-        if tls_context is not None:
-            from motte.keep.net.tls import TlsSession
-
-            tls = TlsSession(tls_context, server_side=False, server_hostname=host)
-        return StreamSocket(self.endpoint, stream, tls=tls, connecting=True, on_block=self.on_block,
-                            handshake_timeout=self.handshake_timeout)
-
-    def start(self) -> None:
-        """Take accepted connections from now on (any that arrived earlier are handed over too)."""
-        self.endpoint.route_opens(netstreams.ACCEPTED, self._offer)
-
-    def _offer(self, stream: int, meta: dict[str, Any]) -> str | None:
-        fd = meta.get("fd")
-        listener = self.listeners.get(fd) if isinstance(fd, int) and not isinstance(fd, bool) else None
-        if listener is None:
-            return netstreams.failure("ECONNREFUSED", f"fd {fd!r} is not a listen socket of this keep")
-        return listener.offer(stream)

@@ -253,7 +253,8 @@ class Preview1(FdCalls):
 
     def _socket(self, fd: int) -> StreamSocket:
         # Imported here: only workloads with sockets need the module (keep start-up time).
-        from motte.keep.net.sockets import ListenSocket, StreamSocket
+        from motte.keep.net.listen import ListenSocket
+        from motte.keep.net.sockets import StreamSocket
 
         file = self._file(fd)
         if isinstance(file, StreamSocket):
@@ -261,7 +262,8 @@ class Preview1(FdCalls):
         raise WasiError(Errno.NOTCONN if isinstance(file, ListenSocket) else Errno.NOTSOCK)
 
     def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
-        from motte.keep.net.sockets import ListenSocket, StreamSocket
+        from motte.keep.net.listen import ListenSocket
+        from motte.keep.net.sockets import StreamSocket
 
         listener = self._file(fd)
         if not isinstance(listener, ListenSocket):
