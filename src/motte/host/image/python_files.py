@@ -36,7 +36,7 @@ LAZY_STDLIB = (
     "functools", "hashlib", "heapq", "hmac", "http.client", "io", "ipaddress", "itertools", "json",
     "logging", "math", "mmap", "operator", "os", "pathlib", "platform", "posixpath", "queue", "random",
     "re", "resource", "secrets", "select", "selectors", "shlex", "signal", "socket", "ssl", "stat",
-    "string", "struct", "tempfile", "textwrap", "threading", "time", "tomllib", "traceback", "typing",
+    "string", "struct", "tempfile", "textwrap", "threading", "time", "traceback", "typing",
     "urllib.parse", "urllib.request", "uuid", "warnings", "weakref", "zlib",
 )  # fmt: skip
 #: Copied whole (every submodule, data files), as the engine and crypto library of the keep.
@@ -73,7 +73,7 @@ json.dump({"files": files, "failed": failed}, sys.stdout)
 
 
 def _module_name(rel: str) -> str:
-    """``keep/wasi/abi.py`` -> ``motte.keep.wasi.abi``; ``keep/__init__.py`` -> ``motte.keep``."""
+    """``keep/wasi/files.py`` -> ``motte.keep.wasi.files``; ``keep/__init__.py`` -> ``motte.keep``."""
     parts = ["motte", *rel.removesuffix(".py").split("/")]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
