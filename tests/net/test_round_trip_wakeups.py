@@ -24,18 +24,24 @@ ROUND_TRIPS = 1000
 MESSAGE = b"x" * 1024
 
 
-def voluntary_switches(pid: int) -> int:
-    """All threads of ``pid``: the times they went to sleep (a wake-up each, later)."""
-    total = 0
+def voluntary_switches(pid: int) -> dict[int, int]:
+    """Each thread of ``pid``: the times it went to sleep (a wake-up each, later)."""
+    counts = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as status:
                 for line in status:
                     if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
+                        counts[int(tid)] = int(line.split()[1])
         except FileNotFoundError:
             continue  # the thread ended meanwhile
-    return total
+    return counts
+
+
+def per_round_trip(before: dict[int, int], after: dict[int, int]) -> dict[int, float]:
+    """Wake-ups per round trip of each thread that woke at all."""
+    woke = {tid: count - before.get(tid, 0) for tid, count in after.items()}
+    return {tid: count / ROUND_TRIPS for tid, count in woke.items() if count > 0}
 
 
 def keep_pid(host_pid: int) -> int:
@@ -45,7 +51,9 @@ def keep_pid(host_pid: int) -> int:
 
 
 @pytest.mark.parametrize("backend", ["nil"])  # a kvm keep's vCPU threads are QEMU's: not comparable
-def test_a_round_trip_costs_three_wakeups(tmp_path: Path, serve: Callable[..., Served], backend: str) -> None:
+def test_a_round_trip_wakes_one_host_thread_twice_and_the_keep_once(
+    tmp_path: Path, serve: Callable[..., Served], backend: str,
+) -> None:
     port = free_port()
     server = serve("net_echo", listen_toml(port), "1", backend=backend)
     server.expect("listening")
@@ -58,11 +66,15 @@ def test_a_round_trip_costs_three_wakeups(tmp_path: Path, serve: Callable[..., S
     for _ in range(ROUND_TRIPS):
         client.sendall(MESSAGE)
         assert recv_exactly(client, len(MESSAGE)) == MESSAGE
-    host_wakeups = (voluntary_switches(host) - host_before) / ROUND_TRIPS
-    keep_wakeups = (voluntary_switches(keep) - keep_before) / ROUND_TRIPS
+    host_threads = per_round_trip(host_before, voluntary_switches(host))
+    keep_threads = per_round_trip(keep_before, voluntary_switches(keep))
     client.close()
     server.expect("served 1")
-    # Measured: host 2.0 (its relay thread for the request, its channel reader for the answer),
-    # keep 0.6-1.0 (an answer sent, it yields; the next request may be there when it is back).
-    assert host_wakeups <= 2.3, f"the host woke {host_wakeups:.2f} times a round trip (expected 2)"
-    assert keep_wakeups <= 1.2, f"the keep woke {keep_wakeups:.2f} times a round trip (expected at most 1)"
+    # Measured on a quiet machine: one host thread (the relay, which reads the channel too) 2.00,
+    # the keep 1.00. Beside two CPU hogs: host 1.6-1.8, keep 0.1-0.3 (it is preempted, not asleep).
+    # Before the relay read the channel: two host threads at 1.0 each, and beside the hogs the
+    # relay thread woke 2.4-2.7 times more, waiting for the GIL the reader thread held.
+    busy = {tid: rate for tid, rate in host_threads.items() if rate >= 0.25}
+    assert len(busy) == 1, f"a round trip woke {len(busy)} host threads (expected one): {busy}"
+    assert sum(host_threads.values()) <= 2.3, f"the host woke {host_threads} times a round trip (expected 2)"
+    assert sum(keep_threads.values()) <= 1.2, f"the keep woke {keep_threads} times a round trip (expected 1)"
