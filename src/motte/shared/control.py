@@ -1,6 +1,7 @@
 """The control stream: every message the host and the keep exchange on stream 0, and their order.
 
-Each message is a typed value with ``to_message`` (a JSON object whose ``"op"`` names it) and
+Each message is a typed value (a ``NamedTuple``: ``dataclasses`` would cost the keep's start-up
+8 ms of imports) with ``to_message`` (a JSON object whose ``"op"`` names it) and
 ``from_message`` (which validates: whatever the host sends comes from the untrusted side, and the
 host does not trust the keep's words either). The channel encodes every control message with
 :func:`motte.shared.channel.canonical_json`, so a message has one byte encoding; the keep will
@@ -26,9 +27,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Literal, TypeAlias
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from motte.shared.channel import ProtocolError, Role, canonical_json
 from motte.shared.enarx_config import ConfigError, WorkloadConfig
@@ -45,6 +46,8 @@ STDIO_KINDS = frozenset({"stdin", "stdout", "stderr"})
 ExitReason = Literal["exit", "trap", "timeout", "memory", "error"]
 EXIT_REASONS: frozenset[str] = frozenset({"exit", "trap", "timeout", "memory", "error"})
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_NO_BUNDLES: Mapping[int, str] = MappingProxyType({})
+_NO_STREAMS: Mapping[int, int] = MappingProxyType({})
 
 
 class ControlError(ProtocolError):
@@ -58,8 +61,7 @@ class _Malformed(ValueError):
 # ---- the messages ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LaunchTerms:
+class LaunchTerms(NamedTuple):
     """Everything the host supplies that decides what the workload is and sees. Attestation
     binds these; nothing here depends on the channel or the host's file layout."""
 
@@ -69,7 +71,7 @@ class LaunchTerms:
     dirs: tuple[str, ...] = ()  # guest paths of the preopened directories, in preopen order
     memory_limit: int = 1 << 30
     timeout_ms: int | None = None
-    ca_bundles: Mapping[int, str] = field(default_factory=dict)  # TLS connect fd -> PEM of its extra CA
+    ca_bundles: Mapping[int, str] = _NO_BUNDLES  # TLS connect fd -> PEM of its extra CA
     steward_ca: str | None = None  # PEM of the CA the keep trusts for the Steward's TLS certificate
 
     @property
@@ -118,12 +120,11 @@ class LaunchTerms:
             raise _Malformed("a Steward CA bundle was sent, but the workload config names no steward")
 
 
-@dataclass(frozen=True)
-class LaunchStreams:
+class LaunchStreams(NamedTuple):
     """Where each part of the launch arrives on the channel, and the host's module cache."""
 
     wasm: int
-    stdio: Mapping[int, int] = field(default_factory=dict)  # fd of a stdio file -> its stream
+    stdio: Mapping[int, int] = _NO_STREAMS  # fd of a stdio file -> its stream
     dirs: tuple[int, ...] = ()  # the stream serving each of LaunchTerms.dirs, in the same order
     cache_dir: str | None = None  # compiled-module cache; honoured by nil keeps only
 
@@ -153,17 +154,15 @@ class LaunchStreams:
         )
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """host -> keep, first: run this workload."""
 
-    OP: ClassVar[str] = "launch"
     terms: LaunchTerms
     streams: LaunchStreams
 
     def to_message(self) -> dict[str, Any]:
         self.terms.check()
-        return {"op": self.OP, "terms": self.terms.to_message(), "streams": self.streams.to_message()}
+        return {"op": "launch", "terms": self.terms.to_message(), "streams": self.streams.to_message()}
 
     @classmethod
     def from_message(cls, data: Any) -> Launch:
@@ -180,31 +179,27 @@ class Launch:
         return launch
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     """keep -> host: the workload took the connection on this stream (the host may queue another)."""
 
-    OP: ClassVar[str] = "accepted"
     stream: int
 
     def to_message(self) -> dict[str, Any]:
-        return {"op": self.OP, "stream": self.stream}
+        return {"op": "accepted", "stream": self.stream}
 
     @classmethod
     def from_message(cls, data: Any) -> Accepted:
         return cls(_stream(_get(data, "stream"), "stream"))
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(NamedTuple):
     """keep -> host, once the workload ended: how its module was compiled."""
 
-    OP: ClassVar[str] = "stats"
     cached: bool
     compile_us: int
 
     def to_message(self) -> dict[str, Any]:
-        return {"op": self.OP, "cached": self.cached, "compile_us": self.compile_us}
+        return {"op": "stats", "cached": self.cached, "compile_us": self.compile_us}
 
     @classmethod
     def from_message(cls, data: Any) -> Stats:
@@ -214,11 +209,9 @@ class Stats:
         return cls(cached, _int(_get(data, "compile_us"), "compile_us"))
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(NamedTuple):
     """keep -> host: how the workload (or its launch) ended. ``status`` is motte's exit status."""
 
-    OP: ClassVar[str] = "exit"
     status: int
     reason: ExitReason  # exit | trap | timeout | memory | error
     message: str = ""
@@ -226,7 +219,7 @@ class Exit:
 
     def to_message(self) -> dict[str, Any]:
         return {
-            "op": self.OP, "status": self.status, "reason": self.reason,
+            "op": "exit", "status": self.status, "reason": self.reason,
             "message": self.message[:MAX_EXIT_TEXT],
             "backtrace": [line[:MAX_EXIT_TEXT] for line in self.backtrace[:MAX_BACKTRACE]],
         }
@@ -245,14 +238,12 @@ class Exit:
         )
 
 
-@dataclass(frozen=True)
-class Bye:
+class Bye(NamedTuple):
     """host -> keep, after the exit: the host has all output; a VM keep may now power off."""
 
-    OP: ClassVar[str] = "bye"
 
     def to_message(self) -> dict[str, Any]:
-        return {"op": self.OP}
+        return {"op": "bye"}
 
     @classmethod
     def from_message(cls, data: Any) -> Bye:
@@ -260,7 +251,9 @@ class Bye:
 
 
 ControlMessage: TypeAlias = Launch | Accepted | Stats | Exit | Bye
-MESSAGES: dict[str, type[ControlMessage]] = {m.OP: m for m in (Launch, Accepted, Stats, Exit, Bye)}
+MESSAGES: dict[str, type[ControlMessage]] = {
+    "launch": Launch, "accepted": Accepted, "stats": Stats, "exit": Exit, "bye": Bye,
+}
 
 
 # ---- the sequence ----------------------------------------------------------------------------
@@ -276,13 +269,13 @@ class Phase(Enum):
 
 #: (phase, sender, op) -> the phase after it. The one definition of the order; both ends follow it.
 SEQUENCE: dict[tuple[Phase, Role, str], Phase] = {
-    (Phase.AWAITING_LAUNCH, "host", Launch.OP): Phase.RUNNING,
-    (Phase.AWAITING_LAUNCH, "keep", Exit.OP): Phase.EXITED,
-    (Phase.RUNNING, "keep", Accepted.OP): Phase.RUNNING,
-    (Phase.RUNNING, "keep", Stats.OP): Phase.REPORTED,
-    (Phase.RUNNING, "keep", Exit.OP): Phase.EXITED,
-    (Phase.REPORTED, "keep", Exit.OP): Phase.EXITED,
-    (Phase.EXITED, "host", Bye.OP): Phase.DONE,
+    (Phase.AWAITING_LAUNCH, "host", "launch"): Phase.RUNNING,
+    (Phase.AWAITING_LAUNCH, "keep", "exit"): Phase.EXITED,
+    (Phase.RUNNING, "keep", "accepted"): Phase.RUNNING,
+    (Phase.RUNNING, "keep", "stats"): Phase.REPORTED,
+    (Phase.RUNNING, "keep", "exit"): Phase.EXITED,
+    (Phase.REPORTED, "keep", "exit"): Phase.EXITED,
+    (Phase.EXITED, "host", "bye"): Phase.DONE,
 }
 
 
@@ -297,8 +290,9 @@ class Conversation:
 
     def sending(self, message: ControlMessage) -> dict[str, Any]:
         """The JSON object to send for ``message``, once the sequence allows this side to send it."""
-        self._advance(self.role, message.OP)
-        return message.to_message()
+        data = message.to_message()
+        self._advance(self.role, data["op"])
+        return data
 
     def received(self, data: Mapping[str, Any]) -> ControlMessage:
         """Parse and check a message from the peer; :class:`ControlError` names the peer if it broke the rules."""
