@@ -68,11 +68,12 @@ def read_workload(path: Path) -> bytes:
 
 
 def load_config(path: Path | None) -> object:
-    from motte.host.enarx_toml import parse_enarx_toml
     from motte.shared.enarx_config import default_config
 
     if path is None:
-        return default_config()
+        return default_config()  # (without loading the TOML reader: start-up counts)
+    from motte.host.enarx_toml import parse_enarx_toml
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
