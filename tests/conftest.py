@@ -6,14 +6,19 @@ marked ``vm`` and skipped, with the reason, where this host cannot run a VM keep
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from motte.host.platform import kvm_usable
+from motte.shared.endpoint import Endpoint
+from motte.shared.transport import SocketTransport
 from tests.stacks import python_stacks
 from tests.workloads import workload
 
@@ -52,3 +57,20 @@ def _backends() -> list[object]:
 @pytest.fixture(params=_backends())
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@contextlib.contextmanager
+def endpoint_pair(window: int | None = None) -> Iterator[tuple[Endpoint, Endpoint]]:
+    """A host endpoint and a keep endpoint on a real socketpair, past the HELLO exchange."""
+    a, b = socket.socketpair()
+    host = Endpoint(SocketTransport(a), "host", window=window).start()
+    keep = Endpoint(SocketTransport(b), "keep", window=window).start()
+    try:
+        host.send_hello()
+        keep.send_hello()
+        host.await_hello(5)
+        keep.await_hello(5)
+        yield host, keep
+    finally:
+        host.close()
+        keep.close()

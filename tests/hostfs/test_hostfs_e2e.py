@@ -10,7 +10,6 @@ done directly on this host.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,9 +25,8 @@ from motte.host.session import HostStdio, RunRequest, run_workload
 from motte.shared import hostfs
 from motte.shared.enarx_config import default_config
 from motte.shared.endpoint import Endpoint, StreamAborted
-from motte.shared.transport import SocketTransport
 from motte.shared.wasi_abi import wasi_errno
-from tests.conftest import motte
+from tests.conftest import endpoint_pair, motte
 from tests.hostfs.test_hostfs_server import snapshot
 
 DEFAULT_CACHE = str(cache_root())  # read before the autouse fixture swaps in a private one
@@ -174,16 +172,8 @@ def test_two_directories_are_two_served_trees(tmp_path: Path, wasm: object, back
 
 @pytest.fixture
 def channel() -> Iterator[tuple[Endpoint, Endpoint]]:
-    a, b = socket.socketpair()
-    host = Endpoint(SocketTransport(a), "host").start()
-    keep = Endpoint(SocketTransport(b), "keep").start()
-    host.send_hello()
-    keep.send_hello()
-    host.await_hello(5)
-    keep.await_hello(5)
-    yield host, keep
-    host.close()
-    keep.close()
+    with endpoint_pair() as endpoints:
+        yield endpoints
 
 
 def test_broken_framing_from_the_keep_ends_only_its_stream(channel: tuple[Endpoint, Endpoint], tmp_path: Path) -> None:
