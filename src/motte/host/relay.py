@@ -103,8 +103,10 @@ class Relay:
         self.endpoint.observe(self._on_stream_event)
         # This thread reads the channel too: a request and its answer then wake one host thread,
         # not two that hand the GIL to each other on every round trip.
-        self._channel_fd = self.endpoint.lend_reading()
-        self._selector.register(self._channel_fd, selectors.EVENT_READ, self._on_channel)
+        channel_fd = self.endpoint.lend_reading()
+        if channel_fd >= 0:  # (-1: the keep is gone already; the run reports how it ended)
+            self._channel_fd = channel_fd
+            self._selector.register(channel_fd, selectors.EVENT_READ, self._on_channel)
         self._thread = threading.Thread(target=self._run, name="motte-net", daemon=True)
         self._thread.start()
 
