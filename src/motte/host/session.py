@@ -145,7 +145,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
     conversation = Conversation("host")
     try:
         endpoint.send_control(**conversation.sending(launch))
-    except ValueError as exc:  # too large for one control message
+    except ValueError as exc:  # larger than one control message may be (CA bundles), or inconsistent
         raise MotteError(f"cannot launch the workload: {exc}", hint="use fewer or smaller CA bundles") from None
     _daemon(_send_wasm, endpoint, wasm_stream, request.wasm).start()
     for pump in pumps:

@@ -298,13 +298,13 @@ class ChannelIO:
                 return
             data: bytes | BaseException
             try:
-                ready = ready_to_read.poll()
-                with self._lock:
-                    if self._lent or self._closed is not None:  # lent to another thread's event loop, or closed
+                ready_to_read.poll()
+                # The lend pipe is written only after one of these is set: if neither is, the
+                # transport is what became readable. (Checked without the lock: one read a frame.)
+                if self._lent or self._closed is not None:
+                    with self._lock:
                         self._reading = False
-                        return
-                if not any(fd == self._transport.fileno() for fd, _ in ready):
-                    continue
+                    return
                 data = self._transport.recv(READ_SIZE)
             except Exception as exc:  # OSError, or a bug: either ends the channel (it must not strand a waiter)
                 data = exc
