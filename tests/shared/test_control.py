@@ -121,7 +121,7 @@ def test_a_keep_that_refuses_the_launch_still_reports_its_exit() -> None:
 
 
 @pytest.mark.parametrize(("role", "before", "data", "error"), [
-    ("keep", [], {"op": "bye"}, r"the host sent 'bye' out of turn \(awaiting launch: it may send 'launch'\)"),
+    ("keep", [], {"op": "bye"}, r"the host sent 'bye' out of turn \(awaiting launch: it may send 'launch' or 'provision'\)"),
     ("host", [LAUNCH], {"op": "launch"}, r"the keep sent 'launch' out of turn"),
     ("keep", [LAUNCH], LAUNCH.to_message(), r"the host sent 'launch' out of turn \(running: it may send nothing\)"),
     ("host", [LAUNCH], {"op": "exited"}, r"the keep sent an unknown control message 'exited'"),
@@ -164,7 +164,8 @@ def test_a_side_cannot_send_out_of_turn_either() -> None:
 
 def test_the_table_says_who_sends_what() -> None:
     senders = {op: {s for (_, s, o) in SEQUENCE if o == op} for op in MESSAGES}
-    assert senders == {"launch": {"host"}, "bye": {"host"}, "accepted": {"keep"}, "stats": {"keep"}, "exit": {"keep"}}
+    assert senders == {"launch": {"host"}, "provision": {"host"}, "served": {"host"}, "bye": {"host"},
+                       "serve": {"keep"}, "accepted": {"keep"}, "stats": {"keep"}, "exit": {"keep"}}
     reachable = {Phase.AWAITING_LAUNCH} | set(SEQUENCE.values())
     assert reachable == set(Phase)
 

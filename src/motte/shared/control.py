@@ -11,7 +11,12 @@ The order is one table, :data:`SEQUENCE`, that both ends follow through :class:`
 
     phase             sender  message    next phase
     awaiting launch   host    launch     running     the workload, its config and where each part arrives
+    awaiting launch   host    provision  provisioning  no workload: wait for the tenant (motte deploy)
     awaiting launch   keep    exit       exited      the keep could not take what the host sent
+    provisioning      keep    serve      serving     the tenant's workload arrived: serve its sockets
+    provisioning      keep    exit       exited      no valid provisioning in time, or it failed
+    serving           host    served     running     the sockets are bound (or why they could not be)
+    serving           keep    exit       exited
     running           keep    accepted   running     the workload took a network connection
     running           keep    stats      reported    once, after the workload ended
     running           keep    exit       exited      how the workload ended
@@ -20,7 +25,10 @@ The order is one table, :data:`SEQUENCE`, that both ends follow through :class:`
 
 Anything else (an unknown op, a message out of turn, a malformed one) is a :class:`ControlError`
 naming the side that broke the protocol. The data streams the launch names (the workload bytes,
-stdio, ``--dir``) are opened before it; see ``docs/architecture.md`` for the whole picture.
+stdio, ``--dir``) are opened before it. A provisioned keep gets its workload from the tenant over
+TLS that ends inside it, carried on streams of kind :data:`PROVISION_STREAM` the host opens, one
+per tenant connection (the protocol inside is :mod:`motte.shared.provision`); see
+``docs/architecture.md`` and ``docs/deploy.md`` for the whole picture.
 """
 
 from __future__ import annotations
@@ -43,9 +51,16 @@ MAX_EXIT_TEXT = 4096  # characters of an exit message or of one backtrace line
 MAX_TIMEOUT_MS = 1 << 53
 WASM_PAGE = 64 << 10
 STDIO_KINDS = frozenset({"stdin", "stdout", "stderr"})
+PROVISION_STREAM = "provision"  # the kind of a stream carrying one tenant connection to a provisioned keep
+MAX_SECRETS = 64
+MAX_SECRET_NAME = 128
+MAX_PROVISION_WAIT_MS = 3_600_000
+SECRET_KINDS = frozenset({"file", "env"})
+Delivery = Literal["run", "deploy"]
 ExitReason = Literal["exit", "trap", "timeout", "memory", "error"]
 EXIT_REASONS: frozenset[str] = frozenset({"exit", "trap", "timeout", "memory", "error"})
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _NO_BUNDLES: Mapping[int, str] = MappingProxyType({})
 _NO_STREAMS: Mapping[int, int] = MappingProxyType({})
 
@@ -73,6 +88,9 @@ class LaunchTerms(NamedTuple):
     timeout_ms: int | None = None
     ca_bundles: Mapping[int, str] = _NO_BUNDLES  # TLS connect fd -> PEM of its extra CA
     steward_ca: str | None = None  # PEM of the CA the keep trusts for the Steward's TLS certificate
+    #: who supplied the terms: the host (``motte run``) or the tenant over attested TLS (``motte deploy``)
+    delivery: Delivery = "run"
+    secrets: tuple[tuple[str, str], ...] = ()  # (kind, name) of each tenant secret; never the value
 
     @property
     def timeout(self) -> float | None:
@@ -86,6 +104,8 @@ class LaunchTerms(NamedTuple):
             "limits": {"memory": self.memory_limit, "timeout_ms": self.timeout_ms},
             "ca": [{"fd": fd, "pem": pem} for fd, pem in sorted(self.ca_bundles.items())],
             "steward_ca": self.steward_ca,
+            "delivery": self.delivery,
+            "secrets": [{"kind": kind, "name": name} for kind, name in self.secrets],
         }
 
     def canonical_bytes(self) -> bytes:
@@ -106,6 +126,8 @@ class LaunchTerms(NamedTuple):
             timeout_ms=None if timeout_ms is None else _int(timeout_ms, "limits.timeout_ms", 1, MAX_TIMEOUT_MS),
             ca_bundles=_ca_bundles(_get(data, "ca")),
             steward_ca=_optional_pem(_get(data, "steward_ca"), "steward_ca"),
+            delivery=_delivery(_get(data, "delivery")),
+            secrets=_secrets(_get(data, "secrets")),
         )
         terms.check()
         return terms
@@ -118,6 +140,12 @@ class LaunchTerms(NamedTuple):
                 raise _Malformed(f"a CA bundle was sent for fd {fd}, which is no TLS connect file")
         if self.steward_ca is not None and self.config.steward is None:
             raise _Malformed("a Steward CA bundle was sent, but the workload config names no steward")
+        if self.secrets and self.delivery != "deploy":
+            raise _Malformed("secrets travel only in a deploy, never through the host")
+        env_names = [name for kind, name in self.secrets if kind == "env"]
+        clash = set(env_names) & set(self.config.env)
+        if clash or len(set(self.secrets)) != len(self.secrets):
+            raise _Malformed(f"secret {sorted(clash)[0] if clash else 'name'!r} given twice")
 
 
 class LaunchStreams(NamedTuple):
@@ -177,6 +205,69 @@ class Launch(NamedTuple):
         if len(launch.streams.dirs) != len(launch.terms.dirs):
             raise _Malformed(f"{len(launch.terms.dirs)} preopened directories but {len(launch.streams.dirs)} streams")
         return launch
+
+
+class Provision(NamedTuple):
+    """host -> keep, first: start empty and wait, at most ``wait_ms``, for the tenant to provision
+    a workload over TLS relayed on :data:`PROVISION_STREAM` streams. The limits are the host's
+    (it pays for the resources); the keep binds them into the launch like everything else."""
+
+    wait_ms: int
+    memory_limit: int = 1 << 30
+    timeout_ms: int | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": "provision", "wait_ms": self.wait_ms,
+                "limits": {"memory": self.memory_limit, "timeout_ms": self.timeout_ms}}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Provision:
+        limits = _object(_get(data, "limits"), "limits")
+        timeout_ms = _get(limits, "timeout_ms")
+        return cls(
+            wait_ms=_int(_get(data, "wait_ms"), "wait_ms", 1, MAX_PROVISION_WAIT_MS),
+            memory_limit=_int(_get(limits, "memory"), "limits.memory", WASM_PAGE, 1 << 62),
+            timeout_ms=None if timeout_ms is None else _int(timeout_ms, "limits.timeout_ms", 1, MAX_TIMEOUT_MS),
+        )
+
+
+class Serve(NamedTuple):
+    """keep -> host, once provisioned: what the host must do for the workload, and no more. The
+    config is the network view of the tenant's (its files' kinds, names, addresses and ports, and
+    the Steward URL): no args, no env, no CA bundles; the host binds the listen ports and makes
+    the connections the keep asks for, as in a run."""
+
+    config: WorkloadConfig
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": "serve", "config": self.config.to_json()}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Serve:
+        config = WorkloadConfig.from_json(_get(data, "config"))
+        if config.args or config.env or config.steward_ca or any(spec.ca for spec in config.files):
+            raise _Malformed("the network view of a config carries no args, env or CA bundles")
+        return cls(config)
+
+    @staticmethod
+    def network_view(config: WorkloadConfig) -> WorkloadConfig:
+        """What of ``config`` the host needs to see to serve the workload's sockets."""
+        return WorkloadConfig(steward=config.steward,
+                              files=[spec._replace(ca=None) for spec in config.files])
+
+
+class Served(NamedTuple):
+    """host -> keep: the sockets :class:`Serve` asked for are ready, or why they are not."""
+
+    error: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": "served", "error": self.error}
+
+    @classmethod
+    def from_message(cls, data: Any) -> Served:
+        error = _get(data, "error")
+        return cls(None if error is None else _str(error, "error", MAX_EXIT_TEXT))
 
 
 class Accepted(NamedTuple):
@@ -250,9 +341,10 @@ class Bye(NamedTuple):
         return cls()
 
 
-ControlMessage: TypeAlias = Launch | Accepted | Stats | Exit | Bye
+ControlMessage: TypeAlias = Launch | Provision | Serve | Served | Accepted | Stats | Exit | Bye
 MESSAGES: dict[str, type[ControlMessage]] = {
-    "launch": Launch, "accepted": Accepted, "stats": Stats, "exit": Exit, "bye": Bye,
+    "launch": Launch, "provision": Provision, "serve": Serve, "served": Served,
+    "accepted": Accepted, "stats": Stats, "exit": Exit, "bye": Bye,
 }
 
 
@@ -261,6 +353,8 @@ MESSAGES: dict[str, type[ControlMessage]] = {
 
 class Phase(Enum):
     AWAITING_LAUNCH = "awaiting launch"
+    PROVISIONING = "provisioning"
+    SERVING = "serving"
     RUNNING = "running"
     REPORTED = "reported"
     EXITED = "exited"
@@ -270,7 +364,12 @@ class Phase(Enum):
 #: (phase, sender, op) -> the phase after it. The one definition of the order; both ends follow it.
 SEQUENCE: dict[tuple[Phase, Role, str], Phase] = {
     (Phase.AWAITING_LAUNCH, "host", "launch"): Phase.RUNNING,
+    (Phase.AWAITING_LAUNCH, "host", "provision"): Phase.PROVISIONING,
     (Phase.AWAITING_LAUNCH, "keep", "exit"): Phase.EXITED,
+    (Phase.PROVISIONING, "keep", "serve"): Phase.SERVING,
+    (Phase.PROVISIONING, "keep", "exit"): Phase.EXITED,
+    (Phase.SERVING, "host", "served"): Phase.RUNNING,
+    (Phase.SERVING, "keep", "exit"): Phase.EXITED,
     (Phase.RUNNING, "keep", "accepted"): Phase.RUNNING,
     (Phase.RUNNING, "keep", "stats"): Phase.REPORTED,
     (Phase.RUNNING, "keep", "exit"): Phase.EXITED,
@@ -397,6 +496,32 @@ def _ca_bundles(value: Any) -> dict[int, str]:
             raise _Malformed(f"ca[{i}].pem must be a string")
         bundles[fd] = pem
     return bundles
+
+
+def _delivery(value: Any) -> Delivery:
+    if value == "run":
+        return "run"
+    if value == "deploy":
+        return "deploy"
+    raise _Malformed("delivery must be 'run' or 'deploy'")
+
+
+def _secrets(value: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    for i, entry in enumerate(_list(value, "secrets", MAX_SECRETS)):
+        kind = _get(entry, "kind")
+        if kind not in SECRET_KINDS:
+            raise _Malformed(f"secrets[{i}].kind must be 'file' or 'env'")
+        out.append((kind, secret_name(_get(entry, "name"), f"secrets[{i}].name")))
+    return tuple(out)
+
+
+def secret_name(value: Any, what: str = "secret name") -> str:
+    """A secret's name: a file name in the secrets directory, or an environment variable's name."""
+    name = _str(value, what, MAX_SECRET_NAME)
+    if not _SECRET_NAME.fullmatch(name):
+        raise _Malformed(f"{what} must be 1 to {MAX_SECRET_NAME} of A-Z a-z 0-9 _ . - and not start with '.' or '-'")
+    return name
 
 
 def _shown(value: Any) -> str:
