@@ -208,7 +208,8 @@ def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
     def launch(toml: str, steward_ca: str) -> LaunchTerms:
         config = parse_enarx_toml(toml)
         terms = {"config": config.to_json(), "wasm": {"size": 8, "sha256": "0" * 64}, "dirs": [],
-                 "limits": {"memory": 1 << 20, "timeout_ms": None}, "ca": [], "steward_ca": steward_ca}
+                 "limits": {"memory": 1 << 20, "timeout_ms": None}, "ca": [], "steward_ca": steward_ca,
+                 "delivery": "run", "secrets": []}
         stdio = [{"fd": fd, "stream": 2 * fd + 3} for fd, f in enumerate(config.files) if f.kind in STDIO_KINDS]
         streams = {"wasm": 1, "stdio": stdio, "dirs": [], "cache_dir": None}
         launched = Conversation("keep").received({"op": "launch", "terms": terms, "streams": streams})

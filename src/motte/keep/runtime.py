@@ -1,7 +1,10 @@
-"""The keep runtime: receive a workload over the channel, run it, report how it ended.
+"""The keep runtime: receive a workload, run it, report how it ended.
 
-The same code runs in every backend; only the transport under the channel differs. The control
-messages it exchanges with the host, and their order, are defined in :mod:`motte.shared.control`.
+The workload comes from the host (``motte run``: a ``launch`` message and channel streams), or
+from the tenant over TLS that ends in this keep (``motte deploy``: a ``provision`` message, then
+:mod:`motte.keep.provisioning`). The same code runs in every backend; only the transport under the
+channel differs. The control messages it exchanges with the host, and their order, are defined in
+:mod:`motte.shared.control`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import wasmtime
@@ -18,15 +22,35 @@ from motte.keep.memory_limit import MemoryLimit
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
-from motte.shared.control import MAX_BACKTRACE, STDIO_KINDS, Bye, ControlMessage, Conversation, Exit, Launch, Stats
+from motte.shared.control import (
+    MAX_BACKTRACE,
+    STDIO_KINDS,
+    Bye,
+    ControlMessage,
+    Conversation,
+    Exit,
+    Launch,
+    LaunchTerms,
+    Provision,
+    Serve,
+    Served,
+    Stats,
+)
+from motte.shared.enarx_config import FileSpec
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
 from motte.shared.wasi_abi import WasiError
 
 if TYPE_CHECKING:
+    from motte.keep.evidence import EvidenceSource
+    from motte.keep.provisioning import Deployment
     from motte.keep.wasi.remote_fs import HostFsClient
 
 ARGV0 = "main.wasm"
+SERVE_TIMEOUT = 60.0  # seconds the host has to bind a deployed workload's sockets
+
+#: Makes the WASI file of a stdio entry of the config: (fd, its spec, the outputs to flush).
+StdioFiles = Callable[[int, FileSpec, ChannelOutputs], WasiFile]
 
 
 class LaunchError(MotteError):
@@ -34,10 +58,12 @@ class LaunchError(MotteError):
 
 
 class KeepRuntime:
-    def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False, backend: str = "nil"):
+    def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False, backend: str = "nil",
+                 evidence: EvidenceSource | None = None):
         self.endpoint = endpoint
         self.allow_host_cache = allow_host_cache
-        self.backend = backend  # chooses the evidence source when the config names a Steward
+        self.backend = backend  # chooses the evidence source (unless one is given)
+        self._evidence = evidence
         self.hostfs_clients: list[HostFsClient] = []  # one per served directory
         self.conversation = Conversation("keep")
 
@@ -51,7 +77,9 @@ class KeepRuntime:
         launch: Launch | None = None
         try:
             message = conversation.received(self.endpoint.recv_control())
-            assert isinstance(message, Launch)  # the only message the host may send first
+            if isinstance(message, Provision):
+                return self.serve_deployment(message)
+            assert isinstance(message, Launch)  # the only other message the host may send first
             launch = message
             outcome = self.run(launch)
         except MotteError as exc:
@@ -59,12 +87,76 @@ class KeepRuntime:
             for stream in launch.streams.stdio.values() if launch is not None else ():
                 self.endpoint.eof(stream)  # the host stops waiting for output the workload never wrote
         self.report(outcome)
+        self._await_bye()
+        return outcome
+
+    def _await_bye(self) -> None:
         try:
-            bye = conversation.received(self.endpoint.recv_control(timeout=10.0))
+            bye = self.conversation.received(self.endpoint.recv_control(timeout=10.0))
             assert isinstance(bye, Bye)  # the host has everything
         except MotteError:
             pass
+
+    def evidence_source(self) -> EvidenceSource:
+        if self._evidence is None:
+            from motte.keep.evidence import source_for
+
+            self._evidence = source_for(self.backend)
+        return self._evidence
+
+    def serve_deployment(self, provision: Provision) -> Exit:
+        """Wait for the tenant, run what it deploys; the tenant gets the whole exit, the host only
+        its status and reason (a trap's message is the workload's, not the host's business)."""
+        from motte.keep.provisioning import await_deployment
+
+        deployment: Deployment | None = None
+        try:
+            deployment = await_deployment(self.endpoint, provision, self.evidence_source(), self.backend)
+            self.report(Serve(Serve.network_view(deployment.terms.config)))
+            served = self.conversation.received(self.endpoint.recv_control(timeout=SERVE_TIMEOUT))
+            assert isinstance(served, Served)  # the only message the host may send now
+            if served.error is not None:
+                raise LaunchError(f"the host cannot serve the workload's sockets: {served.error}")
+            outcome = self._run_deployment(deployment)
+        except MotteError as exc:
+            outcome = Exit(EXIT_MOTTE_ERROR, "error", str(exc))
+        if deployment is not None:
+            session = deployment.session
+            if session.order.state in ("running", "detached"):
+                try:
+                    session.send(outcome)
+                    session.close()
+                except MotteError:
+                    pass
+            else:
+                session.abort(outcome.message)
+        self.report(Exit(outcome.status, outcome.reason))
+        self._await_bye()
         return outcome
+
+    def _run_deployment(self, deployment: Deployment) -> Exit:
+        from motte.keep.provisioning import SessionOutput
+        from motte.shared.provision import Frame, Started
+
+        session = deployment.session
+
+        def stdio(fd: int, spec: FileSpec, outputs: ChannelOutputs) -> WasiFile:
+            if spec.kind == "stdin":
+                return NullFile()  # a deployed workload reads no input: see docs/deploy.md
+            output = SessionOutput(session, Frame.STDOUT if spec.kind == "stdout" else Frame.STDERR,
+                                   buffered=spec.kind == "stdout")
+            outputs.add(output)
+            return output
+
+        def started(chain_pem: bytes | None) -> None:
+            terms = deployment.terms
+            launch_sha256 = hashlib.sha256(terms.canonical_bytes()).hexdigest()
+            session.send(Started(terms.wasm_sha256, launch_sha256, chain_pem.decode() if chain_pem else None))
+            session.watch()
+
+        env = {secret.name: secret.value.decode("utf-8", "surrogateescape")
+               for secret in deployment.secrets if secret.kind == "env"}
+        return self._run(deployment.terms, deployment.wasm, stdio, cache_dir=None, env=env, started=started)
 
     def _receive_wasm(self, launch: Launch) -> bytes:
         size = launch.terms.wasm_size
@@ -83,30 +175,39 @@ class KeepRuntime:
             raise LaunchError("workload digest mismatch: the bytes that arrived are not the ones announced")
         return wasm
 
-    def _files(self, launch: Launch, outputs: ChannelOutputs) -> list[WasiFile]:
+    def _channel_stdio(self, launch: Launch) -> StdioFiles:
+        """A run's stdio: channel streams the host opened and pumps to its own stdio."""
+
+        def stdio(fd: int, spec: FileSpec, outputs: ChannelOutputs) -> WasiFile:
+            stream = launch.streams.stdio[fd]  # the launch was checked: every stdio file has one
+            if spec.kind == "stdin":
+                self.endpoint.eof(stream)  # nothing flows keep -> host on stdin
+                return ChannelInput(self.endpoint, stream, on_block=outputs)
+            output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout")
+            outputs.add(output)
+            return output
+
+        return stdio
+
+    def _files(self, terms: LaunchTerms, stdio: StdioFiles, outputs: ChannelOutputs,
+               dir_streams: tuple[int, ...]) -> tuple[list[WasiFile], bytes | None]:
+        """The workload's files, and the PEM chain the Steward issued (when the config names one)."""
         files: list[WasiFile] = []
         network = None
-        steward = launch.terms.config.steward
-        if steward is not None or any(spec.kind in ("listen", "connect") for spec in launch.terms.config.files):
+        chain_pem = None
+        steward = terms.config.steward
+        if steward is not None or any(spec.kind in ("listen", "connect") for spec in terms.config.files):
             from motte.keep.net.setup import NetworkSetup  # only workloads with sockets load ssl
 
-            network = NetworkSetup(self.endpoint, launch.terms.ca_bundles, report=self.report,
-                                   on_block=outputs.flush_all)
+            network = NetworkSetup(self.endpoint, terms.ca_bundles, report=self.report, on_block=outputs.flush_all)
             if steward is not None:
                 # Before the workload starts: without the Steward's certificate it does not run.
-                network.use_steward(steward, self.backend, launch.terms.steward_ca)
-        for fd, spec in enumerate(launch.terms.config.files):
+                chain_pem = network.use_steward(steward, self.backend, terms.steward_ca).chain_pem()
+        for fd, spec in enumerate(terms.config.files):
             if spec.kind == "null":
                 files.append(NullFile())
             elif spec.kind in STDIO_KINDS:
-                stream = launch.streams.stdio[fd]  # the launch was checked: every stdio file has one
-                if spec.kind == "stdin":
-                    files.append(ChannelInput(self.endpoint, stream, on_block=outputs))
-                    self.endpoint.eof(stream)  # nothing flows keep -> host on stdin
-                else:
-                    output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout")
-                    outputs.add(output)
-                    files.append(output)
+                files.append(stdio(fd, spec, outputs))
             elif network is not None:
                 try:
                     files.append(network.socket(fd, spec))
@@ -116,35 +217,44 @@ class KeepRuntime:
                 raise LaunchError(f"files[{fd}] has unknown kind {spec.kind!r}")
         if network is not None:
             network.start()
-        deadline = None if launch.terms.timeout is None else time.monotonic() + launch.terms.timeout  # as run() sets it
-        if launch.terms.dirs:
+        deadline = None if terms.timeout is None else time.monotonic() + terms.timeout  # as _run() sets it
+        if terms.dirs:
             from motte.keep.wasi.remote_fs import HostFsClient, RemoteDir
 
-            for guest, stream in zip(launch.terms.dirs, launch.streams.dirs, strict=True):
+            for guest, stream in zip(terms.dirs, dir_streams, strict=True):
                 client = HostFsClient(self.endpoint, stream, deadline)
                 self.hostfs_clients.append(client)
                 files.append(RemoteDir.preopen(client, guest))
-        return files
+        return files, chain_pem
 
     def run(self, launch: Launch) -> Exit:
+        """Run what the host launched."""
         wasm = self._receive_wasm(launch)
-        started = time.monotonic()
+        cache_dir = launch.streams.cache_dir if self.allow_host_cache else None
+        return self._run(launch.terms, wasm, self._channel_stdio(launch), cache_dir=cache_dir,
+                         dir_streams=launch.streams.dirs)
+
+    def _run(self, terms: LaunchTerms, wasm: bytes, stdio: StdioFiles, *, cache_dir: str | None,
+             dir_streams: tuple[int, ...] = (), env: dict[str, str] | None = None,
+             started: Callable[[bytes | None], None] | None = None) -> Exit:
+        began = time.monotonic()
         try:
-            interruptible = launch.terms.timeout is not None
-            memory_limit = MemoryLimit(launch.terms.memory_limit)
+            interruptible = terms.timeout is not None
+            memory_limit = MemoryLimit(terms.memory_limit)
             engine = make_engine(interruptible, memory_limit)
-            cache_dir = launch.streams.cache_dir if self.allow_host_cache else None
             cache = ModuleCache(cache_dir, engine_settings(interruptible))
-            compiled = cache.load(engine, wasm, launch.terms.wasm_sha256)
+            compiled = cache.load(engine, wasm, terms.wasm_sha256)
         except wasmtime.WasmtimeError as exc:
             raise LaunchError(f"not a valid WebAssembly module: {_first_line(exc)}") from None
-        compile_us = round((time.monotonic() - started) * 1e6)
+        compile_us = round((time.monotonic() - began) * 1e6)
         outputs = ChannelOutputs()
-        files = self._files(launch, outputs)
+        files, chain_pem = self._files(terms, stdio, outputs, dir_streams)
+        if started is not None:
+            started(chain_pem)
         memory = GuestMemory()
-        deadline = None if launch.terms.timeout is None else time.monotonic() + launch.terms.timeout
+        deadline = None if terms.timeout is None else time.monotonic() + terms.timeout
         wasi = Preview1(
-            [ARGV0, *launch.terms.config.args], launch.terms.config.workload_env(), files, memory,
+            [ARGV0, *terms.config.args], {**terms.config.workload_env(), **(env or {})}, files, memory,
             deadline=deadline, before_block=outputs.flush_all,
         )
         linker = wasmtime.Linker(engine)
@@ -154,17 +264,17 @@ class KeepRuntime:
         wasi.register(host)
         store = wasmtime.Store(engine)
         timer = None
-        if launch.terms.timeout is not None:
+        if terms.timeout is not None:
             store.set_epoch_deadline(1)
-            timer = threading.Timer(launch.terms.timeout, engine.increment_epoch)
+            timer = threading.Timer(terms.timeout, engine.increment_epoch)
             timer.daemon = True
             timer.start()
         outputs.start()
         try:
-            outcome = self._execute(store, linker, host, compiled.module, memory, launch)
+            outcome = self._execute(store, linker, host, compiled.module, memory, terms)
             if memory_limit.refused and outcome.reason in ("exit", "trap"):
                 how = f"exited with status {outcome.status}" if outcome.reason == "exit" else "trapped"
-                outcome = _memory_outcome(launch, f"a memory.grow was refused and the workload then {how}")
+                outcome = _memory_outcome(terms, f"a memory.grow was refused and the workload then {how}")
         finally:
             if timer is not None:
                 timer.cancel()
@@ -181,11 +291,11 @@ class KeepRuntime:
         return outcome
 
     def _execute(self, store: wasmtime.Store, linker: wasmtime.Linker, host: HostFunctions,
-                 module: wasmtime.Module, memory: GuestMemory, launch: Launch) -> Exit:
+                 module: wasmtime.Module, memory: GuestMemory, terms: LaunchTerms) -> Exit:
         try:
             instance = linker.instantiate(store, module)
         except wasmtime.Trap as exc:
-            return _classify_trap(exc, host, launch)
+            return _classify_trap(exc, host, terms)
         except wasmtime.WasmtimeError as exc:
             text = _first_line(exc)
             hint = "raise --max-memory" if "exceeds the memory limit" in text else None
@@ -203,33 +313,33 @@ class KeepRuntime:
         try:
             start(store)
         except wasmtime.Trap as exc:
-            return _classify_trap(exc, host, launch)
+            return _classify_trap(exc, host, terms)
         except wasmtime.WasmtimeError as exc:
             pending = host.take_pending()
             if isinstance(pending, HostTrap):
-                return _ended(pending.outcome, launch)
+                return _ended(pending.outcome, terms)
             return Exit(EXIT_TRAP, "trap", _first_line(exc))
-        return _ended(ProcExit(0), launch)
+        return _ended(ProcExit(0), terms)
 
 
-def _ended(how: object, launch: Launch) -> Exit:
+def _ended(how: object, terms: LaunchTerms) -> Exit:
     """The outcome of a deliberate end: proc_exit, the deadline, or the memory cap."""
     if isinstance(how, DeadlineHit):
-        return _timeout(launch)
+        return _timeout(terms)
     if isinstance(how, MemoryRefused):
-        return _memory_outcome(launch, f"a memory.grow to {how.wanted} bytes was refused")
+        return _memory_outcome(terms, f"a memory.grow to {how.wanted} bytes was refused")
     assert isinstance(how, ProcExit)
     if how.status > 255:
         return Exit(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {how.status}, beyond 255")
     return Exit(how.status, "exit")
 
 
-def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, launch: Launch) -> Exit:
+def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, terms: LaunchTerms) -> Exit:
     pending = host.take_pending()
     if isinstance(pending, HostTrap):
-        return _ended(pending.outcome, launch)
+        return _ended(pending.outcome, terms)
     if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
-        return _timeout(launch)
+        return _timeout(terms)
     backtrace = tuple(_frame_text(i, frame) for i, frame in enumerate(trap.frames[:MAX_BACKTRACE]))
     cause = _trap_cause(trap.message)
     if pending is not None:
@@ -237,16 +347,16 @@ def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, launch: Launch) -> 
     return Exit(EXIT_TRAP, "trap", cause, backtrace)
 
 
-def _timeout(launch: Launch) -> Exit:
-    return Exit(EXIT_TIMEOUT, "timeout", f"the workload ran past its {launch.terms.timeout:g} s deadline")
+def _timeout(terms: LaunchTerms) -> Exit:
+    return Exit(EXIT_TIMEOUT, "timeout", f"the workload ran past its {terms.timeout:g} s deadline")
 
 
 class MemoryRefused(NamedTuple):
     wanted: int  # bytes the refused grow asked for
 
 
-def _memory_outcome(launch: Launch, then: str) -> Exit:
-    mib = launch.terms.memory_limit / (1 << 20)
+def _memory_outcome(terms: LaunchTerms, then: str) -> Exit:
+    mib = terms.memory_limit / (1 << 20)
     return Exit(EXIT_MEMORY, "memory", f"the workload reached its memory limit of {mib:g} MiB; {then}")
 
 

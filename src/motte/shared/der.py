@@ -71,6 +71,18 @@ def der_utf8(text: str) -> bytes:
     return der_tlv(TAG_UTF8STRING, text.encode("utf-8"))
 
 
+def der_oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER from its dotted form."""
+    arcs = [int(arc) for arc in dotted.split(".")]
+    content = bytearray()
+    for value in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [value & 0x7F]
+        while value := value >> 7:
+            chunk.append(0x80 | (value & 0x7F))
+        content += bytes(reversed(chunk))
+    return der_tlv(TAG_OID, bytes(content))
+
+
 # --- reading -------------------------------------------------------------------------------------
 class Tlv(NamedTuple):
     tag: int
