@@ -81,6 +81,14 @@ class TenantSession:
             with self._lock:
                 self.pipe.feed(ciphertext)
                 self._write(self.pipe.handshake(), deadline)
+        self._take(self.pipe.feed(b""))  # what came with the handshake's last flight
+
+    def _take(self, plain: bytes) -> None:
+        for message in self._reader.feed(plain):
+            self.order.received(message)
+            if isinstance(message, Abort):
+                raise ProvisionError(f"the tenant ended the session: {message.message}")
+            self._inbox.append(message)
 
     def receive(self, deadline: float | None) -> Message:
         """The tenant's next message (checked against the order)."""
@@ -89,9 +97,7 @@ class TenantSession:
             with self._lock:
                 plain = self.pipe.feed(ciphertext)
                 self._write(self.pipe.outgoing(), deadline)
-            for message in self._reader.feed(plain):
-                self.order.received(message)
-                self._inbox.append(message)
+            self._take(plain)
             if self.pipe.peer_closed and not self._inbox:
                 raise ProvisionError("the tenant closed the session")
         return self._inbox.popleft()
@@ -136,8 +142,6 @@ class TenantSession:
                 message = self.receive(None)
                 if isinstance(message, Detach):
                     self.detached = True
-                elif isinstance(message, Abort):
-                    break
         except MotteError:
             pass
         self.gone = True
@@ -202,7 +206,7 @@ def _provision(session: TenantSession, provision: Provision, source: EvidenceSou
     deploy = session.receive(deadline)
     assert isinstance(deploy, Deploy)
     wasm = bytearray()
-    while session.order.state == "sending":
+    while len(wasm) < deploy.wasm_size:  # (the order refuses more than announced)
         chunk = session.receive(deadline)
         assert isinstance(chunk, Output)
         wasm += chunk.data

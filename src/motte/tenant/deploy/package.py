@@ -1,0 +1,70 @@
+"""What the tenant deploys: a ``.wasm``, or a folder with ``main.wasm`` and ``Enarx.toml`` (the
+layout of an Enarx package), with the CA bundles its config names read from that folder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+from motte.host.enarx_toml import parse_enarx_toml
+from motte.host.net_config import read_network_files
+from motte.shared.control import MAX_WASM_SIZE
+from motte.shared.enarx_config import WorkloadConfig
+from motte.shared.errors import MotteError
+
+MAIN_WASM = "main.wasm"
+CONFIG_NAME = "Enarx.toml"
+MAX_CONFIG = 1 << 20
+
+
+class PackageError(MotteError):
+    """The package cannot be deployed as it is."""
+
+
+class Package(NamedTuple):
+    wasm: bytes
+    config: WorkloadConfig
+    ca_bundles: dict[int, str]  # TLS connect fd -> PEM
+    steward_ca: str | None
+    source: str  # what the user named, for messages
+
+    @property
+    def wasm_sha256(self) -> str:
+        return hashlib.sha256(self.wasm).hexdigest()
+
+
+def load_package(path: Path) -> Package:
+    """Read a package from ``path`` (a file or a folder), or fail with one line saying what is wrong."""
+    if path.is_dir():
+        wasm_path, config_path = path / MAIN_WASM, path / CONFIG_NAME
+        if not wasm_path.is_file():
+            raise PackageError(f"{path}: the package has no {MAIN_WASM}",
+                               hint=f"a package folder holds {MAIN_WASM} and, optionally, {CONFIG_NAME}")
+    elif path.exists():
+        wasm_path, config_path = path, None
+    else:
+        raise PackageError(f"{path}: no such file or folder")
+    wasm = _read(wasm_path, MAX_WASM_SIZE, "workload")
+    if wasm[:4] != b"\0asm":
+        raise PackageError(f"{wasm_path}: not a WebAssembly module (it does not start with \\0asm)")
+    if config_path is None or not config_path.exists():
+        return Package(wasm, WorkloadConfig(), {}, None, str(path))
+    text = _read(config_path, MAX_CONFIG, "config")
+    try:
+        config = parse_enarx_toml(text.decode("utf-8"), source=str(config_path))
+    except UnicodeDecodeError:
+        raise PackageError(f"{config_path}: not UTF-8 text") from None
+    files = read_network_files(config, path)
+    return Package(wasm, config, files.ca_bundles, files.steward_ca, str(path))
+
+
+def _read(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise PackageError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise PackageError(f"{path}: the {what} is larger than {limit} bytes")
+    return data

@@ -1,0 +1,71 @@
+"""The tenant's deploy policy (``motte deploy --policy tenant.toml``): which keeps it trusts.
+
+TOML; every key is checked::
+
+    allow_unattested = false   # accept nil and kvm keeps, which offer no evidence? Their host can
+                               # read the workload, its secrets and its output: development only.
+
+    [attestation]              # the verifier's policy: the keys of `motte attest verify --policy`
+    [attestation.snp]
+    measurements = ["<96 hex>"]
+
+Strict by default: no unattested keeps, no debug keeps, no measurement that is not pinned.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import NamedTuple
+
+from motte.shared.errors import MotteError
+from motte.tenant.attest.policy import Policy, PolicyError, policy_from_table
+
+KEYS = ("allow_unattested", "attestation")
+MAX_POLICY = 1 << 20
+
+
+class TenantPolicyError(MotteError):
+    """The tenant policy file is wrong; the message names the key."""
+
+
+class TenantPolicy(NamedTuple):
+    attestation: Policy
+    allow_unattested: bool = False
+
+
+def load_tenant_policy(text: str, source: str = "policy") -> TenantPolicy:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TenantPolicyError(f"{source}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise TenantPolicyError(f"{source}: unknown key {unknown[0]!r}", hint=f"known keys: {', '.join(KEYS)}")
+    allow = data.get("allow_unattested", False)
+    if not isinstance(allow, bool):
+        raise TenantPolicyError(f"{source}: allow_unattested: expected true or false")
+    table = data.get("attestation", {})
+    if not isinstance(table, dict):
+        raise TenantPolicyError(f"{source}: attestation: expected a table")
+    try:
+        attestation = policy_from_table(table, "attestation")
+    except PolicyError as exc:
+        raise TenantPolicyError(f"{source}: {exc}") from None
+    return TenantPolicy(attestation, allow)
+
+
+def read_tenant_policy(path: Path) -> TenantPolicy:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_POLICY + 1)
+    except FileNotFoundError:
+        raise TenantPolicyError(f"policy file not found: {path}") from None
+    except OSError as exc:
+        raise TenantPolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_POLICY:
+        raise TenantPolicyError(f"policy file {path} is larger than {MAX_POLICY} bytes")
+    try:
+        return load_tenant_policy(raw.decode("utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise TenantPolicyError(f"policy file {path} is not UTF-8 text") from None

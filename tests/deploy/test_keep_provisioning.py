@@ -1,0 +1,87 @@
+"""The keep's side of ``motte deploy`` on a real nil keep: the tenant's session through a relay
+that sees only ciphertext, the evidence bound to the session, the workload's output and exit
+reaching the tenant only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from motte.host.backends.base import KeepHandle, LaunchSpec
+from motte.host.backends.nil import NilBackend
+from motte.shared.control import Provision
+from motte.shared.provision import Frame, Secret
+from motte.tenant.deploy.package import load_package
+from motte.tenant.deploy.policy import load_tenant_policy
+from motte.tenant.deploy.session import Limits, deploy
+from motte.tenant.deploy.verify import KeepRefused
+from tests.deploy.harness import ProvisionedHost
+from tests.workloads import workload
+
+DEV = load_tenant_policy("allow_unattested = true\n")
+STRICT = load_tenant_policy("")
+MEMORY = 256 << 20
+
+
+@pytest.fixture
+def keep() -> Iterator[KeepHandle]:
+    handle = NilBackend().launch(LaunchSpec(memory_bytes=MEMORY))
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+STDIO = '[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "stderr"\n'
+
+
+def package_dir(tmp_path: Path, name: str, toml: str = "") -> Path:
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "main.wasm").write_bytes(workload(name).read_bytes())
+    if toml:
+        (folder / "Enarx.toml").write_text(toml)
+    return folder
+
+
+def test_deploy_runs_the_workload_and_only_the_tenant_sees_it(keep: KeepHandle, tmp_path: Path) -> None:
+    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    tap: list[bytes] = []
+    package = load_package(package_dir(tmp_path, "args_env", 'args = ["one"]\n[env]\nPLAIN = "visible"\n' + STDIO))
+    out: list[tuple[Frame, bytes]] = []
+    outcome = asyncio.run(deploy(host.session(tap), package, DEV, Limits(MEMORY),
+                                 secrets=(Secret("env", "API_KEY", b"s3cr3t-value"),),
+                                 output=lambda frame, data: out.append((frame, data))))
+    assert outcome.exit is not None and outcome.exit.status == 0
+    stdout = b"".join(data for frame, data in out if frame is Frame.STDOUT)
+    assert b"argv[1]=one\n" in stdout and b"env:API_KEY=s3cr3t-value\n" in stdout
+    assert outcome.started.workload_sha256 == package.wasm_sha256
+    exit_to_host = host.join()
+    assert (exit_to_host.status, exit_to_host.reason, exit_to_host.message) == (0, "exit", "")
+    relayed = b"".join(tap)
+    for secret in (b"s3cr3t-value", b"argv[1]=one", package.wasm[100:164], b"visible"):
+        assert secret not in relayed
+    assert host.serve is not None and host.serve.config.env == {} and host.serve.config.args == ()
+
+
+def test_a_strict_policy_refuses_an_unattested_keep_and_sends_nothing(keep: KeepHandle, tmp_path: Path) -> None:
+    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=2_000, memory_limit=MEMORY))
+    tap: list[bytes] = []
+    package = load_package(package_dir(tmp_path, "hello"))
+    with pytest.raises(KeepRefused, match="unattested_refused"):
+        asyncio.run(deploy(host.session(tap), package, STRICT, Limits(MEMORY), output=lambda f, d: None))
+    assert sum(map(len, tap)) < 8192  # the handshake and the challenge, never the workload
+    exit_to_host = host.join()
+    assert exit_to_host.reason == "error"
+
+
+def test_limits_other_than_asked_are_caught(keep: KeepHandle, tmp_path: Path) -> None:
+    from motte.tenant.deploy.session import LaunchMismatch
+
+    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY // 2))
+    package = load_package(package_dir(tmp_path, "hello"))
+    with pytest.raises(LaunchMismatch, match="launch terms other than the tenant's"):
+        asyncio.run(deploy(host.session(), package, DEV, Limits(MEMORY), output=lambda f, d: None))
