@@ -40,6 +40,7 @@ class KeepRuntime:
         self.backend = backend  # chooses the evidence source when the config names a Steward
         self.hostfs_clients: list[HostFsClient] = []  # one per served directory
         self.conversation = Conversation("keep")
+        self.workload_sha256 = b""  # of the workload bytes as they arrived: what the keep's identity binds
 
     def report(self, message: ControlMessage) -> None:
         """Send a control message to the host, once the sequence allows it."""
@@ -79,7 +80,8 @@ class KeepRuntime:
         if len(chunks) != size:
             raise LaunchError(f"workload truncated: {len(chunks)} of {size} bytes arrived")
         wasm = bytes(chunks)
-        if hashlib.sha256(wasm).hexdigest() != launch.terms.wasm_sha256:
+        self.workload_sha256 = hashlib.sha256(wasm).digest()
+        if self.workload_sha256.hex() != launch.terms.wasm_sha256:
             raise LaunchError("workload digest mismatch: the bytes that arrived are not the ones announced")
         return wasm
 
@@ -93,8 +95,11 @@ class KeepRuntime:
             network = NetworkSetup(self.endpoint, launch.terms.ca_bundles, report=self.report,
                                    on_block=outputs.flush_all)
             if steward is not None:
+                from motte.shared.binding import KeepClaims
+
                 # Before the workload starts: without the Steward's certificate it does not run.
-                network.use_steward(steward, self.backend, launch.terms.steward_ca)
+                claims = KeepClaims.of(self.workload_sha256, launch.terms)
+                network.use_steward(steward, self.backend, launch.terms.steward_ca, claims=claims)
         for fd, spec in enumerate(launch.terms.config.files):
             if spec.kind == "null":
                 files.append(NullFile())

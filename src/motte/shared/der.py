@@ -71,6 +71,21 @@ def der_utf8(text: str) -> bytes:
     return der_tlv(TAG_UTF8STRING, text.encode("utf-8"))
 
 
+def der_oid(dotted: str) -> bytes:
+    """The OBJECT IDENTIFIER TLV of a dotted OID such as ``1.3.6.1.4.1.58270.3.1``."""
+    parts = dotted.split(".")
+    arcs = [int(part) for part in parts if part.isascii() and part.isdigit()]
+    if len(arcs) != len(parts) or len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
+        raise DerError(f"not a dotted OID: {dotted!r}")
+    content = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        while arc := arc >> 7:
+            chunk.append(0x80 | (arc & 0x7F))
+        content += bytes(reversed(chunk))
+    return der_tlv(TAG_OID, bytes(content))
+
+
 # --- reading -------------------------------------------------------------------------------------
 class Tlv(NamedTuple):
     tag: int
