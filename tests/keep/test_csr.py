@@ -21,6 +21,7 @@ from motte.keep.csr import (
     generate_key,
 )
 from motte.keep.evidence import Evidence, NoEvidence
+from motte.shared.binding import KeepClaims, csr_report_data
 from motte.shared.der import DerReader
 from motte.shared.errors import MotteError
 from motte.shared.steward_http import ResponseReader, build_request, parse_steward_url
@@ -28,6 +29,7 @@ from motte.shared.steward_protocol import (
     StewardProtocolError,
     decode_chain,
     encode_chain,
+    key_binding,
     read_csr_info,
     read_extensions,
 )
@@ -241,3 +243,33 @@ def test_steward_exchange_is_the_whole_client_side_without_io() -> None:
     cut.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n")
     with pytest.raises(StewardProtocolError, match="closed before"):
         cut.receive(b"")
+
+
+# --- the binding extensions ------------------------------------------------------------------------
+CLAIMS = KeepClaims(b"\x11" * 32, b"\x22" * 32, (("connect 3 upstream", b"\x33" * 32), ("steward", b"\x44" * 32)))
+
+
+@pytest.mark.parametrize("technology", ["snp", "tdx", "kvm"])
+def test_claims_ride_in_the_csr_after_the_evidence_and_in_its_report_data(technology: str) -> None:
+    source = Recording(technology, b"" if technology == "kvm" else b"\x30\x00")
+    request = certificate_request(source, claims=CLAIMS)
+    assert source.asked == [csr_report_data(spki(request.key), technology, CLAIMS.extensions())]
+    assert request.report_data == source.asked[0] != key_binding(spki(request.key), technology)
+    csr = x509.load_der_x509_csr(request.csr)
+    assert csr.is_signature_valid and csr.subject == x509.Name([])
+    info = read_csr_info(csr.tbs_certrequest_bytes)
+    ((oid, values),) = info.attributes  # still exactly one attribute: extensionRequest
+    assert oid == "1.2.840.113549.1.9.14" and len(values) == 1
+    evidence, *bound = read_extensions(values[0])
+    assert (evidence.oid, evidence.critical, evidence.value) == (source.collect(bytes(64)).oid, False, source.value)
+    assert [(e.oid, e.critical, e.value) for e in bound] == [(oid, False, value) for oid, value in CLAIMS.extensions()]
+    assert [e.oid for e in bound] == ["1.3.6.1.4.1.58270.3.1", "1.3.6.1.4.1.58270.3.2", "1.3.6.1.4.1.58270.3.3"]
+
+
+def test_without_claims_the_csr_is_enarx_s() -> None:
+    key = generate_key("kvm")
+    assert build_csr(key, Evidence("kvm", b""), None) != build_csr(key, Evidence("kvm", b""), CLAIMS)
+    request = certificate_request(NoEvidence(), key)
+    assert request.claims is None and request.report_data == key_binding(spki(key), "kvm")
+    (ext,) = list(x509.load_der_x509_csr(request.csr).extensions)
+    assert ext.oid.dotted_string == "1.3.6.1.4.1.58270.1.1"

@@ -121,7 +121,8 @@ def test_a_keep_that_refuses_the_launch_still_reports_its_exit() -> None:
 
 
 @pytest.mark.parametrize(("role", "before", "data", "error"), [
-    ("keep", [], {"op": "bye"}, r"the host sent 'bye' out of turn \(awaiting launch: it may send 'launch' or 'provision'\)"),
+    ("keep", [], {"op": "bye"},
+     r"the host sent 'bye' out of turn \(awaiting launch: it may send 'launch' or 'provision'\)"),
     ("host", [LAUNCH], {"op": "launch"}, r"the keep sent 'launch' out of turn"),
     ("keep", [LAUNCH], LAUNCH.to_message(), r"the host sent 'launch' out of turn \(running: it may send nothing\)"),
     ("host", [LAUNCH], {"op": "exited"}, r"the keep sent an unknown control message 'exited'"),

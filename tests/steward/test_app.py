@@ -16,11 +16,12 @@ from cryptography import x509
 
 from motte.keep.csr import accept_response, certificate_request
 from motte.keep.evidence import NoEvidence
+from motte.shared.binding import KeepClaims
 from motte.shared.steward_certs import read_attestation
 from motte.shared.steward_protocol import decode_chain
 from motte.steward.issuer import CertificateAuthority
 from motte.steward.log import read_events
-from motte.steward.policy import StewardPolicy
+from motte.steward.policy import StewardPolicy, load_steward_policy
 from tests.steward.conftest import StewardHandle
 
 Start = Callable[..., StewardHandle]
@@ -153,3 +154,23 @@ def test_worker_processes_issue_and_a_dead_worker_is_replaced(steward: Start) ->
     assert status == 200, body
     assert handle.service._pool is not pool
     assert [e["status"] for e in events(handle)] == [200, 200]
+
+
+def test_the_log_records_the_workload_and_launch_of_each_issuance_and_refusal(steward: Start) -> None:
+    claims_a = KeepClaims(b"\xaa" * 32, b"\x0a" * 32)
+    claims_b = KeepClaims(b"\xbb" * 32, b"\x0b" * 32)
+    policy = load_steward_policy(f'allow_unattested = true\nworkloads = ["{claims_a.workload_sha256.hex()}"]\n')
+    handle = steward(policy, workers=1)  # the claims cross the worker process boundary and back
+    request = certificate_request(NoEvidence(), claims=claims_a)
+    status, _, body = handle.post(request.csr)
+    assert status == 200 and read_attestation(accept_response(request, status, body).leaf).keep_claims == claims_a
+    status, headers, body = handle.post(certificate_request(NoEvidence(), claims=claims_b).csr)
+    assert (status, headers["motte-reason"]) == (400, "workload_not_allowed")
+    expected = f"workload_not_allowed: workload digest {'bb' * 32} is not in this Steward's policy's workloads\n"
+    assert body.decode() == expected
+    assert handle.post(certificate_request(NoEvidence()).csr)[0] == 400  # no claims: nothing to log for them
+    assert [(e["verdict"], e["workload_sha256"], e["launch_sha256"]) for e in events(handle)] == [
+        ("issued", "aa" * 32, "0a" * 32),
+        ("refused", "bb" * 32, "0b" * 32),
+        ("refused", None, None),
+    ]

@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from motte.keep.csr import build_csr, certificate_request, generate_key
+from motte.keep.csr import build_csr, certificate_request, generate_key, report_data
 from motte.keep.evidence import Evidence, NoEvidence
 from motte.keep.evidence.encoding import encode_dcap_evidence, encode_snp_evidence
 from motte.keep.evidence.snp import SnpEvidenceSource
+from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
 from motte.shared.steward_certs import read_attestation, spki_der
 from motte.shared.steward_protocol import key_binding
@@ -182,6 +183,105 @@ def test_issued_certificates_say_what_was_attested(platform: FakeSnp, ca: Certif
     unattested = check_request(certificate_request(NoEvidence()).csr, policy=ALLOW_KVM, now=NOW)
     att = read_attestation(ca.issue(unattested, now=now, lifetime=ALLOW_KVM.lifetime))
     assert (att.technology, att.attested, att.claims) == ("none", False, {"attested": False})
+
+
+# --- the binding extensions: the workload and launch the keep was given ------------------------------
+WORKLOAD_A, WORKLOAD_B = hashlib.sha256(b"workload A").digest(), hashlib.sha256(b"workload B").digest()
+LAUNCH = hashlib.sha256(b"launch").digest()
+BINDING_ARC = "1.3.6.1.4.1.58270.3."
+CLAIMS_A = KeepClaims(WORKLOAD_A, LAUNCH, (("steward", hashlib.sha256(b"pem").digest()),))
+
+
+def bound_snp_csr(platform: FakeSnp, evidence_claims: KeepClaims | None, csr_claims: KeepClaims | None) -> bytes:
+    """A CSR carrying ``csr_claims`` whose SNP report binds its key and ``evidence_claims``."""
+    key = generate_key("snp")
+    report = platform.report(report_data(key, "snp", evidence_claims))
+    return build_csr(key, Evidence("snp", encode_snp_evidence(platform.vcek, [], report)), csr_claims)
+
+
+def pinning(**lists: list[str]) -> StewardPolicy:
+    pins = "".join(f"{key} = {values!r}\n".replace("'", '"') for key, values in lists.items())
+    return load_steward_policy(pins + f'[attestation.snp]\nmeasurements = ["{MEASUREMENT.hex()}"]\n')
+
+
+def test_snp_evidence_binding_the_claims_is_attested_and_they_reach_the_certificate(
+    platform: FakeSnp, ca: CertificateAuthority
+) -> None:
+    csr = bound_snp_csr(platform, CLAIMS_A, CLAIMS_A)
+    attested = check_request(csr, policy=PINNED, now=NOW, amd_trust=platform.trust())
+    assert attested.keep_claims == CLAIMS_A and attested.measurement == MEASUREMENT
+    cert = ca.issue(attested, now=datetime.now(UTC), lifetime=PINNED.lifetime)
+    requested = [e for e in x509.load_der_x509_csr(csr).extensions if e.oid.dotted_string.startswith(BINDING_ARC)]
+    issued = [e for e in cert.extensions if e.oid.dotted_string.startswith(BINDING_ARC)]
+    assert len(requested) == 3 and [(e.oid, e.critical, e.value) for e in issued] == [
+        (e.oid, e.critical, e.value) for e in requested
+    ]  # verbatim: same OIDs, same DER values, non-critical
+    assert read_attestation(cert).keep_claims == CLAIMS_A
+
+
+def test_claims_changed_after_the_evidence_was_made_are_refused(platform: FakeSnp) -> None:
+    trust = platform.trust()
+    swapped = CLAIMS_A._replace(workload_sha256=WORKLOAD_B)
+    for evidence_claims, csr_claims in ((CLAIMS_A, swapped), (CLAIMS_A, None), (None, CLAIMS_A),
+                                        (CLAIMS_A, CLAIMS_A._replace(trust_anchors=()))):
+        err = refused(bound_snp_csr(platform, evidence_claims, csr_claims), PINNED, amd_trust=trust)
+        assert (err.status, err.reason) == (400, "policy_report_data"), (evidence_claims, csr_claims)
+        assert err.keep_claims == csr_claims  # the log records what the CSR claimed
+
+
+def test_the_policy_pins_workloads_and_launches(platform: FakeSnp) -> None:
+    trust = platform.trust()
+    csr_a = bound_snp_csr(platform, CLAIMS_A, CLAIMS_A)
+    claims_b = CLAIMS_A._replace(workload_sha256=WORKLOAD_B)
+    csr_b = bound_snp_csr(platform, claims_b, claims_b)
+    only_a = pinning(workloads=[WORKLOAD_A.hex().upper()])  # either case
+    assert check_request(csr_a, policy=only_a, now=NOW, amd_trust=trust).keep_claims == CLAIMS_A
+    err = refused(csr_b, only_a, amd_trust=trust)
+    assert (err.status, err.reason, err.technology) == (400, "workload_not_allowed", "snp")
+    assert WORKLOAD_B.hex() in err.message and err.claims is not None and err.keep_claims is not None
+    assert refused(bound_snp_csr(platform, None, None), only_a, amd_trust=trust).reason == "workload_not_allowed"
+    assert refused(csr_a, pinning(workloads=[]), amd_trust=trust).reason == "workload_not_allowed"
+    assert check_request(csr_a, policy=pinning(launches=[LAUNCH.hex()]), now=NOW, amd_trust=trust)
+    err = refused(csr_a, pinning(workloads=[WORKLOAD_A.hex()], launches=["00" * 32]), amd_trust=trust)
+    assert (err.reason, LAUNCH.hex() in err.message) == ("launch_not_allowed", True)
+    # a pinned workload in a keep of another measurement is still refused
+    pins = f'workloads = ["{WORKLOAD_A.hex()}"]\n[attestation.snp]\nmeasurements = ["{"cd" * 48}"]\n'
+    other = load_steward_policy(pins)
+    assert refused(csr_a, other, amd_trust=trust).reason == "policy_measurement"
+
+
+def test_an_unattested_keep_s_claims_are_its_word_only(ca: CertificateAuthority) -> None:
+    request = certificate_request(NoEvidence(), claims=CLAIMS_A)
+    attested = check_request(request.csr, policy=ALLOW_KVM, now=NOW)
+    assert (attested.technology, attested.keep_claims) == ("none", CLAIMS_A)
+    att = read_attestation(ca.issue(attested, now=datetime.now(UTC), lifetime=ALLOW_KVM.lifetime))
+    assert (att.technology, att.attested, att.keep_claims) == ("none", False, CLAIMS_A)
+    pinned = load_steward_policy(f'allow_unattested = true\nworkloads = ["{WORKLOAD_B.hex()}"]\n')
+    err = refused(request.csr, pinned)
+    assert (err.reason, err.technology, err.keep_claims) == ("workload_not_allowed", "none", CLAIMS_A)
+    assert refused(request.csr, STRICT).keep_claims == CLAIMS_A  # 401 unattested_refused, claims logged
+
+
+def test_binding_extension_shape_rules() -> None:
+    key = generate_key("kvm")
+    (workload, launch, anchors) = [(oid, value, False) for oid, value in CLAIMS_A.extensions()]
+    evidence = (KVM, b"", False)
+
+    def reason(extensions: list[tuple[str, bytes, bool]]) -> tuple[int, str]:
+        err = refused(make_csr(key, extensions))
+        return err.status, err.reason
+
+    assert check_request(make_csr(key, [evidence, workload, launch]), policy=ALLOW_KVM, now=NOW).keep_claims
+    assert reason([workload, launch]) == (401, "no_evidence")  # binding extensions, no evidence
+    assert reason([workload, evidence, launch]) == (400, "csr_attributes")  # the evidence comes first
+    assert reason([evidence, workload, (launch[0], launch[1], True)]) == (400, "csr_attributes")  # critical
+    assert reason([evidence, workload, launch, ("1.3.6.1.4.1.58270.3.4", b"\x04\x00", False)]) == (
+        400, "csr_attributes")  # not a claim this Steward knows
+    assert reason([evidence, workload, launch, ("2.5.29.17", b"\x30\x00", False)]) == (400, "csr_attributes")
+    assert reason([evidence, launch, workload]) == (400, "malformed_csr")  # out of OID order
+    assert reason([evidence, workload]) == (400, "malformed_csr")  # no launch digest
+    assert reason([evidence, workload, launch, (anchors[0], b"\x30\x00", False)]) == (400, "malformed_csr")
+    assert reason([evidence, (workload[0], b"\x04\x01\x00", False), launch]) == (400, "malformed_csr")
 
 
 # --- TDX evidence, on the real quote -----------------------------------------------------------------

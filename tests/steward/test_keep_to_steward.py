@@ -8,6 +8,7 @@ CA that the keep trusts through ``steward_ca``.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import ssl
@@ -25,11 +26,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from motte.shared.binding import KeepClaims
 from motte.shared.steward_certs import read_attestation
 from motte.shared.steward_protocol import UNATTESTED
 from motte.steward.app import StewardConfig, StewardService
 from motte.steward.issuer import CertificateAuthority, new_ca
-from motte.steward.log import AuditLog
+from motte.steward.log import AuditLog, read_events
 from motte.steward.policy import load_steward_policy
 from tests.net.conftest import STDIO, Served, free_port, listen_toml
 from tests.steward.conftest import running
@@ -126,6 +128,48 @@ def test_keep_serves_the_stewards_certificate(ca: CertificateAuthority, steward_
     attestation = read_attestation(leaf)
     assert attestation.technology == UNATTESTED  # a nil or kvm keep: KVM evidence, admitted by this policy
     assert not attestation.attested
+    assert attestation.keep_claims is not None  # the keep's word only, here: nothing attests it
+    assert attestation.keep_claims.workload_sha256 == hashlib.sha256(workload("http_hello").read_bytes()).digest()
+
+
+def served_claims(tmp_path: Path, ca: CertificateAuthority, toml: str, port: int, arg: str) -> KeepClaims | None:
+    """Run http_hello on nil with ``toml`` (listening on ``port``) and ``arg``; what the certificate
+    it serves says it runs."""
+    served = Served(tmp_path, "http_hello", toml, arg, backend="nil")
+    try:
+        served.expect("listening")
+        _, leaf = get(port, trusting(ca.cert))
+        served.expect("served 1")
+        assert served.wait() == 0, served.stderr
+    finally:
+        served.stop()
+    return read_attestation(leaf).keep_claims
+
+
+def test_the_keep_s_certificate_names_the_workload_and_the_launch_it_runs(ca: CertificateAuthority,
+                                                                          steward_tls: StewardTls,
+                                                                          tmp_path: Path) -> None:
+    from motte.host.enarx_toml import parse_enarx_toml
+    from motte.shared.control import LaunchTerms
+
+    ca_path, context = steward_tls
+    wasm = workload("http_hello").read_bytes()
+    with tls_steward(ca, context, 'allow_unattested = true\ndns_names = ["localhost"]\n', tmp_path / "log.db") as (
+            url, log):
+        port = free_port()
+        toml = steward_toml(url, ca_path, listen_toml(port))
+        first, again, other = (served_claims(tmp_path, ca, toml, port, arg) for arg in ("1", "1", "01"))
+    assert first is not None and again is not None and other is not None
+    assert first.workload_sha256 == hashlib.sha256(wasm).digest()  # the bytes the keep ran
+    # the launch the host sent, rebuilt here: the keep hashed exactly its canonical bytes
+    terms = LaunchTerms(len(wasm), hashlib.sha256(wasm).hexdigest(), parse_enarx_toml(toml).with_extra(args=["1"]),
+                        steward_ca=ca_path.read_text())
+    assert first.launch_sha256 == hashlib.sha256(terms.canonical_bytes()).digest()
+    assert first.trust_anchors == (("steward", hashlib.sha256(ca_path.read_bytes()).digest()),)
+    assert again == first  # the same workload and config: the same digests
+    assert other.workload_sha256 == first.workload_sha256 and other.launch_sha256 != first.launch_sha256
+    logged = [(e["workload_sha256"], e["launch_sha256"]) for e in read_events(log.path)]
+    assert logged == [(c.workload_sha256.hex(), c.launch_sha256.hex()) for c in (first, again, other)]
 
 
 def test_a_keep_without_steward_is_not_trusted_by_the_stewards_clients(ca: CertificateAuthority,

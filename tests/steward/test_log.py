@@ -81,3 +81,42 @@ def test_a_log_of_another_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version=7")
     with pytest.raises(LogError, match="schema version 7"):
         connect(tmp_path / "log.db")
+
+
+V1_SCHEMA = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('issued', 'refused')), status INTEGER NOT NULL,
+    reason TEXT, message TEXT, technology TEXT, evidence_sha256 TEXT, csr_sha256 TEXT, key_sha256 TEXT,
+    serial TEXT UNIQUE, not_after TEXT, claims TEXT, certificate BLOB, peer TEXT
+);
+CREATE INDEX events_evidence ON events (evidence_sha256);
+INSERT INTO events (at, verdict, status, serial, technology)
+    VALUES ('2024-01-01T00:00:00+00:00', 'issued', 200, '1', 'snp');
+PRAGMA user_version=1;
+"""
+
+
+def test_the_log_records_the_workload_and_launch_digests(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "log.db")
+    log.append_sync(Event(at="2025-01-01T00:00:00+00:00", verdict="refused", status=400,
+                          workload_sha256="aa" * 32, launch_sha256="bb" * 32))
+    log.close()
+    (row,) = read_events(tmp_path / "log.db")
+    assert (row["workload_sha256"], row["launch_sha256"]) == ("aa" * 32, "bb" * 32)
+
+
+def test_a_steward_upgraded_in_place_opens_and_extends_an_old_log(tmp_path: Path) -> None:
+    path = tmp_path / "steward.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+    (old,) = read_events(path)  # read before any upgrade: the new columns read as NULL
+    assert (old["serial"], old["workload_sha256"], old["launch_sha256"]) == ("1", None, None)
+    log = AuditLog(path)
+    log.append_sync(Event(at="2025-01-01T00:00:00+00:00", verdict="issued", status=200, serial="2",
+                          workload_sha256="aa" * 32, launch_sha256="bb" * 32))
+    log.close()
+    assert [(e["serial"], e["workload_sha256"]) for e in read_events(path)] == [("1", None), ("2", "aa" * 32)]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    AuditLog(path).close()  # and opens again, already current

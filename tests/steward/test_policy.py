@@ -39,9 +39,21 @@ def test_referenced_attestation_policy_is_relative_to_the_file(tmp_path: Path) -
         read_steward_policy(tmp_path / "steward.toml")
 
 
+def test_workloads_and_launches_pin_digests() -> None:
+    policy = load_steward_policy(f'workloads = ["{"AB" * 32}", "{"cd" * 32}"]\nlaunches = []\n')
+    assert policy.workloads == {"ab" * 32, "cd" * 32}  # stored lower-case
+    assert policy.launches == frozenset()  # set, and empty: no launch is allowed
+    assert load_steward_policy("").workloads is None and load_steward_policy("").launches is None  # any
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        ('workloads = ["abc"]', "workloads: expected a list of SHA-256 digests"),
+        (f'launches = ["{"g" * 64}"]', "launches: expected a list of SHA-256 digests"),
+        (f'workloads = "{"ab" * 32}"', "workloads: expected a list"),
+        ("launches = [1]", "launches: expected a list"),
+        ("workload = []", "unknown key 'workload'"),
         ("allow_unatested = true", "unknown key 'allow_unatested'"),
         ('allow_unattested = "yes"', "allow_unattested: expected true or false"),
         ("lifetime_days = 0", "lifetime_days"),

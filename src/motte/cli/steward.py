@@ -238,15 +238,25 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
         click.secho(f"verified: the certificate chains to the Steward CA in {ca_path} ({version})", fg="green")
     fields = ("subject", "issuer", "serial", "not_before", "not_after", "sha256", "technology", "measurement")
     rows = [
-        (key.replace("_", " "), str(result[key])) for key in (*fields, "evidence_sha256") if result[key] is not None
+        (key.replace("_", " "), str(result[key]))
+        for key in (*fields, "evidence_sha256", "workload_sha256", "launch_sha256")
+        if result[key] is not None
     ]
+    rows += [("trust anchor", f"{anchor['use']}: sha256 {anchor['sha256']}") for anchor in result["trust_anchors"]]
     for key, value in att.claims.items():
         if key != "technology" and value is not None:
             shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
             rows.append((f"claim {key}", shown))
+    rows = [(_printable(name), _printable(value)) for name, value in rows]  # the certificate came from outside
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name:>{width}}: {value}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character a terminal would not simply print (controls, escapes, format
+    and separator characters) written as a Python escape, so a certificate cannot steer the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _peer_certificate(address: str, ca_path: Path | None, timeout: float, as_json: bool) -> tuple[bytes, str | None]:
@@ -298,9 +308,11 @@ def _describe(
     if not att.attested:
         warnings.append(
             "NOT ATTESTED: the Steward issued this certificate without evidence (its policy allows unattested keeps)."
+            + (" Its workload and launch digests are the keep's word only." if att.keep_claims else "")
             if att.technology
             else "NOT ATTESTED: the certificate carries no attestation claims."
         )
+    keep = att.keep_claims
     return {
         "address": address,
         "tls": version,
@@ -314,6 +326,9 @@ def _describe(
         "technology": att.technology or None,
         "measurement": att.measurement.hex() if att.measurement else None,
         "evidence_sha256": att.evidence_sha256.hex() if att.evidence_sha256 else None,
+        "workload_sha256": keep.workload_sha256.hex() if keep else None,
+        "launch_sha256": keep.launch_sha256.hex() if keep else None,
+        "trust_anchors": [{"use": use, "sha256": digest.hex()} for use, digest in keep.trust_anchors] if keep else [],
         "claims": att.claims,
         "warnings": warnings,
     }

@@ -3,7 +3,8 @@
 Pure apart from the evidence source (which asks the hardware). The sequence the keep runtime runs
 when Enarx.toml names a Steward::
 
-    request = certificate_request(source_for(backend))   # key + evidence bound to it + CSR
+    claims = KeepClaims.of(workload_sha256, launch.terms)  # what the keep was given, hashed here
+    request = certificate_request(source_for(backend), claims=claims)  # key + evidence bound to both + CSR
     exchange = StewardExchange(config.steward, request)   # https URL -> host, port, HTTP bytes
     # a TLS client connection (through the host's TCP relay) to exchange.url.host:exchange.url.port
     send(exchange.outgoing())
@@ -23,20 +24,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from motte.keep.evidence import Evidence, EvidenceSource
+from motte.shared.binding import KeepClaims, csr_report_data
 from motte.shared.errors import MotteError
 from motte.shared.steward_certs import IssuedChain, csr_hash, key_curve, read_issued_chain, spki_der
 from motte.shared.steward_http import ResponseReader, StewardUrl, build_request, parse_steward_url
-from motte.shared.steward_protocol import key_binding
 
 
 class CertificateRequest(NamedTuple):
     key: ec.EllipticCurvePrivateKey
     evidence: Evidence
     csr: bytes  # DER
+    claims: KeepClaims | None = None
 
     @property
     def report_data(self) -> bytes:
-        return key_binding(spki_der(self.key.public_key()), self.evidence.technology)
+        return report_data(self.key, self.evidence.technology, self.claims)
+
+
+def report_data(key: ec.EllipticCurvePrivateKey, technology: str, claims: KeepClaims | None) -> bytes:
+    """What the evidence must carry: the key and, when given, the claims (:func:`csr_report_data`)."""
+    return csr_report_data(spki_der(key.public_key()), technology, claims.extensions() if claims else ())
 
 
 def generate_key(technology: str) -> ec.EllipticCurvePrivateKey:
@@ -44,28 +51,27 @@ def generate_key(technology: str) -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(key_curve(technology))
 
 
-def build_csr(key: ec.EllipticCurvePrivateKey, evidence: Evidence) -> bytes:
-    """A CSR with an empty subject and one ``extensionRequest`` holding one non-critical extension:
-    the technology's OID, with the DER evidence as its value."""
+def build_csr(key: ec.EllipticCurvePrivateKey, evidence: Evidence, claims: KeepClaims | None = None) -> bytes:
+    """A CSR with an empty subject and one ``extensionRequest`` holding non-critical extensions:
+    first the technology's OID with the DER evidence as its value, then the claims' extensions in
+    OID order (none without claims: then the CSR is exactly Enarx's)."""
     expected = key_curve(evidence.technology)
     if key.curve.name != expected.name:
         raise MotteError(f"a {evidence.technology} keep's key must be {expected.name}, not {key.curve.name}")
-    builder = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(evidence.oid), evidence.value), critical=False)
-    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    for oid, value in [(evidence.oid, evidence.value), *(claims.extensions() if claims else ())]:
+        builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
     return builder.sign(key, csr_hash(evidence.technology)).public_bytes(Encoding.DER)
 
 
-def certificate_request(source: EvidenceSource, key: ec.EllipticCurvePrivateKey | None = None) -> CertificateRequest:
-    """Generate the key (unless given), gather evidence bound to it, and build the CSR."""
+def certificate_request(source: EvidenceSource, key: ec.EllipticCurvePrivateKey | None = None,
+                        claims: KeepClaims | None = None) -> CertificateRequest:
+    """Generate the key (unless given), gather evidence bound to it and to ``claims``, and build the CSR."""
     key = key or generate_key(source.technology)
-    binding = key_binding(spki_der(key.public_key()), source.technology)
-    evidence = source.collect(binding)
+    evidence = source.collect(report_data(key, source.technology, claims))
     if evidence.technology != source.technology:
         raise MotteError(f"evidence source says {source.technology} but produced {evidence.technology} evidence")
-    return CertificateRequest(key, evidence, build_csr(key, evidence))
+    return CertificateRequest(key, evidence, build_csr(key, evidence, claims), claims)
 
 
 def accept_response(request: CertificateRequest, status: int, body: bytes, reason: str | None = None) -> IssuedChain:

@@ -201,8 +201,13 @@ class KeepRuntime:
 
             network = NetworkSetup(self.endpoint, terms.ca_bundles, report=self.report, on_block=outputs.flush_all)
             if steward is not None:
+                from motte.shared.binding import KeepClaims
+
                 # Before the workload starts: without the Steward's certificate it does not run.
-                chain_pem = network.use_steward(steward, self.backend, terms.steward_ca).chain_pem()
+                # terms.wasm_sha256 is the keep's own digest of the bytes (checked as they arrived).
+                claims = KeepClaims.of(bytes.fromhex(terms.wasm_sha256), terms)
+                identity = network.use_steward(steward, self.evidence_source(), terms.steward_ca, claims=claims)
+                chain_pem = identity.chain_pem()
         for fd, spec in enumerate(terms.config.files):
             if spec.kind == "null":
                 files.append(NullFile())

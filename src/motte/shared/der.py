@@ -72,13 +72,16 @@ def der_utf8(text: str) -> bytes:
 
 
 def der_oid(dotted: str) -> bytes:
-    """An OBJECT IDENTIFIER from its dotted form."""
-    arcs = [int(arc) for arc in dotted.split(".")]
+    """The OBJECT IDENTIFIER TLV of a dotted OID such as ``1.3.6.1.4.1.58270.3.1``."""
+    parts = dotted.split(".")
+    arcs = [int(part) for part in parts if part.isascii() and part.isdigit()]
+    if len(arcs) != len(parts) or len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
+        raise DerError(f"not a dotted OID: {dotted!r}")
     content = bytearray()
-    for value in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [value & 0x7F]
-        while value := value >> 7:
-            chunk.append(0x80 | (value & 0x7F))
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        while arc := arc >> 7:
+            chunk.append(0x80 | (arc & 0x7F))
         content += bytes(reversed(chunk))
     return der_tlv(TAG_OID, bytes(content))
 

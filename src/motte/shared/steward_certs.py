@@ -2,7 +2,7 @@
 
 The key a keep makes for its CSR, the ``[CA, issued]`` chain the keep checks in the Steward's
 answer, and what an issued certificate says was attested (the extensions under motte's arc, laid
-out in :mod:`motte.shared.steward_protocol`).
+out in :mod:`motte.shared.steward_protocol` and :mod:`motte.shared.binding`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from motte.shared.binding import BINDING_ARC, KeepClaims
 from motte.shared.der import TAG_OCTET_STRING, TAG_UTF8STRING, read_one, read_string
 from motte.shared.steward_protocol import (
     ATTESTED_CLAIMS_OID,
@@ -85,6 +86,7 @@ class Attestation(NamedTuple):
     measurement: bytes | None
     evidence_sha256: bytes | None
     claims: dict[str, Any]
+    keep_claims: KeepClaims | None = None  # the workload and launch digests (and trust anchors), if any
 
     @property
     def attested(self) -> bool:
@@ -95,9 +97,15 @@ class Attestation(NamedTuple):
 def read_attestation(cert: x509.Certificate) -> Attestation:
     """The attestation extensions of a Steward-issued certificate (empty for any other)."""
     values: dict[str, bytes] = {}
+    bound: list[tuple[str, bytes]] = []  # in certificate order: KeepClaims checks it is OID order
     for ext in cert.extensions:
-        if ext.oid.dotted_string.startswith(ENARX_ARC + ".2.") and isinstance(ext.value, x509.UnrecognizedExtension):
-            values[ext.oid.dotted_string] = ext.value.value
+        oid = ext.oid.dotted_string
+        if not isinstance(ext.value, x509.UnrecognizedExtension):
+            continue
+        if oid.startswith(ENARX_ARC + ".2."):
+            values[oid] = ext.value.value
+        elif oid.startswith(BINDING_ARC + "."):
+            bound.append((oid, ext.value.value))
     tech_raw = values.get(ATTESTED_TECHNOLOGY_OID)
     technology = read_string(tech_raw, TAG_UTF8STRING, "attestedTechnology") if tech_raw else ""
     measurement = values.get(ATTESTED_MEASUREMENT_OID)
@@ -116,4 +124,5 @@ def read_attestation(cert: x509.Certificate) -> Attestation:
         read_one(measurement, TAG_OCTET_STRING, "attestedMeasurement") if measurement else None,
         read_one(digest, TAG_OCTET_STRING, "evidenceDigest") if digest else None,
         claims,
+        KeepClaims.from_extensions(bound),
     )

@@ -13,8 +13,9 @@ The exchange (Enarx's Steward protocol, with motte's TDX OID added)::
                       400 malformed request or failed check, 401 no evidence, 413 body too large
 
 The CSR has an empty subject and exactly one attribute, ``extensionRequest`` (1.2.840.113549.1.9.14),
-holding exactly one non-critical extension. Its OID names the technology and its value is the
-evidence, whose DER shape depends on the OID::
+holding one non-critical attestation extension first, then any of motte's binding extensions (the
+workload and launch digests; :mod:`motte.shared.binding`, ``docs/binding.md``). The attestation
+extension's OID names the technology and its value is the evidence, whose DER shape depends on the OID::
 
     -- 1.3.6.1.4.1.58270.1.1  KVM: no evidence (nil and kvm keeps). extnValue is empty.
     -- 1.3.6.1.4.1.58270.1.3  AMD SEV-SNP:
@@ -35,7 +36,8 @@ evidence, whose DER shape depends on the OID::
                                             -- the host; signed by Intel, so who carries it is moot
 
 The report data the evidence must carry binds the CSR's key: ``SHA-384(DER SubjectPublicKeyInfo)
-|| 16 zero bytes`` on SNP, ``SHA-256(SPKI) || 32 zero bytes`` elsewhere (:func:`key_binding`).
+|| 16 zero bytes`` on SNP, ``SHA-256(SPKI) || 32 zero bytes`` elsewhere (:func:`key_binding`); a
+CSR with binding extensions binds them too (:func:`motte.shared.binding.csr_report_data`).
 
 An issued certificate says what was attested in non-critical extensions under
 1.3.6.1.4.1.58270.2 (motte's arc)::
@@ -48,6 +50,8 @@ An issued certificate says what was attested in non-critical extensions under
                                             -- the Steward's audit-log entry for this issuance
     .2.4  attestedClaims      UTF8String    -- JSON object: the verified claims (product, TCB,
                                             -- signer digests, debug, ...), bytes as lowercase hex
+
+followed by the CSR's binding extensions (``.3.x``), copied verbatim.
 """
 
 from __future__ import annotations
@@ -114,10 +118,16 @@ def reads_der(parse: Callable[_P, _T]) -> Callable[_P, _T]:
     return parse_strictly
 
 
+def report_data_digest(data: bytes, technology: str) -> bytes:
+    """64 bytes of report data committing to ``data``: its SHA-384 on SNP, its SHA-256 elsewhere,
+    zero-padded."""
+    digest = hashlib.sha384(data).digest() if technology == "snp" else hashlib.sha256(data).digest()
+    return digest.ljust(64, b"\0")
+
+
 def key_binding(spki: bytes, technology: str) -> bytes:
     """The 64 bytes of report data that bind evidence to the key whose DER SPKI is ``spki``."""
-    digest = hashlib.sha384(spki).digest() if technology == "snp" else hashlib.sha256(spki).digest()
-    return digest.ljust(64, b"\0")
+    return report_data_digest(spki, technology)
 
 
 # --- the CSR's attestation extension -------------------------------------------------------------

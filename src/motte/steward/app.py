@@ -39,6 +39,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import CHAIN_CONTENT_TYPE, MAX_CSR, PKCS10, encode_chain
 from motte.steward.check import Refused, check_request
@@ -98,6 +99,7 @@ class IssueOutcome(NamedTuple):
     not_after: str | None
     certificate: bytes | None
     body: bytes
+    keep_claims: KeepClaims | None = None  # the workload and launch digests the CSR carried
 
     def event(self, at: datetime, peer: str | None) -> Event:
         return Event(
@@ -115,6 +117,8 @@ class IssueOutcome(NamedTuple):
             claims=self.claims,
             certificate=self.certificate,
             peer=peer,
+            workload_sha256=self.keep_claims.workload_sha256.hex() if self.keep_claims else None,
+            launch_sha256=self.keep_claims.launch_sha256.hex() if self.keep_claims else None,
         )
 
 
@@ -154,6 +158,7 @@ class Steward:
             cert.not_valid_after_utc.isoformat(),
             cert_der,
             encode_chain([self.ca.cert_der, cert_der]),
+            attested.keep_claims,
         )
 
 
@@ -171,6 +176,7 @@ def refusal(refused: Refused, csr_sha256: str, key_sha256: str | None = None) ->
         None,
         None,
         f"{refused.reason}: {refused.message}\n".encode(),
+        refused.keep_claims,
     )
 
 

@@ -1,9 +1,10 @@
 """The Steward's certificate authority and the short-lived certificates it issues to keeps.
 
 An issued certificate certifies the keep's key (from the CSR) and says what was attested, in
-motte's extensions (see :mod:`motte.shared.steward_protocol`). It is a TLS server and client
-certificate, valid from five minutes before issuance (clients' clocks drift) for the policy's
-lifetime, never beyond the CA's own expiry.
+motte's extensions (see :mod:`motte.shared.steward_protocol`), followed by the CSR's binding
+extensions, copied as they are (the workload and launch digests; :mod:`motte.shared.binding`).
+It is a TLS server and client certificate, valid from five minutes before issuance (clients'
+clocks drift) for the policy's lifetime, never beyond the CA's own expiry.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def _attestation_extensions(attested: Attested) -> list[tuple[str, bytes]]:
     out.append((EVIDENCE_DIGEST_OID, der_octet_string(bytes.fromhex(attested.evidence_sha256))))
     claims = json.dumps(attested.certified_claims(), sort_keys=True, separators=(",", ":"))
     out.append((ATTESTED_CLAIMS_OID, der_utf8(claims)))
+    if attested.keep_claims is not None:
+        out += attested.keep_claims.extensions()
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from motte.shared.errors import MotteError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id              INTEGER PRIMARY KEY,
@@ -41,10 +41,16 @@ CREATE TABLE IF NOT EXISTS events (
     not_after       TEXT,
     claims          TEXT,               -- JSON: what the evidence said (verified or not)
     certificate     BLOB,               -- DER, issued certificates only
-    peer            TEXT
+    peer            TEXT,
+    workload_sha256 TEXT,               -- the digests the CSR's binding extensions carried (hex)
+    launch_sha256   TEXT
 );
 CREATE INDEX IF NOT EXISTS events_evidence ON events (evidence_sha256);
 """
+# What each schema version adds to the one before (a Steward upgraded in place opens an old log).
+MIGRATIONS = {
+    2: ("ALTER TABLE events ADD COLUMN workload_sha256 TEXT", "ALTER TABLE events ADD COLUMN launch_sha256 TEXT"),
+}
 COLUMNS = (
     "at",
     "verdict",
@@ -60,6 +66,8 @@ COLUMNS = (
     "claims",
     "certificate",
     "peer",
+    "workload_sha256",
+    "launch_sha256",
 )
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 MAX_BATCH = 512
@@ -81,6 +89,8 @@ class Event:
     claims: dict[str, Any] | None = field(default=None)
     certificate: bytes | None = None
     peer: str | None = None
+    workload_sha256: str | None = None
+    launch_sha256: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         values = [getattr(self, name) for name in COLUMNS]
@@ -99,15 +109,31 @@ def connect(path: Path) -> sqlite3.Connection:
         if mode != "wal":
             raise LogError(f"audit log {path}: cannot use WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise LogError(f"audit log {path} has schema version {version}; this Steward writes {SCHEMA_VERSION}")
+        if version == 0:  # a new log
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version < SCHEMA_VERSION:
+            _migrate(conn, version)
     except sqlite3.Error as exc:
         raise LogError(f"cannot open the audit log {path}: {exc}") from exc
     return conn
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a log of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class _SyncWaiter:
@@ -226,7 +252,8 @@ def read_events(path: Path, *, limit: int | None = None) -> Iterator[dict[str, A
         raise LogError(f"cannot open the audit log {path}: {exc}") from exc
     try:
         conn.row_factory = sqlite3.Row
-        sql = "SELECT id, " + ", ".join(COLUMNS) + " FROM events"
+        present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}  # an older log lacks some
+        sql = "SELECT id, " + ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS) + " FROM events"
         if limit is not None:
             sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
         else:

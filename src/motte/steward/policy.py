@@ -5,6 +5,8 @@ TOML; every key is checked, an unknown one is an error that names it::
     allow_unattested = false     # issue to CSRs carrying the KVM OID (nil/kvm keeps, no evidence)?
     lifetime_days = 28           # validity of issued certificates (0 < days <= 397)
     dns_names = []               # subjectAltName DNS names added to every issued certificate
+    workloads = ["<64 hex>"]     # SHA-256 of the workloads (wasm) it certifies; unset: any
+    launches = ["<64 hex>"]      # SHA-256 of the launches (LaunchTerms.canonical_bytes()); unset: any
 
     # The attestation policy (the keys of `motte attest verify --policy`), either embedded ...
     [attestation]
@@ -17,11 +19,18 @@ TOML; every key is checked, an unknown one is an error that names it::
 
 The embedded or referenced policy is the tenant verifier's, strict by default: it refuses debug
 keeps and any measurement it does not pin. The Steward additionally requires that the evidence's
-report data binds the CSR's key.
+report data binds the CSR's key and its binding extensions (the workload and launch digests the
+keep computed; see ``docs/binding.md``).
+
+``workloads`` and ``launches`` pin those digests (hex, either case): when a list is given, a CSR
+must carry that digest and it must be listed, or the Steward refuses it (``workload_not_allowed``,
+``launch_not_allowed``). An unattested keep's digests are its word only: pinning them proves nothing
+unless ``allow_unattested`` is false.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -34,7 +43,8 @@ from motte.tenant.attest.policy import Policy, PolicyError, load_policy, policy_
 DEFAULT_LIFETIME_DAYS = 28
 MAX_LIFETIME_DAYS = 397  # the CA/Browser Forum ceiling for TLS certificates
 MAX_POLICY_SIZE = 1 << 20
-KEYS = ("allow_unattested", "lifetime_days", "dns_names", "attestation", "attestation_policy")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+KEYS = ("allow_unattested", "lifetime_days", "dns_names", "workloads", "launches", "attestation", "attestation_policy")
 
 # `motte steward serve --dev`: issue to anything that asks, and say what it was.
 DEV_POLICY = """\
@@ -58,6 +68,8 @@ class StewardPolicy:
     allow_unattested: bool = False
     lifetime: timedelta = timedelta(days=DEFAULT_LIFETIME_DAYS)
     dns_names: tuple[str, ...] = ()
+    workloads: frozenset[str] | None = None  # lower-case hex SHA-256; None: any workload
+    launches: frozenset[str] | None = None  # lower-case hex SHA-256; None: any launch
 
 
 def load_steward_policy(text: str, *, base_dir: Path | None = None, source: str = "policy") -> StewardPolicy:
@@ -82,6 +94,8 @@ def load_steward_policy(text: str, *, base_dir: Path | None = None, source: str 
         allow_unattested=allow,
         lifetime=timedelta(days=days),
         dns_names=tuple(names),
+        workloads=_digests(data, "workloads", source),
+        launches=_digests(data, "launches", source),
     )
 
 
@@ -120,6 +134,15 @@ def _read(path: Path, what: str) -> str:
         raise StewardPolicyError(f"{what} file not found: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise StewardPolicyError(f"cannot read {what} file {path}: {exc}") from exc
+
+
+def _digests(data: dict[str, Any], key: str, source: str) -> frozenset[str] | None:
+    values = data.get(key)
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, str) and _SHA256_HEX.fullmatch(v) for v in values):
+        raise StewardPolicyError(f"{source}: {key}: expected a list of SHA-256 digests (64 hex digits each)")
+    return frozenset(v.lower() for v in values)
 
 
 def _dns_name(name: str) -> bool:

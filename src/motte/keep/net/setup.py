@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from motte.keep.identity import KeepIdentity
 from motte.keep.net.listen import KeepNetwork, ListenSocket
@@ -23,6 +24,10 @@ from motte.shared.enarx_config import FileSpec
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
 from motte.shared.wasi_abi import WasiError
+
+if TYPE_CHECKING:
+    from motte.keep.evidence import EvidenceSource
+    from motte.shared.binding import KeepClaims
 
 STEWARD_TIMEOUT = 30.0  # seconds for the whole certificate request: connect, TLS, the Steward's answer
 
@@ -46,17 +51,20 @@ class NetworkSetup:
     def start(self) -> None:
         self.network.start()
 
-    def use_steward(self, steward: str, backend: str, ca_pem: str | None = None,
-                    timeout: float = STEWARD_TIMEOUT) -> KeepIdentity:
+    def use_steward(self, steward: str, source: EvidenceSource, ca_pem: str | None = None,
+                    timeout: float = STEWARD_TIMEOUT, *, claims: KeepClaims | None = None) -> KeepIdentity:
         """Get the keep's certificate from the Steward at ``steward`` (https URL) and serve TLS with
-        it from now on. ``ca_pem`` is the config's ``steward_ca``; without it the Steward's TLS
-        certificate must chain to the system trust store. Raises MotteError (one line) if the Steward
-        cannot be reached, refuses, or answers badly: the workload must not start then."""
+        it from now on. ``source`` gives the evidence. ``ca_pem`` is the config's ``steward_ca``;
+        without it the Steward's TLS certificate must chain to the system trust store. ``claims``,
+        the digests of what the keep was given, go into the CSR and its evidence, and so into the
+        certificate. Raises MotteError
+        (one line) if the Steward cannot be reached, refuses, or answers badly: the workload must not
+        start then."""
         from motte.keep.csr import StewardExchange, certificate_request
-        from motte.keep.evidence import source_for
         from motte.shared.steward_protocol import StewardProtocolError
 
-        request = certificate_request(source_for(backend))  # a fresh key, evidence bound to it, the CSR
+        # a fresh key, evidence bound to it and to the claims, the CSR
+        request = certificate_request(source, claims=claims)
         exchange = StewardExchange(steward, request)
         where = exchange.url.host_header
         try:
