@@ -85,3 +85,21 @@ def test_limits_other_than_asked_are_caught(keep: KeepHandle, tmp_path: Path) ->
     package = load_package(package_dir(tmp_path, "hello"))
     with pytest.raises(LaunchMismatch, match="launch terms other than the tenant's"):
         asyncio.run(deploy(host.session(), package, DEV, Limits(MEMORY), output=lambda f, d: None))
+
+
+def test_file_secrets_are_read_only_files_in_keep_memory(keep: KeepHandle, tmp_path: Path) -> None:
+    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    toml = 'args = ["/run/secrets/db-password", "/run/secrets/missing"]\n' + STDIO
+    package = load_package(package_dir(tmp_path, "secrets", toml))
+    out: list[bytes] = []
+    secrets = (Secret("file", "db-password", b"hunter2"), Secret("file", "tls.key", b"KEY"))
+    outcome = asyncio.run(deploy(host.session(), package, DEV, Limits(MEMORY), secrets=secrets,
+                                 output=lambda frame, data: out.append(data)))
+    assert outcome.exit is not None and outcome.exit.status == 0
+    assert b"".join(out).decode().splitlines() == [
+        "/run/secrets/db-password: hunter2",
+        "write /run/secrets/db-password: errno=69",  # EROFS
+        "/run/secrets/missing: errno=44",  # ENOENT
+        "write /run/secrets/missing: errno=44",
+        "list: db-password,tls.key",
+    ]

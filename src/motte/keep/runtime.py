@@ -156,7 +156,15 @@ class KeepRuntime:
 
         env = {secret.name: secret.value.decode("utf-8", "surrogateescape")
                for secret in deployment.secrets if secret.kind == "env"}
-        return self._run(deployment.terms, deployment.wasm, stdio, cache_dir=None, env=env, started=started)
+        preopens: list[WasiFile] = []
+        files = {secret.name: secret.value for secret in deployment.secrets if secret.kind == "file"}
+        if files:
+            from motte.keep.wasi.secrets_dir import SecretsDir
+
+            preopens.append(SecretsDir(files))
+        # No module cache: a compiled deployed workload must not reach the host's disk.
+        return self._run(deployment.terms, deployment.wasm, stdio, cache_dir=None, env=env, preopens=preopens,
+                         started=started)
 
     def _receive_wasm(self, launch: Launch) -> bytes:
         size = launch.terms.wasm_size
@@ -241,6 +249,7 @@ class KeepRuntime:
 
     def _run(self, terms: LaunchTerms, wasm: bytes, stdio: StdioFiles, *, cache_dir: str | None,
              dir_streams: tuple[int, ...] = (), env: dict[str, str] | None = None,
+             preopens: list[WasiFile] | None = None,
              started: Callable[[bytes | None], None] | None = None) -> Exit:
         began = time.monotonic()
         try:
@@ -254,6 +263,7 @@ class KeepRuntime:
         compile_us = round((time.monotonic() - began) * 1e6)
         outputs = ChannelOutputs()
         files, chain_pem = self._files(terms, stdio, outputs, dir_streams)
+        files += preopens or []
         if started is not None:
             started(chain_pem)
         memory = GuestMemory()

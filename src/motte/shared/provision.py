@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal, NamedTuple, TypeAlias
 
+from motte.shared.binding import NONCE_SIZE
 from motte.shared.channel import canonical_json
 from motte.shared.control import (
     MAX_CA_BUNDLE,
@@ -48,9 +49,7 @@ from motte.shared.enarx_config import ConfigError, WorkloadConfig
 from motte.shared.errors import MotteError
 
 VERSION = 1
-NONCE_SIZE = 32
-EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 tls-exporter: empty context, 32 bytes
-EXPORTER_SIZE = 32
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"  # RFC 9266 tls-exporter: empty context, EXPORTER_SIZE bytes
 HEADER = struct.Struct(">BI")
 MAX_MESSAGE = 1 << 20  # one JSON message (a deploy with its secrets and CA bundles)
 MAX_CHUNK = 1 << 20  # one frame of workload or output bytes

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from motte.shared.binding import EXPORTER_SIZE
 from motte.shared.errors import MotteError
-from motte.shared.provision import EXPORTER_LABEL, EXPORTER_SIZE
+from motte.shared.provision import EXPORTER_LABEL
 
 READ_CHUNK = 256 << 10
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
+from motte.shared.binding import NONCE_SIZE
 from motte.shared.control import Exit, LaunchTerms
 from motte.shared.errors import MotteError
 from motte.shared.provision import (
     MAX_CHUNK,
-    NONCE_SIZE,
     Abort,
     Deploy,
     Detach,
