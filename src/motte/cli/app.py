@@ -16,6 +16,7 @@ from motte import __version__
 # name -> (module, attribute, one-line help). Modules are imported on first use.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("motte.cli.run", "run", "Run a WebAssembly workload in a keep."),
+    "deploy": ("motte.cli.deploy", "deploy", "Deploy a workload to a keep verified first, over TLS that ends in it."),
     "platform": ("motte.cli.platform", "platform", "What this host can run: backends and their checks."),
     "image": ("motte.cli.image", "image", "Build and measure the micro-VM keep image."),
     "attest": ("motte.cli.attest", "attest", "Verify attestation evidence and keep certificates."),

@@ -16,6 +16,7 @@ from motte.tenant.attest.evidence import verify_keep_evidence
 from motte.tenant.deploy.policy import TenantPolicy
 
 UNATTESTED = "kvm"  # the technology of nil and kvm keeps: no evidence at all
+EXIT_REFUSED = 1  # motte deploy's status when the keep failed the policy
 
 
 class KeepRefused(MotteError):
@@ -23,7 +24,7 @@ class KeepRefused(MotteError):
 
     def __init__(self, check: str, message: str):
         super().__init__(f"the keep failed the policy ({check}): {message}",
-                         hint="nothing was sent to it; the keep is being stopped")
+                         hint="nothing was sent to it; the keep is being stopped", exit_code=EXIT_REFUSED)
         self.check = check
 
 

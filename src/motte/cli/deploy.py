@@ -1,0 +1,184 @@
+"""``motte deploy``: provision a workload into a keep the tenant has verified, through a host agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from motte.cli.run import parse_size
+from motte.shared.errors import MotteError
+
+if TYPE_CHECKING:
+    from motte.shared.provision import Frame, Secret
+    from motte.tenant.deploy.session import DeployOutcome
+
+AGENT_ENV = "MOTTE_AGENT"
+MAX_SECRET_FILE = 64 << 10
+
+
+def read_secrets(values: tuple[str, ...], kind: str, option: str) -> list[Secret]:
+    """``NAME=@FILE`` -> the secret (its file read now: a bad one fails before any keep starts)."""
+    from motte.shared.control import secret_name
+    from motte.shared.provision import Secret
+
+    secrets = []
+    for item in values:
+        name, sep, source = item.partition("=")
+        if not sep or not source.startswith("@"):
+            raise click.BadParameter(f"{item!r} is not NAME=@FILE", param_hint=option)
+        try:
+            secret_name(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+        path = Path(source[1:])
+        try:
+            with path.open("rb") as f:
+                value = f.read(MAX_SECRET_FILE + 1)
+        except OSError as exc:
+            raise MotteError(f"{option} {name}: {path}: {exc.strerror or exc}") from None
+        if len(value) > MAX_SECRET_FILE:
+            raise MotteError(f"{option} {name}: {path} is larger than {MAX_SECRET_FILE} bytes")
+        secrets.append(Secret(kind, name, value))
+    return secrets
+
+
+def _token(token_file: Path | None) -> str | None:
+    if token_file is None:
+        return os.environ.get("MOTTE_AGENT_TOKEN") or None
+    try:
+        return token_file.read_text("utf-8").strip() or None
+    except OSError as exc:
+        raise MotteError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+
+
+class _Output:
+    """The workload's output, as it arrives, to motte's own stdout and stderr."""
+
+    def __call__(self, frame: Frame, data: bytes) -> None:
+        from motte.shared.provision import Frame
+
+        target = sys.stdout.buffer if frame is Frame.STDOUT else sys.stderr.buffer
+        target.write(data)
+        target.flush()
+
+
+@click.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), required=True,
+              help="The tenant policy (TOML): which keeps to trust. See docs/deploy.md.")
+@click.option("--agent", default=None, metavar="URL",
+              help="The host agent: http://HOST:PORT or unix:/PATH [default: $MOTTE_AGENT or http://127.0.0.1:7313].")
+@click.option("--token-file", type=click.Path(path_type=Path),
+              help="The agent's bearer token [default: $MOTTE_AGENT_TOKEN].")
+@click.option("--backend", default=None, help="The keep's backend [default: the strongest the host runs].")
+@click.option("--max-memory", default="1G", show_default=True, metavar="SIZE", help="Cap on the workload's memory.")
+@click.option("--timeout", type=click.FloatRange(min=0.001, max=1e7), metavar="SECONDS",
+              help="Wall-clock deadline for the workload.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=1, max=3600), default=60, show_default=True,
+              metavar="SECONDS", help="How long the empty keep waits to be provisioned.")
+@click.option("--secret", "file_secrets", multiple=True, metavar="NAME=@FILE",
+              help="A secret the workload reads as /run/secrets/NAME (read-only, in keep memory).")
+@click.option("--secret-env", "env_secrets", multiple=True, metavar="NAME=@FILE",
+              help="A secret the workload gets as the environment variable NAME.")
+@click.option("--detach", is_flag=True, help="Leave once the workload started; it runs on, its output is dropped.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was deployed as JSON on stdout (with --detach).")
+def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path | None, backend: str | None,
+           max_memory: str, timeout: float | None, wait_s: float, file_secrets: tuple[str, ...],
+           env_secrets: tuple[str, ...], detach: bool, as_json: bool) -> None:
+    """Deploy PACKAGE (a .wasm, or a folder with main.wasm and Enarx.toml) to a keep that first
+    proves, on the tenant's own TLS session, that it is what POLICY trusts.
+
+    Nothing is sent to the keep before its evidence passed the policy; the workload, its config,
+    its secrets and its output travel only inside TLS that ends inside the keep. The workload's
+    exit status becomes motte's (124 deadline, 125 motte error, 134 trap, 137 memory limit);
+    1 means the keep failed the policy and nothing was sent.
+
+    \b
+    Examples:
+      motte deploy --policy tenant.toml ./app
+      motte deploy --policy tenant.toml --secret db=@db.pass --backend nil app.wasm
+    """
+    from motte.tenant.deploy.package import load_package
+    from motte.tenant.deploy.policy import read_tenant_policy
+
+    if as_json and not detach:
+        raise click.BadParameter("--json goes with --detach (without it, stdout is the workload's)",
+                                 param_hint="--json")
+    memory = parse_size(max_memory)
+    policy = read_tenant_policy(policy_path)
+    loaded = load_package(package)
+    secrets = (*read_secrets(file_secrets, "file", "--secret"), *read_secrets(env_secrets, "env", "--secret-env"))
+    url = agent or os.environ.get(AGENT_ENV) or None
+    outcome = asyncio.run(_deploy(url, _token(token_file), loaded, policy, secrets, backend, memory, timeout,
+                                  round(wait_s * 1000), detach))
+    if detach:
+        _report_detached(outcome, as_json)
+        return
+    assert outcome.exit is not None
+    exit_ = outcome.exit
+    if exit_.reason != "exit" or exit_.message:
+        from motte.shared.untrusted_text import printable
+
+        click.echo(f"motte: {exit_.reason}: {printable(exit_.message)}", err=True)
+        for line in exit_.backtrace:
+            click.echo(f"  {printable(line)}", err=True)
+    sys.exit(exit_.status)
+
+
+async def _deploy(url: str | None, token: str | None, package: Any, policy: Any, secrets: tuple[Secret, ...],
+                  backend: str | None, memory: int, timeout: float | None, wait_ms: int,
+                  detach: bool) -> DeployOutcome:
+    from motte.shared.agent_api import DEFAULT_PORT, KeepRequest
+    from motte.tenant.agent_client import AgentClient
+    from motte.tenant.deploy.session import Limits, deploy
+    timeout_ms = None if timeout is None else max(1, round(timeout * 1000))
+    say = _progress()
+    async with AgentClient(url or f"http://127.0.0.1:{DEFAULT_PORT}", token=token) as client:
+        record = await client.create(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms,
+                                                 wait_ms=wait_ms, detach=detach))
+        say(f"keep {record.id} on {record.backend}: verifying it before sending anything")
+        ended = False
+        try:
+            async with client.session(record.id) as session:
+                outcome = await deploy(session, package, policy, Limits(record.memory, timeout_ms),
+                                       secrets=secrets, output=_Output(), detach=detach, progress=say)
+            ended = True
+            return outcome
+        finally:
+            if not ended:  # refused, failed or interrupted: nothing is left running
+                await _stop(client, record.id)
+
+
+async def _stop(client: Any, keep_id: str) -> None:
+    try:
+        await client.stop(keep_id)
+    except MotteError:
+        pass  # the agent is gone too; it stops its keeps when it goes
+
+
+def _progress() -> Any:
+    def say(text: str) -> None:
+        if "UNATTESTED" in text or sys.stderr.isatty():
+            click.echo(f"motte: {text}", err=True)
+
+    return say
+
+
+def _report_detached(outcome: DeployOutcome, as_json: bool) -> None:
+    facts = {
+        "technology": outcome.accepted.technology,
+        "attested": outcome.accepted.attested,
+        "workload_sha256": outcome.started.workload_sha256,
+        "launch_sha256": outcome.started.launch_sha256,
+        "chain": outcome.started.chain,
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    click.echo(f"deployed: workload {facts['workload_sha256']}, launch {facts['launch_sha256']}", err=True)
