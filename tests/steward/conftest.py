@@ -3,10 +3,8 @@ always stopped at the end of the test."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import ssl
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from motte.steward.issuer import CertificateAuthority, new_ca
 from motte.steward.log import AuditLog
 from motte.steward.policy import StewardPolicy, load_steward_policy
 from motte.tenant.attest.amd_roots import AmdTrust
+from tests.serving import serving
 
 ALLOW_KVM = load_steward_policy("allow_unattested = true\n")
 
@@ -34,39 +33,9 @@ def ca() -> CertificateAuthority:
 @contextmanager
 def running(service: StewardService, *, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
     """Serve ``service`` in a background thread; yields its URL."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        box["stop"] = asyncio.Event()
-
-        def on_ready(url: str) -> None:
-            box["url"] = url
-            ready.set()
-
-        await serve(service, host="127.0.0.1", port=0, ssl_context=ssl_context, on_ready=on_ready, stop=box["stop"])
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(main())
-        except BaseException as exc:  # surfaced to the test below
-            box["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=run, name="steward-test", daemon=True)
-    thread.start()
-    ready.wait(30)
-    try:
-        if "error" in box:
-            raise box["error"]
-        yield box["url"]
-    finally:
-        if "stop" in box:
-            loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-        loop.close()
-        assert not thread.is_alive(), "the Steward did not stop"
+    with serving(lambda stop, on_ready: serve(service, host="127.0.0.1", port=0, ssl_context=ssl_context,
+                                              on_ready=on_ready, stop=stop), "Steward") as url:
+        yield url
 
 
 StewardFactory = Callable[..., "StewardHandle"]

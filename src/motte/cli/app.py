@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("motte.cli.image", "image", "Build and measure the micro-VM keep image."),
     "attest": ("motte.cli.attest", "attest", "Verify attestation evidence and keep certificates."),
     "steward": ("motte.cli.steward", "steward", "Run the Steward, the attestation certificate authority."),
+    "host": ("motte.cli.host", "host", "Run the host agent that launches keeps for tenants (motte deploy)."),
     "demo": ("motte.cli.demo", "demo", "Demonstrations of what each backend protects."),
 }
 

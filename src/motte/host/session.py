@@ -73,11 +73,16 @@ def prepare_network(request: RunRequest, tap: Tap | None = None) -> HostNetwork 
     Call it before starting the keep: a port in use then fails the run before anything started.
     ``tap`` sees every byte relayed for the workload's connections.
     """
-    if request.config.steward is None and not any(spec.kind in ("listen", "connect") for spec in request.config.files):
+    return network_for(request.config, config_dir=request.config_dir, tap=tap)
+
+
+def network_for(config: WorkloadConfig, *, config_dir: str | None = None, tap: Tap | None = None) -> HostNetwork | None:
+    """The prepared sockets of a workload config (None if it has no sockets and no Steward)."""
+    if config.steward is None and not any(spec.kind in ("listen", "connect") for spec in config.files):
         return None
     from motte.host.net import HostNetwork
 
-    network = HostNetwork(request.config, config_dir=request.config_dir, tap=tap)
+    network = HostNetwork(config, config_dir=config_dir, tap=tap)
     network.prepare()
     return network
 
@@ -154,11 +159,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
     outputs = [p for p in pumps if p.name == _pump_output.__name__]
     for pump in outputs:
         pump.join(timeout=10.0)
-    try:
-        endpoint.send_control(**conversation.sending(Bye()))
-        endpoint.flush(timeout=2.0)
-    except MotteError:
-        pass
+    say_bye(endpoint, conversation)
     return result
 
 
@@ -175,9 +176,7 @@ def _await_exit(keep: KeepHandle, request: RunRequest, conversation: Conversatio
             keep.close(grace=0)
             return RunResult(EXIT_TIMEOUT, "timeout", f"the keep did not stop at its {request.timeout:g} s deadline")
         except ChannelClosed as exc:
-            status = keep.wait(timeout=2.0)
-            detail = f" (keep process exit status {status})" if status is not None else ""
-            return RunResult(EXIT_MOTTE_ERROR, "error", f"the keep ended without reporting an exit: {exc}{detail}")
+            return RunResult(EXIT_MOTTE_ERROR, "error", ended_without_exit(keep, exc))
         try:
             received = conversation.received(message)
         except ControlError as exc:
@@ -189,6 +188,22 @@ def _await_exit(keep: KeepHandle, request: RunRequest, conversation: Conversatio
             return RunResult(received.status, received.reason, received.message, list(received.backtrace), cached)
         elif isinstance(received, Accepted) and network is not None:
             network.accepted(received.stream)
+
+
+def ended_without_exit(keep: KeepHandle, closed: ChannelClosed) -> str:
+    """Why a run failed whose keep closed the channel before it reported an exit."""
+    status = keep.wait(timeout=2.0)
+    detail = f" (keep process exit status {status})" if status is not None else ""
+    return f"the keep ended without reporting an exit: {closed}{detail}"
+
+
+def say_bye(endpoint: Endpoint, conversation: Conversation) -> None:
+    """Tell the keep the host has everything (a VM keep may power off); a keep gone already is no error."""
+    try:
+        endpoint.send_control(**conversation.sending(Bye()))
+        endpoint.flush(timeout=2.0)
+    except MotteError:
+        pass
 
 
 def _daemon(target: Callable[..., None], *args: object) -> threading.Thread:

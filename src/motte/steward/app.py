@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import ctypes
 import hashlib
-import ipaddress
 import multiprocessing
 import os
 import signal
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 
 from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
+from motte.shared.loopback import is_loopback as is_loopback  # (motte steward serve --dev checks it too)
 from motte.shared.steward_protocol import CHAIN_CONTENT_TYPE, MAX_CSR, PKCS10, encode_chain
 from motte.steward.check import Refused, check_request
 from motte.steward.issuer import CertificateAuthority
@@ -372,15 +372,6 @@ def _response(outcome: IssueOutcome) -> web.Response:
 
 
 # --- running it ----------------------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

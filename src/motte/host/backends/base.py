@@ -5,8 +5,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from motte.shared.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from motte.host.channel_tap import Tap as ChannelTap
 
 Progress = Callable[[str], None]
 
@@ -19,6 +23,8 @@ class LaunchSpec:
     vcpus: int = 1
     boot_timeout: float = 60.0  # seconds until the keep must have said HELLO
     accel: str = "auto"  # VM backends: auto | kvm | tcg
+    #: sees every byte of the keep's channel (tests of what the host can see); see motte.host.channel_tap
+    channel_tap: ChannelTap | None = field(default=None, compare=False, repr=False)
 
 
 class KeepHandle(abc.ABC):

@@ -13,10 +13,10 @@ import time
 from collections.abc import Sequence
 
 from motte.host.backends.base import Backend, Check, KeepHandle, LaunchSpec, Progress
+from motte.host.channel_tap import channel_transport
 from motte.host.nil_process import spawn_nil_keep, take_prespawned
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
-from motte.shared.transport import SocketTransport
 
 
 class NilKeep(KeepHandle):
@@ -84,7 +84,7 @@ class NilBackend(Backend):
             pid, host_sock = take_prespawned() or spawn_nil_keep()
         except OSError as exc:
             raise MotteError(f"cannot start the nil keep: {exc}") from exc
-        endpoint = Endpoint(SocketTransport(host_sock), "host", name="nil-keep").start()
+        endpoint = Endpoint(channel_transport(host_sock, spec.channel_tap), "host", name="nil-keep").start()
         keep = NilKeep(pid, endpoint)
         try:
             endpoint.hello(timeout=spec.boot_timeout)

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from motte.host.backends.base import Backend, Check, LaunchSpec, Progress
 from motte.host.backends.kvm.accel import BOOTS_A_GUEST, accel_checks, host_tsc_khz, resolve_accel, tcg_clock_params
@@ -15,6 +16,9 @@ from motte.host.backends.kvm.rundir import sweep_stale_rundirs
 from motte.host.backends.kvm.snapshot import Snapshot, snapshots_enabled
 from motte.shared.errors import MotteError
 from motte.shared.vm_port import PARK_PARAM
+
+if TYPE_CHECKING:
+    from motte.host.channel_tap import Tap as ChannelTap
 
 
 class KvmBackend(Backend):
@@ -95,9 +99,10 @@ class KvmBackend(Backend):
         if plan.park and self.snapshots:
             snapshot = Snapshot.for_command(plan.command("@channel@"), qemu, accel, [vmlinux, initrd])
             plan = dataclasses.replace(plan, snapshot=snapshot)
-        return self._boot_retrying(plan, spec.boot_timeout, f"{accel}: {why}", progress)
+        return self._boot_retrying(plan, spec.boot_timeout, f"{accel}: {why}", progress, spec.channel_tap)
 
-    def _boot_retrying(self, plan: BootPlan, boot_timeout: float, why: str, progress: Progress | None) -> KvmKeep:
+    def _boot_retrying(self, plan: BootPlan, boot_timeout: float, why: str, progress: Progress | None,
+                       channel_tap: ChannelTap | None = None) -> KvmKeep:
         """Boot, restoring the snapshot where there is one; a hang is retried once (if
         ``retry_hangs``), a snapshot that does not restore is dropped and the keep boots."""
         deadline = time.monotonic() + boot_timeout
@@ -117,7 +122,7 @@ class KvmBackend(Backend):
                 else:
                     progress(f"{'restoring' if restore else 'booting'} the micro-VM ({why})")
             try:
-                return boot(plan, max(budget, 1.0), restore=restore)
+                return boot(plan, max(budget, 1.0), restore=restore, channel_tap=channel_tap)
             except MotteError as exc:
                 if restore and plan.snapshot is not None:
                     # A snapshot that does not restore (a damaged file, a change the key missed)

@@ -17,9 +17,10 @@ from motte.host.backends.base import KeepHandle
 from motte.host.backends.kvm.qemu import Accel, microvm_command, qemu_has_sandbox
 from motte.host.backends.kvm.rundir import forget, kill_qemu, log_tail, new_rundir, track, with_pdeathsig
 from motte.host.backends.kvm.snapshot import Snapshot
+from motte.host.channel_tap import Tap as ChannelTap
+from motte.host.channel_tap import channel_transport
 from motte.shared.endpoint import ChannelClosed, Endpoint, Timeout
 from motte.shared.errors import MotteError
-from motte.shared.transport import SocketTransport
 from motte.shared.vm_port import PARKED, RESUME_ENTROPY, Resume
 
 #: A first boot attempt that shows no HELLO by then is taken for a hang (TCG boots hang now and
@@ -121,7 +122,7 @@ class BootPlan:
         )
 
 
-def boot(plan: BootPlan, budget: float, *, restore: bool = False) -> KvmKeep:
+def boot(plan: BootPlan, budget: float, *, restore: bool = False, channel_tap: ChannelTap | None = None) -> KvmKeep:
     """Boot (or, with ``restore``, restore ``plan.snapshot``) and complete HELLO within ``budget``
     seconds. A keep of a ``park`` plan stops before HELLO and waits for the resume record; a
     booted one may first be saved as ``plan.snapshot``."""
@@ -144,7 +145,7 @@ def boot(plan: BootPlan, budget: float, *, restore: bool = False) -> KvmKeep:
             # The restored keep waits at the very point where the saved one parked.
             with contextlib.suppress(OSError):  # QEMU died: HELLO below reports how
                 sock.sendall(Resume(time.time_ns(), os.urandom(RESUME_ENTROPY)).to_bytes())
-        endpoint = Endpoint(SocketTransport(sock), "host", name="kvm-keep").start()
+        endpoint = Endpoint(channel_transport(sock, channel_tap), "host", name="kvm-keep").start()
         keep = KvmKeep(process, endpoint, rundir, plan.accel, command, restored=restore)
         keep.snapshot_saved = saved
         track(keep)

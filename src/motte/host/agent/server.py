@@ -1,0 +1,100 @@
+"""Running the host agent: listening (loopback TCP, a Unix socket, or an exposed address with a
+token), and stopping every keep it launched when it stops, however it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from motte.host.agent.app import HostAgent
+from motte.host.agent.auth import check_exposure
+from motte.shared.errors import MotteError
+
+SHUTDOWN_TIMEOUT = 5.0  # seconds requests in flight get once the keeps are stopped
+
+
+async def serve(agent: HostAgent, *, host: str = "127.0.0.1", port: int = 0, unix: Path | None = None,
+                on_ready: Callable[[str], None], stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then stop every keep and close. ``on_ready``
+    gets the agent's URL (``http://host:port`` or ``unix:/path``) once it accepts requests."""
+    check_exposure(None if unix is not None else host, agent.token)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    runner = web.AppRunner(agent.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    bound: Path | None = None
+    try:
+        await agent.check_backends()
+        await runner.setup()
+        if unix is not None:
+            sock = bind_unix(unix)
+            bound = unix
+            site: web.BaseSite = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise MotteError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                             hint="another program uses the port: choose another with --port") from None
+        on_ready(f"unix:{unix}" if unix is not None else _url(runner.addresses[0]))
+        await stop.wait()
+    finally:
+        try:
+            if live := len(agent.keeps.live()):
+                agent.log(f"stopping: ending {live} keep{'s' if live > 1 else ''}")
+            await agent.close()
+        finally:
+            await runner.cleanup()
+            if bound is not None:
+                with contextlib.suppress(OSError):
+                    bound.unlink()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+        agent.log("stopped")
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A Unix socket at ``path``, mode 0600 from the start (only this user may connect). A socket
+    file left by an agent that died is replaced; one where something listens is not."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise MotteError(f"{path} exists and is not a socket", hint="choose another --unix path")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise MotteError(f"cannot use {path}: {exc.strerror or exc}") from None
+                path.unlink()  # nobody listens: a stale socket
+            else:
+                raise MotteError(f"something already listens on {path}", hint="is another agent running?")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is created 0600: no moment when others could connect
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise MotteError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    return sock
+
+
+def _url(address: Any) -> str:
+    host, port = address[0], address[1]  # (an IPv6 socket address has four fields)
+    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
