@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
@@ -12,20 +11,20 @@ from motte.shared.endpoint import ChannelClosed, Endpoint
 
 
 class StreamChannel:
-    """A :class:`motte.tenant.deploy.session.ByteChannel` on one channel stream (blocking calls in threads)."""
+    """A :class:`motte.tenant.deploy.session.ByteChannel` on one channel stream ."""
 
     def __init__(self, endpoint: Endpoint, stream: int, tap: list[bytes] | None = None):
         self.endpoint = endpoint
         self.stream = stream
         self.tap = tap
 
-    async def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         if self.tap is not None:
             self.tap.append(data)
-        await asyncio.to_thread(self.endpoint.write, self.stream, data)
+        self.endpoint.write(self.stream, data)
 
-    async def receive(self) -> bytes:
-        data = await asyncio.to_thread(self.endpoint.read, self.stream, 1 << 20)
+    def receive(self) -> bytes:
+        data = self.endpoint.read(self.stream, 1 << 20)
         if self.tap is not None:
             self.tap.append(data)
         return data

@@ -4,7 +4,6 @@ reaching the tenant only."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,9 +51,9 @@ def test_deploy_runs_the_workload_and_only_the_tenant_sees_it(keep: KeepHandle, 
     tap: list[bytes] = []
     package = load_package(package_dir(tmp_path, "args_env", 'args = ["one"]\n[env]\nPLAIN = "visible"\n' + STDIO))
     out: list[tuple[Frame, bytes]] = []
-    outcome = asyncio.run(deploy(host.session(tap), package, DEV, Limits(MEMORY),
+    outcome = deploy(host.session(tap), package, DEV, Limits(MEMORY),
                                  secrets=(Secret("env", "API_KEY", b"s3cr3t-value"),),
-                                 output=lambda frame, data: out.append((frame, data))))
+                                 output=lambda frame, data: out.append((frame, data)))
     assert outcome.exit is not None and outcome.exit.status == 0
     stdout = b"".join(data for frame, data in out if frame is Frame.STDOUT)
     assert b"argv[1]=one\n" in stdout and b"env:API_KEY=s3cr3t-value\n" in stdout
@@ -72,7 +71,7 @@ def test_a_strict_policy_refuses_an_unattested_keep_and_sends_nothing(keep: Keep
     tap: list[bytes] = []
     package = load_package(package_dir(tmp_path, "hello"))
     with pytest.raises(KeepRefused, match="unattested_refused"):
-        asyncio.run(deploy(host.session(tap), package, STRICT, Limits(MEMORY), output=lambda f, d: None))
+        deploy(host.session(tap), package, STRICT, Limits(MEMORY), output=lambda f, d: None)
     assert sum(map(len, tap)) < 8192  # the handshake and the challenge, never the workload
     exit_to_host = host.join()
     assert exit_to_host.reason == "error"
@@ -84,7 +83,7 @@ def test_limits_other_than_asked_are_caught(keep: KeepHandle, tmp_path: Path) ->
     host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY // 2))
     package = load_package(package_dir(tmp_path, "hello"))
     with pytest.raises(LaunchMismatch, match="launch terms other than the tenant's"):
-        asyncio.run(deploy(host.session(), package, DEV, Limits(MEMORY), output=lambda f, d: None))
+        deploy(host.session(), package, DEV, Limits(MEMORY), output=lambda f, d: None)
 
 
 def test_file_secrets_are_read_only_files_in_keep_memory(keep: KeepHandle, tmp_path: Path) -> None:
@@ -93,8 +92,8 @@ def test_file_secrets_are_read_only_files_in_keep_memory(keep: KeepHandle, tmp_p
     package = load_package(package_dir(tmp_path, "secrets", toml))
     out: list[bytes] = []
     secrets = (Secret("file", "db-password", b"hunter2"), Secret("file", "tls.key", b"KEY"))
-    outcome = asyncio.run(deploy(host.session(), package, DEV, Limits(MEMORY), secrets=secrets,
-                                 output=lambda frame, data: out.append(data)))
+    outcome = deploy(host.session(), package, DEV, Limits(MEMORY), secrets=secrets,
+                                 output=lambda frame, data: out.append(data))
     assert outcome.exit is not None and outcome.exit.status == 0
     assert b"".join(out).decode().splitlines() == [
         "/run/secrets/db-password: hunter2",

@@ -46,9 +46,9 @@ OutputSink = Callable[[Frame, bytes], None]
 
 
 class ByteChannel(Protocol):
-    async def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes) -> None: ...
 
-    async def receive(self) -> bytes:
+    def receive(self) -> bytes:
         """The next bytes from the keep; ``b""`` once the connection ended."""
         ...
 
@@ -82,26 +82,26 @@ class KeepSession:
         self._reader = FrameReader("keep")
         self._inbox: list[Message] = []
 
-    async def handshake(self) -> None:
-        await self._send_raw(self.pipe.handshake())
+    def handshake(self) -> None:
+        self._send_raw(self.pipe.handshake())
         while not self.pipe.handshake_done:
-            self.pipe.feed(await self._receive_raw())
-            await self._send_raw(self.pipe.handshake())
+            self.pipe.feed(self._receive_raw())
+            self._send_raw(self.pipe.handshake())
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> None:
         self.order.sent(message)
-        await self._send_raw(self.pipe.encrypt(encode(message)))
+        self._send_raw(self.pipe.encrypt(encode(message)))
 
-    async def send_wasm(self, wasm: bytes) -> None:
+    def send_wasm(self, wasm: bytes) -> None:
         view = memoryview(wasm)
         for offset in range(0, len(view), MAX_CHUNK):
             chunk = view[offset : offset + MAX_CHUNK]
             self.order.sent(Output(Frame.WASM, bytes(chunk)))
-            await self._send_raw(self.pipe.encrypt(encode_raw(Frame.WASM, chunk)))
+            self._send_raw(self.pipe.encrypt(encode_raw(Frame.WASM, chunk)))
 
-    async def receive(self) -> Message:
+    def receive(self) -> Message:
         while not self._inbox:
-            data = await self._receive_raw()
+            data = self._receive_raw()
             for message in self._reader.feed(self.pipe.feed(data)):
                 self.order.received(message)
                 if isinstance(message, Abort):
@@ -111,18 +111,18 @@ class KeepSession:
                 raise ProvisionError("the keep closed the session")
         return self._inbox.pop(0)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         try:
-            await self._send_raw(self.pipe.close())
+            self._send_raw(self.pipe.close())
         except MotteError:
             pass
 
-    async def _send_raw(self, data: bytes) -> None:
+    def _send_raw(self, data: bytes) -> None:
         if data:
-            await self.channel.send(data)
+            self.channel.send(data)
 
-    async def _receive_raw(self) -> bytes:
-        data = await self.channel.receive()
+    def _receive_raw(self) -> bytes:
+        data = self.channel.receive()
         if not data:
             raise ProvisionError("the connection to the keep ended (the keep or the host agent went away)")
         return data
@@ -137,7 +137,7 @@ def expected_launch(package: Package, secrets: tuple[Secret, ...], limits: Limit
     )
 
 
-async def deploy(channel: ByteChannel, package: Package, policy: TenantPolicy, limits: Limits, *,
+def deploy(channel: ByteChannel, package: Package, policy: TenantPolicy, limits: Limits, *,
                  secrets: tuple[Secret, ...] = (), output: OutputSink, now: datetime | None = None,
                  amd_trust: AmdTrust | None = None, detach: bool = False,
                  progress: Callable[[str], None] | None = None) -> DeployOutcome:
@@ -156,46 +156,46 @@ async def deploy(channel: ByteChannel, package: Package, policy: TenantPolicy, l
         clock = now_
 
     session = KeepSession(channel)
-    await session.handshake()
+    session.handshake()
     lap("tls")
     nonce = random.token_bytes(NONCE_SIZE)
-    await session.send(Hello(nonce))
-    offer = await session.receive()
+    session.send(Hello(nonce))
+    offer = session.receive()
     assert isinstance(offer, EvidenceOffer)  # the order allows nothing else
     lap("evidence")
     try:
         accepted = judge(offer, nonce=nonce, spki=session.pipe.peer_spki(), exporter=session.pipe.exporter(),
                          policy=policy, now=now or datetime.now().astimezone(), amd_trust=amd_trust)
     except KeepRefused as exc:
-        await session.send(Abort(f"the tenant's policy refused this keep: {exc.check}"))
-        await session.close()
+        session.send(Abort(f"the tenant's policy refused this keep: {exc.check}"))
+        session.close()
         raise
     lap("verify")
     say("the keep passed the policy" if accepted.attested else
         f"the keep is UNATTESTED ({offer.backend}): its host can read the workload, its secrets and its output")
     terms = expected_launch(package, secrets, limits)
-    await session.send(Deploy(package.config, len(package.wasm), package.wasm_sha256, package.ca_bundles,
+    session.send(Deploy(package.config, len(package.wasm), package.wasm_sha256, package.ca_bundles,
                               package.steward_ca, secrets))
-    await session.send_wasm(package.wasm)
+    session.send_wasm(package.wasm)
     lap("transfer")
-    started = await session.receive()
+    started = session.receive()
     assert isinstance(started, Started)
     lap("start")
     _check_started(started, terms)
     if detach:
-        await session.send(Detach())
-        await session.close()
+        session.send(Detach())
+        session.close()
         return DeployOutcome(accepted, started, None, timings)
     first = True
     while True:
-        message = await session.receive()
+        message = session.receive()
         if first:
             lap("first_output")
             first = False
         if isinstance(message, Output):
             output(message.frame, message.data)
         elif isinstance(message, Exit):
-            await session.close()
+            session.close()
             return DeployOutcome(accepted, started, message, timings)
 
 
