@@ -1,70 +1,88 @@
-"""A minimal host side for a provisioned keep, for the keep's and the tenant's tests: it sends
-``provision``, relays one tenant session on a channel stream, answers ``serve``, collects the exit."""
+"""The host side of a provisioned keep for the deploy tests: the real host driver
+(:class:`motte.host.provisioned.ProvisionedKeep`) on a thread, tenant sessions as byte channels,
+and an in-process keep whose evidence comes from a test-only SNP platform."""
 
 from __future__ import annotations
 
+import socket
 import threading
-from typing import Any
 
-from motte.shared.control import PROVISION_STREAM, Bye, Conversation, Exit, Provision, Serve, Served, Stats
-from motte.shared.endpoint import ChannelClosed, Endpoint
+from motte.host.backends.base import KeepHandle
+from motte.host.provisioned import KeepEnd, ProvisionedKeep, ProvisionSession
+from motte.keep.evidence import EvidenceSource
+from motte.keep.runtime import KeepRuntime
+from motte.shared.control import Provision
+from motte.shared.endpoint import Endpoint
+from motte.shared.transport import SocketTransport
 
 
-class StreamChannel:
-    """A :class:`motte.tenant.deploy.session.ByteChannel` on one channel stream ."""
+class SessionChannel:
+    """A tenant's byte channel on one provisioning stream; ``tap`` collects every byte relayed."""
 
-    def __init__(self, endpoint: Endpoint, stream: int, tap: list[bytes] | None = None):
-        self.endpoint = endpoint
-        self.stream = stream
+    def __init__(self, session: ProvisionSession, tap: list[bytes] | None = None):
+        self.session = session
         self.tap = tap
 
     def send(self, data: bytes) -> None:
         if self.tap is not None:
             self.tap.append(data)
-        self.endpoint.write(self.stream, data)
+        self.session.write(data)
 
     def receive(self) -> bytes:
-        data = self.endpoint.read(self.stream, 1 << 20)
+        data = self.session.read(1 << 20, timeout=60)
         if self.tap is not None:
             self.tap.append(data)
         return data
 
 
-class ProvisionedHost:
-    def __init__(self, endpoint: Endpoint, provision: Provision):
-        self.endpoint = endpoint
-        self.conversation = Conversation("host")
-        self.exit: Exit | None = None
-        self.serve: Serve | None = None
-        self.messages: list[Any] = []
-        endpoint.send_control(**self.conversation.sending(provision))
-        self._thread = threading.Thread(target=self._control, daemon=True)
+class Host:
+    """Provision ``keep`` and drive it until it ends, on a thread."""
+
+    def __init__(self, keep: KeepHandle, provision: Provision, **options: object):
+        self.driver = ProvisionedKeep(keep, provision, **options)  # type: ignore[arg-type]
+        self.end: KeepEnd | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def session(self, tap: list[bytes] | None = None) -> StreamChannel:
-        return StreamChannel(self.endpoint, self.endpoint.open_stream(PROVISION_STREAM), tap)
+    def _run(self) -> None:
+        self.end = self.driver.run()
 
-    def _control(self) -> None:
-        try:
-            self._converse()
-        except ChannelClosed:
-            pass  # the test stopped the keep
+    def session(self, tap: list[bytes] | None = None) -> SessionChannel:
+        return SessionChannel(self.driver.open_session(), tap)
 
-    def _converse(self) -> None:
-        while True:
-            message = self.conversation.received(self.endpoint.recv_control(timeout=120))
-            self.messages.append(message)
-            if isinstance(message, Serve):
-                self.serve = message
-                self.endpoint.send_control(**self.conversation.sending(Served(None)))
-            elif isinstance(message, Exit):
-                self.exit = message
-                self.endpoint.send_control(**self.conversation.sending(Bye()))
-                return
-            else:
-                assert isinstance(message, Stats)
-
-    def join(self, timeout: float = 60) -> Exit:
+    def join(self, timeout: float = 60) -> KeepEnd:
         self._thread.join(timeout)
-        assert self.exit is not None, "the keep reported no exit"
-        return self.exit
+        assert self.end is not None, "the host driver did not end"
+        return self.end
+
+
+class InProcessKeep(KeepHandle):
+    """A keep runtime on a thread of the test process, on a real socketpair channel, with the
+    evidence source the test gives it (a fake SNP platform signing with test-only AMD keys)."""
+
+    backend = "snp"
+    isolation = "a test keep in the test's own process, with test-only AMD keys"
+
+    def __init__(self, evidence: EvidenceSource):
+        a, b = socket.socketpair()
+        self.endpoint = Endpoint(SocketTransport(a), "host", name="test-host").start()
+        self._keep_endpoint = Endpoint(SocketTransport(b), "keep", name="test-keep").start()
+        self.endpoint.send_hello()
+        self._keep_endpoint.send_hello()
+        self.endpoint.await_hello(5)
+        self._keep_endpoint.await_hello(5)
+        runtime = KeepRuntime(self._keep_endpoint, backend="snp", evidence=evidence)
+        self._thread = threading.Thread(target=runtime.serve, name="test-keep", daemon=True)
+        self._thread.start()
+
+    def memory_pid(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._thread.join(timeout)
+        return None if self._thread.is_alive() else 0
+
+    def close(self, grace: float = 2.0) -> None:
+        self.endpoint.close()
+        self._keep_endpoint.close()
+        self._thread.join(grace or None)

@@ -17,7 +17,7 @@ from motte.tenant.deploy.package import load_package
 from motte.tenant.deploy.policy import load_tenant_policy
 from motte.tenant.deploy.session import Limits, deploy
 from motte.tenant.deploy.verify import KeepRefused
-from tests.deploy.harness import ProvisionedHost
+from tests.deploy.harness import Host
 from tests.workloads import workload
 
 DEV = load_tenant_policy("allow_unattested = true\n")
@@ -47,7 +47,7 @@ def package_dir(tmp_path: Path, name: str, toml: str = "") -> Path:
 
 
 def test_deploy_runs_the_workload_and_only_the_tenant_sees_it(keep: KeepHandle, tmp_path: Path) -> None:
-    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
     tap: list[bytes] = []
     package = load_package(package_dir(tmp_path, "args_env", 'args = ["one"]\n[env]\nPLAIN = "visible"\n' + STDIO))
     out: list[tuple[Frame, bytes]] = []
@@ -58,36 +58,35 @@ def test_deploy_runs_the_workload_and_only_the_tenant_sees_it(keep: KeepHandle, 
     stdout = b"".join(data for frame, data in out if frame is Frame.STDOUT)
     assert b"argv[1]=one\n" in stdout and b"env:API_KEY=s3cr3t-value\n" in stdout
     assert outcome.started.workload_sha256 == package.wasm_sha256
-    exit_to_host = host.join()
-    assert (exit_to_host.status, exit_to_host.reason, exit_to_host.message) == (0, "exit", "")
+    end = host.join()
+    assert end.exit is not None and (end.exit.status, end.exit.reason, end.exit.message) == (0, "exit", "")
     relayed = b"".join(tap)
     for secret in (b"s3cr3t-value", b"argv[1]=one", package.wasm[100:164], b"visible"):
         assert secret not in relayed
-    assert host.serve is not None and host.serve.config.env == {} and host.serve.config.args == ()
 
 
 def test_a_strict_policy_refuses_an_unattested_keep_and_sends_nothing(keep: KeepHandle, tmp_path: Path) -> None:
-    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=2_000, memory_limit=MEMORY))
+    host = Host(keep, Provision(wait_ms=2_000, memory_limit=MEMORY))
     tap: list[bytes] = []
     package = load_package(package_dir(tmp_path, "hello"))
     with pytest.raises(KeepRefused, match="unattested_refused"):
         deploy(host.session(tap), package, STRICT, Limits(MEMORY), output=lambda f, d: None)
     assert sum(map(len, tap)) < 8192  # the handshake and the challenge, never the workload
-    exit_to_host = host.join()
-    assert exit_to_host.reason == "error"
+    end = host.join()
+    assert end.exit is not None and end.exit.reason == "error"
 
 
 def test_limits_other_than_asked_are_caught(keep: KeepHandle, tmp_path: Path) -> None:
     from motte.tenant.deploy.session import LaunchMismatch
 
-    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY // 2))
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY // 2))
     package = load_package(package_dir(tmp_path, "hello"))
     with pytest.raises(LaunchMismatch, match="launch terms other than the tenant's"):
         deploy(host.session(), package, DEV, Limits(MEMORY), output=lambda f, d: None)
 
 
 def test_file_secrets_are_read_only_files_in_keep_memory(keep: KeepHandle, tmp_path: Path) -> None:
-    host = ProvisionedHost(keep.endpoint, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
     toml = 'args = ["/run/secrets/db-password", "/run/secrets/missing"]\n' + STDIO
     package = load_package(package_dir(tmp_path, "secrets", toml))
     out: list[bytes] = []

@@ -4,15 +4,20 @@ always stopped at the end of the test."""
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from motte.steward.app import StewardConfig, StewardService, serve
 from motte.steward.issuer import CertificateAuthority, new_ca
@@ -28,6 +33,33 @@ ALLOW_KVM = load_steward_policy("allow_unattested = true\n")
 def ca() -> CertificateAuthority:
     key, cert = new_ca("test Steward CA", now=datetime.now(UTC))
     return CertificateAuthority(key, cert)
+
+
+def steward_tls_identity(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """The Steward's own TLS identity: a server certificate for 127.0.0.1 from a test CA, and the
+    path of that CA's PEM (what the keep's ``steward_ca`` names)."""
+    now = datetime.now(UTC)
+    ca_key, ca_cert = new_ca("test Steward TLS CA", now=now)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "steward on loopback")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "steward-tls-ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return folder / "steward-tls-ca.pem", context
 
 
 @contextmanager

@@ -9,32 +9,28 @@ CA that the keep trusts through ``steward_ca``.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import socket
 import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from motte.shared.binding import KeepClaims
 from motte.shared.steward_certs import read_attestation
 from motte.shared.steward_protocol import UNATTESTED
 from motte.steward.app import StewardConfig, StewardService
-from motte.steward.issuer import CertificateAuthority, new_ca
+from motte.steward.issuer import CertificateAuthority
 from motte.steward.log import AuditLog, read_events
 from motte.steward.policy import load_steward_policy
 from tests.net.conftest import STDIO, Served, free_port, listen_toml
-from tests.steward.conftest import running
+from tests.steward.conftest import running, steward_tls_identity
 from tests.workloads import workload
 
 PEM = serialization.Encoding.PEM
@@ -47,31 +43,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 @pytest.fixture(scope="module")
 def steward_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
-    """The Steward's own TLS identity: a server certificate for 127.0.0.1 from a test CA, and the
-    path of that CA's PEM (what the keep's ``steward_ca`` names)."""
-    now = datetime.now(UTC)
-    ca_key, ca_cert = new_ca("test Steward TLS CA", now=now)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "steward on loopback")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("steward-tls")
-    (folder / "steward-tls-ca.pem").write_bytes(_pem(ca_cert))
-    (folder / "server.pem").write_bytes(_pem(cert))
-    (folder / "server.key").write_bytes(key.private_bytes(
-        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "server.pem", folder / "server.key")
-    return folder / "steward-tls-ca.pem", context
+    return steward_tls_identity(tmp_path_factory.mktemp("steward-tls"))
 
 
 @contextmanager

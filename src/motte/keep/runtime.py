@@ -72,21 +72,29 @@ class KeepRuntime:
         self.endpoint.send_control(**self.conversation.sending(message))
 
     def serve(self) -> Exit:
-        """Handle one launch request; always tells the host how it ended."""
-        conversation = self.conversation
-        launch: Launch | None = None
+        """Handle one launch (or provisioning); always tells the host how it ended."""
         try:
-            message = conversation.received(self.endpoint.recv_control())
-            if isinstance(message, Provision):
-                return self.serve_deployment(message)
-            assert isinstance(message, Launch)  # the only other message the host may send first
-            launch = message
-            outcome = self.run(launch)
+            first = self.conversation.received(self.endpoint.recv_control())
+        except MotteError as exc:
+            return self._finish(Exit(EXIT_MOTTE_ERROR, "error", str(exc)))
+        if isinstance(first, Provision):
+            return self.serve_deployment(first)
+        assert isinstance(first, Launch)  # the only other message the host may send first
+        try:
+            outcome = self.run(first)
         except MotteError as exc:
             outcome = Exit(EXIT_MOTTE_ERROR, "error", str(exc))
-            for stream in launch.streams.stdio.values() if launch is not None else ():
+            for stream in first.streams.stdio.values():
                 self.endpoint.eof(stream)  # the host stops waiting for output the workload never wrote
-        self.report(outcome)
+        return self._finish(outcome)
+
+    def _finish(self, outcome: Exit, told: Exit | None = None) -> Exit:
+        """Tell the host how the run ended (``told``: what of it the host may know), then wait
+        for its bye. A host that is gone is nobody to tell."""
+        try:
+            self.report(told or outcome)
+        except MotteError:
+            return outcome
         self._await_bye()
         return outcome
 
@@ -130,9 +138,7 @@ class KeepRuntime:
                     pass
             else:
                 session.abort(outcome.message)
-        self.report(Exit(outcome.status, outcome.reason))
-        self._await_bye()
-        return outcome
+        return self._finish(outcome, told=Exit(outcome.status, outcome.reason))
 
     def _run_deployment(self, deployment: Deployment) -> Exit:
         from motte.keep.provisioning import SessionOutput
