@@ -12,12 +12,13 @@ from motte.host.provisioned import KeepEnd, ProvisionedKeep, ProvisionSession
 from motte.keep.evidence import EvidenceSource
 from motte.keep.runtime import KeepRuntime
 from motte.shared.control import Provision
-from motte.shared.endpoint import Endpoint
+from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.transport import SocketTransport
 
 
 class SessionChannel:
-    """A tenant's byte channel on one provisioning stream; ``tap`` collects every byte relayed."""
+    """A tenant's byte channel on one provisioning stream; ``tap`` collects every byte relayed.
+    A keep that is gone ends the connection, as the host agent ends the tenant's WebSocket."""
 
     def __init__(self, session: ProvisionSession, tap: list[bytes] | None = None):
         self.session = session
@@ -26,10 +27,16 @@ class SessionChannel:
     def send(self, data: bytes) -> None:
         if self.tap is not None:
             self.tap.append(data)
-        self.session.write(data)
+        try:
+            self.session.write(data)
+        except (ChannelClosed, StreamAborted):
+            pass  # the next receive says the connection ended
 
     def receive(self) -> bytes:
-        data = self.session.read(1 << 20, timeout=60)
+        try:
+            data = self.session.read(1 << 20, timeout=60)
+        except (ChannelClosed, StreamAborted):
+            return b""
         if self.tap is not None:
             self.tap.append(data)
         return data

@@ -4,6 +4,8 @@ reaching the tenant only."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from motte.host.backends.base import KeepHandle, LaunchSpec
 from motte.host.backends.nil import NilBackend
 from motte.shared.control import Provision
-from motte.shared.provision import Frame, Secret
+from motte.shared.provision import Frame, ProvisionError, Secret
 from motte.tenant.deploy.package import load_package
 from motte.tenant.deploy.policy import load_tenant_policy
 from motte.tenant.deploy.session import Limits, deploy
@@ -101,3 +103,52 @@ def test_file_secrets_are_read_only_files_in_keep_memory(keep: KeepHandle, tmp_p
         "write /run/secrets/missing: errno=44",
         "list: db-password,tls.key",
     ]
+
+
+class DyingChannel:
+    """The tenant's channel, with the keep process killed once the workload is on its way."""
+
+    def __init__(self, inner: object, keep: KeepHandle):
+        self.inner = inner
+        self.keep = keep
+        self.sent = 0
+        self.killed = False
+
+    def send(self, data: bytes) -> None:
+        self.inner.send(data)  # type: ignore[attr-defined]
+        self.sent += len(data)
+        if self.sent > 64 << 10 and not self.killed:  # the workload is flowing: the keep dies
+            pid = self.keep.memory_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            self.killed = True
+
+    def receive(self) -> bytes:
+        return self.inner.receive()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_keep_that_dies_mid_provisioning_is_one_clear_error(keep: KeepHandle, tmp_path: Path) -> None:
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    big = tmp_path / "big.wasm"
+    big.write_bytes(workload("hello").read_bytes() + custom_section(4 << 20))
+    ended = r"^the connection to the keep ended \(the keep or the host agent went away\)$"
+    with pytest.raises(ProvisionError, match=ended):
+        deploy(DyingChannel(host.session(), keep), load_package(big), DEV, Limits(MEMORY), output=lambda f, d: None)
+    end = host.join()
+    assert end.state == "failed" and end.error is not None and "without reporting an exit" in end.error
+    assert keep.wait(timeout=5) is not None
+
+
+def custom_section(size: int) -> bytes:
+    """A wasm custom section of ``size`` payload bytes (valid after any module's sections)."""
+    name = b"\x04pad"
+    body = name + b"\0" * size
+    length = bytearray()
+    n = len(body)
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x00" + bytes(length) + body
