@@ -152,3 +152,22 @@ def custom_section(size: int) -> bytes:
         if not n:
             break
     return b"\x00" + bytes(length) + body
+
+
+def test_a_keep_nobody_provisions_exits_at_its_wait(keep: KeepHandle) -> None:
+    end = Host(keep, Provision(wait_ms=300, memory_limit=MEMORY)).join()
+    assert end.state == "exited" and end.exit is not None
+    assert (end.exit.status, end.exit.reason) == (125, "error")
+    assert keep.wait(timeout=10) is not None  # the keep process is gone
+
+
+def test_detach_leaves_the_workload_running_and_its_output_goes_nowhere(keep: KeepHandle, tmp_path: Path) -> None:
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    tap: list[bytes] = []
+    package = load_package(package_dir(tmp_path, "writer", 'args = ["64"]\n' + STDIO))
+    outcome = deploy(host.session(tap), package, DEV, Limits(MEMORY), output=lambda f, d: None, detach=True)
+    assert outcome.exit is None and outcome.started.workload_sha256 == package.wasm_sha256
+    seen = sum(map(len, tap))
+    end = host.join()
+    assert end.exit is not None and (end.exit.status, end.exit.reason) == (0, "exit")
+    assert sum(map(len, tap)) == seen  # nothing more reached the tenant's connection

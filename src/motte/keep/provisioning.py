@@ -22,6 +22,7 @@ from motte.shared.binding import provision_report_data
 from motte.shared.control import PROVISION_STREAM, LaunchTerms, Provision
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeout
 from motte.shared.errors import MotteError
+from motte.shared.netstreams import CLOSED
 from motte.shared.provision import (
     MAX_CHUNK,
     Abort,
@@ -142,6 +143,9 @@ class TenantSession:
                 message = self.receive(None)
                 if isinstance(message, Detach):
                     self.detached = True
+                    # Nobody reads the output any more: a write waiting for credit returns now.
+                    self.endpoint.reset(self.stream, CLOSED)
+                    break
         except MotteError:
             pass
         self.gone = True
