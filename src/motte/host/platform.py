@@ -83,6 +83,14 @@ def host_facts() -> dict[str, Any]:
     }
 
 
+CONFIDENTIAL = ("snp", "tdx")
+NO_CONFIDENTIAL_KEEP = (
+    "no keep on this host protects a workload from the host: 'motte run' hands the host the workload, "
+    "its config and its output, and 'motte deploy' sends them only to a keep it verified first, but a "
+    "nil or kvm keep offers no evidence and its host can read its memory (docs/threat-model.md)"
+)
+
+
 def all_backends() -> list[BackendChecks]:
     """Every kind of keep, in the order ``motte platform info`` lists them."""
     from motte.host.backends.confidential import SnpChecks, TdxChecks
@@ -97,6 +105,8 @@ def platform_report(*, probe: bool = False) -> PlatformReport:
     backends = [backend.report(probe=probe) for backend in all_backends()]
     image = _image_facts()
     notes = [note for backend in backends for note in backend.notes]
+    if not any(report.supported and report.name in CONFIDENTIAL for report in backends):
+        notes.append(NO_CONFIDENTIAL_KEEP)
     return PlatformReport(host_facts(), backends, image, _strongest(backends, image), notes)
 
 
