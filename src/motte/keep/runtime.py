@@ -100,11 +100,12 @@ class KeepRuntime:
                 files.append(NullFile())
             elif spec.kind in STDIO_KINDS:
                 stream = launch.streams.stdio[fd]  # the launch was checked: every stdio file has one
+                terminal = fd in launch.streams.terminals
                 if spec.kind == "stdin":
-                    files.append(ChannelInput(self.endpoint, stream, on_block=outputs))
+                    files.append(ChannelInput(self.endpoint, stream, on_block=outputs, terminal=terminal))
                     self.endpoint.eof(stream)  # nothing flows keep -> host on stdin
                 else:
-                    output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout")
+                    output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout", terminal=terminal)
                     outputs.add(output)
                     files.append(output)
             elif network is not None:
@@ -208,6 +209,8 @@ class KeepRuntime:
             pending = host.take_pending()
             if isinstance(pending, HostTrap):
                 return _ended(pending.outcome, launch)
+            if pending is not None:
+                return _internal_error(host, pending)
             return Exit(EXIT_TRAP, "trap", _first_line(exc))
         return _ended(ProcExit(0), launch)
 
@@ -233,8 +236,15 @@ def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, launch: Launch) -> 
     backtrace = tuple(_frame_text(i, frame) for i, frame in enumerate(trap.frames[:MAX_BACKTRACE]))
     cause = _trap_cause(trap.message)
     if pending is not None:
-        return Exit(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
+        return _internal_error(host, pending, backtrace)
     return Exit(EXIT_TRAP, "trap", cause, backtrace)
+
+
+def _internal_error(host: HostFunctions, pending: BaseException, backtrace: tuple[str, ...] = ()) -> Exit:
+    """A WASI call failed in motte's own code: motte's fault, not the workload's trap."""
+    detail = f"{type(pending).__name__}: {pending}" if str(pending) else type(pending).__name__
+    return Exit(EXIT_MOTTE_ERROR, "error", f"internal error in the keep runtime, in {host.pending_call}: {detail}",
+                backtrace)
 
 
 def _timeout(launch: Launch) -> Exit:
