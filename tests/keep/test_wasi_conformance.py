@@ -36,28 +36,7 @@ KVM_USABLE, KVM_REASON = kvm_usable()
 
 EXPECTED = Path(__file__).parent / "wasi_expected"
 
-#: Runs a workload under wasmtime-py's WASI: argv[1] the module, argv[2] a directory to preopen as
-#: /data ("" for none), the rest its arguments; stdio and exit status are the process's own.
-REFERENCE = """
-import sys, wasmtime
-engine = wasmtime.Engine()
-store = wasmtime.Store(engine)
-linker = wasmtime.Linker(engine)
-linker.define_wasi()
-config = wasmtime.WasiConfig()
-config.argv = ["main.wasm", *sys.argv[3:]]
-config.inherit_stdin()
-config.inherit_stdout()
-config.inherit_stderr()
-if sys.argv[2]:
-    config.preopen_dir(sys.argv[2], "/data")
-store.set_wasi(config)
-module = wasmtime.Module.from_file(engine, sys.argv[1])
-try:
-    linker.instantiate(store, module).exports(store)["_start"](store)
-except wasmtime.ExitTrap as exit:
-    sys.exit(exit.code)
-"""
+REFERENCE = Path(__file__).parents[1] / "workloads" / "wasmtime_wasi.py"
 
 #: step -> the answers the WASI testsuite's test (named in the comment) accepts.
 TESTSUITE: dict[str, set[str]] = {
@@ -201,7 +180,7 @@ def keep_command(name: str, *args: str, data: Path | None = None, backend: str =
 
 
 def reference_command(name: str, *args: str, data: Path | None = None) -> list[str]:
-    return [sys.executable, "-c", REFERENCE, str(workload(name)), str(data or ""), *args]
+    return [sys.executable, str(REFERENCE), str(workload(name)), "-", f"{data}::/data" if data else "", *args]
 
 
 def output_of(command: list[str], stdout: str = "pipe", timeout: float = 240) -> str:

@@ -186,15 +186,7 @@ static void not_a_directory(__wasi_fd_t dir) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: wasi_paths <dir>\n");
-        return 2;
-    }
-    __wasi_fd_t root = find_preopen(argv[1]);
-    if (root == (__wasi_fd_t)-1) {
-        fprintf(stderr, "wasi_paths: %s is not preopened\n", argv[1]);
-        return 2;
-    }
+    __wasi_fd_t root = preopen_argument(argc, argv, "wasi_paths");
     __wasi_fd_t dir = scratch_dir(root, "paths.w");
     if (dir == (__wasi_fd_t)-1)
         return 1;

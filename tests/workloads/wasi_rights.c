@@ -343,15 +343,7 @@ static void libc_modes(const char *root) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: wasi_rights <dir>\n");
-        return 2;
-    }
-    __wasi_fd_t root = find_preopen(argv[1]);
-    if (root == (__wasi_fd_t)-1) {
-        fprintf(stderr, "wasi_rights: %s is not preopened\n", argv[1]);
-        return 2;
-    }
+    __wasi_fd_t root = preopen_argument(argc, argv, "wasi_rights");
     preopen_rights(root);
     __wasi_fd_t dir = scratch_dir(root, "rights.w");
     if (dir == (__wasi_fd_t)-1)

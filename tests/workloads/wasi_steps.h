@@ -6,6 +6,7 @@
  * NOTSUP=58, PERM=63, SPIPE=70, NOTCAPABLE=76, ...). Lines hold no inode
  * numbers or times, so two runs print the same. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <wasi/api.h>
 
@@ -38,6 +39,16 @@ static __wasi_fd_t find_preopen(const char *name) {
             return fd;
     }
     return (__wasi_fd_t)-1;
+}
+
+/* The preopen that argv[1] names (e.g. "/data"); without one, exit 2 with a usage line. */
+static __wasi_fd_t preopen_argument(int argc, char **argv, const char *program) {
+    __wasi_fd_t root = argc < 2 ? (__wasi_fd_t)-1 : find_preopen(argv[1]);
+    if (root == (__wasi_fd_t)-1) {
+        fprintf(stderr, "usage: %s <dir>, a preopened directory\n", program);
+        exit(2);
+    }
+    return root;
 }
 
 /* The rights the WASI testsuite's create_tmp_dir asks for a scratch directory. */
