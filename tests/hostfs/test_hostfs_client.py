@@ -214,7 +214,7 @@ def test_bad_arguments_fail_before_anything_is_sent() -> None:
         (lambda: root.mkdir("x" * (hostfs.MAX_PATH + 1)), Errno.NAMETOOLONG),
         (lambda: file.pread(1, 1 << 63), Errno.INVAL),
         (lambda: file.set_size(1 << 63), Errno.INVAL),
-        (lambda: file.pwrite(b"x", 0), Errno.NOTSUP),  # append mode would ignore the offset
+        (lambda: file.pwrite(b"x", 1 << 63), Errno.INVAL),
         (lambda: file.seek(0, 3), Errno.INVAL),
         (lambda: file.set_flags(FdFlags.SYNC), Errno.NOTSUP),
         (lambda: root.open("d", follow=True, oflags_creat=False, excl=False, trunc=False, directory=True,

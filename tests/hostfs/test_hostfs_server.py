@@ -156,6 +156,11 @@ def test_opens_that_would_leave_the_directory_are_refused(tree: tuple[Path, Keep
     (Op.SYMLINK, ("x", 0, "../symlinked-out")),
     (Op.READLINK, (0, "../outside-link")),
     (Op.OPEN, (0, "..", R | DIR, 0)),
+    # A trailing slash makes the kernel follow a symlink in the last name: never unconfined.
+    (Op.STAT, (0, "out-dir/", 0)),
+    (Op.SET_TIMES_PATH, (0, "out-dir/", 0, 1, 1, 1 | 4)),
+    (Op.READLINK, (0, "out-dir/")),
+    (Op.LINK, (0, "out-dir/", 0, 0, "stolen")),
 ])
 def test_path_operations_that_would_leave_the_directory_are_refused(tree: tuple[Path, Keep], op: Op,
                                                                    args: tuple[Any, ...]) -> None:
@@ -192,6 +197,43 @@ def test_what_stays_inside_works(tree: tuple[Path, Keep]) -> None:
     assert (root / "hard").read_text() == "inner" and (root / "sub" / "inner.txt").stat().st_nlink == 2
     keep.ok(Op.SET_TIMES_PATH, 0, "in-rel", 1, 5_000_000_000, 7_000_000_000, 1 | 4)
     assert (root / "sub" / "inner.txt").stat().st_mtime_ns == 7_000_000_000
+
+
+@pytest.mark.parametrize(("op", "args", "errno"), [
+    (Op.UNLINK, (0, "sub/"), Errno.ISDIR),
+    (Op.UNLINK, (0, "file.txt/"), Errno.NOTDIR),
+    (Op.UNLINK, (0, "out-dir/"), Errno.NOTDIR),  # the symlink, not followed
+    (Op.RMDIR, (0, "file.txt/"), Errno.NOTDIR),
+    (Op.RENAME, (0, "file.txt/", 0, "moved"), Errno.NOTDIR),
+    (Op.RENAME, (0, "file.txt", 0, "moved/"), Errno.NOTDIR),
+    (Op.RENAME, (0, "out-dir/", 0, "moved"), Errno.NOTDIR),
+    (Op.SYMLINK, ("x", 0, "new/"), Errno.NOENT),
+    (Op.SYMLINK, ("x", 0, "file.txt/"), Errno.NOTDIR),
+    (Op.SYMLINK, ("x", 0, "sub/"), Errno.EXIST),
+    (Op.LINK, (0, "file.txt", 0, 0, "new/"), Errno.NOENT),
+    (Op.LINK, (0, "file.txt/", 0, 0, "new"), Errno.NOTDIR),
+    (Op.LINK, (0, "sub/", 0, 0, "new"), Errno.PERM),
+    (Op.LINK, (0, "sub/", 1, 0, "new"), Errno.PERM),
+    (Op.STAT, (0, "file.txt/", 0), Errno.NOTDIR),
+    (Op.READLINK, (0, "sub/"), Errno.INVAL),
+    (Op.READLINK, (0, "file.txt/"), Errno.NOTDIR),
+    (Op.OPEN, (0, "file.txt/", R, 0), Errno.NOTDIR),
+])
+def test_a_trailing_slash_names_a_directory(tree: tuple[Path, Keep], op: Op, args: tuple[Any, ...],
+                                            errno: Errno) -> None:
+    root, keep = tree
+    assert keep.errno(op, *args) == errno
+    assert sorted(p.name for p in root.iterdir() if p.name in ("moved", "new")) == []
+
+
+def test_a_trailing_slash_on_a_directory_does_what_it_does_without(tree: tuple[Path, Keep]) -> None:
+    root, keep = tree
+    (stat,) = keep.ok(Op.STAT, 0, "sub/", 0)
+    assert stat.filetype == Filetype.DIRECTORY
+    keep.ok(Op.MKDIR, 0, "made/")
+    keep.ok(Op.RENAME, 0, "made/", 0, "renamed/")
+    keep.ok(Op.RMDIR, 0, "renamed/")
+    assert not (root / "made").exists() and not (root / "renamed").exists()
 
 
 # ---- handles and flags: a keep cannot confuse the server ------------------------------------

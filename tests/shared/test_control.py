@@ -49,7 +49,8 @@ TERMS = LaunchTerms(
     wasm_size=1234, wasm_sha256="ab" * 32, config=CONFIG, dirs=("/data", "/srv"), memory_limit=64 << 20,
     timeout_ms=1500, ca_bundles={3: "-----BEGIN CERTIFICATE-----\n"}, steward_ca="STEWARD PEM",
 )
-STREAMS = LaunchStreams(wasm=1, stdio={0: 3, 1: 5, 2: 7}, dirs=(9, 11), cache_dir="/tmp/cache")
+STREAMS = LaunchStreams(wasm=1, stdio={0: 3, 1: 5, 2: 7}, dirs=(9, 11), cache_dir="/tmp/cache",
+                        terminals=frozenset({1}))
 LAUNCH = Launch(TERMS, STREAMS)
 
 
@@ -202,6 +203,8 @@ def launch_with(terms: dict[str, Any] | None = None, streams: dict[str, Any] | N
      "a stdio stream was sent for fd 3, which is no stdio file"),
     (None, {"stdio": [{"fd": 0, "stream": 3}, {"fd": 0, "stream": 5}]}, "streams.stdio names fd 0 twice"),
     (None, {"cache_dir": 7}, "streams.cache_dir must be a string"),
+    (None, {"terminals": [1, "2"]}, r"streams.terminals\[1\] must be an integer"),
+    (None, {"terminals": [3]}, "streams.terminals names an fd that has no stdio stream"),
 ])
 def test_the_keep_refuses_a_malformed_launch(terms: dict[str, Any] | None, streams: dict[str, Any] | None,
                                              error: str) -> None:

@@ -182,10 +182,23 @@ def test_steward_ca_rejected(text: str, message: str) -> None:
 
 def test_default_config_is_stdio() -> None:
     config = default_config()
-    assert config == WorkloadConfig()
+    assert config == WorkloadConfig(fd_env=False) != WorkloadConfig()
     assert config.files == STDIO
     assert config.args == () and config.env == {} and config.steward is None
-    assert config.workload_env() == {"FD_COUNT": "3", "FD_NAMES": "stdin:stdout:stderr"}
+
+
+def test_fd_count_and_names_come_with_a_config_file_only() -> None:
+    assert default_config().workload_env() == {}
+    assert default_config().with_extra(env={"A": "1"}).workload_env() == {"A": "1"}
+    from_file = parse_enarx_toml('[env]\nA = "1"\n[[files]]\nkind = "stdin"\n').with_extra(env={"B": "2"})
+    assert from_file.workload_env() == {"A": "1", "B": "2", "FD_COUNT": "1", "FD_NAMES": "stdin"}
+    for config in (default_config(), from_file):  # the keep gets the same config
+        assert WorkloadConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    assert "fd_env" not in from_file.to_json() and default_config().to_json()["fd_env"] is False
+    with pytest.raises(ConfigError, match="fd_env must be true or false"):
+        WorkloadConfig.from_json({"fd_env": 0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_enarx_toml("fd_env = false")  # not a key of Enarx.toml
 
 
 def test_default_names_ports_and_addr() -> None:

@@ -123,6 +123,8 @@ int main(int argc, char **argv) {
     close(fd);
     fd = open(at("w/app.txt"), O_RDONLY);
     n = read(fd, buf, sizeof buf);
+    for (ssize_t i = 0; i + 1 < n; i++)
+        if (buf[i] == '\n') buf[i] = '|'; /* one output line */
     snprintf(details, sizeof details, "%.*s", (int)(n > 0 ? n - 1 : 0), buf);
     result("append content", n >= 0, details);
     n = write(fd, "x", 1);

@@ -7,6 +7,12 @@ Operations on a final path component (unlink, mkdir, rename, ...) open the paren
 act on the last name relative to it, never following a symlink in that last name; the few that
 follow one (stat, set times, link) resolve the whole path beneath first and act on the result.
 
+A trailing slash says the last name is a directory. The calls that never follow a symlink in the
+last name (unlink, rename, and the new name of symlink and link) pass it on to the kernel, which
+then answers as POSIX says (EISDIR, ENOTDIR, ENOENT). On the others it would make the kernel
+follow a symlink in the last name, unconfined: for those a trailing slash means "resolve beneath,
+following", as ``stat("link/")`` does.
+
 The host's file server (:mod:`motte.host.hostfs`) acts on every directory it serves through these
 functions only. They raise OSError as the ``os`` functions do, or WasiError where WASI has an
 answer of its own.
@@ -95,6 +101,11 @@ def _proc_fd(fd: int) -> str:
 # ---- path operations confined beneath a directory fd ----------------------------------------
 
 
+def _slashed(name: str, path: str) -> str:
+    """``name``, the last name of ``path``, with a slash if ``path`` ends with one."""
+    return name + "/" if path.endswith("/") else name
+
+
 def split_parent(path: str) -> tuple[str, str]:
     """``(directory part, last name)`` of ``path``, for operations on its last component."""
     stripped = path.rstrip("/")
@@ -166,7 +177,7 @@ def open_beneath(dir_fd: int, path: str, flags: int, follow: bool) -> tuple[int,
 
 
 def stat_beneath(dir_fd: int, path: str, follow: bool) -> os.stat_result:
-    if follow:
+    if follow or path.endswith("/"):
         # O_PATH: stat needs no permission on the file and opening a FIFO must not block.
         fd = openat_beneath(dir_fd, path or ".", os.O_PATH)
         try:
@@ -178,7 +189,7 @@ def stat_beneath(dir_fd: int, path: str, follow: bool) -> os.stat_result:
 
 
 def set_times_beneath(dir_fd: int, path: str, atim: int, mtim: int, fst_flags: int, follow: bool) -> None:
-    if follow:
+    if follow or path.endswith("/"):
         # utimensat(parent, name, follow) would follow a symlink out of the directory unconfined.
         fd = openat_beneath(dir_fd, path or ".", os.O_PATH)
         try:
@@ -204,31 +215,34 @@ def rmdir_beneath(dir_fd: int, path: str) -> None:
 
 def unlink_beneath(dir_fd: int, path: str) -> None:
     with parent_beneath(dir_fd, path) as (parent, name):
-        if path.endswith("/"):
-            raise WasiError(Errno.NOTDIR)
-        os.unlink(name, dir_fd=parent)
+        os.unlink(_slashed(name, path), dir_fd=parent)
 
 
 def rename_beneath(old_dir_fd: int, old: str, new_dir_fd: int, new: str) -> None:
     with parent_beneath(old_dir_fd, old) as (old_parent, old_name), \
             parent_beneath(new_dir_fd, new) as (new_parent, new_name):
-        os.rename(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent)
+        os.rename(_slashed(old_name, old), _slashed(new_name, new), src_dir_fd=old_parent, dst_dir_fd=new_parent)
 
 
 def link_beneath(old_dir_fd: int, old: str, follow: bool, new_dir_fd: int, new: str) -> None:
+    if old.endswith("/") and not follow:
+        # "x/" names a directory (ENOTDIR or ENOENT if it is none), and no directory is hard-linked.
+        os.close(openat_beneath(old_dir_fd, old, os.O_PATH | os.O_DIRECTORY))
+        raise WasiError(Errno.PERM)
     if follow:
         # linkat(AT_SYMLINK_FOLLOW) on the last name would follow a symlink out of the
         # directory and hard-link an outside file in: resolve beneath, then link that inode.
         fd = openat_beneath(old_dir_fd, old, os.O_PATH)
         try:
             with parent_beneath(new_dir_fd, new) as (new_parent, new_name):
-                os.link(_proc_fd(fd), new_name, dst_dir_fd=new_parent, follow_symlinks=True)
+                os.link(_proc_fd(fd), _slashed(new_name, new), dst_dir_fd=new_parent, follow_symlinks=True)
         finally:
             os.close(fd)
         return
     with parent_beneath(old_dir_fd, old) as (old_parent, old_name), \
             parent_beneath(new_dir_fd, new) as (new_parent, new_name):
-        os.link(old_name, new_name, src_dir_fd=old_parent, dst_dir_fd=new_parent, follow_symlinks=False)
+        os.link(old_name, _slashed(new_name, new), src_dir_fd=old_parent, dst_dir_fd=new_parent,
+                follow_symlinks=False)
 
 
 def symlink_beneath(target: str, dir_fd: int, path: str) -> None:
@@ -238,10 +252,20 @@ def symlink_beneath(target: str, dir_fd: int, path: str) -> None:
     if "\0" in target:
         raise WasiError(Errno.INVAL)
     with parent_beneath(dir_fd, path) as (parent, name):
-        os.symlink(target, name, dir_fd=parent)
+        try:
+            os.symlink(target, _slashed(name, path), dir_fd=parent)
+        except FileExistsError:
+            # Linux says EEXIST for "file/"; wasmtime and the WASI testsuite say ENOTDIR.
+            if path.endswith("/") and not stat_mod.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                raise WasiError(Errno.NOTDIR) from None
+            raise
 
 
 def readlink_beneath(dir_fd: int, path: str) -> bytes:
+    if path.endswith("/"):
+        # "x/" names a directory (ENOTDIR or ENOENT if it is none), and a directory is no symlink.
+        os.close(openat_beneath(dir_fd, path, os.O_PATH | os.O_DIRECTORY))
+        raise WasiError(Errno.INVAL)
     with parent_beneath(dir_fd, path) as (parent, name):
         return os.readlink(os.fsencode(name), dir_fd=parent)
 

@@ -112,6 +112,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
     endpoint = keep.endpoint
     wasm_stream = endpoint.open_stream("wasm")
     streams: dict[int, int] = {}
+    terminals: set[int] = set()  # the workload sees a terminal where the host has one
     pumps: list[threading.Thread] = []
     stdin_fed = False
     for fd, spec in enumerate(request.config.files):
@@ -122,13 +123,16 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
         if spec.kind == "stdin":
             if stdin_fed:
                 endpoint.eof(stream)  # one host stdin: only the first stdin file is fed
-            else:
-                stdin_fed = True
-                pumps.append(_daemon(_pump_stdin, endpoint, stream, stdio.stdin))
+                continue
+            stdin_fed = True
+            host_fd = stdio.stdin
+            pumps.append(_daemon(_pump_stdin, endpoint, stream, host_fd))
         else:
             endpoint.eof(stream)  # nothing flows host -> keep on an output
-            target = stdio.stdout if spec.kind == "stdout" else stdio.stderr
-            pumps.append(_daemon(_pump_output, endpoint, stream, target))
+            host_fd = stdio.stdout if spec.kind == "stdout" else stdio.stderr
+            pumps.append(_daemon(_pump_output, endpoint, stream, host_fd))
+        if os.isatty(host_fd):
+            terminals.add(fd)
     if network is not None:
         network.start(endpoint)  # before the launch: the keep may ask for connections as soon as it has it
     if dirs is not None:
@@ -145,7 +149,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
             ca_bundles=network.ca_bundles if network is not None else {},
             steward_ca=network.steward_ca if network is not None else None,
         ),
-        LaunchStreams(wasm_stream, streams, tuple(s.stream for s in served), request.cache_dir),
+        LaunchStreams(wasm_stream, streams, tuple(s.stream for s in served), request.cache_dir, frozenset(terminals)),
     )
     conversation = Conversation("host")
     try:

@@ -194,10 +194,11 @@ class KeepRuntime:
 
         def stdio(fd: int, spec: FileSpec, outputs: ChannelOutputs) -> WasiFile:
             stream = launch.streams.stdio[fd]  # the launch was checked: every stdio file has one
+            terminal = fd in launch.streams.terminals
             if spec.kind == "stdin":
                 self.endpoint.eof(stream)  # nothing flows keep -> host on stdin
-                return ChannelInput(self.endpoint, stream, on_block=outputs)
-            output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout")
+                return ChannelInput(self.endpoint, stream, on_block=outputs, terminal=terminal)
+            output = ChannelOutput(self.endpoint, stream, buffered=spec.kind == "stdout", terminal=terminal)
             outputs.add(output)
             return output
 
@@ -339,6 +340,8 @@ class KeepRuntime:
             pending = host.take_pending()
             if isinstance(pending, HostTrap):
                 return _ended(pending.outcome, terms)
+            if pending is not None:
+                return _internal_error(host, pending)
             return Exit(EXIT_TRAP, "trap", _first_line(exc))
         return _ended(ProcExit(0), terms)
 
@@ -364,8 +367,15 @@ def _classify_trap(trap: wasmtime.Trap, host: HostFunctions, terms: LaunchTerms)
     backtrace = tuple(_frame_text(i, frame) for i, frame in enumerate(trap.frames[:MAX_BACKTRACE]))
     cause = _trap_cause(trap.message)
     if pending is not None:
-        return Exit(EXIT_TRAP, "error", f"keep runtime failure in a WASI call: {pending!r}", backtrace)
+        return _internal_error(host, pending, backtrace)
     return Exit(EXIT_TRAP, "trap", cause, backtrace)
+
+
+def _internal_error(host: HostFunctions, pending: BaseException, backtrace: tuple[str, ...] = ()) -> Exit:
+    """A WASI call failed in motte's own code: motte's fault, not the workload's trap."""
+    detail = f"{type(pending).__name__}: {pending}" if str(pending) else type(pending).__name__
+    return Exit(EXIT_MOTTE_ERROR, "error", f"internal error in the keep runtime, in {host.pending_call}: {detail}",
+                backtrace)
 
 
 def _timeout(terms: LaunchTerms) -> Exit:

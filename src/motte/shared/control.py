@@ -155,6 +155,7 @@ class LaunchStreams(NamedTuple):
     stdio: Mapping[int, int] = _NO_STREAMS  # fd of a stdio file -> its stream
     dirs: tuple[int, ...] = ()  # the stream serving each of LaunchTerms.dirs, in the same order
     cache_dir: str | None = None  # compiled-module cache; honoured by nil keeps only
+    terminals: frozenset[int] = frozenset()  # the stdio fds whose end on the host is a terminal
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -162,6 +163,7 @@ class LaunchStreams(NamedTuple):
             "stdio": [{"fd": fd, "stream": stream} for fd, stream in sorted(self.stdio.items())],
             "dirs": list(self.dirs),
             "cache_dir": self.cache_dir,
+            "terminals": sorted(self.terminals),
         }
 
     @classmethod
@@ -174,11 +176,13 @@ class LaunchStreams(NamedTuple):
             stdio[fd] = _stream(_get(entry, "stream"), f"streams.stdio[{i}].stream")
         cache_dir = _get(data, "cache_dir")
         dirs = _list(_get(data, "dirs"), "streams.dirs", MAX_PREOPENS)
+        terminals = _list(_get(data, "terminals"), "streams.terminals", 1 << 16)
         return cls(
             wasm=_stream(_get(data, "wasm"), "streams.wasm"),
             stdio=stdio,
             dirs=tuple(_stream(stream, f"streams.dirs[{i}]") for i, stream in enumerate(dirs)),
             cache_dir=None if cache_dir is None else _str(cache_dir, "streams.cache_dir", 4096),
+            terminals=frozenset(_int(fd, f"streams.terminals[{i}]") for i, fd in enumerate(terminals)),
         )
 
 
@@ -202,6 +206,8 @@ class Launch(NamedTuple):
         for fd in launch.streams.stdio:
             if not (0 <= fd < len(files) and files[fd].kind in STDIO_KINDS):
                 raise _Malformed(f"a stdio stream was sent for fd {fd}, which is no stdio file")
+        if not launch.streams.terminals <= launch.streams.stdio.keys():
+            raise _Malformed("streams.terminals names an fd that has no stdio stream")
         if len(launch.streams.dirs) != len(launch.terms.dirs):
             raise _Malformed(f"{len(launch.terms.dirs)} preopened directories but {len(launch.streams.dirs)} streams")
         return launch

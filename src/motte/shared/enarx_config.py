@@ -48,6 +48,8 @@ _FILE_KEYS = ("kind", "name", "prot", "addr", "host", "port", "ca")
 _TOP_KEYS = ("steward", "steward_ca", "args", "env", "files")
 
 # FD_COUNT and FD_NAMES describe the files motte actually opened, so they override the user's env.
+# They are Enarx's contract for workloads with a config file: without one the environment is only
+# what the command line gives (as wasmtime's).
 FD_COUNT = "FD_COUNT"
 FD_NAMES = "FD_NAMES"
 _NAME_SEPARATOR = ":"
@@ -120,33 +122,36 @@ _DEFAULT_FILES = (FileSpec("stdin", "stdin"), FileSpec("stdout", "stdout"), File
 
 
 class WorkloadConfig:
-    """A validated workload config. The defaults are the config a workload gets without Enarx.toml.
+    """A validated workload config. The defaults are those of an Enarx.toml that sets nothing;
+    :func:`default_config` is the config of a workload without one.
 
     Immutable and hashable. (A plain class rather than a dataclass: this module is on the keep's
     start-up path, where importing and applying ``dataclasses`` costs several milliseconds.)
     """
 
-    __slots__ = ("args", "env", "files", "steward", "steward_ca")
+    __slots__ = ("args", "env", "fd_env", "files", "steward", "steward_ca")
     steward: str | None
     steward_ca: str | None  # path of the PEM CA bundle the keep trusts for the Steward (motte extension)
     args: tuple[str, ...]
     env: Mapping[str, str]
     files: tuple[FileSpec, ...]
+    fd_env: bool  # FD_COUNT and FD_NAMES join the workload's environment (a config from a file)
 
     def __init__(self, steward: str | None = None, args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 files: Sequence[FileSpec] = _DEFAULT_FILES, steward_ca: str | None = None):
+                 files: Sequence[FileSpec] = _DEFAULT_FILES, steward_ca: str | None = None, fd_env: bool = True):
         # Normalise what callers pass (lists, dicts) so the instance really is immutable and hashable.
         object.__setattr__(self, "steward", steward)
         object.__setattr__(self, "steward_ca", steward_ca)
         object.__setattr__(self, "args", tuple(args))
         object.__setattr__(self, "env", env if isinstance(env, FrozenEnv) else FrozenEnv(env or {}))
         object.__setattr__(self, "files", tuple(files))
+        object.__setattr__(self, "fd_env", fd_env)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"WorkloadConfig is immutable: cannot set {name}")
 
     def _key(self) -> tuple[object, ...]:
-        return (self.steward, self.args, self.env, self.files, self.steward_ca)
+        return (self.steward, self.args, self.env, self.files, self.steward_ca, self.fd_env)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WorkloadConfig) and self._key() == other._key()
@@ -156,14 +161,18 @@ class WorkloadConfig:
 
     def __repr__(self) -> str:
         return (f"WorkloadConfig(steward={self.steward!r}, args={self.args!r}, env={self.env!r}, files={self.files!r}"
-                + (f", steward_ca={self.steward_ca!r})" if self.steward_ca is not None else ")"))
+                + (f", steward_ca={self.steward_ca!r}" if self.steward_ca is not None else "")
+                + (")" if self.fd_env else ", fd_env=False)"))
 
     def fd_names(self) -> str:
         return _NAME_SEPARATOR.join(f.name for f in self.files)
 
     def workload_env(self) -> dict[str, str]:
-        """The workload's environment: its env plus FD_COUNT and FD_NAMES (motte's win, as in Enarx)."""
+        """The workload's environment: its env, plus FD_COUNT and FD_NAMES when ``fd_env`` (motte's
+        win, as in Enarx)."""
         env = dict(self.env)
+        if not self.fd_env:
+            return env
         env[FD_COUNT] = str(len(self.files))
         env[FD_NAMES] = self.fd_names()
         return env
@@ -177,7 +186,8 @@ class WorkloadConfig:
         extra_args = [_check_arg(a, ("args", i), report) for i, a in enumerate(args)]
         extra_env = _check_env(dict(env), report)
         merged = {**self.env, **extra_env}
-        return WorkloadConfig(self.steward, (*self.args, *extra_args), FrozenEnv(merged), self.files, self.steward_ca)
+        return WorkloadConfig(self.steward, (*self.args, *extra_args), FrozenEnv(merged), self.files, self.steward_ca,
+                              self.fd_env)
 
     def to_json(self) -> dict[str, Any]:
         """A plain JSON-able dict, with every default resolved, for the host <-> keep channel."""
@@ -189,6 +199,8 @@ class WorkloadConfig:
         out["args"] = list(self.args)
         out["env"] = dict(self.env)
         out["files"] = [f.to_json() for f in self.files]
+        if not self.fd_env:
+            out["fd_env"] = False
         return out
 
     @classmethod
@@ -196,13 +208,23 @@ class WorkloadConfig:
         """Validate a dict from :meth:`to_json` (or anything else: the host is untrusted).
 
         The rules are the TOML ones; anything invalid raises :class:`ConfigError` naming the field.
+        ``fd_env``, which no TOML has, may be there too.
         """
-        return validate(data, source)
+        fd_env = data.get("fd_env", True) if isinstance(data, dict) else True
+        if not isinstance(fd_env, bool):
+            raise ConfigError(f"{source}: fd_env must be true or false", source=source, path="fd_env")
+        if isinstance(data, dict) and "fd_env" in data:
+            data = {key: value for key, value in data.items() if key != "fd_env"}
+        config = validate(data, source)
+        if fd_env:
+            return config
+        return WorkloadConfig(config.steward, config.args, config.env, config.files, config.steward_ca, fd_env=False)
 
 
 def default_config() -> WorkloadConfig:
-    """The config of a workload without Enarx.toml: stdin, stdout and stderr."""
-    return WorkloadConfig()
+    """The config of a workload without Enarx.toml: stdin, stdout and stderr, and an environment of
+    the command line's ``--env`` values only."""
+    return WorkloadConfig(fd_env=False)
 
 
 # --- validation ------------------------------------------------------------------------------------

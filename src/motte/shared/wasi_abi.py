@@ -157,15 +157,19 @@ class Rights(IntFlag):
 
 
 ALL_RIGHTS = (1 << 30) - 1
-STREAM_RIGHTS = (
+# The most each kind of fd can have (plain ints: an IntFlag operation is a Python call, and a
+# right is tested on every WASI call). A stream reads (stdin), writes (stdout, stderr) or both (null).
+STREAM_RIGHTS = int(
     Rights.FD_READ | Rights.FD_WRITE | Rights.FD_FDSTAT_SET_FLAGS | Rights.POLL_FD_READWRITE | Rights.FD_FILESTAT_GET
 )
-FILE_RIGHTS = (
+INPUT_RIGHTS = STREAM_RIGHTS & ~int(Rights.FD_WRITE)
+OUTPUT_RIGHTS = STREAM_RIGHTS & ~int(Rights.FD_READ)
+FILE_RIGHTS = int(
     Rights.FD_DATASYNC | Rights.FD_READ | Rights.FD_SEEK | Rights.FD_FDSTAT_SET_FLAGS | Rights.FD_SYNC
     | Rights.FD_TELL | Rights.FD_WRITE | Rights.FD_ADVISE | Rights.FD_ALLOCATE | Rights.FD_FILESTAT_GET
     | Rights.FD_FILESTAT_SET_SIZE | Rights.FD_FILESTAT_SET_TIMES | Rights.POLL_FD_READWRITE
 )
-DIR_RIGHTS = (
+DIR_RIGHTS = int(
     Rights.PATH_CREATE_DIRECTORY | Rights.PATH_CREATE_FILE | Rights.PATH_LINK_SOURCE | Rights.PATH_LINK_TARGET
     | Rights.PATH_OPEN | Rights.FD_READDIR | Rights.PATH_READLINK | Rights.PATH_RENAME_SOURCE
     | Rights.PATH_RENAME_TARGET | Rights.PATH_FILESTAT_GET | Rights.PATH_FILESTAT_SET_SIZE

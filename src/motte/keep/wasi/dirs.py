@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 
 from motte.keep.wasi.files import WasiFile
-from motte.shared.wasi_abi import DIR_RIGHTS, DIRENT, FILE_RIGHTS, Errno, FdFlags, Filetype, WasiError
+from motte.shared.wasi_abi import DIR_RIGHTS, DIRENT, FILE_RIGHTS, Errno, FdFlags, Filetype
 
 #: One directory entry as ``fd_readdir`` reports it: (name, inode, type).
 DirEntry = tuple[bytes, int, Filetype]
@@ -24,13 +24,13 @@ class WasiDir(WasiFile, abc.ABC):
     filetype = Filetype.DIRECTORY
     rights_base = DIR_RIGHTS
     rights_inheriting = DIR_RIGHTS | FILE_RIGHTS
+    cannot_seek = Errno.BADF  # as wasmtime answers every file call on a directory
     guest_path: str | None = None  # set for preopens only
 
-    def read(self, size: int, deadline: float | None) -> bytes:
-        raise WasiError(Errno.ISDIR)
-
-    def write(self, data: bytes, deadline: float | None) -> int:
-        raise WasiError(Errno.BADF)
+    def __init__(self) -> None:
+        super().__init__()
+        #: fd_readdir's listing, taken at cookie 0 and reused for the calls that continue that pass
+        self.listing: list[DirEntry] | None = None
 
     @abc.abstractmethod
     def open(self, path: str, *, follow: bool, oflags_creat: bool, excl: bool, trunc: bool,

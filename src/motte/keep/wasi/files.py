@@ -9,7 +9,21 @@ from typing import NamedTuple
 
 from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
-from motte.shared.wasi_abi import FILESTAT, STREAM_RIGHTS, Errno, FdFlags, Filetype, WasiError
+from motte.shared.wasi_abi import (
+    FILESTAT,
+    INPUT_RIGHTS,
+    OUTPUT_RIGHTS,
+    STREAM_RIGHTS,
+    Errno,
+    FdFlags,
+    Filetype,
+    Rights,
+    WasiError,
+)
+
+# Rights that come with the access mode: without them the fd is "not open for reading (writing)".
+_ACCESS = int(Rights.FD_READ | Rights.FD_WRITE | Rights.FD_ALLOCATE | Rights.FD_FILESTAT_SET_SIZE)
+_SEEK_TELL = int(Rights.FD_SEEK | Rights.FD_TELL)
 
 
 class DeadlineExceeded(Exception):
@@ -27,14 +41,28 @@ class WakeOn(NamedTuple):
 
 
 class WasiFile:
-    """A file descriptor's object. Operations it does not support fail as POSIX would."""
+    """A file descriptor's object. Operations it does not support fail as POSIX would.
+
+    The class's ``rights_base`` and ``rights_inheriting`` are the most an fd of its kind can have.
+    Each fd has its own (set when it enters the fd table): a WASI call needs its right, and only
+    ``fd_fdstat_set_rights`` changes them, never upwards.
+    """
 
     filetype = Filetype.UNKNOWN
     rights_base = 0
     rights_inheriting = 0
+    cannot_seek = Errno.SPIPE  # what seeking fails with on a kind of fd that has no offset
 
     def __init__(self) -> None:
         self.flags = FdFlags(0)
+
+    def refusal(self, missing: int) -> Errno:
+        """The errno of a call that needs the rights ``missing``, which this fd does not have."""
+        if missing & _ACCESS:
+            return Errno.BADF  # not open for reading (writing), as POSIX says
+        if missing & type(self).rights_base:
+            return Errno.NOTCAPABLE  # dropped with fd_fdstat_set_rights, or not asked for at path_open
+        return self.cannot_seek if missing & _SEEK_TELL else Errno.BADF  # never for this kind of fd
 
     def read(self, size: int, deadline: float | None) -> bytes:
         raise WasiError(Errno.BADF)
@@ -93,16 +121,34 @@ class WasiFile:
 
 
 class NullFile(WasiFile):
-    """``kind = "null"``: reads see EOF, writes vanish."""
+    """``kind = "null"``: reads see EOF, writes vanish, and seeks stay at 0, as with /dev/null.
+
+    Being seekable is what tells wasi-libc's ``isatty`` that this character device is no terminal."""
 
     filetype = Filetype.CHARACTER_DEVICE
-    rights_base = STREAM_RIGHTS
+    rights_base = STREAM_RIGHTS | _SEEK_TELL
 
     def read(self, size: int, deadline: float | None) -> bytes:
         return b""
 
     def write(self, data: bytes, deadline: float | None) -> int:
         return len(data)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return b""
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        return len(data)
+
+    def seek(self, offset: int, whence: int) -> int:
+        return 0
+
+
+def stdio_filetype(terminal: bool) -> Filetype:
+    """What fdstat says a stdio stream is: a character device only when the host's end is a
+    terminal (so libc and language runtimes buffer output as they would outside the keep), else
+    unknown, as wasmtime says for a pipe or a file."""
+    return Filetype.CHARACTER_DEVICE if terminal else Filetype.UNKNOWN
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -117,11 +163,12 @@ def _remaining(deadline: float | None) -> float | None:
 class ChannelInput(WasiFile):
     """A stream the host feeds (stdin)."""
 
-    filetype = Filetype.CHARACTER_DEVICE
-    rights_base = STREAM_RIGHTS
+    rights_base = INPUT_RIGHTS
 
-    def __init__(self, endpoint: Endpoint, stream: int, on_block: ChannelOutputs | None = None):
+    def __init__(self, endpoint: Endpoint, stream: int, on_block: ChannelOutputs | None = None,
+                 terminal: bool = False):
         super().__init__()
+        self.filetype = stdio_filetype(terminal)
         self.endpoint = endpoint
         self.stream = stream
         self._on_block = on_block
@@ -154,12 +201,12 @@ class ChannelInput(WasiFile):
 class ChannelOutput(WasiFile):
     """A stream to the host (stdout, stderr). Small writes are coalesced into large frames."""
 
-    filetype = Filetype.CHARACTER_DEVICE
-    rights_base = STREAM_RIGHTS
+    rights_base = OUTPUT_RIGHTS
     COALESCE = 256 << 10
 
-    def __init__(self, endpoint: Endpoint, stream: int, *, buffered: bool):
+    def __init__(self, endpoint: Endpoint, stream: int, *, buffered: bool, terminal: bool = False):
         super().__init__()
+        self.filetype = stdio_filetype(terminal)
         self.endpoint = endpoint
         self.stream = stream
         self.buffered = buffered

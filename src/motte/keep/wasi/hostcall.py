@@ -126,6 +126,7 @@ class HostFunctions:
         self._linker = linker
         self._callbacks: list[Any] = []  # keeps the ctypes thunks alive as long as the linker
         self.pending: BaseException | None = None
+        self.pending_call = ""  # the import whose failure ``pending`` is
         #: when set, the next host call ends the workload with a trap carrying this outcome
         self.stop: Any = None
         self._finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: None)
@@ -148,7 +149,7 @@ class HostFunctions:
                     _u64.from_address(values).value = int(result or 0)
                 return 0
             except BaseException as exc:
-                owner.pending = exc
+                owner.pending, owner.pending_call = exc, name
                 message = str(exc).encode()[:512] or b"host function failed"
                 trap = ffi.wasmtime_trap_new(message, len(message))
                 return ctypes.cast(trap, _c_void_p).value or 0

@@ -16,12 +16,17 @@ from motte.keep.wasi.fd_calls import MAX_IO, FdCalls
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiFile
 from motte.keep.wasi.hostcall import I32, I64, GuestFault, GuestMemory, HostFunctions, HostTrap
 from motte.shared import wasi_abi as abi
-from motte.shared.wasi_abi import Errno, FdFlags, WasiError
+from motte.shared.wasi_abi import Errno, FdFlags, Rights, WasiError
 
 if TYPE_CHECKING:
     from motte.keep.net.sockets import StreamSocket
 
 MODULE = "wasi_snapshot_preview1"
+#: Longest one wait of poll_oneoff: a longer timeout (up to 2^64 ns) is waited out in turns.
+MAX_WAIT_NS = 3600 * 10**9
+_POLL = int(Rights.POLL_FD_READWRITE)
+_SOCK_ACCEPT, _SOCK_SHUTDOWN = int(Rights.SOCK_ACCEPT), int(Rights.SOCK_SHUTDOWN)
+_READ, _WRITE = int(Rights.FD_READ), int(Rights.FD_WRITE)
 
 
 class ProcExit(NamedTuple):
@@ -56,7 +61,7 @@ class Preview1(FdCalls):
             ("fd_advise", "iIIi", "i", self.fd_advise),
             ("fd_allocate", "iII", "i", self.fd_allocate),
             ("fd_close", "i", "i", self.fd_close),
-            ("fd_datasync", "i", "i", self.fd_sync),
+            ("fd_datasync", "i", "i", self.fd_datasync),
             ("fd_fdstat_get", "ii", "i", self.fd_fdstat_get),
             ("fd_fdstat_set_flags", "ii", "i", self.fd_fdstat_set_flags),
             ("fd_fdstat_set_rights", "iII", "i", self.fd_fdstat_set_rights),
@@ -190,6 +195,8 @@ class Preview1(FdCalls):
                 file = self.fds.get(fd)
                 if file is None:
                     events.append(abi.EVENT.pack(userdata, Errno.BADF, kind, 0, 0))
+                elif not file.rights_base & _POLL:
+                    events.append(abi.EVENT.pack(userdata, file.refusal(_POLL), kind, 0, 0))
                 elif (file.readable_now() if kind == abi.EVENT_FD_READ else file.writable_now()):
                     events.append(abi.EVENT.pack(userdata, 0, kind, 0, 0))
             now = time.monotonic_ns()
@@ -198,7 +205,7 @@ class Preview1(FdCalls):
                     events.append(abi.EVENT.pack(userdata, 0, abi.EVENT_CLOCK, 0, 0))
             if events:
                 return events
-            wait_ns = None if first_due is None else first_due - now
+            wait_ns = None if first_due is None else min(first_due - now, MAX_WAIT_NS)
             if self.deadline is not None:
                 left = int((self.deadline - time.monotonic()) * 1e9)
                 if left <= 0:
@@ -251,15 +258,17 @@ class Preview1(FdCalls):
 
     # ---- sockets: listen/connect files of the config (see motte.keep.net) ----
 
-    def _socket(self, fd: int) -> StreamSocket:
+    def _socket(self, fd: int, right: int) -> StreamSocket:
+        """The connected socket of ``fd``, which must have ``right``."""
         # Imported here: only workloads with sockets need the module (keep start-up time).
         from motte.keep.net.listen import ListenSocket
         from motte.keep.net.sockets import StreamSocket
 
         file = self._file(fd)
-        if isinstance(file, StreamSocket):
-            return file
-        raise WasiError(Errno.NOTCONN if isinstance(file, ListenSocket) else Errno.NOTSOCK)
+        if not isinstance(file, StreamSocket):
+            raise WasiError(Errno.NOTCONN if isinstance(file, ListenSocket) else Errno.NOTSOCK)
+        self._granted(fd, right)
+        return file
 
     def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
         from motte.keep.net.listen import ListenSocket
@@ -268,13 +277,14 @@ class Preview1(FdCalls):
         listener = self._file(fd)
         if not isinstance(listener, ListenSocket):
             raise WasiError(Errno.INVAL if isinstance(listener, StreamSocket) else Errno.NOTSOCK)
+        self._granted(fd, _SOCK_ACCEPT)
         self.memory.read_u32(fd_ptr)  # a bad pointer fails before a connection is taken
         connection = listener.accept(FdFlags(flags), self.deadline)
         self.memory.write_u32(fd_ptr, self._new_fd(connection))
         return Errno.SUCCESS
 
     def sock_recv(self, fd: int, iovs: int, count: int, riflags: int, nread_ptr: int, roflags_ptr: int) -> int:
-        sock = self._socket(fd)
+        sock = self._socket(fd, _READ)
         if riflags & ~(abi.RIFLAGS_RECV_PEEK | abi.RIFLAGS_RECV_WAITALL):
             raise WasiError(Errno.INVAL)
         vectors = self.memory.read_iovecs(iovs, count)
@@ -287,13 +297,13 @@ class Preview1(FdCalls):
         return Errno.SUCCESS
 
     def sock_send(self, fd: int, iovs: int, count: int, _siflags: int, nwritten_ptr: int) -> int:
-        sock = self._socket(fd)
+        sock = self._socket(fd, _WRITE)
         written = sock.write(self._gather(iovs, count), self.deadline)
         self.memory.write_u32(nwritten_ptr, written)
         return Errno.SUCCESS
 
     def sock_shutdown(self, fd: int, how: int) -> int:
-        sock = self._socket(fd)
+        sock = self._socket(fd, _SOCK_SHUTDOWN)
         if not how or how & ~(abi.SDFLAGS_RD | abi.SDFLAGS_WR):
             raise WasiError(Errno.INVAL)
         sock.shutdown(how)

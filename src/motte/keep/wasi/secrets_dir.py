@@ -60,7 +60,7 @@ class SecretsDir(WasiDir):
     rights_base = _DIR_READ_RIGHTS
     # Writing is not refused by rights but by open (EROFS), so a workload learns why, as on a
     # read-only mount (libc asks only for the rights a directory says its files may have).
-    rights_inheriting = FILE_RIGHTS
+    rights_inheriting = FILE_RIGHTS | _DIR_READ_RIGHTS  # (the directory opened again as ".")
 
     def __init__(self, secrets: Mapping[str, bytes], guest_path: str | None = GUEST_PATH):
         super().__init__()
