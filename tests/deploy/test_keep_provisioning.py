@@ -171,3 +171,18 @@ def test_detach_leaves_the_workload_running_and_its_output_goes_nowhere(keep: Ke
     end = host.join()
     assert end.exit is not None and (end.exit.status, end.exit.reason) == (0, "exit")
     assert sum(map(len, tap)) == seen  # nothing more reached the tenant's connection
+
+
+def test_secrets_are_found_behind_an_enarx_socket_at_fd_3(keep: KeepHandle, tmp_path: Path) -> None:
+    # libc looks for preopened directories from fd 3 up and stops at the first fd that is none;
+    # the socket at fd 3 must not hide /run/secrets after it.
+    from tests.net.conftest import free_port
+
+    listen = f'[[files]]\nkind = "listen"\nprot = "tcp"\nname = "api"\naddr = "127.0.0.1"\nport = {free_port()}\n'
+    toml = 'args = ["/run/secrets/token"]\n' + STDIO + listen
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    out: list[bytes] = []
+    outcome = deploy(host.session(), load_package(package_dir(tmp_path, "secrets", toml)), DEV, Limits(MEMORY),
+                     secrets=(Secret("file", "token", b"t0k"),), output=lambda frame, data: out.append(data))
+    assert outcome.exit is not None and outcome.exit.status == 0
+    assert b"".join(out).decode().splitlines()[0] == "/run/secrets/token: t0k"

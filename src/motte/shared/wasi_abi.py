@@ -204,6 +204,10 @@ EVENT_FD_READWRITE_HANGUP = 1
 RIFLAGS_RECV_PEEK, RIFLAGS_RECV_WAITALL = 1, 2
 SDFLAGS_RD, SDFLAGS_WR = 1, 2
 PREOPEN_TYPE_DIR = 0
+#: Not in preview1 (its one preopen type is DIR): motte's answer for an fd below a preopened
+#: directory that is not one itself (an Enarx.toml socket at fd 3, with --dir after it). wasi-libc
+#: and Go stop looking for preopens at the first EBADF, and skip a type they do not know.
+PREOPEN_TYPE_NOT_DIR = 1
 
 # Struct layouts (little endian, as wasm32 lays them out).
 FDSTAT = struct.Struct("<BxHxxxxQQ")  # filetype, flags, rights_base, rights_inheriting: 24 bytes

@@ -157,9 +157,16 @@ class FdCalls:
     def fd_prestat_get(self, fd: int, ptr: int) -> int:
         file = self._file(fd)
         if not isinstance(file, WasiDir) or file.guest_path is None:
-            raise WasiError(Errno.BADF)
+            if not self._preopen_above(fd):
+                raise WasiError(Errno.BADF)
+            self.memory.write(ptr, abi.PRESTAT.pack(abi.PREOPEN_TYPE_NOT_DIR, 0))
+            return Errno.SUCCESS
         self.memory.write(ptr, abi.PRESTAT.pack(abi.PREOPEN_TYPE_DIR, len(file.guest_path.encode())))
         return Errno.SUCCESS
+
+    def _preopen_above(self, fd: int) -> bool:
+        """Whether a preopened directory comes after ``fd`` (libc's scan must not stop at it)."""
+        return any(other > fd and isinstance(f, WasiDir) and f.guest_path is not None for other, f in self.fds.items())
 
     def fd_prestat_dir_name(self, fd: int, path: int, length: int) -> int:
         file = self._file(fd)
