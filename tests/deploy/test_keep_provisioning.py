@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from motte.host.backends import get_backend
 from motte.host.backends.base import KeepHandle, LaunchSpec
 from motte.host.backends.nil import NilBackend
 from motte.shared.control import Provision
@@ -36,6 +37,16 @@ def keep() -> Iterator[KeepHandle]:
         handle.close()
 
 
+@pytest.fixture
+def any_keep(backend: str) -> Iterator[KeepHandle]:
+    """A keep of each backend this host runs (kvm: a micro-VM under TCG here)."""
+    handle = get_backend(backend).launch(LaunchSpec(memory_bytes=MEMORY))
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
 STDIO = '[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "stderr"\n'
 
 
@@ -48,8 +59,8 @@ def package_dir(tmp_path: Path, name: str, toml: str = "") -> Path:
     return folder
 
 
-def test_deploy_runs_the_workload_and_only_the_tenant_sees_it(keep: KeepHandle, tmp_path: Path) -> None:
-    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
+def test_deploy_runs_the_workload_and_only_the_tenant_sees_it(any_keep: KeepHandle, tmp_path: Path) -> None:
+    host = Host(any_keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
     tap: list[bytes] = []
     package = load_package(package_dir(tmp_path, "args_env", 'args = ["one"]\n[env]\nPLAIN = "visible"\n' + STDIO))
     out: list[tuple[Frame, bytes]] = []
