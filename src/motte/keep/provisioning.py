@@ -114,7 +114,7 @@ class TenantSession:
         with self._lock:
             for offset in range(0, len(view), MAX_CHUNK):
                 chunk = view[offset : offset + MAX_CHUNK]
-                self.order.sent(Output(frame, b""))  # type: ignore[arg-type]
+                self.order.sent_raw(frame, len(chunk))
                 self._write(self.pipe.encrypt(encode_raw(frame, chunk)), deadline)
 
     def abort(self, why: str) -> None:

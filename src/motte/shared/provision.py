@@ -321,30 +321,43 @@ class Order:
         self._wasm_left = 0
 
     def sent(self, message: Message) -> None:
-        self._step(self.side, message)
+        self._step(self.side, *_frame_of(message))
 
     def received(self, message: Message) -> None:
-        self._step(self.peer, message)
+        self._step(self.peer, *_frame_of(message))
 
-    def _step(self, sender: Side, message: Message) -> None:
-        frame = message.frame if isinstance(message, Output) else Frame.EXIT if isinstance(message, Exit) \
-            else _FRAME_OF[type(message)]
+    def sent_raw(self, frame: Frame, size: int) -> None:
+        """This side sends ``size`` raw bytes in a ``frame`` (without building the message)."""
+        self._step(self.side, frame, size)
+
+    def _step(self, sender: Side, frame: Frame, size: int) -> None:
         if frame is Frame.ABORT:
             self.state = "ended"
             return
         after = ORDER.get((self.state, sender, frame))
         if after is None:
             raise ProvisionError(f"the {sender} sent {frame.name.lower()} out of turn (session {self.state})")
-        if isinstance(message, Deploy):
-            self._wasm_left = message.wasm_size
+        if frame is Frame.DEPLOY:
+            self._wasm_left = size
         elif frame is Frame.WASM:
-            assert isinstance(message, Output)
-            if len(message.data) > self._wasm_left:
+            if size > self._wasm_left:
                 raise ProvisionError(f"the {sender} sent more workload bytes than it announced")
-            self._wasm_left -= len(message.data)
+            self._wasm_left -= size
             if self._wasm_left == 0:
                 after = "sent"
         self.state = after
+
+
+def _frame_of(message: Message) -> tuple[Frame, int]:
+    """The frame a message travels in, and the size that matters to the order (workload bytes
+    announced by a deploy or carried by a wasm frame)."""
+    if isinstance(message, Output):
+        return message.frame, len(message.data)
+    if isinstance(message, Exit):
+        return Frame.EXIT, 0
+    if isinstance(message, Deploy):
+        return Frame.DEPLOY, message.wasm_size
+    return _FRAME_OF[type(message)], 0
 
 
 # ---- field checks --------------------------------------------------------------------------------

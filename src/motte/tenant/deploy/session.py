@@ -96,7 +96,7 @@ class KeepSession:
         view = memoryview(wasm)
         for offset in range(0, len(view), MAX_CHUNK):
             chunk = view[offset : offset + MAX_CHUNK]
-            self.order.sent(Output(Frame.WASM, bytes(chunk)))
+            self.order.sent_raw(Frame.WASM, len(chunk))
             self._send_raw(self.pipe.encrypt(encode_raw(Frame.WASM, chunk)))
 
     def receive(self) -> Message:
