@@ -40,7 +40,7 @@ PROGRAMS = {
 
 def timed(command: list[str], expect_lines: int) -> float:
     started = time.perf_counter()
-    result = subprocess.run(command, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    result = subprocess.run(command, check=True, capture_output=True)
     elapsed = time.perf_counter() - started
     got = result.stdout.count(b"\n")
     if got != expect_lines or result.stderr:

@@ -3,8 +3,9 @@ baseline bench_python.py measures ``motte run app.py`` against.
 
     python bench/python_direct.py WASM CACHE STDLIB_DIR APP_DIR SCRIPT [ARG...]
 
-WASM is the interpreter module; CACHE is ``wasmtime`` (wasmtime's own compiled-module cache, ``Config.cache``) or the path of a
-module precompiled with ``Module.serialize`` (loaded with ``Module.deserialize_file``). The
+WASM is the interpreter module; CACHE is ``wasmtime`` (wasmtime's own compiled-module cache,
+``Config.cache``) or the path of a module precompiled with ``Module.serialize`` (loaded with
+``Module.deserialize_file``). The
 program's folder is preopened at /app and the standard library at /usr/local/lib, as motte does;
 stdio and the exit status are this process's. Kept to the bare minimum: benchmarks time this
 process's start-up.
@@ -35,6 +36,8 @@ wasi.preopen_dir(app, "/app")
 store = wasmtime.Store(engine)
 store.set_wasi(wasi)
 try:
-    linker.instantiate(store, module).exports(store)["_start"](store)
+    start = linker.instantiate(store, module).exports(store)["_start"]
+    assert isinstance(start, wasmtime.Func)
+    start(store)
 except wasmtime.ExitTrap as exit:
     sys.exit(exit.code)

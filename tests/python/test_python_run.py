@@ -7,6 +7,7 @@ the 14 MB interpreter under emulation, so it is one test doing several checks).
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,8 @@ def test_a_tls_server_on_fd_3_of_an_enarx_toml_serves_clients(tmp_path: Path) ->
     config = tmp_path / "Enarx.toml"
     config.write_text(listen_toml(port))
     process = subprocess.Popen(
-        [sys.executable, "-m", "motte", "run", "--backend", "nil", "--wasmcfgfile", str(config), str(folder), "--", "3"],
+        [sys.executable, "-m", "motte", "run", "--backend", "nil", "--wasmcfgfile", str(config), str(folder),
+         "--", "3"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
@@ -159,7 +161,8 @@ def test_a_tls_server_on_fd_3_of_an_enarx_toml_serves_clients(tmp_path: Path) ->
         assert process.stdout.readline() == b"listening\n"
         for number in range(3):  # one after another: each is accepted, answered and closed
             client = connect(port)
-            assert client.version() == "TLSv1.3"  # TLS ends inside the keep; Python sees plaintext
+            # TLS ends inside the keep: the program reads and writes plaintext.
+            assert isinstance(client, ssl.SSLSocket) and client.version() == "TLSv1.3"
             client.sendall(f"client {number}\n".encode())
             assert recv_all(client) == f"hello client {number}\n".encode()
             client.close()

@@ -70,7 +70,7 @@ def test_a_py_file_or_a_folder_with_main_py_is_a_program(tmp_path: Path) -> None
 
 
 def test_what_is_not_a_program_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(MotteError, match="has no main.py"):
+    with pytest.raises(MotteError, match=r"has no main\.py"):
         python_program(tmp_path)
     with pytest.raises(MotteError, match="no such file"):
         python_program(tmp_path / "missing.py")
