@@ -14,7 +14,6 @@ ratio. Targets (against wasmtime's cache): hello ≤ 1.3×, 200,000 printed line
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import wasmtime
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from bench_run import prepare  # noqa: E402
 from motte.host.python_runtime import INTERPRETER, package_file, stdlib_dir  # noqa: E402
 
 MOTTE = [sys.executable, "-m", "motte", "run", "--backend", "nil"]
@@ -65,11 +65,7 @@ def compare(label: str, sides: dict[str, list[str]], repeats: int, expect_lines:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    args = parser.parse_args()
-    repeats = 5 if args.quick else 15
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "motte")], check=True)
+    repeats = prepare()
     wasm = str(package_file(INTERPRETER))
     stdlib = str(stdlib_dir())
     with tempfile.TemporaryDirectory() as scratch:
