@@ -46,13 +46,18 @@ def compare(label: str, motte_cmd: list[str], direct_cmd: list[str], repeats: in
     return d / m
 
 
-def main() -> None:
+def prepare() -> int:
+    """The number of repetitions the command line asks for (``--quick``: fewer), once motte is
+    byte-compiled as an installed package would be (this environment may forbid writing .pyc)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
-    repeats = 5 if args.quick else 15
-    # Byte-compile motte as an installed package would be (this environment may forbid writing .pyc).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "motte")], check=True)
+    return 5 if args.quick else 15
+
+
+def main() -> None:
+    repeats = prepare()
     hello = str(workload("hello"))
     sha = str(workload("sha256"))
     writer = str(workload("writer"))

@@ -23,7 +23,7 @@ from motte.host.hostfs import HostFsServer
 from motte.shared import hostfs
 from motte.shared.errors import MotteError
 from motte.shared.hostfs import HostFsProtocolError, Op, Response, decode_response, encode_request
-from motte.shared.wasi_abi import Errno, Filetype
+from motte.shared.wasi_abi import Errno, FdFlags, Filetype
 
 R = hostfs.OPEN_READ
 W = hostfs.OPEN_WRITE
@@ -283,6 +283,31 @@ def test_seek_on_a_file_and_its_bounds(tree: tuple[Path, Keep]) -> None:
     assert keep.ok(Op.SEEK, handle, -2, 2) == (4,)
     assert keep.errno(Op.SEEK, handle, -100, 0) == Errno.INVAL
     assert keep.errno(Op.SEEK, handle, 0, 3) == Errno.INVAL
+
+
+def test_a_read_only_directory_answers_every_change_with_erofs(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    before = snapshot(tmp_path, served="-")  # no such directory: everything, the served one included
+    server = HostFsServer(str(root), read_only=True)
+    keep = Keep(server)
+    reader, _ = keep.ok(Op.OPEN, 0, "file.txt", R, 0)
+    assert keep.ok(Op.READ, reader, 100) == (b"inside",)
+    assert keep.ok(Op.OPEN, 0, "file.txt", R | CREAT, 0)  # creating what exists is no change
+    assert keep.errno(Op.OPEN, 0, "file.txt", R | CREAT | hostfs.OPEN_EXCL, 0) == Errno.EXIST
+    assert keep.errno(Op.OPEN, 0, "out-rel", R | CREAT | F, 0) == Errno.NOTCAPABLE  # still confined
+    for bits, fdflags in ((W, 0), (R | W, 0), (W | CREAT, 0), (R | CREAT, 0), (R | hostfs.OPEN_TRUNC, 0),
+                          (R, int(FdFlags.APPEND))):
+        path = "new.txt" if bits & CREAT and not bits & W else "file.txt"
+        assert keep.errno(Op.OPEN, 0, path, bits, fdflags) == Errno.ROFS, (bits, fdflags)
+    for op, args in ((Op.MKDIR, (0, "d")), (Op.RMDIR, (0, "sub")), (Op.UNLINK, (0, "file.txt")),
+                     (Op.RENAME, (0, "file.txt", 0, "moved")), (Op.LINK, (0, "file.txt", 0, 0, "hard")),
+                     (Op.SYMLINK, ("file.txt", 0, "soft")), (Op.SET_SIZE, (reader, 0)),
+                     (Op.SET_TIMES, (reader, 0, 0, 2)), (Op.SET_TIMES_PATH, (0, "file.txt", 0, 0, 0, 2))):
+        assert keep.errno(op, *args) == Errno.ROFS, op
+    assert keep.errno(Op.WRITE, reader, b"x") == Errno.BADF
+    assert server.internal_errors == []
+    server.close()
+    assert snapshot(tmp_path, served="-") == before
 
 
 def test_open_handles_are_capped(tmp_path: Path) -> None:

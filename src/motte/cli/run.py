@@ -118,6 +118,9 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
         dirs: tuple[str, ...], max_memory: str, timeout: float | None, accel: str, no_cache: bool) -> None:
     """Run the WebAssembly (WASI) workload WASM in a keep.
 
+    WASM may also be a Python program: a .py file, or a folder with a main.py. It runs on a pinned
+    CPython build, its folder read-only at /app (see docs/python.md).
+
     Arguments after WASM (use -- before any that start with a dash) are passed to the workload,
     after those in the config file. The workload's exit status becomes motte's. motte's own
     statuses: 124 deadline passed, 125 motte error, 134 trap, 137 memory limit reached.
@@ -127,10 +130,12 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
       motte run hello.wasm
       motte run --backend nil --wasmcfgfile Enarx.toml app.wasm -- --flag value
       motte run --env KEY=VALUE --dir ./data::/data app.wasm -- args
+      motte run app.py -- args
     """
     from motte.host.backends import get_backend
     from motte.host.backends.base import LaunchSpec
     from motte.host.paths import module_cache_dir
+    from motte.host.python_runtime import check_guest_paths, check_interpreter, interpreter, python_program
     from motte.host.session import RunRequest, prepare_network, run_workload
 
     memory = parse_size(max_memory)
@@ -138,8 +143,18 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
         raise click.BadParameter("must be at least 64KiB (one wasm page)", param_hint="--max-memory")
     config = load_config(wasmcfgfile).with_extra(args=list(args), env=parse_env(env))  # type: ignore[attr-defined]
     cache = None if no_cache else str(module_cache_dir())
-    request = RunRequest(read_workload(wasm), config, parse_dirs(dirs), memory, timeout, cache,
-                         config_dir=str(wasmcfgfile.parent) if wasmcfgfile is not None else None)
+    preopens = parse_dirs(dirs)
+    program = python_program(wasm)
+    if program is not None:
+        check_guest_paths(preopens)
+        workload, config, read_only = interpreter(), program.config(config), program.read_only_dirs()
+    else:
+        workload, read_only = read_workload(wasm), ()
+    request = RunRequest(workload, config, preopens, memory, timeout, cache,
+                         config_dir=str(wasmcfgfile.parent) if wasmcfgfile is not None else None,
+                         read_only_dirs=read_only)
+    if program is not None:
+        check_interpreter(request.wasm_sha256)  # the digest the launch carries: hashed once
     chosen = default_backend() if backend == "auto" else backend
     for spec in config.files:
         if spec.kind in ("listen", "connect") and spec.prot == "tcp":

@@ -6,7 +6,8 @@ resolved by the kernel beneath the served directory (``openat2`` with RESOLVE_BE
 RESOLVE_NO_MAGICLINKS, in :mod:`motte.host.beneath`), and every failure is answered with an
 errno. Whatever it sends, a keep cannot make the host act outside the directory, hold more than
 ``MAX_HANDLES`` files open for it, or buffer more than one message; a message whose framing is
-broken ends the stream (RESET), nothing more.
+broken ends the stream (RESET), nothing more. A directory served read-only answers every change
+with ``EROFS``, as a read-only mount does.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ READ_SIZE = 1 << 20  # bytes taken from the stream per read
 STOP_POLL = 0.2  # seconds between looks at the stop flag while the keep is quiet
 
 _WHENCE = {0: os.SEEK_SET, 1: os.SEEK_CUR, 2: os.SEEK_END}
+# What a read-only directory refuses outright (writes need a handle opened for writing, which OPEN refuses).
+_CHANGES = frozenset({Op.SET_SIZE, Op.SET_TIMES, Op.SET_TIMES_PATH, Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME,
+                      Op.LINK, Op.SYMLINK})
 
 
 class _Open:
@@ -69,13 +73,14 @@ class HostFsServer:
     """One served directory. Sans-I/O towards the channel: :meth:`receive` takes the stream's
     bytes and returns the messages to send back."""
 
-    def __init__(self, root: str, *, max_handles: int = MAX_HANDLES):
+    def __init__(self, root: str, *, max_handles: int = MAX_HANDLES, read_only: bool = False):
         try:
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise MotteError(f"cannot serve directory {root}: {exc.strerror}") from None
         self.root = root
         self.max_handles = max_handles
+        self.read_only = read_only
         self._open: dict[int, _Open] = {hostfs.ROOT_HANDLE: _Open(fd, True, True, False)}
         self._next_handle = hostfs.ROOT_HANDLE + 1
         self._reader = hostfs.MessageReader()
@@ -106,6 +111,8 @@ class HostFsServer:
         except hostfs.FieldError as exc:
             return hostfs.encode_error(exc.request_id, exc.errno)
         try:
+            if self.read_only and request.op in _CHANGES:
+                raise WasiError(Errno.ROFS)
             values = self._ops[request.op](*request.args)
             return hostfs.encode_result(request.id, request.op, *values)
         except WasiError as exc:
@@ -161,6 +168,8 @@ class HostFsServer:
         dir_fd = self._dir(dir_handle)
         if len(self._open) > self.max_handles:
             raise WasiError(Errno.NFILE)
+        if self.read_only:
+            bits = self._read_only_open(dir_fd, path, bits, fdflags)
         read, write = bool(bits & hostfs.OPEN_READ), bool(bits & hostfs.OPEN_WRITE)
         follow = bool(bits & hostfs.OPEN_FOLLOW)
         flags = open_flags(follow=follow, creat=bool(bits & hostfs.OPEN_CREAT), excl=bool(bits & hostfs.OPEN_EXCL),
@@ -170,6 +179,21 @@ class HostFsServer:
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         handle = self._add(_Open(fd, is_dir, read or not write, write))
         return handle, filestat_fields(st)[2]
+
+    @staticmethod
+    def _read_only_open(dir_fd: int, path: str, bits: int, fdflags: int) -> int:
+        """The OPEN bits a read-only directory goes on with; raises what a read-only mount answers."""
+        if bits & (hostfs.OPEN_WRITE | hostfs.OPEN_TRUNC) or fdflags & FdFlags.APPEND:
+            raise WasiError(Errno.ROFS)
+        if not bits & hostfs.OPEN_CREAT:
+            return bits
+        try:  # creating is a change; opening what exists already is not
+            stat_beneath(dir_fd, path, bool(bits & hostfs.OPEN_FOLLOW))
+        except FileNotFoundError:
+            raise WasiError(Errno.ROFS) from None
+        if bits & hostfs.OPEN_EXCL:
+            raise WasiError(Errno.EXIST)
+        return bits & ~(hostfs.OPEN_CREAT | hostfs.OPEN_EXCL)
 
     def _close_op(self, handle: int) -> tuple[Any, ...]:
         entry = self._get(handle)
@@ -300,10 +324,10 @@ class HostFsServer:
 class ServedDir:
     """One ``--dir`` served on its own channel stream, by a thread of its own."""
 
-    def __init__(self, endpoint: Endpoint, host_path: str, guest_path: str):
+    def __init__(self, endpoint: Endpoint, host_path: str, guest_path: str, *, read_only: bool = False):
         self.endpoint = endpoint
         self.guest_path = guest_path
-        self.server = HostFsServer(host_path)
+        self.server = HostFsServer(host_path, read_only=read_only)
         try:
             self.stream = endpoint.open_stream(hostfs.STREAM_KIND, guest=guest_path)
         except BaseException:
@@ -351,11 +375,15 @@ class ServedDir:
 
 
 class HostDirs:
-    """The ``--dir`` directories of one run, each served on a stream of its own (every backend)."""
+    """The preopened directories of one run (``read_only`` ones first), each served on a stream of
+    its own (every backend)."""
 
-    def __init__(self, endpoint: Endpoint, dirs: Sequence[tuple[str, str]]):
+    def __init__(self, endpoint: Endpoint, dirs: Sequence[tuple[str, str]],
+                 read_only: Sequence[tuple[str, str]] = ()):
         self.served: list[ServedDir] = []
         try:
+            for host_path, guest_path in read_only:
+                self.served.append(ServedDir(endpoint, host_path, guest_path, read_only=True))
             for host_path, guest_path in dirs:
                 self.served.append(ServedDir(endpoint, host_path, guest_path))
         except BaseException:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from motte.host.backends.base import KeepHandle
@@ -49,6 +50,12 @@ class RunRequest:
     timeout: float | None = None
     cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
     config_dir: str | None = None  # where the config file is: relative paths in it (ca) start there
+    read_only_dirs: tuple[tuple[str, str], ...] = ()  # (host, guest) preopened before ``dirs``, served read-only
+
+    @cached_property
+    def wasm_sha256(self) -> str:
+        """The workload's digest, computed once (a caller checking a pinned module shares it)."""
+        return hashlib.sha256(self.wasm).hexdigest()
 
 
 @dataclass
@@ -95,10 +102,10 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
         network = prepare_network(request, tap)
     dirs = None
     try:
-        if request.dirs:
+        if request.dirs or request.read_only_dirs:
             from motte.host.hostfs import HostDirs
 
-            dirs = HostDirs(keep.endpoint, request.dirs)
+            dirs = HostDirs(keep.endpoint, request.dirs, request.read_only_dirs)
         return _run_workload(keep, request, stdio or HostStdio(), network, dirs)
     finally:
         if dirs is not None:
@@ -141,7 +148,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
     launch = Launch(
         LaunchTerms(
             wasm_size=len(request.wasm),
-            wasm_sha256=hashlib.sha256(request.wasm).hexdigest(),
+            wasm_sha256=request.wasm_sha256,
             config=request.config,
             dirs=tuple(s.guest_path for s in served),
             memory_limit=request.memory_limit,
