@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from motte.shared.agent_api import KeepRecord, KeepRequest
+from motte.shared.agent_api import KeepRequest
 from motte.tenant.agent_client import AgentClient
 from tests.agent.conftest import gone
 from tests.agent.test_api import TOKEN, until_state
@@ -29,14 +28,10 @@ def test_serve_until_sigterm(tmp_path: Path) -> None:
             ready = json.loads(agent.stdout.readline())
             assert ready["backends"] == ["nil"] and ready["default_backend"] == "nil"
 
-            async def scenario() -> KeepRecord:
-                async with AgentClient(ready["url"], token=TOKEN) as client:
-                    info = await client.info()
-                    assert info["limits"]["max_keeps"] == 3
-                    created = await client.create(KeepRequest(memory=64 << 20))
-                    return await until_state(client, created.id, "provisioning", "running", "exited", "failed")
-
-            record = asyncio.run(scenario())
+            client = AgentClient(ready["url"], token=TOKEN)
+            assert client.info()["limits"]["max_keeps"] == 3
+            created = client.create(KeepRequest(memory=64 << 20))
+            record = until_state(client, created.id, "provisioning", "running", "exited", "failed")
             agent.send_signal(signal.SIGTERM)
             _, stderr = agent.communicate(timeout=30)
         finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from motte.shared.errors import MotteError
 
 if TYPE_CHECKING:
     from motte.shared.provision import Frame, Secret
+    from motte.tenant.agent_client import AgentClient
     from motte.tenant.deploy.session import DeployOutcome
 
 AGENT_ENV = "MOTTE_AGENT"
@@ -115,8 +115,8 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
     loaded = load_package(package)
     secrets = (*read_secrets(file_secrets, "file", "--secret"), *read_secrets(env_secrets, "env", "--secret-env"))
     url = agent or os.environ.get(AGENT_ENV) or None
-    outcome = asyncio.run(_deploy(url, _token(token_file), loaded, policy, secrets, backend, memory, timeout,
-                                  round(wait_s * 1000), detach))
+    outcome = _deploy(url, _token(token_file), loaded, policy, secrets, backend, memory, timeout,
+                      round(wait_s * 1000), detach)
     if detach:
         _report_detached(outcome, as_json)
         return
@@ -131,33 +131,32 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
     sys.exit(exit_.status)
 
 
-async def _deploy(url: str | None, token: str | None, package: Any, policy: Any, secrets: tuple[Secret, ...],
-                  backend: str | None, memory: int, timeout: float | None, wait_ms: int,
-                  detach: bool) -> DeployOutcome:
+def _deploy(url: str | None, token: str | None, package: Any, policy: Any, secrets: tuple[Secret, ...],
+            backend: str | None, memory: int, timeout: float | None, wait_ms: int, detach: bool) -> DeployOutcome:
     from motte.shared.agent_api import DEFAULT_PORT, KeepRequest
     from motte.tenant.agent_client import AgentClient
     from motte.tenant.deploy.session import Limits, deploy
     timeout_ms = None if timeout is None else max(1, round(timeout * 1000))
     say = _progress()
-    async with AgentClient(url or f"http://127.0.0.1:{DEFAULT_PORT}", token=token) as client:
-        record = await client.create(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms,
-                                                 wait_ms=wait_ms, detach=detach))
-        say(f"keep {record.id} on {record.backend}: verifying it before sending anything")
-        ended = False
-        try:
-            async with client.session(record.id) as session:
-                outcome = await deploy(session, package, policy, Limits(record.memory, timeout_ms),
-                                       secrets=secrets, output=_Output(), detach=detach, progress=say)
-            ended = True
-            return outcome
-        finally:
-            if not ended:  # refused, failed or interrupted: nothing is left running
-                await _stop(client, record.id)
-
-
-async def _stop(client: Any, keep_id: str) -> None:
+    client = AgentClient(url or f"http://127.0.0.1:{DEFAULT_PORT}", token=token)
+    record = client.create(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms, wait_ms=wait_ms,
+                                       detach=detach))
+    say(f"keep {record.id} on {record.backend}: verifying it before sending anything")
+    ended = False
     try:
-        await client.stop(keep_id)
+        with client.session(record.id) as session:
+            outcome = deploy(session, package, policy, Limits(record.memory, timeout_ms), secrets=secrets,
+                             output=_Output(), detach=detach, progress=say)
+        ended = True
+        return outcome
+    finally:
+        if not ended:  # refused, failed or interrupted: nothing is left running
+            _stop(client, record.id)
+
+
+def _stop(client: AgentClient, keep_id: str) -> None:
+    try:
+        client.stop(keep_id)
     except MotteError:
         pass  # the agent is gone too; it stops its keeps when it goes
 

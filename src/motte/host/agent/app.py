@@ -28,13 +28,12 @@ from motte.host.agent.errors import ApiError
 from motte.host.agent.keeps import AgentLimits, AgentTap, KeepRegistry, Log, ManagedKeep
 from motte.host.agent.relay import TENANT_LOST, SessionRelay
 from motte.host.backends.base import Backend, BackendReport
-from motte.shared.agent_api import MAX_MESSAGE, ApiFieldError, KeepRequest
+from motte.shared.agent_api import HEARTBEAT, MAX_MESSAGE, ApiFieldError, KeepRequest
 from motte.shared.errors import MotteError
 from motte.shared.untrusted_text import printable
 
 API_VERSION = 1
 MAX_BODY = 16 << 10  # a launch request is a few fields
-HEARTBEAT = 20.0  # seconds between pings on a session: a vanished tenant is noticed within two
 #: the strongest isolation first: the default backend is the first this host can run
 STRENGTH = ("kvm", "nil")
 
