@@ -117,7 +117,7 @@ def test_the_api_and_a_session_over_tls(make_agent: AgentFactory, tmp_path: Path
     agent = make_agent({"pair": pair})
 
     app = agent.app()
-    app.on_startup.append(lambda _: agent.check_backends())
+    app.on_startup.append(lambda _: agent.start())
     app.on_cleanup.append(lambda _: agent.close())
     with ws_server(ssl_context=server_context, app=app) as (url, _):
         assert url.startswith("https://")

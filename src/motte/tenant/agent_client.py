@@ -14,6 +14,7 @@ a session is open, one :class:`SessionClosed` line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import socket
@@ -223,7 +224,14 @@ class AgentClient:
 
     def create(self, request: KeepRequest | None = None) -> KeepRecord:
         """Launch an empty keep; it boots meanwhile (its state says when it waits for the tenant)."""
-        return self._record(self._call("POST", "/v1/keeps", (request or KeepRequest()).to_json()))
+        return self.create_later(request)()
+
+    def create_later(self, request: KeepRequest | None = None) -> Callable[[], KeepRecord]:
+        """Send the launch request now; the function returned reads the agent's answer. The agent
+        launches the keep (or hands out a warm one, which starts preparing for its tenant) while
+        the caller does its own work."""
+        answer = self._send("POST", "/v1/keeps", (request or KeepRequest()).to_json())
+        return lambda: self._record(answer())
 
     def list(self) -> list[KeepRecord]:
         answer = self._call("GET", "/v1/keeps")
@@ -316,6 +324,10 @@ class AgentClient:
             raise self._failed(exc) from None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._send(method, path, body)()
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Callable[[], Any]:
+        """Send a request now; the function returned reads its answer (and closes the connection)."""
         connection = _HttpConnection(self._host, self._connect, self._timeout)
         headers = self._headers()
         payload = None
@@ -324,10 +336,17 @@ class AgentClient:
             headers["Content-Type"] = "application/json"
         try:
             connection.request(method, path, body=payload, headers=headers)
+        except BaseException as exc:
+            connection.close()
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise self._failed(exc) from None
+            raise
+        return functools.partial(self._answer, connection)
+
+    def _answer(self, connection: _HttpConnection) -> Any:
+        try:
             response = connection.getresponse()
             raw = response.read(MAX_ANSWER + 1)
-        except AgentError:
-            raise
         except (OSError, http.client.HTTPException) as exc:
             raise self._failed(exc) from None
         finally:

@@ -56,10 +56,12 @@ class HostAgent:
         self.keeps = KeepRegistry(backends, self.limits, log=log, tap=tap)
         self.reports: dict[str, BackendReport] = {}
 
-    async def check_backends(self) -> None:
-        """What this host can run (the cheap checks only: no probe boot), once, off the event loop."""
+    async def start(self) -> None:
+        """Check what this host can run (the cheap checks only: no probe boot), once, off the event
+        loop; then launch the warm keeps of the backends it can."""
         reports = await asyncio.to_thread(lambda: [b.report(probe=False) for b in self.keeps.backends.values()])
         self.reports = {report.name: report for report in reports}
+        self.keeps.start_pools(name for name, report in self.reports.items() if report.supported)
 
     @property
     def default_backend(self) -> str | None:
@@ -96,6 +98,8 @@ class HostAgent:
             "limits": {"max_keeps": limits.max_keeps, "max_memory": limits.max_memory,
                        "max_sessions": limits.max_sessions, "max_message": MAX_MESSAGE},
             "keeps": len(self.keeps.live()),
+            "warm": {name: {"size": pool.size, "ready": pool.ready, "memory": pool.memory}
+                     for name, pool in self.keeps.pools.items()},
         })
 
     async def create(self, request: web.Request) -> web.Response:
