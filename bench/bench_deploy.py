@@ -7,8 +7,10 @@ Prints, for each figure, both measurements and their ratio. Targets: deploy of h
 command to its first output ≤ 2× ``motte run --backend nil`` of the same; a 26 MB module through
 the attested session at ≥ 50 MB/s. Then where a deploy's time goes.
 
-Before each timed command the agent's warm keep is back in its pool: a refill launching in the
-background would slow whatever runs beside it.
+Before each timed command the agent's warm keep is back in its pool, and has waited there long
+enough to load its provisioning code (as a warm keep does once idle: see
+``motte.keep.runtime.IDLE_BEFORE_PRELOAD``): the steady state of an agent whose tenants do not
+come back to back. A refill launching in the background would also slow whatever runs beside it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.workloads import workload  # noqa: E402
+
+from motte.keep.runtime import IDLE_BEFORE_PRELOAD  # noqa: E402
 from motte.shared.agent_api import KeepRequest  # noqa: E402
 from motte.tenant.agent_client import AgentClient  # noqa: E402
 from motte.tenant.deploy.package import Package, load_package  # noqa: E402
 from motte.tenant.deploy.policy import TenantPolicy, load_tenant_policy  # noqa: E402
 from motte.tenant.deploy.session import DeployOutcome, Limits, deploy  # noqa: E402
-from tests.workloads import workload  # noqa: E402
 
 MOTTE = [sys.executable, "-m", "motte"]
 BIG_MB = 26
@@ -83,12 +87,14 @@ class Agent:
         self.client = AgentClient(self.url)
 
     def settle(self) -> None:
-        """Wait until the warm pool is full again."""
+        """Wait until the warm pool is full again, and its keeps had the time to load their
+        provisioning code."""
         deadline = time.monotonic() + 30
         while self.warm and self.client.info()["warm"]["nil"]["ready"] < self.warm:
             if time.monotonic() > deadline:
                 raise SystemExit("the agent's warm pool did not refill within 30 s")
             time.sleep(0.01)
+        time.sleep(IDLE_BEFORE_PRELOAD + 0.3)
 
     def stop(self) -> None:
         self.process.terminate()

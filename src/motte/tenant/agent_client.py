@@ -84,18 +84,18 @@ class KeepSession:
     def send(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         for offset in range(0, len(view), MAX_MESSAGE):
-            self._write(self._ws.send(view[offset : offset + MAX_MESSAGE]))
+            self._send_message(view[offset : offset + MAX_MESSAGE])
 
     def send_eof(self) -> None:
         """No more bytes from the tenant (a half close: the keep's may still come)."""
-        self._write(self._ws.send(b""))
+        self._send_message(b"")
 
     def receive(self) -> bytes:
         """The keep's next bytes; ``b""`` once it half-closed or closed the connection in order."""
         while not self._eof:
-            if self._ended is not None:
-                raise self._ended
             if not self._events:
+                if self._ended is not None:
+                    raise self._ended
                 self.feed(self._read())
                 continue
             event = self._events.popleft()
@@ -114,7 +114,7 @@ class KeepSession:
             self._events.extend(self._ws.receive(data))
         except WebSocketError as exc:
             self._fail(exc)
-        self._write(self._ws.outgoing())  # pongs; the answer to the agent's close
+        self._reply()
 
     def close(self) -> None:
         """End the connection in order (the keep gets what was sent before); never raises."""
@@ -137,8 +137,19 @@ class KeepSession:
 
     # ---- the edge ----
 
+    def _send_message(self, data: bytes | memoryview) -> None:
+        if self._ws.close_sent:  # the agent closed the session (its close was answered), or this side did
+            raise self._ended or SessionClosed("the session is closed")
+        self._write(self._ws.send(data))
+
+    def _reply(self) -> None:
+        """Send what the protocol answers of its own accord: pongs, the answer to the agent's close.
+        If the connection broke meanwhile, the messages already received are still delivered
+        (the agent may close right after its last ones); the next read says it broke."""
+        with contextlib.suppress(SessionClosed):
+            self._write(self._ws.outgoing())
+
     def _server_closed(self, closed: Closed) -> None:
-        self._write(self._ws.outgoing())
         if closed.code == CLOSE_NORMAL:
             self._eof = True
             return

@@ -60,6 +60,7 @@ class ManagedKeep:
         self.launched = asyncio.Event()  # the keep left "starting" (launched, or failed to)
         self.done: asyncio.Future[None] = loop.create_future()  # its thread has finished
         self.sessions: set[SessionRelay] = set()
+        self.pool: WarmPool | None = None  # the warm pool it came from, which it refills once provisioned
         self._lock = threading.Lock()
         self._provisioned: ProvisionedKeep | None = None
         self._stop_requested = False
@@ -135,6 +136,7 @@ class KeepRegistry:
         record = KeepRecord(id=keep_id, backend=backend, state="starting", created=_now(), memory=memory,
                             timeout_ms=request.timeout_ms, wait_ms=request.wait_ms, detach=request.detach)
         keep = ManagedKeep(record, asyncio.get_running_loop())
+        keep.pool = None if warm is None else pool
         self._keeps[keep_id] = keep
         self._evict()
         timeout = "none" if record.timeout_ms is None else f"{record.timeout_ms} ms"
@@ -182,6 +184,8 @@ class KeepRegistry:
             self._log(f"keep {record.id}: {_describe(record)}")
         if record.state != "starting":
             keep.launched.set()
+        if before == "provisioning" and keep.pool is not None:
+            keep.pool.refill()
         if not record.live:
             for relay in list(keep.sessions):
                 relay.keep_ended(f"the keep has ended: {record.state}")

@@ -12,8 +12,11 @@ Each warm keep waits on the thread that launched it, and that thread goes on to 
 is handed out: a keep's process is bound to the thread that started it (a nil keep dies with it,
 ``PR_SET_PDEATHSIG`` being per thread), so that thread must live as long as the keep.
 
-A keep taken from the pool is replaced at once, in the background. A launch that fails is logged
-and not retried until the next request takes from the pool (no launch loop on a broken host).
+A keep taken from the pool is replaced once it is no longer provisioning (it runs, or it ended):
+not at once, because the replacement's launch (a nil keep's start-up is a few hundred ms of CPU)
+would compete with the keep and its tenant for the CPU exactly while the tenant waits for its
+first output. A launch that fails is logged and not retried until a request finds the pool
+empty (no launch loop on a broken host).
 """
 
 from __future__ import annotations
@@ -84,8 +87,8 @@ class WarmPool:
         self._fill()
 
     def take(self, memory: int) -> WarmKeep | None:
-        """A launched keep for a request of ``memory`` bytes, if one is ready; a replacement is
-        launched. The caller hands the keep its job."""
+        """A launched keep for a request of ``memory`` bytes, if one is ready. The caller hands the
+        keep its job, and calls :meth:`refill` once the keep is provisioned (or ended)."""
         if memory != self.memory:
             return None
         taken = None
@@ -98,8 +101,13 @@ class WarmPool:
                 else:
                     self._log(f"warm keep {keep.keep_id}: ended while it waited; discarded")
                     keep.discard()
-        self._fill()
+        if taken is None:
+            self.refill()  # nothing will call it for this request
         return taken
+
+    def refill(self) -> None:
+        """Launch keeps until the pool is full again (counting those launching)."""
+        self._fill()
 
     def close(self) -> None:
         """Close every keep in the pool and wait until each is closed (launches under way included)."""
