@@ -184,8 +184,8 @@ class KeepRegistry:
             self._log(f"keep {record.id}: {_describe(record)}")
         if record.state != "starting":
             keep.launched.set()
-        if before == "provisioning" and keep.pool is not None:
-            keep.pool.refill()
+        if before == "provisioning" and record.state != before and keep.pool is not None:
+            keep.pool.refill()  # its keep is provisioned, or ended: see motte.host.agent.warm
         if not record.live:
             for relay in list(keep.sessions):
                 relay.keep_ended(f"the keep has ended: {record.state}")
