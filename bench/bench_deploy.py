@@ -15,7 +15,6 @@ come back to back. A refill launching in the background would also slow whatever
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import compile_motte, repetitions  # noqa: E402
 from tests.workloads import workload  # noqa: E402
 
 from motte.keep.runtime import IDLE_BEFORE_PRELOAD  # noqa: E402
@@ -116,12 +116,8 @@ def median_of(repeats: int, measure: Callable[[], float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    args = parser.parse_args()
-    repeats = 5 if args.quick else 15
-    # Byte-compile motte as an installed package would be (this environment may forbid writing .pyc).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "motte")], check=True)
+    repeats = repetitions()
+    compile_motte()
     hello = workload("hello")
     policy = load_tenant_policy("allow_unattested = true\n")
     with tempfile.TemporaryDirectory() as scratch_dir:

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from motte.shared.agent_api import MAX_MESSAGE, KeepRequest
 from motte.tenant.agent_client import AgentClient, AgentError, SessionClosed
 from tests.agent.conftest import AgentFactory, PairBackend
-from tests.agent.test_relay import accept, launched, read_all
+from tests.agent.test_relay import accept, launched, round_trip
 from tests.serving import serving
 
 Handler = Callable[[web.WebSocketResponse], Awaitable[None]]
@@ -125,11 +125,7 @@ def test_the_api_and_a_session_over_tls(make_agent: AgentFactory, tmp_path: Path
         assert client.info()["backends"]["pair"]["supported"] is True
         record, keep = launched(client, pair, KeepRequest(detach=True))
         with client.session(record.id) as session:
-            stream = accept(keep)
-            session.send(b"over TLS")
-            assert read_all(keep.keep_side, stream, 8) == b"over TLS"
-            keep.keep_side.write(stream, b"and back")
-            assert session.receive() == b"and back"
+            round_trip(session, keep, accept(keep), b"over TLS", b"and back")
         with pytest.raises(AgentError, match="CERTIFICATE_VERIFY_FAILED"):
             AgentClient(url).info()  # the default trust does not know this certificate
     assert keep.closed.is_set()

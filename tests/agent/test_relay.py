@@ -54,6 +54,14 @@ def receive_all(session: KeepSession, size: int) -> bytes:
     return bytes(got)
 
 
+def round_trip(session: KeepSession, keep: PairKeep, stream: int, there: bytes, back: bytes) -> None:
+    """``there`` from the tenant reaches the keep, and ``back`` from the keep the tenant."""
+    session.send(there)
+    assert read_all(keep.keep_side, stream, len(there)) == there
+    keep.keep_side.write(stream, back)
+    assert session.receive() == back
+
+
 def in_thread(action: Callable[[], object]) -> threading.Thread:
     """``action`` on a thread of its own (a send the other side must read meanwhile); join it."""
     thread = threading.Thread(target=action, daemon=True)
@@ -85,10 +93,7 @@ def test_bytes_and_half_closes_both_ways(make_agent: AgentFactory, pair: PairBac
         record, keep = launched(agent, pair, KeepRequest(detach=True))
         with agent.session(record.id) as session:
             stream = accept(keep)
-            session.send(b"client hello")
-            assert read_all(keep.keep_side, stream, 12) == b"client hello"
-            keep.keep_side.write(stream, b"server hello")
-            assert session.receive() == b"server hello"
+            round_trip(session, keep, stream, b"client hello", b"server hello")
             assert (agent.status(record.id)).sessions == 1
             sent = in_thread(lambda: session.send(big))
             assert read_all(keep.keep_side, stream, len(big)) == big

@@ -164,7 +164,7 @@ class KeepSession:
 
     def _fail(self, exc: WebSocketError) -> None:
         """The agent broke the protocol: close with the code that says how, and end the session."""
-        with contextlib.suppress(OSError, WebSocketError):
+        with contextlib.suppress(SessionClosed):
             self._write(self._ws.close(exc.code))
         self._ended = SessionClosed(f"the host agent broke the WebSocket protocol: {printable(str(exc))}")
         self._drop()
@@ -299,7 +299,7 @@ class AgentClient:
             sock.close()
             raise
         session = KeepSession(sock, Connection(max_message=MAX_MESSAGE))
-        if response.rest:
+        with contextlib.suppress(SessionClosed):  # (the session is open: its first receive says what broke)
             session.feed(response.rest)
         return session
 

@@ -2,9 +2,10 @@
 fragmentation, ping and pong, the closing handshake. The tenant's session with a keep travels
 over it, through the host agent; :mod:`motte.tenant.agent_client` does the socket I/O.
 
-It is written here, not taken from a library, because ``motte deploy`` must start fast: aiohttp
-costs about 180 ms of imports, wsproto with h11 about 34 ms in a bare interpreter (15 ms on top of
-the standard library modules motte loads anyway); this module, well under 1 ms.
+It is written here, not taken from a library, because ``motte deploy`` must start fast. Measured
+(Python 3.11, imports only): aiohttp about 180 ms; wsproto 1.3 with h11 about 36 ms in a bare
+interpreter, 15 ms on top of the standard library modules motte loads anyway; this module about
+1 ms on top of those.
 
 Client side only: every frame it sends is masked with a fresh key (RFC 6455 section 5.3), every
 frame it receives must be unmasked. No extension or subprotocol is negotiated, so the reserved
