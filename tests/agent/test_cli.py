@@ -21,15 +21,16 @@ def test_serve_until_sigterm(tmp_path: Path) -> None:
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
     command = [sys.executable, "-m", "motte", "host", "serve", "--port", "0", "--backend", "nil", "--json",
-               "--token-file", str(token_file), "--max-keeps", "3"]
+               "--token-file", str(token_file), "--max-keeps", "3", "--warm", "nil=2"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as agent:
         try:
             assert agent.stdout is not None
             ready = json.loads(agent.stdout.readline())
-            assert ready["backends"] == ["nil"] and ready["default_backend"] == "nil"
+            assert ready["backends"] == ["nil"] and ready["default_backend"] == "nil" and ready["warm"] == {"nil": 2}
 
             client = AgentClient(ready["url"], token=TOKEN)
-            assert client.info()["limits"]["max_keeps"] == 3
+            info = client.info()
+            assert info["limits"]["max_keeps"] == 3 and info["warm"]["nil"]["size"] == 2
             created = client.create(KeepRequest(memory=64 << 20))
             record = until_state(client, created.id, "provisioning", "running", "exited", "failed")
             agent.send_signal(signal.SIGTERM)
