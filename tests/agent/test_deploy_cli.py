@@ -59,12 +59,14 @@ def deploy(agent: AgentClient, policy: Path, *args: str) -> tuple[int, bytes, li
 
 def nothing_left(agent: AgentClient) -> list[KeepRecord]:
     """Every keep the agent launched has ended, its process gone (the agent stops a keep whose
-    tenant left); returns their records."""
-    records = agent.list()
-    for record in records:
+    tenant left); returns their final records, and forgets them."""
+    finals = []
+    for record in agent.list():
         final = until(agent, record.id, lambda r: not r.live, "ended")
         assert final.pid is None or gone(final.pid)
-    return records
+        finals.append(final)
+        agent.stop(record.id)
+    return finals
 
 
 def test_the_workloads_output_and_exit_status(agent: AgentClient, dev_policy: Path, tmp_path: Path) -> None:
@@ -72,9 +74,11 @@ def test_the_workloads_output_and_exit_status(agent: AgentClient, dev_policy: Pa
     assert (status, stdout, stderr) == (0, b"Hello from a motte keep!\n", [UNATTESTED])
     (record,) = nothing_left(agent)
     assert record.backend == "nil" and record.memory == 1 << 30
+    assert record.state == "exited" and record.exit is not None and record.exit.status == 0  # it told the host
     exits = package(tmp_path, "exit", 'args = ["7"]\n' + STDIO)
     assert deploy(agent, dev_policy, str(exits)) == (7, b"", [UNATTESTED])
-    nothing_left(agent)
+    (record,) = nothing_left(agent)
+    assert record.exit is not None and (record.exit.status, record.exit.reason) == (7, "exit")
 
 
 def test_secrets_limits_and_a_cold_keep(agent: AgentClient, dev_policy: Path, tmp_path: Path) -> None:

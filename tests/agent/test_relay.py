@@ -9,19 +9,22 @@ import base64
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
 
 from motte.host.backends.base import Backend
-from motte.shared.agent_api import KeepRecord, KeepRequest
-from motte.shared.control import PROVISION_STREAM, Conversation, Exit, Provision
+from motte.shared.agent_api import KeepExit, KeepRecord, KeepRequest
+from motte.shared.control import PROVISION_STREAM, Conversation, Exit, Provision, Serve, Served
+from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.endpoint import Endpoint, StreamAborted
 from motte.shared.netstreams import CLOSED
 from motte.tenant.agent_client import AgentClient, AgentError, KeepSession, SessionClosed
 from tests.agent.conftest import AgentFactory, Log, PairBackend, PairKeep, running
 from tests.agent.test_api import until, until_state
+from tests.agent.test_provisioned import PlayedKeep
 
 T = TypeVar("T")
 
@@ -175,6 +178,35 @@ def test_the_last_session_closing_stops_a_keep_that_is_not_detached(make_agent: 
     with running(make_agent({"pair": pair}, log=log)) as url:
         scenario_on(url, scenario)
     assert any(line.endswith("its last session closed and it is not detached") for line in log.lines)
+
+
+def test_a_running_keep_whose_tenant_left_gets_a_moment_to_report_its_exit(
+        make_agent: AgentFactory, pair: PairBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("motte.host.agent.app.EXIT_GRACE", 0.5)
+
+    def running_keep(agent: AgentClient) -> tuple[KeepRecord, PlayedKeep]:
+        record = agent.create()
+        played = PlayedKeep(pair.next_keep().keep_side)
+        assert isinstance(played.receive(), Provision)
+        played.send(Serve(WorkloadConfig()))
+        assert played.receive() == Served(None)
+        return until_state(agent, record.id, "running"), played
+
+    def scenario(agent: AgentClient) -> None:
+        record, played = running_keep(agent)
+        with agent.session(record.id):
+            pass  # the tenant has what it wanted (the exit, in its TLS), and leaves
+        time.sleep(0.2)
+        played.send(Exit(0, "exit"))  # within the grace: the host learns how it ended
+        final = until_state(agent, record.id, "exited", "stopped")
+        assert final.state == "exited" and final.exit == KeepExit(0, "exit")
+        record, played = running_keep(agent)
+        with agent.session(record.id):
+            pass
+        assert until_state(agent, record.id, "exited", "stopped").state == "stopped"  # it did not end: stopped
+
+    with running(make_agent({"pair": pair})) as url:
+        scenario_on(url, scenario)
 
 
 def test_a_client_that_vanishes_leaves_nothing_running(make_agent: AgentFactory, pair: PairBackend) -> None:

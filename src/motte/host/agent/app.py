@@ -34,6 +34,8 @@ from motte.shared.untrusted_text import printable
 
 API_VERSION = 1
 MAX_BODY = 16 << 10  # a launch request is a few fields
+#: seconds a running keep whose last session closed gets to end by itself before it is stopped
+EXIT_GRACE = 2.0
 #: the strongest isolation first: the default backend is the first this host can run
 STRENGTH = ("kvm", "nil")
 
@@ -157,7 +159,8 @@ class HostAgent:
         self.log(f"keep {record.id}: session {session.stream} closed (websocket code {code})")
         if not keep.record.detach and not keep.sessions and keep.record.live:
             self.log(f"keep {record.id}: its last session closed and it is not detached")
-            self.keeps.stop_soon(keep)
+            # A running keep whose tenant has its exit is about to report it to the host: a moment for that
+            self.keeps.stop_soon(keep, grace=EXIT_GRACE if keep.record.state == "running" else 0.0)
         return ws
 
     def _sessions_changed(self, keep: ManagedKeep, relay: SessionRelay, *, opened: bool) -> None:

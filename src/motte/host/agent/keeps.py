@@ -96,7 +96,7 @@ class KeepRegistry:
         self._log = log
         self._tap = tap
         self._keeps: dict[str, ManagedKeep] = {}  # in the order they were created
-        self._stopping: set[asyncio.Task[KeepRecord]] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
         self.pools: dict[str, WarmPool] = {}
         self.closing = False
 
@@ -157,11 +157,17 @@ class KeepRegistry:
         await asyncio.shield(keep.done)
         return keep.record
 
-    def stop_soon(self, keep: ManagedKeep) -> None:
-        """:meth:`stop` in a task of its own (for a request handler that must not wait for it)."""
-        task = asyncio.ensure_future(self.stop(keep))
+    def stop_soon(self, keep: ManagedKeep, grace: float = 0.0) -> None:
+        """:meth:`stop` in a task of its own (for a request handler that must not wait for it),
+        once the keep had ``grace`` seconds to end by itself."""
+        task = asyncio.ensure_future(self._stop_after(keep, grace))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
+
+    async def _stop_after(self, keep: ManagedKeep, grace: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(keep.done), grace)
+        await self.stop(keep)
 
     async def delete(self, keep_id: str) -> KeepRecord:
         """Stop the keep, forget its record and answer with it."""
