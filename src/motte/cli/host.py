@@ -72,9 +72,9 @@ def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | No
     125 if it cannot start (a port in use, an exposed address without a token).
 
     Warm keeps are empty keeps launched ahead of requests, of the default memory (1G, or
-    --max-memory if smaller): a request for that memory gets one at once, and it is replaced in
-    the background. They hold nothing of any tenant until provisioned, and do not count
-    against --max-keeps.
+    --max-memory if smaller): a request for that memory gets one at once, replaced in the
+    background once its tenant has provisioned it. They hold nothing of any tenant until
+    provisioned, and do not count against --max-keeps.
     """
     import asyncio
 
