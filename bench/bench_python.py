@@ -25,8 +25,9 @@ from pathlib import Path
 import wasmtime
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from bench_run import prepare  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from bench.common import compile_motte, repetitions  # noqa: E402
+
 from motte.host.python_runtime import INTERPRETER, package_file, stdlib_dir  # noqa: E402
 
 MOTTE = [sys.executable, "-m", "motte", "run", "--backend", "nil"]
@@ -65,7 +66,8 @@ def compare(label: str, sides: dict[str, list[str]], repeats: int, expect_lines:
 
 
 def main() -> None:
-    repeats = prepare()
+    repeats = repetitions()
+    compile_motte()
     wasm = str(package_file(INTERPRETER))
     stdlib = str(stdlib_dir())
     with tempfile.TemporaryDirectory() as scratch:

@@ -8,7 +8,6 @@ CPU-bound ≤ 1.10×, stdout throughput ≥ 0.5× the direct run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import compile_motte, repetitions  # noqa: E402
 from tests.workloads import workload  # noqa: E402
 
 MOTTE = [sys.executable, "-m", "motte"]
@@ -46,18 +46,9 @@ def compare(label: str, motte_cmd: list[str], direct_cmd: list[str], repeats: in
     return d / m
 
 
-def prepare() -> int:
-    """The number of repetitions the command line asks for (``--quick``: fewer), once motte is
-    byte-compiled as an installed package would be (this environment may forbid writing .pyc)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    args = parser.parse_args()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "motte")], check=True)
-    return 5 if args.quick else 15
-
-
 def main() -> None:
-    repeats = prepare()
+    repeats = repetitions()
+    compile_motte()
     hello = str(workload("hello"))
     sha = str(workload("sha256"))
     writer = str(workload("writer"))

@@ -28,7 +28,10 @@ def main(fd: int) -> int:
     die_with_parent()
     endpoint = Endpoint(SocketTransport(socket.socket(fileno=fd)), "keep", name="standin").start()
     endpoint.hello(timeout=30, backend="standin")
-    provision = Conversation("keep").received(endpoint.recv_control())
+    try:
+        provision = Conversation("keep").received(endpoint.recv_control())
+    except ChannelClosed:
+        return 0  # closed unprovisioned (a warm keep the agent did not need)
     assert isinstance(provision, Provision)
     while True:
         try:

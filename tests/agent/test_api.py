@@ -9,7 +9,8 @@ import http.client
 import json
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,25 +30,21 @@ T = TypeVar("T")
 TOKEN = "0123456789abcdef0123456789abcdef"
 
 
-def call(url: str, scenario: Callable[[AgentClient], Awaitable[T]], token: str | None = None) -> T:
-    async def main() -> T:
-        async with AgentClient(url, token=token) as agent:
-            return await scenario(agent)
-
-    return asyncio.run(main())
+def call(url: str, scenario: Callable[[AgentClient], T], token: str | None = None) -> T:
+    return scenario(AgentClient(url, token=token))
 
 
-async def until(agent: AgentClient, keep_id: str, holds: Callable[[KeepRecord], bool], what: str) -> KeepRecord:
+def until(agent: AgentClient, keep_id: str, holds: Callable[[KeepRecord], bool], what: str) -> KeepRecord:
     for _ in range(500):
-        record = await agent.status(keep_id)
+        record = agent.status(keep_id)
         if holds(record):
             return record
-        await asyncio.sleep(0.02)
+        time.sleep(0.02)
     raise AssertionError(f"keep {keep_id} is still not {what}: {record}")
 
 
-async def until_state(agent: AgentClient, keep_id: str, *states: str) -> KeepRecord:
-    return await until(agent, keep_id, lambda record: record.state in states, " or ".join(states))
+def until_state(agent: AgentClient, keep_id: str, *states: str) -> KeepRecord:
+    return until(agent, keep_id, lambda record: record.state in states, " or ".join(states))
 
 
 def raw(url: str, method: str, path: str, body: bytes | None = None,
@@ -73,25 +70,25 @@ def test_info_says_what_this_host_runs(make_agent: AgentFactory) -> None:
 def test_create_list_status_and_stop(make_agent: AgentFactory, standin: Backend) -> None:
     log = Log()
 
-    async def scenario(agent: AgentClient) -> None:
-        first = await agent.create(KeepRequest(memory=64 << 20, timeout_ms=5000, wait_ms=30_000))
+    def scenario(agent: AgentClient) -> None:
+        first = agent.create(KeepRequest(memory=64 << 20, timeout_ms=5000, wait_ms=30_000))
         assert first.state == "starting" and first.backend == "nil" and first.memory == 64 << 20
         assert (first.timeout_ms, first.wait_ms, first.detach) == (5000, 30_000, False)
-        second = await agent.create(KeepRequest(detach=True))
+        second = agent.create(KeepRequest(detach=True))
         assert second.memory == 1 << 30 and second.wait_ms == 60_000 and second.id != first.id
-        up = await until_state(agent, first.id, "provisioning")
+        up = until_state(agent, first.id, "provisioning")
         assert up.pid is not None and not gone(up.pid) and up.isolation is not None
         assert "no isolation" in up.isolation
-        await until_state(agent, second.id, "provisioning")
-        assert {record.id for record in await agent.list()} == {first.id, second.id}
-        stopped = await agent.stop(first.id)
+        until_state(agent, second.id, "provisioning")
+        assert {record.id for record in agent.list()} == {first.id, second.id}
+        stopped = agent.stop(first.id)
         assert stopped is not None and stopped.state == "stopped" and stopped.ended is not None
         assert gone(up.pid)
-        assert await agent.stop(first.id) is None  # forgotten: stopping again is no error
+        assert agent.stop(first.id) is None  # forgotten: stopping again is no error
         with pytest.raises(AgentError, match=f"no keep {first.id} here") as refused:
-            await agent.status(first.id)
+            agent.status(first.id)
         assert (refused.value.status, refused.value.code) == (404, "no_such_keep")
-        assert [record.id for record in await agent.list()] == [second.id]
+        assert [record.id for record in agent.list()] == [second.id]
 
     with running(make_agent({"nil": standin}, log=log)) as url:
         call(url, scenario)
@@ -100,10 +97,10 @@ def test_create_list_status_and_stop(make_agent: AgentFactory, standin: Backend)
 
 
 def test_a_real_nil_keep_is_launched_and_leaves_nothing(make_agent: AgentFactory) -> None:
-    async def scenario(agent: AgentClient) -> KeepRecord:
-        created = await agent.create(KeepRequest(backend="nil", memory=64 << 20))
-        record = await until_state(agent, created.id, "provisioning", "running", "exited", "failed")
-        final = await agent.stop(created.id)
+    def scenario(agent: AgentClient) -> KeepRecord:
+        created = agent.create(KeepRequest(backend="nil", memory=64 << 20))
+        record = until_state(agent, created.id, "provisioning", "running", "exited", "failed")
+        final = agent.stop(created.id)
         assert final is not None and not final.live
         return record
 
@@ -147,14 +144,14 @@ def test_client_text_is_escaped_in_the_log(make_agent: AgentFactory) -> None:
 
 
 def test_too_many_keeps(make_agent: AgentFactory, standin: Backend) -> None:
-    async def scenario(agent: AgentClient) -> None:
-        first = await agent.create()
-        await agent.create()
+    def scenario(agent: AgentClient) -> None:
+        first = agent.create()
+        agent.create()
         with pytest.raises(AgentError, match="at most 2 keeps at once") as refused:
-            await agent.create()
+            agent.create()
         assert (refused.value.status, refused.value.code) == (429, "too_many_keeps")
-        await agent.stop(first.id)
-        await agent.create()
+        agent.stop(first.id)
+        agent.create()
 
     with running(make_agent({"nil": standin}, max_keeps=2)) as url:
         call(url, scenario)
@@ -176,8 +173,8 @@ def test_a_token_is_required_once_configured(make_agent: AgentFactory) -> None:
         assert call(url, lambda agent: agent.list(), token=TOKEN) == []
 
 
-async def _open_session(agent: AgentClient, keep_id: str) -> None:
-    async with agent.session(keep_id):
+def _open_session(agent: AgentClient, keep_id: str) -> None:
+    with agent.session(keep_id):
         pass
 
 
@@ -223,9 +220,9 @@ def test_unix_socket_is_this_users_only(make_agent: AgentFactory, standin: Backe
     stale.bind(str(path))  # left by an agent that died: replaced
     stale.close()
 
-    async def scenario(agent: AgentClient) -> KeepRecord:
-        created = await agent.create()
-        return await until_state(agent, created.id, "provisioning")
+    def scenario(agent: AgentClient) -> KeepRecord:
+        created = agent.create()
+        return until_state(agent, created.id, "provisioning")
 
     with running(make_agent({"nil": standin}), unix=path) as url:
         assert url == f"unix:{path}"
@@ -239,9 +236,9 @@ def test_unix_socket_is_this_users_only(make_agent: AgentFactory, standin: Backe
 
 
 def test_stopping_the_agent_stops_every_keep(make_agent: AgentFactory, standin: Backend) -> None:
-    async def scenario(agent: AgentClient) -> list[int]:
-        created = [await agent.create(KeepRequest(detach=True)) for _ in range(3)]
-        records = [await until_state(agent, keep.id, "provisioning") for keep in created]
+    def scenario(agent: AgentClient) -> list[int]:
+        created = [agent.create(KeepRequest(detach=True)) for _ in range(3)]
+        records = [until_state(agent, keep.id, "provisioning") for keep in created]
         return [record.pid for record in records if record.pid is not None]
 
     log = Log()
@@ -253,9 +250,9 @@ def test_stopping_the_agent_stops_every_keep(make_agent: AgentFactory, standin: 
 
 
 def test_a_stop_while_the_keep_starts_waits_for_its_launch(make_agent: AgentFactory, standin: Backend) -> None:
-    async def scenario(agent: AgentClient) -> KeepRecord | None:
-        created = await agent.create()
-        return await agent.stop(created.id)  # at once: the keep is still starting
+    def scenario(agent: AgentClient) -> KeepRecord | None:
+        created = agent.create()
+        return agent.stop(created.id)  # at once: the keep is still starting
 
     with running(make_agent({"nil": standin})) as url:
         final = call(url, scenario)
@@ -277,12 +274,12 @@ def test_an_agent_that_is_down_is_one_line(tmp_path: Path) -> None:
 def test_records_of_ended_keeps_are_bounded(make_agent: AgentFactory) -> None:
     backend = PairBackend()
 
-    async def scenario(agent: AgentClient) -> list[KeepRecord]:
+    def scenario(agent: AgentClient) -> list[KeepRecord]:
         made = []
         for _ in range(4):
-            created = await agent.create()
+            created = agent.create()
             backend.next_keep().keep_side.close()  # the keep dies at once
-            made.append(await until_state(agent, created.id, "failed"))
+            made.append(until_state(agent, created.id, "failed"))
         return made
 
     with running(make_agent({"pair": backend}, max_records=2)) as url:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from motte.shared.agent_api import KeepRecord, KeepRequest
+from motte.shared.agent_api import KeepRequest
 from motte.tenant.agent_client import AgentClient
 from tests.agent.conftest import gone
 from tests.agent.test_api import TOKEN, until_state
@@ -22,21 +21,18 @@ def test_serve_until_sigterm(tmp_path: Path) -> None:
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
     command = [sys.executable, "-m", "motte", "host", "serve", "--port", "0", "--backend", "nil", "--json",
-               "--token-file", str(token_file), "--max-keeps", "3"]
+               "--token-file", str(token_file), "--max-keeps", "3", "--warm", "nil=2"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as agent:
         try:
             assert agent.stdout is not None
             ready = json.loads(agent.stdout.readline())
-            assert ready["backends"] == ["nil"] and ready["default_backend"] == "nil"
+            assert ready["backends"] == ["nil"] and ready["default_backend"] == "nil" and ready["warm"] == {"nil": 2}
 
-            async def scenario() -> KeepRecord:
-                async with AgentClient(ready["url"], token=TOKEN) as client:
-                    info = await client.info()
-                    assert info["limits"]["max_keeps"] == 3
-                    created = await client.create(KeepRequest(memory=64 << 20))
-                    return await until_state(client, created.id, "provisioning", "running", "exited", "failed")
-
-            record = asyncio.run(scenario())
+            client = AgentClient(ready["url"], token=TOKEN)
+            info = client.info()
+            assert info["limits"]["max_keeps"] == 3 and info["warm"]["nil"]["size"] == 2
+            created = client.create(KeepRequest(memory=64 << 20))
+            record = until_state(client, created.id, "provisioning", "running", "exited", "failed")
             agent.send_signal(signal.SIGTERM)
             _, stderr = agent.communicate(timeout=30)
         finally:

@@ -107,6 +107,8 @@ def test_serve_binds_the_listen_port_then_relays_and_exit_gets_bye(driven: Calla
     assert end.stats == Stats(False, 7)
     assert ("to-keep", stream, b"ping") in taps
     with socket.socket() as again:  # the listen socket was closed with the keep's end
+        # (SO_REUSEADDR: the relayed connection may linger in TIME_WAIT; a listener would still refuse)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -15,7 +14,13 @@ from motte.cli.run import parse_size
 from motte.shared.errors import MotteError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from motte.shared.agent_api import KeepRecord
     from motte.shared.provision import Frame, Secret
+    from motte.tenant.agent_client import AgentClient
+    from motte.tenant.deploy.package import Package
+    from motte.tenant.deploy.policy import TenantPolicy
     from motte.tenant.deploy.session import DeployOutcome
 
 AGENT_ENV = "MOTTE_AGENT"
@@ -104,19 +109,32 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
       motte deploy --policy tenant.toml ./app
       motte deploy --policy tenant.toml --secret db=@db.pass --backend nil app.wasm
     """
-    from motte.tenant.deploy.package import load_package
-    from motte.tenant.deploy.policy import read_tenant_policy
-
     if as_json and not detach:
         raise click.BadParameter("--json goes with --detach (without it, stdout is the workload's)",
                                  param_hint="--json")
+    from motte.shared.agent_api import DEFAULT_PORT, KeepRequest
+    from motte.tenant.agent_client import AgentClient
+
     memory = parse_size(max_memory)
-    policy = read_tenant_policy(policy_path)
-    loaded = load_package(package)
-    secrets = (*read_secrets(file_secrets, "file", "--secret"), *read_secrets(env_secrets, "env", "--secret-env"))
-    url = agent or os.environ.get(AGENT_ENV) or None
-    outcome = asyncio.run(_deploy(url, _token(token_file), loaded, policy, secrets, backend, memory, timeout,
-                                  round(wait_s * 1000), detach))
+    timeout_ms = None if timeout is None else max(1, round(timeout * 1000))
+    url = agent or os.environ.get(AGENT_ENV) or f"http://127.0.0.1:{DEFAULT_PORT}"
+    client = AgentClient(url, token=_token(token_file))
+    # The launch request goes first: the agent hands out (or launches) the keep, and the keep
+    # prepares for its tenant, while this process loads the rest. A bad input stops that keep.
+    created = client.create_later(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms,
+                                              wait_ms=round(wait_s * 1000), detach=detach))
+    try:
+        from motte.tenant.deploy.package import load_package
+        from motte.tenant.deploy.policy import read_tenant_policy
+
+        policy = read_tenant_policy(policy_path)
+        loaded = load_package(package)
+        secrets = (*read_secrets(file_secrets, "file", "--secret"),
+                   *read_secrets(env_secrets, "env", "--secret-env"))
+    except BaseException:
+        _abandon(client, created)
+        raise
+    outcome = _deploy(client, created(), loaded, policy, secrets, timeout_ms, detach)
     if detach:
         _report_detached(outcome, as_json)
         return
@@ -131,33 +149,36 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
     sys.exit(exit_.status)
 
 
-async def _deploy(url: str | None, token: str | None, package: Any, policy: Any, secrets: tuple[Secret, ...],
-                  backend: str | None, memory: int, timeout: float | None, wait_ms: int,
-                  detach: bool) -> DeployOutcome:
-    from motte.shared.agent_api import DEFAULT_PORT, KeepRequest
-    from motte.tenant.agent_client import AgentClient
+def _deploy(client: AgentClient, record: KeepRecord, package: Package, policy: TenantPolicy,
+            secrets: tuple[Secret, ...], timeout_ms: int | None, detach: bool) -> DeployOutcome:
     from motte.tenant.deploy.session import Limits, deploy
-    timeout_ms = None if timeout is None else max(1, round(timeout * 1000))
+
     say = _progress()
-    async with AgentClient(url or f"http://127.0.0.1:{DEFAULT_PORT}", token=token) as client:
-        record = await client.create(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms,
-                                                 wait_ms=wait_ms, detach=detach))
-        say(f"keep {record.id} on {record.backend}: verifying it before sending anything")
-        ended = False
-        try:
-            async with client.session(record.id) as session:
-                outcome = await deploy(session, package, policy, Limits(record.memory, timeout_ms),
-                                       secrets=secrets, output=_Output(), detach=detach, progress=say)
-            ended = True
-            return outcome
-        finally:
-            if not ended:  # refused, failed or interrupted: nothing is left running
-                await _stop(client, record.id)
-
-
-async def _stop(client: Any, keep_id: str) -> None:
+    say(f"keep {record.id} on {record.backend}: verifying it before sending anything")
+    ended = False
     try:
-        await client.stop(keep_id)
+        with client.session(record.id) as session:
+            outcome = deploy(session, package, policy, Limits(record.memory, timeout_ms), secrets=secrets,
+                             output=_Output(), detach=detach, progress=say)
+        ended = True
+        return outcome
+    finally:
+        if not ended:  # refused, failed or interrupted: nothing is left running
+            _stop(client, record.id)
+
+
+def _abandon(client: AgentClient, created: Callable[[], KeepRecord]) -> None:
+    """Stop the keep whose launch request went out (the input turned out wrong)."""
+    try:
+        record = created()
+    except MotteError:
+        return  # no keep was launched
+    _stop(client, record.id)
+
+
+def _stop(client: AgentClient, keep_id: str) -> None:
+    try:
+        client.stop(keep_id)
     except MotteError:
         pass  # the agent is gone too; it stops its keeps when it goes
 

@@ -15,6 +15,25 @@ import click
 from motte.shared.agent_api import DEFAULT_PORT
 
 BACKENDS = ("nil", "kvm")
+#: warm keeps per backend unless --warm says otherwise: a nil keep costs a process; a kvm keep a
+#: guest's memory, and seconds of CPU to boot under emulation, so only when asked
+DEFAULT_WARM = {"nil": 1, "kvm": 0}
+MAX_WARM = 16
+
+
+def parse_warm(values: tuple[str, ...]) -> dict[str, int]:
+    """``--warm N`` (every backend) and ``--warm BACKEND=N``, over the defaults; later ones win."""
+    warm = dict(DEFAULT_WARM)
+    for value in values:
+        name, sep, count = value.rpartition("=")
+        if sep and name not in BACKENDS:
+            raise click.BadParameter(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})", param_hint="--warm")
+        if not count.isdigit() or int(count) > MAX_WARM:
+            raise click.BadParameter(f"{value!r}: the count must be a number from 0 to {MAX_WARM}",
+                                     param_hint="--warm")
+        for backend in (name,) if sep else BACKENDS:
+            warm[backend] = int(count)
+    return warm
 
 
 @click.group()
@@ -37,9 +56,13 @@ def host() -> None:
               help="Keeps starting or running at once (more: 429).")
 @click.option("--max-memory", default="4G", show_default=True, metavar="SIZE",
               help="The largest memory cap a keep may ask for (e.g. 512M, 4G).")
-@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON: {\"url\", \"backends\"}.")
+@click.option("--warm", "warm", multiple=True, metavar="[BACKEND=]N",
+              help="Keep N empty keeps launched ahead of requests, of BACKEND or of every backend (repeatable). "
+                   "Default: nil=1, kvm=0.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the ready line as JSON: {\"url\", \"backends\", \"default_backend\", \"warm\"}.")
 def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | None, backends: tuple[str, ...],
-                  max_keeps: int, max_memory: str, as_json: bool) -> None:
+                  max_keeps: int, max_memory: str, warm: tuple[str, ...], as_json: bool) -> None:
     """Serve the host agent's API until SIGINT or SIGTERM, then stop every keep it launched.
 
     Tenants ask it for empty keeps and reach them through it (motte deploy); their workloads,
@@ -47,6 +70,11 @@ def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | No
     ciphertext. It listens on loopback by default. Events go to stderr, one line each; the
     ready line (with --json, a JSON object) to stdout. Exit status: 0 once stopped by a signal,
     125 if it cannot start (a port in use, an exposed address without a token).
+
+    Warm keeps are empty keeps launched ahead of requests, of the default memory (1G, or
+    --max-memory if smaller): a request for that memory gets one at once, replaced in the
+    background once its tenant has provisioned it. They hold nothing of any tenant until
+    provisioned, and do not count against --max-keeps.
     """
     import asyncio
 
@@ -62,16 +90,20 @@ def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | No
         raise click.BadParameter("must be at least 64KiB (one wasm page)", param_hint="--max-memory")
     token = read_token(token_file) if token_file is not None else None
     check_exposure(None if unix is not None else addr, token)  # before anything starts
-    limits = AgentLimits(max_keeps=max_keeps, max_memory=memory, default_memory=min(1 << 30, memory))
+    limits = AgentLimits(max_keeps=max_keeps, max_memory=memory, default_memory=min(1 << 30, memory),
+                         warm=parse_warm(warm))
     agent = HostAgent({name: get_backend(name) for name in backends or BACKENDS}, limits=limits, token=token)
 
     def ready(url: str) -> None:
         offered = [name for name, report in agent.reports.items() if report.supported]
+        pools = {name: pool.size for name, pool in agent.keeps.pools.items()}
         if as_json:
-            click.echo(json.dumps({"url": url, "backends": offered, "default_backend": agent.default_backend}))
+            click.echo(json.dumps({"url": url, "backends": offered, "default_backend": agent.default_backend,
+                                   "warm": pools}))
         else:
+            warm = "".join(f"; {size} warm {name}" for name, size in pools.items())
             click.echo(f"motte host: listening on {url} (backends: {', '.join(offered) or 'none'}; "
-                       f"at most {max_keeps} keeps{'; token required' if token else ''})")
+                       f"at most {max_keeps} keeps{warm}{'; token required' if token else ''})")
         sys.stdout.flush()
 
     asyncio.run(serve(agent, host=addr, port=port, unix=unix, on_ready=ready))

@@ -169,6 +169,12 @@ class TenantSession:
             self.endpoint.write(self.stream, ciphertext, deadline=deadline)
 
 
+def preload() -> None:
+    """Import what provisioning imports on use (a keep waiting in a warm pool does so early)."""
+    import motte.keep.csr
+    import motte.shared.steward_certs  # noqa: F401
+
+
 def await_deployment(endpoint: Endpoint, provision: Provision, source: EvidenceSource, backend: str) -> Deployment:
     """Wait (at most ``provision.wait_ms``) for a tenant to provision this keep. Sessions that fail
     (a tenant whose policy refused this keep, a relay that broke) are told why and closed; the

@@ -13,7 +13,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import wasmtime
 
@@ -37,7 +37,7 @@ from motte.shared.control import (
     Stats,
 )
 from motte.shared.enarx_config import FileSpec
-from motte.shared.endpoint import Endpoint
+from motte.shared.endpoint import Endpoint, Timeout
 from motte.shared.errors import EXIT_MEMORY, EXIT_MOTTE_ERROR, EXIT_TIMEOUT, EXIT_TRAP, MotteError
 from motte.shared.wasi_abi import WasiError
 
@@ -51,6 +51,10 @@ SERVE_TIMEOUT = 60.0  # seconds the host has to bind a deployed workload's socke
 
 #: Makes the WASI file of a stdio entry of the config: (fd, its spec, the outputs to flush).
 StdioFiles = Callable[[int, FileSpec, ChannelOutputs], WasiFile]
+
+
+#: seconds without a first message after which a keep takes itself for a warm one (see _first_control)
+IDLE_BEFORE_PRELOAD = 0.2
 
 
 class LaunchError(MotteError):
@@ -74,7 +78,7 @@ class KeepRuntime:
     def serve(self) -> Exit:
         """Handle one launch (or provisioning); always tells the host how it ended."""
         try:
-            first = self.conversation.received(self.endpoint.recv_control())
+            first = self.conversation.received(self._first_control())
         except MotteError as exc:
             return self._finish(Exit(EXIT_MOTTE_ERROR, "error", str(exc)))
         if isinstance(first, Provision):
@@ -97,6 +101,19 @@ class KeepRuntime:
             return outcome
         self._await_bye()
         return outcome
+
+    def _first_control(self) -> dict[str, Any]:
+        """The host's first message. A keep that hears nothing for a while waits in a host agent's
+        pool of warm keeps, to be provisioned: it loads the provisioning code meanwhile, off its
+        tenant's critical path. (A ``motte run`` keep, or one the agent launched for a request,
+        gets its first message at once.)"""
+        try:
+            return self.endpoint.recv_control(timeout=IDLE_BEFORE_PRELOAD)
+        except Timeout:
+            from motte.keep.provisioning import preload
+
+            preload()
+            return self.endpoint.recv_control()
 
     def _await_bye(self) -> None:
         try:

@@ -21,6 +21,9 @@ DEFAULT_PORT = 7313
 DEFAULT_WAIT_MS = 60_000
 MAX_MESSAGE = 1 << 20
 MAX_ERROR_TEXT = 1000
+#: seconds between the agent's pings on a quiet session: the agent takes a client that does not
+#: answer within half of it for gone, the client an agent it hears nothing from for three
+HEARTBEAT = 20.0
 #: the session ended in order: both sides half-closed, or the keep closed the connection
 CLOSE_NORMAL = 1000
 #: the keep ended (exited, stopped or failed) while the session was open

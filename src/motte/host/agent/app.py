@@ -28,13 +28,14 @@ from motte.host.agent.errors import ApiError
 from motte.host.agent.keeps import AgentLimits, AgentTap, KeepRegistry, Log, ManagedKeep
 from motte.host.agent.relay import TENANT_LOST, SessionRelay
 from motte.host.backends.base import Backend, BackendReport
-from motte.shared.agent_api import MAX_MESSAGE, ApiFieldError, KeepRequest
+from motte.shared.agent_api import HEARTBEAT, MAX_MESSAGE, ApiFieldError, KeepRequest
 from motte.shared.errors import MotteError
 from motte.shared.untrusted_text import printable
 
 API_VERSION = 1
 MAX_BODY = 16 << 10  # a launch request is a few fields
-HEARTBEAT = 20.0  # seconds between pings on a session: a vanished tenant is noticed within two
+#: seconds a running keep whose last session closed gets to end by itself before it is stopped
+EXIT_GRACE = 2.0
 #: the strongest isolation first: the default backend is the first this host can run
 STRENGTH = ("kvm", "nil")
 
@@ -57,10 +58,12 @@ class HostAgent:
         self.keeps = KeepRegistry(backends, self.limits, log=log, tap=tap)
         self.reports: dict[str, BackendReport] = {}
 
-    async def check_backends(self) -> None:
-        """What this host can run (the cheap checks only: no probe boot), once, off the event loop."""
+    async def start(self) -> None:
+        """Check what this host can run (the cheap checks only: no probe boot), once, off the event
+        loop; then launch the warm keeps of the backends it can."""
         reports = await asyncio.to_thread(lambda: [b.report(probe=False) for b in self.keeps.backends.values()])
         self.reports = {report.name: report for report in reports}
+        self.keeps.start_pools(name for name, report in self.reports.items() if report.supported)
 
     @property
     def default_backend(self) -> str | None:
@@ -97,6 +100,8 @@ class HostAgent:
             "limits": {"max_keeps": limits.max_keeps, "max_memory": limits.max_memory,
                        "max_sessions": limits.max_sessions, "max_message": MAX_MESSAGE},
             "keeps": len(self.keeps.live()),
+            "warm": {name: {"size": pool.size, "ready": pool.ready, "memory": pool.memory}
+                     for name, pool in self.keeps.pools.items()},
         })
 
     async def create(self, request: web.Request) -> web.Response:
@@ -154,7 +159,8 @@ class HostAgent:
         self.log(f"keep {record.id}: session {session.stream} closed (websocket code {code})")
         if not keep.record.detach and not keep.sessions and keep.record.live:
             self.log(f"keep {record.id}: its last session closed and it is not detached")
-            self.keeps.stop_soon(keep)
+            # A running keep whose tenant has its exit is about to report it to the host: a moment for that
+            self.keeps.stop_soon(keep, grace=EXIT_GRACE if keep.record.state == "running" else 0.0)
         return ws
 
     def _sessions_changed(self, keep: ManagedKeep, relay: SessionRelay, *, opened: bool) -> None:

@@ -1,9 +1,10 @@
 """The keeps the host agent launched: their records, and the thread that drives each one.
 
-A keep's thread launches it (seconds, for a VM under emulation), provisions it and drives it
-until it ends (:class:`motte.host.provisioned.ProvisionedKeep`), then closes it at once: a keep
-that ended holds no process, socket or file. Records change on the event loop only; the threads
-post their news there. A record stays, for status, until it is deleted or, once the keep ended,
+A keep's thread launches it (seconds, for a VM under emulation), or takes a warm keep launched
+ahead of the request (:mod:`.warm`), provisions it and drives it until it ends
+(:class:`motte.host.provisioned.ProvisionedKeep`), then closes it at once: a keep that ended
+holds no process, socket or file. Records change on the event loop only; the threads post their
+news there. A record stays, for status, until it is deleted or, once the keep ended,
 until it is among the oldest when there are more than ``max_records``.
 """
 
@@ -14,12 +15,13 @@ import contextlib
 import functools
 import secrets
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from motte.host.agent.errors import ApiError
+from motte.host.agent.warm import WarmKeep, WarmPool
 from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
 from motte.host.provisioned import KeepEnd, ProvisionedKeep
 from motte.shared.agent_api import KeepExit, KeepRecord, KeepRequest
@@ -46,6 +48,8 @@ class AgentLimits:
     default_memory: int = 1 << 30
     max_sessions: int = 4  # tenant connections open at once to one keep
     boot_timeout: float = 120.0  # seconds a launch may take (a VM keep under emulation is slow)
+    #: warm keeps per backend, launched ahead of requests (they do not count against max_keeps)
+    warm: Mapping[str, int] = field(default_factory=dict)
 
 
 class ManagedKeep:
@@ -56,6 +60,7 @@ class ManagedKeep:
         self.launched = asyncio.Event()  # the keep left "starting" (launched, or failed to)
         self.done: asyncio.Future[None] = loop.create_future()  # its thread has finished
         self.sessions: set[SessionRelay] = set()
+        self.pool: WarmPool | None = None  # the warm pool it came from, which it refills once provisioned
         self._lock = threading.Lock()
         self._provisioned: ProvisionedKeep | None = None
         self._stop_requested = False
@@ -91,8 +96,20 @@ class KeepRegistry:
         self._log = log
         self._tap = tap
         self._keeps: dict[str, ManagedKeep] = {}  # in the order they were created
-        self._stopping: set[asyncio.Task[KeepRecord]] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self.pools: dict[str, WarmPool] = {}
         self.closing = False
+
+    def start_pools(self, backends: Iterable[str]) -> None:
+        """Launch the warm keeps of ``backends`` (those this host runs), as the limits ask."""
+        memory = self.limits.default_memory
+        for name in backends:
+            size = self.limits.warm.get(name, 0)
+            if size > 0 and name in self.backends and name not in self.pools:
+                spec_for = functools.partial(self._launch_spec, memory=memory)
+                self.pools[name] = WarmPool(self.backends[name], size, memory, spec_for, log=self._log)
+                self._log(f"keeping {size} warm {name} keep{'s' if size > 1 else ''} of {memory} bytes")
+                self.pools[name].start()
 
     def live(self) -> list[ManagedKeep]:
         return [keep for keep in self._keeps.values() if keep.record.live]
@@ -113,17 +130,23 @@ class KeepRegistry:
         if len(self.live()) >= self.limits.max_keeps:
             raise ApiError(429, "too_many_keeps",
                            f"this agent runs at most {self.limits.max_keeps} keeps at once; stop one first")
-        keep_id = secrets.token_hex(8)
+        pool = self.pools.get(backend)
+        warm = None if pool is None else pool.take(memory)
+        keep_id = secrets.token_hex(8) if warm is None else warm.keep_id
         record = KeepRecord(id=keep_id, backend=backend, state="starting", created=_now(), memory=memory,
                             timeout_ms=request.timeout_ms, wait_ms=request.wait_ms, detach=request.detach)
         keep = ManagedKeep(record, asyncio.get_running_loop())
+        keep.pool = None if warm is None else pool
         self._keeps[keep_id] = keep
         self._evict()
         timeout = "none" if record.timeout_ms is None else f"{record.timeout_ms} ms"
         self._log(f"keep {keep_id}: starting (backend {backend}, memory {memory} bytes, wait {record.wait_ms} ms, "
-                  f"timeout {timeout}, detach {'yes' if record.detach else 'no'})")
-        threading.Thread(target=self._drive, args=(keep, self.backends[backend], asyncio.get_running_loop()),
-                         name=f"motte-keep-{keep_id}", daemon=True).start()
+                  f"timeout {timeout}, detach {'yes' if record.detach else 'no'}{', warm' if warm else ''})")
+        drive = functools.partial(self._drive, keep, self.backends[backend], asyncio.get_running_loop(), warm)
+        if warm is not None:
+            warm.hand_over(drive)  # on the thread that launched it, which the keep's process is bound to
+        else:
+            threading.Thread(target=drive, name=f"motte-keep-{keep_id}", daemon=True).start()
         return keep
 
     async def stop(self, keep: ManagedKeep) -> KeepRecord:
@@ -134,11 +157,17 @@ class KeepRegistry:
         await asyncio.shield(keep.done)
         return keep.record
 
-    def stop_soon(self, keep: ManagedKeep) -> None:
-        """:meth:`stop` in a task of its own (for a request handler that must not wait for it)."""
-        task = asyncio.ensure_future(self.stop(keep))
+    def stop_soon(self, keep: ManagedKeep, grace: float = 0.0) -> None:
+        """:meth:`stop` in a task of its own (for a request handler that must not wait for it),
+        once the keep had ``grace`` seconds to end by itself."""
+        task = asyncio.ensure_future(self._stop_after(keep, grace))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
+
+    async def _stop_after(self, keep: ManagedKeep, grace: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(keep.done), grace)
+        await self.stop(keep)
 
     async def delete(self, keep_id: str) -> KeepRecord:
         """Stop the keep, forget its record and answer with it."""
@@ -147,9 +176,10 @@ class KeepRegistry:
         return record
 
     async def close(self) -> None:
-        """Stop every keep and wait until each is closed. No keep is created from now on."""
+        """Stop every keep, warm ones too, and wait until each is closed. No keep is created from now on."""
         self.closing = True
-        await asyncio.gather(*(self.stop(keep) for keep in list(self._keeps.values()) if not keep.done.done()))
+        await asyncio.gather(*(asyncio.to_thread(pool.close) for pool in self.pools.values()),
+                             *(self.stop(keep) for keep in list(self._keeps.values()) if not keep.done.done()))
 
     def update(self, keep: ManagedKeep, **changes: Any) -> None:
         """Change ``keep``'s record (event loop)."""
@@ -160,6 +190,8 @@ class KeepRegistry:
             self._log(f"keep {record.id}: {_describe(record)}")
         if record.state != "starting":
             keep.launched.set()
+        if before == "provisioning" and record.state != before and keep.pool is not None:
+            keep.pool.refill()  # its keep is provisioned, or ended: see motte.host.agent.warm
         if not record.live:
             for relay in list(keep.sessions):
                 relay.keep_ended(f"the keep has ended: {record.state}")
@@ -171,10 +203,11 @@ class KeepRegistry:
 
     # ---- the keep's thread ----
 
-    def _drive(self, keep: ManagedKeep, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+    def _drive(self, keep: ManagedKeep, backend: Backend, loop: asyncio.AbstractEventLoop,
+               warm: WarmKeep | None) -> None:
         post = functools.partial(self._post, loop, keep)
         try:
-            end = self._launch_and_run(keep, backend, post)
+            end = self._launch_and_run(keep, backend, post, warm)
         except Exception as exc:  # a bug must not leave a record "running" forever
             end = KeepEnd("failed", error=f"internal error: {type(exc).__name__}: {exc}")
         keep_exit = None if end.exit is None else KeepExit(end.exit.status, end.exit.reason)
@@ -182,14 +215,18 @@ class KeepRegistry:
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
             loop.call_soon_threadsafe(_resolve, keep.done)
 
-    def _launch_and_run(self, keep: ManagedKeep, backend: Backend, post: Callable[..., None]) -> KeepEnd:
+    def _launch_and_run(self, keep: ManagedKeep, backend: Backend, post: Callable[..., None],
+                        warm: WarmKeep | None) -> KeepEnd:
         record = keep.record  # (the fields read here never change)
         tap = None if self._tap is None else functools.partial(self._tap, record.id)
-        spec = LaunchSpec(memory_bytes=record.memory, boot_timeout=self.limits.boot_timeout, channel_tap=tap)
-        try:
-            handle: KeepHandle = backend.launch(spec, progress=lambda text: self._log(f"keep {record.id}: {text}"))
-        except MotteError as exc:
-            return KeepEnd("failed", error=str(exc))
+        if warm is not None:
+            handle: KeepHandle = warm.handle
+        else:
+            try:
+                handle = backend.launch(self._launch_spec(record.id, memory=record.memory),
+                                        progress=lambda text: self._log(f"keep {record.id}: {text}"))
+            except MotteError as exc:
+                return KeepEnd("failed", error=str(exc))
         try:
             provisioned = ProvisionedKeep(handle, Provision(record.wait_ms, record.memory, record.timeout_ms),
                                           tap=tap, on_running=lambda: post(state="running"))
@@ -199,6 +236,10 @@ class KeepRegistry:
             return provisioned.run()
         finally:
             handle.close()
+
+    def _launch_spec(self, keep_id: str, *, memory: int) -> LaunchSpec:
+        tap = None if self._tap is None else functools.partial(self._tap, keep_id)
+        return LaunchSpec(memory_bytes=memory, boot_timeout=self.limits.boot_timeout, channel_tap=tap)
 
     def _post(self, loop: asyncio.AbstractEventLoop, keep: ManagedKeep, **changes: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody reads records

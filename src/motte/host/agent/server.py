@@ -38,7 +38,7 @@ async def serve(agent: HostAgent, *, host: str = "127.0.0.1", port: int = 0, uni
     runner = web.AppRunner(agent.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     bound: Path | None = None
     try:
-        await agent.check_backends()
+        await agent.start()
         await runner.setup()
         if unix is not None:
             sock = bind_unix(unix)

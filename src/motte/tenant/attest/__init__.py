@@ -10,17 +10,31 @@ and the time to verify at, and never read files or clocks.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from motte.tenant.attest.amd_roots import AmdTrust
 from motte.tenant.attest.claims import Claims, Reason, VerificationError
-from motte.tenant.attest.dcap import verify_dcap
-from motte.tenant.attest.detect import KINDS, decode_text, detect_kind
-from motte.tenant.attest.nitro import verify_nitro
 from motte.tenant.attest.policy import Policy, PolicyError, Verdict, Violation, evaluate, load_policy
-from motte.tenant.attest.snp_verify import verify_snp
+
+if TYPE_CHECKING:
+    from motte.tenant.attest.amd_roots import AmdTrust
+    from motte.tenant.attest.dcap import verify_dcap
+    from motte.tenant.attest.detect import KINDS
+    from motte.tenant.attest.nitro import verify_nitro
+    from motte.tenant.attest.snp_verify import verify_snp
+
+#: the verifiers, imported on first use: whoever needs one technology's (or none, for an
+#: unattested keep) does not pay for the others' imports
+_LAZY = {"AmdTrust": "amd_roots", "verify_dcap": "dcap", "KINDS": "detect", "verify_nitro": "nitro",
+         "verify_snp": "snp_verify"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "KINDS",
@@ -51,6 +65,11 @@ def verify(
     collateral: str | bytes | Any | None = None,
 ) -> Claims:
     """Verify evidence of any supported kind; hex or base64 text is decoded first."""
+    from motte.tenant.attest.dcap import verify_dcap
+    from motte.tenant.attest.detect import KINDS, decode_text, detect_kind
+    from motte.tenant.attest.nitro import verify_nitro
+    from motte.tenant.attest.snp_verify import verify_snp
+
     data = decode_text(evidence)
     if kind == "auto":
         kind = detect_kind(data)

@@ -13,7 +13,7 @@ import secrets as random
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from motte.shared.binding import NONCE_SIZE
 from motte.shared.control import Exit, LaunchTerms
@@ -37,10 +37,12 @@ from motte.shared.provision import (
     encode_raw,
 )
 from motte.shared.tls_pipe import TlsPipe, client_context
-from motte.tenant.attest.amd_roots import AmdTrust
 from motte.tenant.deploy.package import Package
 from motte.tenant.deploy.policy import TenantPolicy
 from motte.tenant.deploy.verify import Accepted, KeepRefused, judge
+
+if TYPE_CHECKING:
+    from motte.tenant.attest.amd_roots import AmdTrust
 
 OutputSink = Callable[[Frame, bytes], None]
 
@@ -69,7 +71,12 @@ class DeployOutcome(NamedTuple):
     accepted: Accepted
     started: Started
     exit: Exit | None  # None when detached
-    timings: dict[str, float]  # seconds: tls, evidence, verify, transfer, start, first_output
+    #: seconds: tls (the handshake), evidence (hello to the keep's answer), verify, deploy (hashing
+    #: the workload, the deploy message), transfer (the workload's bytes, from the first to the last
+    #: handed to the channel: the keep may not have them all yet), start (until the keep reports
+    #: started: the rest of the bytes, its hashing, compiling and starting), first_output (not
+    #: when detached)
+    timings: dict[str, float]
 
 
 class KeepSession:
@@ -138,9 +145,9 @@ def expected_launch(package: Package, secrets: tuple[Secret, ...], limits: Limit
 
 
 def deploy(channel: ByteChannel, package: Package, policy: TenantPolicy, limits: Limits, *,
-                 secrets: tuple[Secret, ...] = (), output: OutputSink, now: datetime | None = None,
-                 amd_trust: AmdTrust | None = None, detach: bool = False,
-                 progress: Callable[[str], None] | None = None) -> DeployOutcome:
+           secrets: tuple[Secret, ...] = (), output: OutputSink, now: datetime | None = None,
+           amd_trust: AmdTrust | None = None, detach: bool = False,
+           progress: Callable[[str], None] | None = None) -> DeployOutcome:
     """Verify the keep at the other end of ``channel``, then deploy ``package`` to it.
 
     Raises :class:`KeepRefused` (nothing was sent), :class:`ProvisionError` (the keep broke the
@@ -173,9 +180,10 @@ def deploy(channel: ByteChannel, package: Package, policy: TenantPolicy, limits:
     lap("verify")
     say("the keep passed the policy" if accepted.attested else
         f"the keep is UNATTESTED ({offer.backend}): its host can read the workload, its secrets and its output")
-    terms = expected_launch(package, secrets, limits)
-    session.send(Deploy(package.config, len(package.wasm), package.wasm_sha256, package.ca_bundles,
-                              package.steward_ca, secrets))
+    terms = expected_launch(package, secrets, limits)  # (hashes the workload, once)
+    session.send(Deploy(package.config, len(package.wasm), terms.wasm_sha256, package.ca_bundles,
+                        package.steward_ca, secrets))
+    lap("deploy")
     session.send_wasm(package.wasm)
     lap("transfer")
     started = session.receive()

@@ -4,16 +4,18 @@ policy, and that the report data binds this challenge, this keep's TLS key and t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from motte.shared.binding import provision_report_data
 from motte.shared.errors import MotteError
 from motte.shared.provision import EvidenceOffer
 from motte.shared.steward_protocol import StewardProtocolError
-from motte.tenant.attest import Claims, VerificationError, evaluate
-from motte.tenant.attest.amd_roots import AmdTrust
-from motte.tenant.attest.evidence import verify_keep_evidence
+from motte.tenant.attest.claims import Claims, VerificationError
+from motte.tenant.attest.policy import evaluate
 from motte.tenant.deploy.policy import TenantPolicy
+
+if TYPE_CHECKING:
+    from motte.tenant.attest.amd_roots import AmdTrust
 
 UNATTESTED = "kvm"  # the technology of nil and kvm keeps: no evidence at all
 EXIT_REFUSED = 1  # motte deploy's status when the keep failed the policy
@@ -47,6 +49,8 @@ def judge(offer: EvidenceOffer, *, nonce: bytes, spki: bytes, exporter: bytes, p
                               f"the keep offers no evidence (a {offer.backend} keep): its host can read everything "
                               "sent to it, and the policy does not allow unattested keeps")
         return Accepted(UNATTESTED, None)
+    from motte.tenant.attest.evidence import verify_keep_evidence  # the technology's verifier, on use
+
     try:
         claims = verify_keep_evidence(offer.technology, offer.evidence, now=now, amd_trust=amd_trust)
     except StewardProtocolError as exc:
