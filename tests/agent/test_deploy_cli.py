@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from motte.tenant.agent_client import AgentClient
 from tests.agent.conftest import AgentFactory, Log, gone, running
 from tests.agent.test_api import until
 from tests.conftest import motte
+from tests.net.conftest import wait_until
 from tests.workloads import workload
 
 STDIO = '[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "stderr"\n'
@@ -149,3 +152,16 @@ def test_an_agent_that_is_down(dev_policy: Path, tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (125, b"")
     (line,) = result.stderr.decode().splitlines()
     assert line.startswith(f"motte: error: the host agent at {url} is down: ") and "motte host serve" in line
+
+
+def test_a_deploy_killed_mid_run_leaves_nothing_running(agent: AgentClient, dev_policy: Path, tmp_path: Path) -> None:
+    folder = package(tmp_path, "spin", 'args = ["--print"]\n[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n')
+    command = [sys.executable, "-m", "motte", "deploy", "--agent", agent.url, "--policy", str(dev_policy), str(folder)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as client:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"spinning\n"  # the workload runs, its output reaches the tenant
+        (record,) = [r for r in agent.list() if r.state == "running"]
+        client.kill()  # the tenant vanishes: no goodbye, no close of its WebSocket
+    final = until(agent, record.id, lambda r: not r.live, "ended")
+    assert final.state == "stopped" and final.pid is not None
+    assert wait_until(lambda: gone(final.pid), 10)  # type: ignore[arg-type]
