@@ -33,6 +33,7 @@ from motte.shared.steward_protocol import (
 from motte.steward.policy import StewardPolicy
 from motte.tenant.attest import Claims, VerificationError, evaluate, verify, verify_snp
 from motte.tenant.attest.amd_roots import AmdTrust
+from motte.tenant.attest.canonical import canonical_evidence
 
 # CSR-level refusal codes (evidence-level ones are the verifier's Reason values).
 MALFORMED_CSR = "malformed_csr"
@@ -108,7 +109,7 @@ def check_request(
     """Check a DER CSR and its evidence. ``amd_trust`` replaces AMD's roots (tests only)."""
     csr, spki, extension = _read_csr(csr_der)
     technology = TECHNOLOGY_BY_OID.get(extension.oid)
-    digest = hashlib.sha256(extension.value).hexdigest()
+    digest = evidence_digest(technology, extension.value)
     if technology is None:
         raise Refused(
             400, UNSUPPORTED_EVIDENCE, f"extension {extension.oid} is not an evidence type this Steward knows"
@@ -154,6 +155,21 @@ def check_request(
         )
     measurement = claims.measurements.get(MEASUREMENT_NAME[technology])
     return Attested(technology, measurement, claims.to_dict(), digest, csr, public_key, spki)
+
+
+def evidence_digest(technology: str | None, value: bytes) -> str:
+    """SHA-256 of the canonical form of the report or quote in an evidence extension: the key of its
+    audit-log entry and the certificate's evidenceDigest, one for every variant of that evidence
+    (another s, other padding, another VCEK or CRL beside it). Evidence that cannot be read is
+    keyed on its bytes."""
+    try:
+        if technology == "snp":
+            return hashlib.sha256(canonical_evidence(decode_snp_evidence(value).report, "snp")).hexdigest()
+        if technology in ("tdx", "sgx"):
+            return hashlib.sha256(canonical_evidence(decode_dcap_evidence(value).quote, technology)).hexdigest()
+    except (StewardProtocolError, VerificationError):
+        pass
+    return hashlib.sha256(value).hexdigest()
 
 
 def _read_csr(csr_der: bytes) -> tuple[x509.CertificateSigningRequest, bytes, CsrExtension]:
