@@ -109,7 +109,7 @@ def test_detach_json_leaves_the_keep_running_on(agent: AgentClient, dev_policy: 
     final = until(agent, record.id, lambda r: r.state == "exited", "exited")  # hello ran to its end, unwatched
     assert final.exit is not None and final.exit.status == 0
     result = motte("deploy", "--agent", agent.url, "--policy", str(dev_policy), "--json", str(hello))
-    assert result.returncode == 2 and b"--json goes with --detach" in result.stderr
+    assert result.returncode == 125 and b"--json goes with --detach" in result.stderr
     assert len(agent.list()) == 1  # a usage error launches nothing
 
 

@@ -8,7 +8,9 @@ so had motte launched a keep first, the error would say that QEMU is missing.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,8 +64,9 @@ def test_module_without_start(backend: str, wasm) -> None:
     one_line_error(motte("run", "--backend", backend, wasm("nostart")), "no _start")
 
 
-def test_directory_instead_of_a_module(before_launch: Run, tmp_path: Path) -> None:
-    one_line_error(before_launch(str(tmp_path)), "is a directory")
+def test_directory_without_main_py(before_launch: Run, tmp_path: Path) -> None:
+    # A folder runs as a Python program (main.py); one without it is a clear error.
+    one_line_error(before_launch(str(tmp_path)), "has no main.py")
 
 
 def test_missing_config(before_launch: Run, tmp_path: Path, wasm) -> None:
@@ -75,9 +78,86 @@ def test_bad_dir_option(before_launch: Run, tmp_path: Path, wasm) -> None:
 
 
 def test_bad_size_is_a_usage_error(before_launch: Run, wasm) -> None:
-    result = before_launch("--max-memory", "lots", wasm("hello"))
-    assert result.returncode == 2
-    assert b"not a size" in result.stderr and b"Traceback" not in result.stderr
+    # 125 as every failure of motte's own: 2 is a status a workload may well exit with.
+    one_line_error(before_launch("--max-memory", "lots", wasm("hello")), "not a size", "see 'motte run --help'")
+
+
+@pytest.mark.parametrize("args", [("run",), ("run", "--no-such-flag", "x.wasm"), ("no-such-command",),
+                                  ("attest", "verify"), ("steward", "log", "--limit", "0")])
+def test_every_usage_error_is_one_line_and_125(args: tuple[str, ...]) -> None:
+    one_line_error(motte(*args), "motte: error: ", "--help')")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e10", "-1", "0", "0.0001", "soon"])
+def test_a_timeout_must_be_a_finite_number_of_seconds(before_launch: Run, wasm, value: str) -> None:
+    result = before_launch("--timeout", value, wasm("hello"))
+    one_line_error(result, f"--timeout': {value!r} is not a number of seconds")
+
+
+def test_the_longest_timeout_runs(wasm) -> None:
+    result = motte("run", "--backend", "nil", "--timeout", "31536000", wasm("hello"))
+    assert result.returncode == 0 and b"hello" in result.stdout.lower(), result.stderr
+
+
+def test_an_argument_list_too_large_to_launch_is_refused_before_launch(before_launch: Run, wasm) -> None:
+    args = ["x" * 1000] * 1100  # 1.1 MB: within what Linux passes to motte, beyond one launch message
+    one_line_error(before_launch(wasm("hello"), "--", *args), "arguments, environment and CA bundles take",
+                   "more than the 1048576 a keep's launch may carry")
+
+
+def test_an_argument_list_that_fits_runs(wasm) -> None:
+    result = motte("run", "--backend", "nil", wasm("hello"), "--", *(["x" * 1000] * 1000))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("nesting", ["a = " + "[" * 3000, "a = " + "{b = " * 3000, "[env]\nX = " + "[" * 3000])
+def test_deeply_nested_toml_is_one_line(before_launch: Run, tmp_path: Path, wasm, nesting: str) -> None:
+    config = tmp_path / "Enarx.toml"
+    config.write_text(nesting)
+    one_line_error(before_launch("--wasmcfgfile", str(config), wasm("hello")), "nested too deeply")
+
+
+def test_two_files_of_one_name_are_refused(before_launch: Run, tmp_path: Path, wasm) -> None:
+    config = tmp_path / "Enarx.toml"
+    config.write_text('[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\nname = "stdin"\n')
+    err = one_line_error(before_launch("--wasmcfgfile", str(config), wasm("hello")), "Enarx.toml:5: files[1].name")
+    assert "is already the name of files[0]" in err
+
+
+def _special_file(kind: str, tmp_path: Path) -> str:
+    if kind == "fifo":
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)  # with no writer: a plain open would wait for one for ever
+        return str(fifo)
+    return {"zero": "/dev/zero", "directory": str(tmp_path), "procfs": "/proc/self/status"}[kind]
+
+
+_KIND_SHOWN = {"zero": "is a character device, not a regular file", "fifo": "is a FIFO, not a regular file",
+               "directory": "is a directory, not a regular file", "procfs": "not a file on disk"}
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo", "directory", "procfs"])
+@pytest.mark.parametrize("entry", ["wasm", "wasmcfgfile", "ca", "steward_ca"])
+def test_files_a_user_names_must_be_regular_files(before_launch: Run, tmp_path: Path, wasm, entry: str,
+                                                  kind: str) -> None:
+    special = _special_file(kind, tmp_path)
+    config = tmp_path / "Enarx.toml"
+    if entry == "ca":
+        config.write_text(STDIO + f'[[files]]\nkind = "connect"\nprot = "tls"\nhost = "localhost"\nca = "{special}"\n')
+    elif entry == "steward_ca":
+        config.write_text(f'steward = "https://127.0.0.1:9"\nsteward_ca = "{special}"\n' + STDIO)
+    args = {"wasm": [special], "wasmcfgfile": ["--wasmcfgfile", special, wasm("hello")],
+            "ca": ["--wasmcfgfile", str(config), wasm("hello")],
+            "steward_ca": ["--wasmcfgfile", str(config), wasm("hello")]}[entry]
+    started = time.monotonic()
+    shown = _KIND_SHOWN[kind]
+    if (entry, kind) == ("wasm", "directory"):
+        shown = "a folder runs as a Python program, and it has no main.py"  # a folder is a program
+    err = one_line_error(before_launch(*args), f"{special}: {shown}")
+    assert time.monotonic() - started < 30, err
+
+
+STDIO = '[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n[[files]]\nkind = "stderr"\n'
 
 
 @pytest.mark.parametrize(

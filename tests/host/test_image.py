@@ -281,6 +281,19 @@ def test_snp_launch_digest_covers_kernel_initrd_cmdline_and_vcpus(tmp_path: Path
         digest(ovmf=fake_ovmf(tmp_path / "plain.fd", kernel_hashes=False))
 
 
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+def test_the_ovmf_file_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
+    ovmf = Path(kind)
+    if kind == "fifo":
+        ovmf = tmp_path / "fifo"
+        os.mkfifo(ovmf)  # no writer: reading it would wait for ever
+    (tmp_path / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "initrd").write_bytes(b"initrd")
+    shown = "a character device" if kind == "/dev/zero" else "a FIFO"
+    with pytest.raises(MotteError, match=f"OVMF {ovmf}: is {shown}, not a regular file"):
+        snp_launch_digest(ovmf=ovmf, kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd", cmdline="", vcpus=1)
+
+
 def test_image_measure_cli_prints_all_digests(image: build.KeepImage, tmp_path: Path, shared_cache: str) -> None:
     ovmf = fake_ovmf(tmp_path / "OVMF.fd")
     env = {"MOTTE_CACHE_DIR": shared_cache}

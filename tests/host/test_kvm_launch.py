@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -99,14 +100,51 @@ def test_accelerator_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_accel("auto") == ("kvm", "probe ok")
 
 
-def test_kvm_verdict_on_this_host_needs_no_boot() -> None:
+@pytest.fixture
+def no_boot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A verdict cache of the test's own (empty), and any probe boot fails the test; the cache file."""
+    def boot(*_: object) -> accel.KvmVerdict:
+        raise AssertionError("a verdict that needs no boot booted a guest")
+
+    monkeypatch.setattr(accel, "_probe_boot", boot)
+    monkeypatch.setattr(accel, "_verdict_file", lambda: tmp_path / "kvm-verdict.json")
+    return tmp_path / "kvm-verdict.json"
+
+
+def test_kvm_verdict_on_this_host_needs_no_boot(no_boot: Path) -> None:
     verdict = accel.kvm_verdict(allow_boot=False)
     if not os.path.exists("/dev/kvm"):
-        assert verdict.usable is False and "does not exist" in verdict.reason
+        assert (verdict.usable, verdict.probed) == (False, False) and "does not exist" in verdict.reason
+    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert (verdict.usable, verdict.probed) == (False, False) and "permission" in verdict.reason
     elif accel.is_pvm():
-        assert verdict.usable is False and "PVM" in verdict.reason and not verdict.probed
+        assert (verdict.usable, verdict.probed) == (False, False) and "PVM" in verdict.reason
     else:
-        assert verdict.usable in (None, True, False)
+        assert verdict == accel.KvmVerdict(None, "not probed yet", False, accel._fingerprint())
+
+
+@pytest.mark.parametrize("pvm", [False, True])
+def test_a_kvm_verdict_without_a_boot_is_the_cached_one_or_unknown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_boot: Path, pvm: bool
+) -> None:
+    """Every branch of the verdict that needs no boot, whatever this host's /dev/kvm is."""
+    device = tmp_path / "kvm"
+    device.touch()  # readable and writable: what the checks before the cache look at
+    monkeypatch.setattr(accel, "DEV_KVM", str(device))
+    monkeypatch.setattr(accel, "is_pvm", lambda: pvm)
+    fingerprint = accel._fingerprint()
+    unknown = accel.kvm_verdict(allow_boot=False)
+    if pvm:  # known without a boot: no
+        assert (unknown.usable, unknown.probed, unknown.fingerprint) == (False, False, fingerprint)
+        assert "PVM" in unknown.reason
+    else:
+        assert unknown == accel.KvmVerdict(None, "not probed yet", False, fingerprint)
+    cached = accel.KvmVerdict(True, "a probe boot under KVM said HELLO in 1.00 s", True, fingerprint, 1.0)
+    no_boot.write_text(json.dumps(dataclasses.asdict(cached)))
+    assert accel.kvm_verdict(allow_boot=False) == cached  # a probe's verdict outweighs the facts
+    no_boot.write_text(json.dumps(dataclasses.asdict(dataclasses.replace(cached, fingerprint="another QEMU"))))
+    stale = accel.kvm_verdict(allow_boot=False)  # a verdict for another QEMU does not count
+    assert (stale.usable, stale.probed, stale.reason) == (unknown.usable, unknown.probed, unknown.reason)
 
 
 def test_missing_qemu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

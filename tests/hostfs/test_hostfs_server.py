@@ -377,12 +377,13 @@ NASTY_PATHS = [
     "proc-root/etc", "sub", "sub/", "sub/..", "sub/../..", "file.txt", "file.txt/", "new", "sub/new",
     "in-rel", "a" * 300, "x/" * 50, "sub/inner.txt", ".hidden", "..." ,
 ]
-_handles = st.integers(0, 6)
+_handles = st.just(0) | st.integers(0, 6)  # 0, the served directory, most: paths from it reach furthest
 _paths = st.sampled_from(NASTY_PATHS)
 _flag = st.integers(0, 1)
 _times = st.sampled_from([0, 1, 1 << 62])
 _ARGS: dict[Op, Any] = {
-    Op.OPEN: st.tuples(_handles, _paths, st.integers(0, hostfs.OPEN_ALL), st.sampled_from([0, 1, 2, 16])),
+    Op.OPEN: st.tuples(_handles, _paths, st.integers(0, hostfs.OPEN_ALL) | st.sampled_from([R, R | F, F | DIR]),
+                       st.sampled_from([0, 1, 2, 16])),
     Op.CLOSE: st.tuples(_handles),
     Op.READ: st.tuples(_handles, st.integers(0, 64)),
     Op.PREAD: st.tuples(_handles, st.integers(0, 64), st.integers(0, 100)),
@@ -405,8 +406,27 @@ _ARGS: dict[Op, Any] = {
     Op.SYMLINK: st.tuples(st.sampled_from(["../outside/secret.txt", "/etc", "sub", "x"]), _handles, _paths),
     Op.READLINK: st.tuples(_handles, _paths),
 }
-_requests = st.lists(st.sampled_from(list(Op)).flatmap(lambda op: _ARGS[op].map(lambda args: (op, args))),
-                     min_size=1, max_size=25)
+# OPEN, one in four: what it opens, the test then reads, lists and stats (below)
+_ops = st.sampled_from([*list(Op), *[Op.OPEN] * (len(Op) // 3)])
+_requests = st.lists(_ops.flatmap(lambda op: _ARGS[op].map(lambda args: (op, args))), min_size=1, max_size=25)
+
+
+OUTSIDE_CONTENT = (b"secret", b"more")  # what the files outside hold (make_tree); no file inside does
+
+
+def reveals_outside(op: Op, response: Response, outside_inodes: set[int]) -> bool:
+    """Whether an answer shows something of the outside tree: a file's bytes, or a file's status
+    or a directory's listing (by inode number)."""
+    if response.errno:
+        return False
+    values = response.values
+    if op in (Op.READ, Op.PREAD):
+        return any(marker in values[0] for marker in OUTSIDE_CONTENT)
+    if op in (Op.STAT, Op.FSTAT):
+        return values[0].ino in outside_inodes
+    if op is Op.READDIR:
+        return values[0] in outside_inodes or any(ino in outside_inodes for _, ino, _ in values[2])
+    return False
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -416,10 +436,17 @@ def test_random_requests_never_escape_nor_crash(requests: list[tuple[Op, tuple[A
     try:
         root = make_tree(base)
         before = snapshot(base)
+        outside = {path.lstat().st_ino for path in [base, *base.rglob("*")] if not path.is_relative_to(root)}
         server = HostFsServer(str(root))
         keep = Keep(server)
         for op, args in requests:
-            keep.call(op, *args)
+            response = keep.call(op, *args)
+            assert not reveals_outside(op, response, outside), (op, args)  # no read outside either
+            if op is Op.OPEN and not response.errno:  # look into what was opened, as a keep would
+                handle = response.values[0]
+                probes = ((Op.FSTAT, (handle,)), (Op.PREAD, (handle, 64, 0)), (Op.READDIR, (handle, 0)))
+                for probe, probe_args in probes:
+                    assert not reveals_outside(probe, keep.call(probe, *probe_args), outside), (op, args, probe)
         assert server.internal_errors == []
         server.close()
         assert snapshot(base) == before

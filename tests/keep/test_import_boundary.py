@@ -3,6 +3,8 @@
 - The keep (``keep/``, the TCB) imports nothing from the host, tenant or CLI side.
 - ``shared/`` (code both sides run, all of it in the keep image) imports nothing from motte outside
   itself.
+- The keep reads no file a user names: it never imports ``shared/user_files.py``, which is for the
+  CLI, the host and the Steward.
 - The host imports from the keep only where it starts or holds a keep's own code: the modules in
   :data:`HOST_MODULES_THAT_START_A_KEEP`, each with its reason. The CLI, the tenant side and the
   Steward import nothing from the keep.
@@ -18,6 +20,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "motte"
 HOST_SIDE = ("motte.host", "motte.tenant", "motte.cli")
 KEEP = "motte.keep"
+USER_FILES = "motte.shared.user_files"  # reading files a user names: the CLI's, the host's, the Steward's
 
 #: The host modules that may import ``motte.keep``, and why. Any other host module that does fails
 #: the test: host code that needs what the keep also runs takes it from ``motte.shared``.
@@ -79,6 +82,11 @@ def test_keep_and_shared_sources_import_no_host_side_code() -> None:
 
 def test_shared_imports_nothing_from_motte_outside_itself() -> None:
     assert _offenders(("shared",), ("motte.keep", *HOST_SIDE)) == []
+
+
+def test_the_keep_reads_no_file_a_user_names() -> None:
+    assert _offenders(("keep",), (USER_FILES,)) == []
+    assert _offenders(("shared",), (USER_FILES,), {"shared/user_files.py": "itself"}) == []
 
 
 def test_only_the_modules_that_start_a_keep_import_it() -> None:

@@ -73,3 +73,36 @@ def test_a_cache_dir_others_can_write_is_not_trusted(tmp_path: Path, wasm) -> No
     cache = ModuleCache(shared)
     cache.load(engine, module, "0" * 64)
     assert list(shared.iterdir()) == []
+
+
+def _digest(module: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(module).hexdigest()
+
+
+def test_a_cache_dir_that_is_a_symlink_is_not_used(tmp_path: Path, wasm) -> None:
+    # Checked by its path, the directory would be the one the link points to at that moment.
+    engine = make_engine(False, MEMORY)
+    module = Path(wasm("hello")).read_bytes()
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    assert not ModuleCache(tmp_path / "link").load(engine, module, _digest(module)).from_cache
+    assert list(real.iterdir()) == []
+
+
+def test_an_entry_that_is_a_symlink_or_no_regular_file_is_not_loaded(tmp_path: Path, wasm) -> None:
+    engine = make_engine(False, MEMORY)
+    module = Path(wasm("hello")).read_bytes()
+    cache = ModuleCache(tmp_path / "cache")
+    assert not cache.load(engine, module, _digest(module)).from_cache
+    entry = next((tmp_path / "cache").glob("*.cwasm"))
+    elsewhere = tmp_path / "elsewhere.cwasm"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere)  # a valid compiled module, but not one in the cache directory
+    assert not cache.load(engine, module, _digest(module)).from_cache
+    assert not entry.is_symlink() and cache.load(engine, module, _digest(module)).from_cache  # replaced
+    entry.unlink()
+    os.mkfifo(entry)  # opened without O_NONBLOCK, this would wait for a writer for ever
+    assert not cache.load(engine, module, _digest(module)).from_cache

@@ -284,9 +284,19 @@ def test_empty_toml() -> None:
     assert parse_enarx_toml("") == WorkloadConfig(files=())
 
 
-def test_duplicate_names_are_allowed_as_in_enarx() -> None:
-    config = parse_enarx_toml('[[files]]\nkind = "stdout"\n[[files]]\nkind = "stdout"\n')
-    assert config.fd_names() == "stdout:stdout"
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[[files]]\nkind = "stdout"\n[[files]]\nkind = "stdout"\n', 3),  # both named by their kind
+        ('[[files]]\nkind = "stdin"\nname = "in"\n[[files]]\nkind = "listen"\nprot = "tcp"\nname = "in"\n', 7),
+    ],
+)
+def test_two_files_of_one_name_are_refused(text: str, line: int) -> None:
+    # Enarx accepts them, but then the workload cannot tell its files apart in FD_NAMES.
+    err = _error(text)
+    assert str(err).startswith(f'Enarx.toml:{line}: files[1].name: "') and "files[0]" in str(err), str(err)
+    with pytest.raises(ConfigError, match=r"files\[1\]\.name"):
+        WorkloadConfig.from_json({"files": [{"kind": "null", "name": "x"}, {"kind": "null", "name": "x"}]})
 
 
 # --- environment, extras, immutability -----------------------------------------------------------
@@ -751,7 +761,7 @@ _configs = st.builds(
         st.text(_env_key_chars, min_size=1),
         st.text(_no_nul),
     ).map(FrozenEnv),
-    files=st.lists(_files(), max_size=6).map(tuple),
+    files=st.lists(_files(), max_size=6, unique_by=lambda spec: spec.name).map(tuple),
 )
 
 

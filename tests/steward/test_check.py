@@ -20,10 +20,11 @@ from motte.keep.evidence.snp import SnpEvidenceSource
 from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
 from motte.shared.steward_certs import read_attestation, spki_der
-from motte.shared.steward_protocol import key_binding
+from motte.shared.steward_protocol import decode_snp_evidence, key_binding
 from motte.steward.check import Refused, check_request
 from motte.steward.issuer import CertificateAuthority
 from motte.steward.policy import StewardPolicy, load_steward_policy
+from motte.tenant.attest.canonical import canonical_evidence
 from tests.steward.conftest import ALLOW_KVM
 from tests.steward.fakes import DEBUG_POLICY, MEASUREMENT, VCEK_GUID, FakeSnp, FakeTsmKernel, cert_table
 from tests.tenant.attest_forge import NOW
@@ -162,7 +163,8 @@ def test_replayed_evidence_in_a_csr_for_another_key_is_refused(platform: FakeSnp
     evidence = x509.load_der_x509_csr(good).extensions[0].value.value  # type: ignore[attr-defined]
     replay = build_csr(generate_key("snp"), Evidence("snp", evidence))
     err = refused(replay, PINNED, amd_trust=platform.trust())
-    assert err.reason == "policy_report_data" and err.evidence_sha256 == hashlib.sha256(evidence).hexdigest()
+    report = canonical_evidence(decode_snp_evidence(evidence).report, "snp")  # the log's key: the report, not the DER
+    assert err.reason == "policy_report_data" and err.evidence_sha256 == hashlib.sha256(report).hexdigest()
 
 
 def test_issued_certificates_say_what_was_attested(platform: FakeSnp, ca: CertificateAuthority) -> None:

@@ -227,7 +227,7 @@ def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
                  "limits": {"memory": 1 << 20, "timeout_ms": None}, "ca": [], "steward_ca": steward_ca,
                  "delivery": "run", "secrets": []}
         stdio = [{"fd": fd, "stream": 2 * fd + 3} for fd, f in enumerate(config.files) if f.kind in STDIO_KINDS]
-        streams = {"wasm": 1, "stdio": stdio, "dirs": [], "cache_dir": None}
+        streams = {"wasm": 1, "stdio": stdio, "dirs": [], "cache_dir": None, "terminals": []}
         launched = Conversation("keep").received({"op": "launch", "terms": terms, "streams": streams})
         return launched.terms  # type: ignore[union-attr]
 

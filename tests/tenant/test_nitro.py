@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cbor2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from motte.tenant.attest import Reason, VerificationError, evaluate, load_policy, verify, verify_nitro
 from motte.tenant.attest.nitro import AWS_NITRO_ROOT_G1_SHA256, aws_nitro_root_der
@@ -112,3 +118,110 @@ def test_policy_refuses_debug_unless_allowed(vectors: Path) -> None:
     assert evaluate(claims, load_policy(f'debug = true\n[nitro]\npcrs = {{ 0 = ["{pcr0}"] }}\n')).accepted
     wrong = evaluate(claims, load_policy(f'debug = true\n[nitro]\npcrs = {{ 0 = ["{"ab" * 48}"] }}\n'))
     assert [v.reason for v in wrong.violations] == [Reason.POLICY_MEASUREMENT]
+
+
+# --- forged chains: each must be refused for its own reason -------------------------------------
+
+
+class Pki:
+    """Certificates and Nitro documents made here: a root of our own, or the real AWS chain with
+    our certificates hung below it."""
+
+    def __init__(self) -> None:
+        self.root_key = ec.generate_private_key(ec.SECP384R1())
+        self.root = self.cert("forged root", self.root_key.public_key(), "forged root", self.root_key, ca=True)
+
+    @staticmethod
+    def cert(subject: str | x509.Name, public_key: ec.EllipticCurvePublicKey, issuer: str | x509.Name,
+             signer: ec.EllipticCurvePrivateKey, *, ca: bool | None) -> x509.Certificate:
+        def name(value: str | x509.Name) -> x509.Name:
+            return value if isinstance(value, x509.Name) else x509.Name(
+                [x509.NameAttribute(x509.NameOID.COMMON_NAME, value)])
+
+        builder = (
+            x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1))
+        )
+        if ca is not None:
+            builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        return builder.sign(signer, hashes.SHA384())
+
+    @staticmethod
+    def document(leaf_key: ec.EllipticCurvePrivateKey, leaf: x509.Certificate, bundle: list[bytes], *,
+                 when: datetime = NOW) -> bytes:
+        payload = cbor2.dumps({
+            "module_id": "i-forged", "digest": "SHA384", "timestamp": int(when.timestamp() * 1000),
+            "pcrs": {i: bytes([i + 1]) * 48 for i in range(3)},
+            "certificate": leaf.public_bytes(Encoding.DER), "cabundle": bundle,
+        })
+        protected = cbor2.dumps({1: -35})
+        r, s = decode_dss_signature(leaf_key.sign(cbor2.dumps(["Signature1", protected, b"", payload]),
+                                                  ec.ECDSA(hashes.SHA384())))
+        return cbor2.dumps([protected, {}, payload, r.to_bytes(48, "big") + s.to_bytes(48, "big")])
+
+    def chain(self, *, intermediate_ca: bool | None = True,
+              when: datetime = NOW) -> bytes:
+        """root -> intermediate -> leaf, all ours, every signature right."""
+        middle_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+        middle = self.cert("forged intermediate", middle_key.public_key(), self.root.subject, self.root_key,
+                           ca=intermediate_ca)
+        leaf = self.cert("forged leaf", leaf_key.public_key(), middle.subject, middle_key, ca=False)
+        bundle = [c.public_bytes(Encoding.DER) for c in (self.root, middle)]
+        return self.document(leaf_key, leaf, bundle, when=when)
+
+    def root_der(self) -> bytes:
+        return self.root.public_bytes(Encoding.DER)
+
+
+def _aws_bundle(vectors: Path) -> list[x509.Certificate]:
+    payload = cbor2.loads(cbor2.loads(doc(vectors))[2])
+    return [x509.load_der_x509_certificate(der) for der in payload["cabundle"]]
+
+
+def _refused(document: bytes, **kwargs: object) -> VerificationError:
+    with pytest.raises(VerificationError) as err:
+        verify_nitro(document, now=kwargs.pop("now", NOW), **kwargs)  # type: ignore[arg-type]
+    return err.value
+
+
+def test_a_chain_of_our_own_verifies_against_its_own_root() -> None:
+    """The control for the forgeries below: each differs from this in the one thing it tests."""
+    pki = Pki()
+    claims = verify_nitro(pki.chain(), now=NOW, root_der=pki.root_der())
+    assert claims.verified and claims.platform_id["module_id"] == "i-forged"
+
+
+def test_our_own_leaf_under_the_real_aws_chain_is_refused(vectors: Path) -> None:
+    bundle = _aws_bundle(vectors)
+    key = ec.generate_private_key(ec.SECP384R1())
+    # The leaf names AWS's last intermediate as its issuer, but that key never signed it.
+    leaf = Pki.cert("i-forged.aws.nitro-enclaves", key.public_key(), bundle[-1].subject, key, ca=False)
+    document = Pki.document(key, leaf, [c.public_bytes(Encoding.DER) for c in bundle])
+    err = _refused(document)
+    assert err.reason is Reason.CERTIFICATE_SIGNATURE and "not signed by its predecessor" in err.message
+
+
+def test_our_own_intermediate_under_the_real_aws_root_is_refused(vectors: Path) -> None:
+    root = _aws_bundle(vectors)[0]
+    middle_key, leaf_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    middle = Pki.cert("forged intermediate", middle_key.public_key(), root.subject, middle_key, ca=True)
+    leaf = Pki.cert("forged leaf", leaf_key.public_key(), middle.subject, middle_key, ca=False)
+    document = Pki.document(leaf_key, leaf, [root.public_bytes(Encoding.DER), middle.public_bytes(Encoding.DER)])
+    err = _refused(document)
+    assert err.reason is Reason.CERTIFICATE_SIGNATURE and "forged intermediate" in err.message
+
+
+@pytest.mark.parametrize("constraint", [False, None])  # cA false, or no basicConstraints at all
+def test_a_non_ca_in_the_chain_is_refused(constraint: bool | None) -> None:
+    pki = Pki()
+    err = _refused(pki.chain(intermediate_ca=constraint), root_der=pki.root_der())
+    assert err.reason is Reason.CERTIFICATE_SIGNATURE and "forged intermediate" in err.message
+    assert "is not a CA" in err.message
+
+
+def test_a_document_dated_in_the_future_is_refused() -> None:
+    pki = Pki()
+    assert verify_nitro(pki.chain(when=NOW + timedelta(minutes=4)), now=NOW, root_der=pki.root_der()).verified
+    err = _refused(pki.chain(when=NOW + timedelta(hours=1)), root_der=pki.root_der())
+    assert err.reason is Reason.DOCUMENT_TIME

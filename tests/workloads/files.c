@@ -1,5 +1,6 @@
 /* files: exercises a preopened directory whose guest path is argv[1] (e.g.
- * "/data"), then tries to get out of it.
+ * "/data"), then tries to get out of it. argv[2], if given, is the host's
+ * absolute path of a file outside the directory (default /etc/passwd).
  *
  * If <dir>/input.txt exists, first prints "input: <contents>" (one trailing
  * newline of the file dropped). Then one line per step, in this order:
@@ -21,7 +22,9 @@
  * Then the escape attempts, each "escape <what>: denied errno=<n>" or
  * "escape <what>: ALLOWED":
  *   dotdot-open     open <dir>/../outside.txt for reading
- *   absolute-open   open /etc/passwd for reading
+ *   absolute-open   path_open of argv[2] relative to the directory, made
+ *                   directly (wasi-libc would refuse an absolute path outside
+ *                   every preopen itself, before the runtime sees it)
  *   symlink-open    open <dir>/link-out/x (link-out: a symlink a test may have
  *                   made, pointing outside the directory)
  *   symlink-dir     open <dir>/link-out itself as a directory
@@ -38,6 +41,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <wasi/api.h>
 
 #define MAXPATH 1024
 #define MAXNAMES 256
@@ -142,9 +146,20 @@ static void escape_open(const char *what, const char *path, int flags) {
     if (fd >= 0) close(fd);
 }
 
+static void escape_absolute(const char *path) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    __wasi_fd_t fd = 0;
+    __wasi_errno_t err = dfd < 0 ? (__wasi_errno_t)errno
+        : __wasi_path_open((__wasi_fd_t)dfd, 0, path, 0, __WASI_RIGHTS_FD_READ, 0, 0, &fd);
+    if (dfd >= 0) close(dfd);
+    errno = err;
+    escape_result("absolute-open", err == 0);
+    if (err == 0) __wasi_fd_close(fd);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: files <guest dir>\n");
+        fprintf(stderr, "usage: files <guest dir> [<host path outside it>]\n");
         return 2;
     }
     dir = argv[1];
@@ -202,7 +217,7 @@ int main(int argc, char **argv) {
     else printf("ok rmdir sub\n");
 
     escape_open("dotdot-open", at("../outside.txt"), O_RDONLY);
-    escape_open("absolute-open", "/etc/passwd", O_RDONLY);
+    escape_absolute(argc > 2 ? argv[2] : "/etc/passwd");
     escape_open("symlink-open", at("link-out/x"), O_RDONLY);
     escape_open("symlink-dir", at("link-out"), O_RDONLY | O_DIRECTORY);
     escape_open("dotdot-create", at("../created-outside"), O_WRONLY | O_CREAT | O_EXCL);

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from motte.cli.app import cli
     from motte.shared.errors import EXIT_MOTTE_ERROR, MotteError
+    from motte.shared.printable import printable
 
     debug = "--debug" in args
     # SIGTERM ends motte like Ctrl-C does: through the cleanup paths (the keep is stopped).
@@ -29,13 +30,18 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("motte: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # the help: what a bare command is asked for
+        sys.exit(EXIT_MOTTE_ERROR)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        # A bad flag is motte's failure like any other: one line and 125, never the 2 a workload may use.
+        command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "motte"
+        click.echo(printable(f"motte: error: {exc.format_message()} (see '{command} --help')"), err=True)
+        sys.exit(EXIT_MOTTE_ERROR)
     except MotteError as exc:
         if debug:
             raise
-        click.echo(f"motte: error: {exc}", err=True)
+        click.echo(printable(f"motte: error: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("motte: interrupted", err=True)
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        click.echo(f"motte: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
+        click.echo(printable(f"motte: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)"),
+                   err=True)
         sys.exit(EXIT_MOTTE_ERROR)
 
 

@@ -1,8 +1,10 @@
 """``motte attest``: verify attestation evidence against a policy (tenant side).
 
 Files are read here and only here; the verifier itself is sans-I/O. Exit status of ``verify``:
-0 when the evidence verifies and satisfies the policy, 1 when it is refused (the claims gathered
-and the reason are printed), 125 (via MotteError) when the input cannot be read or parsed at all.
+0 when the evidence verifies and satisfies the policy, 1 when it is refused, for whatever reason,
+malformed evidence included (the claims gathered and the reason are printed; with ``--json``
+``{"verdict": "refused", "reason": ...}``), 125 (via MotteError) for motte's own failures only: a
+file that cannot be read, a bad flag or policy.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from motte.shared.errors import MotteError
+from motte.shared.printable import printable
+from motte.shared.user_files import read_user_file, read_user_text
+
+if TYPE_CHECKING:
+    from motte.tenant.attest import Claims
 
 EXIT_REFUSED = 1
 MAX_INPUT = 4 * 1024 * 1024  # evidence, certificates, collateral and policies are all far smaller
@@ -76,9 +82,10 @@ def verify_command(
     now = _parse_now(now_text)
     policy = av.Policy()
     if policy_path is not None:
+        text = read_user_text(policy_path, what="policy file", limit=MAX_INPUT)
         try:
-            policy = av.load_policy(_read(policy_path, "policy").decode("utf-8"))
-        except (av.PolicyError, UnicodeDecodeError) as exc:
+            policy = av.load_policy(text)
+        except av.PolicyError as exc:
             raise MotteError(
                 f"policy {policy_path}: {exc}", hint="the policy keys are listed in motte/tenant/attest/policy.py"
             ) from exc
@@ -90,10 +97,11 @@ def verify_command(
     try:
         claims = av.verify(evidence, kind, now=now, certs=certs, crls=crls, collateral=collateral)
     except av.VerificationError as exc:
-        if exc.claims is None:
-            # Nothing could be read from the input: that is bad input, not a refused keep.
-            raise MotteError(f"{evidence_path}: {exc}", hint=_hint(exc.reason)) from exc
-        _report(exc.claims, [(exc.reason.value, exc.message)], [], now, as_json)
+        if exc.reason is av.Reason.COLLATERAL_INVALID and collateral is None:
+            # A flag is missing: the evidence was not looked at.
+            raise MotteError(f"{evidence_path}: {exc.message}", hint=_hint(exc.reason)) from exc
+        # Evidence that cannot even be read is refused like any other: a verdict, not an error.
+        _report(exc.claims, [(exc.reason.value, exc.message)], [], now, as_json, hint=_hint(exc.reason))
         sys.exit(EXIT_REFUSED)
     verdict = av.evaluate(claims, policy)
     violations = [(v.reason.value, v.message) for v in verdict.violations]
@@ -111,16 +119,7 @@ def _hint(reason: str) -> str | None:
 
 
 def _read(path: str, what: str) -> bytes:
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_INPUT:
-            raise MotteError(f"{what} file {path} is {size} bytes; the limit is {MAX_INPUT}")
-        return p.read_bytes()
-    except FileNotFoundError as exc:
-        raise MotteError(f"{what} file not found: {path}", hint="check the path") from exc
-    except OSError as exc:
-        raise MotteError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    return read_user_file(path, what=f"{what} file", limit=MAX_INPUT)
 
 
 def _parse_now(text: str | None) -> datetime:
@@ -133,7 +132,8 @@ def _parse_now(text: str | None) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _report(claims: Any, violations: list[tuple[str, str]], checks: list[str], now: datetime, as_json: bool) -> None:
+def _report(claims: Claims | None, violations: list[tuple[str, str]], checks: list[str], now: datetime,
+            as_json: bool, hint: str | None = None) -> None:
     verdict = "accepted" if not violations else "refused"
     if as_json:
         out = {
@@ -141,39 +141,67 @@ def _report(claims: Any, violations: list[tuple[str, str]], checks: list[str], n
             "reason": violations[0][0] if violations else None,
             "violations": [{"reason": r, "message": m} for r, m in violations],
             "now": now.isoformat(),
-            "claims": claims.to_dict(),
+            "claims": None if claims is None else claims.to_dict(),
             "policy_checks": checks,
         }
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(out, indent=2))  # (ASCII only: every control character escaped)
         return
+    _print_report(claims, violations, checks, hint)
+    # The verdict is the one line at column 0 that does not come from the table: every value above
+    # came from the evidence, is escaped (no line breaks, no terminal controls) and sits indented in
+    # a table cell, so nothing in the evidence can print a line that looks like this one.
     from rich.console import Console
+    from rich.text import Text
+
+    style = "bold green" if not violations else "bold red"
+    Console(highlight=False).print(Text.assemble((f"verdict: {verdict}", style), f" (at {now.isoformat()})"))
+
+
+def _print_report(claims: Claims | None, violations: list[tuple[str, str]], checks: list[str],
+                  hint: str | None) -> None:
+    """The claims, the checks passed and the reasons for refusal: text from the evidence, each value
+    escaped and given to rich as text (never as markup) in an indented table cell."""
+    from rich.console import Console
+    from rich.padding import Padding
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(highlight=False)
-    data = claims.to_dict()
-    table = Table(title=f"{data['technology'].upper()} evidence", show_header=False, expand=False)
-    table.add_column("claim", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    table.add_row("verified", "yes" if data["verified"] else "no")
+    if claims is not None:
+        table = Table(title=f"{claims.technology.upper()} evidence", show_header=False, expand=False)
+        table.add_column("claim", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for name, value in _claim_rows(claims.to_dict()):
+            table.add_row(Text(printable(name)), Text(printable(value)))
+        console.print(table)
+    lines = Table.grid(padding=(0, 1))
+    lines.add_column(no_wrap=True)
+    lines.add_column(overflow="fold")
+    for check in (claims.checks if claims is not None else []) + checks:
+        lines.add_row(Text("ok", style="green"), Text(printable(check)))
+    for reason, message in violations:
+        shown = Text.assemble((printable(reason), "bold"), ": ", printable(message))
+        lines.add_row(Text("refused", style="red"), shown)
+    if hint is not None:
+        lines.add_row(Text("hint"), Text(hint))
+    console.print(Padding(lines, (0, 0, 0, 2)))
+
+
+def _claim_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("verified", "yes" if data["verified"] else "no")]
     for key in ("product", "version", "signing_key", "debug", "policy_bits", "tcb_status"):
         if data[key] is not None:
-            table.add_row(key.replace("_", " "), str(data[key]))
+            rows.append((key.replace("_", " "), str(data[key])))
     if data["advisory_ids"]:
-        table.add_row("advisories", ", ".join(data["advisory_ids"]))
+        rows.append(("advisories", ", ".join(data["advisory_ids"])))
     for group in ("measurements", "tcb", "signer", "platform_id"):
         for name, value in data[group].items():
-            table.add_row(f"{group.replace('_', ' ')}: {name}", str(value))
+            rows.append((f"{group.replace('_', ' ')}: {name}", str(value)))
     if data["report_data"] is not None:
-        table.add_row("report data", data["report_data"])
+        rows.append(("report data", data["report_data"]))
     for name, value in data["details"].items():
-        table.add_row(name.replace("_", " "), str(value))
-    console.print(table)
-    for check in data["checks"] + checks:
-        console.print(f"  [green]ok[/green] {check}")
-    for reason, message in violations:
-        console.print(f"  [red]refused[/red] [bold]{reason}[/bold]: {message}")
-    style = "bold green" if not violations else "bold red"
-    console.print(f"[{style}]verdict: {verdict}[/{style}] (at {now.isoformat()})")
+        rows.append((name.replace("_", " "), str(value)))
+    return rows
 
 
 # `motte attest fetch-cert` is defined beside the Steward whose certificates it reads.

@@ -31,6 +31,7 @@ def read_secrets(values: tuple[str, ...], kind: str, option: str) -> list[Secret
     """``NAME=@FILE`` -> the secret (its file read now: a bad one fails before any keep starts)."""
     from motte.shared.control import secret_name
     from motte.shared.provision import Secret
+    from motte.shared.user_files import read_user_file
 
     secrets = []
     for item in values:
@@ -41,14 +42,7 @@ def read_secrets(values: tuple[str, ...], kind: str, option: str) -> list[Secret
             secret_name(name)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=option) from None
-        path = Path(source[1:])
-        try:
-            with path.open("rb") as f:
-                value = f.read(MAX_SECRET_FILE + 1)
-        except OSError as exc:
-            raise MotteError(f"{option} {name}: {path}: {exc.strerror or exc}") from None
-        if len(value) > MAX_SECRET_FILE:
-            raise MotteError(f"{option} {name}: {path} is larger than {MAX_SECRET_FILE} bytes")
+        value = read_user_file(source[1:], what=f"{option} {name}", limit=MAX_SECRET_FILE)
         secrets.append(Secret(kind, name, value))
     return secrets
 
@@ -56,10 +50,9 @@ def read_secrets(values: tuple[str, ...], kind: str, option: str) -> list[Secret
 def _token(token_file: Path | None) -> str | None:
     if token_file is None:
         return os.environ.get("MOTTE_AGENT_TOKEN") or None
-    try:
-        return token_file.read_text("utf-8").strip() or None
-    except OSError as exc:
-        raise MotteError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+    from motte.shared.user_files import read_user_text
+
+    return read_user_text(token_file, what="--token-file", limit=4096).strip() or None
 
 
 class _Output:
@@ -141,7 +134,7 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
     assert outcome.exit is not None
     exit_ = outcome.exit
     if exit_.reason != "exit" or exit_.message:
-        from motte.shared.untrusted_text import printable
+        from motte.shared.printable import printable
 
         click.echo(f"motte: {exit_.reason}: {printable(exit_.message)}", err=True)
         for line in exit_.backtrace:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -10,12 +11,17 @@ from typing import TYPE_CHECKING
 import click
 
 from motte.shared.errors import MotteError
+from motte.shared.printable import printable
 
 if TYPE_CHECKING:
     from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
+    from motte.host.net import HostNetwork
+    from motte.host.session import RunRequest
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 WASM_MAGIC = b"\0asm"
+MIN_TIMEOUT = 0.001  # the keep counts its deadline in whole milliseconds
+MAX_TIMEOUT = 365 * 24 * 3600  # a year: beyond any real deadline, well within what a thread can wait for
 
 
 def parse_size(text: str) -> int:
@@ -51,14 +57,10 @@ def parse_dirs(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def read_workload(path: Path) -> bytes:
-    try:
-        wasm = path.read_bytes()
-    except FileNotFoundError:
-        raise MotteError(f"{path}: no such file", hint="give the path of a .wasm workload") from None
-    except IsADirectoryError:
-        raise MotteError(f"{path}: is a directory, not a .wasm file") from None
-    except OSError as exc:
-        raise MotteError(f"{path}: cannot read: {exc.strerror}") from None
+    from motte.shared.control import MAX_WASM_SIZE
+    from motte.shared.user_files import read_user_file
+
+    wasm = read_user_file(path, what="workload", limit=MAX_WASM_SIZE, hint="give the path of a .wasm workload")
     if not wasm.startswith(WASM_MAGIC):
         raise MotteError(f"{path}: not a WebAssembly module (no \\0asm header)",
                          hint="build the workload for wasm32-wasi")
@@ -72,15 +74,49 @@ def load_config(path: Path | None) -> object:
 
     if path is None:
         return default_config()  # (without loading the TOML reader: start-up counts)
-    from motte.host.enarx_toml import parse_enarx_toml
+    from motte.host.enarx_toml import MAX_CONFIG_SIZE, parse_enarx_toml
+    from motte.shared.user_files import read_user_text
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MotteError(f"{path}: no such file", hint="give the path of an Enarx.toml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MotteError(f"{path}: cannot read: {exc}") from None
+    text = read_user_text(path, what="workload config", limit=MAX_CONFIG_SIZE, hint="give the path of an Enarx.toml")
     return parse_enarx_toml(text, source=str(path))
+
+
+def parse_timeout(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--timeout``: a finite number of seconds the keep can wait for (no NaN, infinity, 0 or less)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:  # (false for NaN)
+        raise click.BadParameter(f"{value!r} is not a number of seconds from {MIN_TIMEOUT} to {MAX_TIMEOUT}"
+                                 " (a year)", ctx, param)
+    return seconds
+
+
+def check_launch_fits(request: RunRequest, network: HostNetwork | None) -> None:
+    """Refuse, before any keep starts, a run whose launch message would be larger than a control
+    message may be. Its size is measured on the message itself, with every field the keep's
+    channel fills in later (stream ids, digests, the timeout) at its widest."""
+    from motte.shared.channel import MAX_CONTROL_PAYLOAD, MAX_STREAM_ID, canonical_json
+    from motte.shared.control import MAX_TIMEOUT_MS, MAX_WASM_SIZE, STDIO_KINDS, Launch, LaunchStreams, LaunchTerms
+
+    terms = LaunchTerms(
+        wasm_size=MAX_WASM_SIZE, wasm_sha256="0" * 64, config=request.config, dirs=tuple(g for _, g in request.dirs),
+        memory_limit=request.memory_limit, timeout_ms=None if request.timeout is None else MAX_TIMEOUT_MS,
+        ca_bundles=network.ca_bundles if network is not None else {},
+        steward_ca=network.steward_ca if network is not None else None,
+    )
+    stdio = {fd: MAX_STREAM_ID for fd, spec in enumerate(request.config.files) if spec.kind in STDIO_KINDS}
+    streams = LaunchStreams(MAX_STREAM_ID, stdio, (MAX_STREAM_ID,) * len(request.dirs), request.cache_dir)
+    size = len(canonical_json(Launch(terms, streams).to_message()))
+    if size > MAX_CONTROL_PAYLOAD:
+        raise MotteError(
+            f"the workload's arguments, environment and CA bundles take {size} bytes, more than the"
+            f" {MAX_CONTROL_PAYLOAD} a keep's launch may carry",
+            hint="pass large data in a file (--dir) or on stdin",
+        )
 
 
 def _launch(backend: Backend, spec: LaunchSpec) -> KeepHandle:
@@ -109,8 +145,8 @@ def default_backend() -> str:
 @click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]", help="Preopen a host directory.")
 @click.option("--max-memory", default="1G", show_default=True, metavar="SIZE",
               help="Cap on the workload's linear memory (e.g. 64M, 1G).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Wall-clock deadline for the workload.")
+@click.option("--timeout", callback=parse_timeout, metavar="SECONDS",
+              help=f"Wall-clock deadline for the workload ({MIN_TIMEOUT} to {MAX_TIMEOUT} s).")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
               help="Accelerator for the kvm backend.")
 @click.option("--no-cache", is_flag=True, help="Compile the module afresh; do not use the module cache.")
@@ -162,6 +198,7 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
                        err=True)
     network = prepare_network(request)  # binds listen ports: one in use fails here, before any keep starts
     try:
+        check_launch_fits(request, network)
         keep = _launch(get_backend(chosen), LaunchSpec(memory_bytes=memory, accel=accel))
         try:
             if sys.stderr.isatty():
@@ -180,9 +217,10 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
         "memory": "memory limit reached",
         "error": "error",
     }.get(result.reason, result.reason)
-    click.echo(f"motte: {report}: {result.message}", err=True)
+    # The message and the backtrace (the module's own function names) come from the keep.
+    click.echo(printable(f"motte: {report}: {result.message}"), err=True)
     if result.backtrace:
         click.echo("wasm backtrace:", err=True)
         for line in result.backtrace:
-            click.echo(f"  {line}", err=True)
+            click.echo(f"  {printable(line)}", err=True)
     sys.exit(result.status)

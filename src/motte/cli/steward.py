@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from motte.shared.errors import MotteError
+from motte.shared.printable import printable
+from motte.shared.user_files import check_user_file, read_user_text
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 3000
 EXIT_REFUSED = 1
+MAX_LOG_SIZE = 1 << 40  # the audit log is SQLite's to read; this only refuses a device posing as one
+MAX_PEM_FILE = 1 << 20  # a TLS certificate chain, a key or a CA bundle
 
 
 @click.group()
@@ -36,6 +40,17 @@ def _default_log() -> Path:
         return Path(base) / "steward" / "steward.db"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "motte" / "steward" / "steward.db"
+
+
+def _private_directory(directory: Path) -> None:
+    """A directory motte chose (the default log's, the development Steward's) is its own: 0700,
+    even if an older motte made it readable. (A directory named with --log is the user's to set;
+    the log in it is 0600 either way.)"""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)
+    except OSError as exc:
+        raise MotteError(f"cannot create {directory}: {exc.strerror or exc}") from exc
 
 
 @steward.command("serve")
@@ -109,6 +124,7 @@ def serve_command(
         if not steward_app.is_loopback(addr):
             raise MotteError("a development Steward serves on loopback only", hint="--addr 127.0.0.1")
         directory = state_dir or dev_state_dir()
+        _private_directory(directory)  # it holds the CA key and the log
         ca, _, cert_path, created = ensure_dev_ca(directory, now=now)
         rules = load_steward_policy(DEV_POLICY, source="built-in development policy")
         log_path = log_path or directory / "steward.db"
@@ -119,16 +135,20 @@ def serve_command(
             raise MotteError("--ca-key, --ca-cert and --policy are required", hint="or --dev for a development Steward")
         ca = CertificateAuthority.load(ca_key, ca_cert)
         rules = read_steward_policy(policy)
-        log_path = log_path or _default_log()
-    ssl_context = steward_app.tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+        if log_path is None:
+            log_path = _default_log()
+            _private_directory(log_path.parent)
+    ssl_context = None
+    if tls_cert and tls_key:  # OpenSSL reads them by path: check first they are small regular files
+        check_user_file(tls_cert, what="TLS certificate file", limit=MAX_PEM_FILE)
+        check_user_file(tls_key, what="TLS key file", limit=MAX_PEM_FILE)
+        ssl_context = steward_app.tls_context(tls_cert, tls_key)
     if rules.allow_unattested and not dev:
         click.echo(
             "motte steward: warning: the policy allows UNATTESTED keeps; their certificates prove nothing", err=True
         )
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MotteError(f"cannot create {log_path.parent}: {exc.strerror or exc}") from exc
+    if log_path.exists():
+        check_user_file(log_path, what="audit log", limit=MAX_LOG_SIZE)
     log = AuditLog(log_path)
     try:
         service = steward_app.StewardService(
@@ -187,17 +207,20 @@ def log_command(log_path: Path | None, limit: int, as_json: bool) -> None:
     path = log_path or _default_log()
     if not path.exists():
         raise MotteError(f"no audit log at {path}", hint="pass --log")
+    check_user_file(path, what="audit log", limit=MAX_LOG_SIZE)
     for event in read_events(path, limit=limit):
         event.pop("certificate", None)
         if as_json:
-            click.echo(json.dumps(event, sort_keys=True))
+            click.echo(json.dumps(event, sort_keys=True))  # (ASCII only: every control character escaped)
         else:
             what = (
                 f"serial {event['serial']}"
                 if event["verdict"] == "issued"
                 else f"{event['reason']}: {event['message']}"
             )
-            click.echo(f"{event['at']}  {event['status']} {event['verdict']:<7} {event['technology'] or '-':<5} {what}")
+            # The reason and message may quote what a client sent (a Content-Type, a CSR's fields).
+            line = f"{event['at']}  {event['status']} {event['verdict']:<7} {event['technology'] or '-':<5} {what}"
+            click.echo(printable(line))
 
 
 # --- motte attest fetch-cert ---------------------------------------------------------------------
@@ -250,7 +273,7 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
     rows = [(_printable(name), _printable(value)) for name, value in rows]  # the certificate came from outside
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
-        click.echo(f"{name:>{width}}: {value}")
+        click.echo(printable(f"{name:>{width}}: {value}"))  # the keep's certificate says what it likes
 
 
 def _printable(text: str) -> str:
@@ -267,7 +290,8 @@ def _peer_certificate(address: str, ca_path: Path | None, timeout: float, as_jso
 
     host, port = _host_port(address)
     try:
-        context = ssl.create_default_context(cafile=str(ca_path)) if ca_path else ssl.create_default_context()
+        cadata = read_user_text(ca_path, what="cannot load the CA certificate", limit=MAX_PEM_FILE) if ca_path else None
+        context = ssl.create_default_context(cadata=cadata)
     except (OSError, ssl.SSLError) as exc:
         raise MotteError(f"cannot load the CA certificate {ca_path}: {exc}", hint="a PEM file") from exc
     context.check_hostname = False  # a keep is identified by what it attests, not by a DNS name
@@ -338,7 +362,7 @@ def _refused(message: str, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"verdict": "refused", "reason": message}))
     else:
-        click.secho(f"refused: {message}", fg="red", bold=True)
+        click.secho(printable(f"refused: {message}"), fg="red", bold=True)  # it may quote the certificate
     sys.exit(EXIT_REFUSED)
 
 

@@ -17,6 +17,7 @@ import tomllib
 from motte.shared.enarx_config import BARE_KEY, ConfigError, KeyPath, WorkloadConfig, validate
 
 _SCALAR = re.compile(r"[^,\]}#\r\n]+")
+MAX_CONFIG_SIZE = 1 << 20  # an Enarx.toml is a few hundred bytes; the launch message carries at most 1 MiB
 
 
 def parse_enarx_toml(text: str, source: str = "Enarx.toml") -> WorkloadConfig:
@@ -30,6 +31,8 @@ def parse_enarx_toml(text: str, source: str = "Enarx.toml") -> WorkloadConfig:
         line = _toml_error_line(message, text)
         where = f"{source}:{line}" if line is not None else source
         raise ConfigError(f"{where}: invalid TOML: {message}", source=source, line=line) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise ConfigError(f"{source}: invalid TOML: arrays or tables nested too deeply", source=source) from None
     return validate(data, source, _Locator(text).line_of)
 
 
@@ -64,7 +67,7 @@ class _Locator:
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self._aot_index: dict[KeyPath, int] = {}
         # It only runs on text tomllib accepted; should it still get lost, what it found so far serves.
-        with contextlib.suppress(_ScanError, IndexError, ValueError):
+        with contextlib.suppress(_ScanError, IndexError, ValueError, RecursionError):
             self._scan()
 
     def line_of(self, path: KeyPath) -> int | None:

@@ -29,6 +29,7 @@ from motte.shared import netstreams
 from motte.shared.enarx_config import FileSpec, WorkloadConfig
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
+from motte.shared.printable import printable
 
 LISTEN_BACKLOG = 128  # the kernel's queue of connections the host has not accepted yet
 KEEP_BACKLOG = 64  # connections per listen socket handed to the keep but not yet taken by the workload
@@ -39,7 +40,7 @@ _STEWARD_LABEL = "steward"  # the keep runtime's own connection to the config's 
 
 
 def _stderr_warning(text: str) -> None:
-    sys.stderr.write(f"motte: warning: {text}\n")
+    sys.stderr.write(f"motte: warning: {printable(text)}\n")  # it may quote a peer or the keep
     sys.stderr.flush()
 
 

@@ -15,6 +15,7 @@ from motte.shared.control import MAX_CA_BUNDLE
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.errors import MotteError
 from motte.shared.steward_http import parse_steward_url
+from motte.shared.user_files import read_user_file
 
 PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 
@@ -57,15 +58,8 @@ def read_ca_bundle(what: str, name: str, config_dir: Path | None) -> str:
     path = Path(name)
     if not path.is_absolute() and config_dir is not None:
         path = config_dir / path
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NetworkError(f"{what}: {path}: no such file", hint="give the path of a PEM CA bundle") from None
-    except OSError as exc:
-        raise NetworkError(f"{what}: {path}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_CA_BUNDLE:
-        raise NetworkError(f"{what}: {path}: {len(data)} bytes, more than the {MAX_CA_BUNDLE} a bundle may have",
-                           hint="name only the CA certificates this connection needs")
+    data = read_user_file(path, what=what, limit=MAX_CA_BUNDLE, error=NetworkError,
+                          hint="give a PEM file of just the CA certificates needed")
     text = data.decode("ascii", "replace")
     if PEM_CERTIFICATE not in text:
         raise NetworkError(f"{what}: {path}: no PEM certificate in it", hint="give a PEM CA bundle")

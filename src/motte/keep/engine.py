@@ -4,11 +4,14 @@ A compiled module is machine code: loading one (``Module.deserialize``) trusts i
 the cache is only ever written by the keep itself, lives in a directory only this user can write,
 and is keyed by the SHA-256 of the module *and* everything that shapes the machine code (the
 wasmtime version, the engine settings, the CPU architecture). A stale or foreign entry is simply
-recompiled.
+recompiled. The directory is opened without following a symlink and every check is made on what
+was opened (the directory's descriptor, then the entry's, relative to it), so nothing can be
+swapped in between the check and the load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -59,39 +62,70 @@ class ModuleCache:
         material = f"{digest}|wasmtime={WASMTIME_VERSION}|{self.settings}|{os.uname().machine}"
         return hashlib.sha256(material.encode()).hexdigest()
 
-    def _usable_directory(self) -> Path | None:
+    def _open_directory(self) -> int | None:
+        """The cache directory, opened (never through a symlink) and checked on that descriptor;
+        None when there is none to use. The caller closes it."""
         if self.directory is None:
             return None
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = self.directory.stat()
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         # Another user who can write here could plant machine code for us to run.
-        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if not _ours_alone(os.fstat(fd)):
+            os.close(fd)
             return None
-        return self.directory
+        return fd
 
     def load(self, engine: wasmtime.Engine, wasm: bytes, digest: str) -> CompiledModule:
-        directory = self._usable_directory()
-        path = directory / f"{self.key(digest)}.cwasm" if directory else None
-        if path is not None and path.exists():
-            try:
-                return CompiledModule(wasmtime.Module.deserialize_file(engine, str(path)), digest, True)
-            except wasmtime.WasmtimeError:
-                path.unlink(missing_ok=True)  # from another CPU or engine build: recompile
-        module = wasmtime.Module(engine, wasm)
-        if path is not None:
-            self._store(path, module.serialize())
-        return CompiledModule(module, digest, False)
-
-    @staticmethod
-    def _store(path: Path, data: bytes | bytearray) -> None:
-        temporary = path.with_name(f".tmp-{os.urandom(8).hex()}.cwasm")
+        directory = self._open_directory()
+        if directory is None:
+            return CompiledModule(wasmtime.Module(engine, wasm), digest, False)
+        name = f"{self.key(digest)}.cwasm"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-            os.replace(temporary, path)  # atomic: concurrent runs never see a partial file
+            cached = _read_entry(directory, name)
+            if cached is not None:
+                try:
+                    return CompiledModule(wasmtime.Module.deserialize(engine, cached), digest, True)
+                except wasmtime.WasmtimeError:
+                    with contextlib.suppress(OSError):  # from another CPU or engine build: recompile
+                        os.unlink(name, dir_fd=directory)
+            module = wasmtime.Module(engine, wasm)
+            _store(directory, name, module.serialize())
+            return CompiledModule(module, digest, False)
+        finally:
+            os.close(directory)
+
+
+def _ours_alone(info: os.stat_result) -> bool:
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _read_entry(directory: int, name: str) -> bytes | None:
+    """The bytes of the cache entry ``name`` in ``directory``, if it is a regular file of ours that
+    only we can write (checked on the descriptor it is read from); else None."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            info = os.fstat(fd)
+            return file.read() if stat.S_ISREG(info.st_mode) and _ours_alone(info) else None
         except OSError:
-            temporary.unlink(missing_ok=True)  # the cache is an optimisation: a full disk must not fail the run
+            return None
+
+
+def _store(directory: int, name: str, data: bytes | bytearray) -> None:
+    temporary = f".tmp-{os.urandom(8).hex()}.cwasm"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=directory)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        # atomic: concurrent runs never see a partial file
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except OSError:
+        with contextlib.suppress(OSError):  # the cache is an optimisation: a full disk must not fail the run
+            os.unlink(temporary, dir_fd=directory)

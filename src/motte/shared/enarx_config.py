@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from motte.shared.errors import MotteError
+from motte.shared.printable import printable
 
 FileKind = Literal["null", "stdin", "stdout", "stderr", "listen", "connect"]
 Protocol = Literal["tls", "tcp"]
@@ -248,10 +249,7 @@ def _format_path(path: KeyPath) -> str:
 
 def _quote(value: str, limit: int = 60) -> str:
     """A string for a message: quoted, shortened, control characters escaped (it may be hostile)."""
-    short = value[:limit]
-    text = json.dumps(short, ensure_ascii=False)
-    text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
-    return text + ("…" if len(value) > limit else "")
+    return printable(json.dumps(value[:limit], ensure_ascii=False)) + ("…" if len(value) > limit else "")
 
 
 def _show(value: Any) -> str:
@@ -501,6 +499,16 @@ def _check_connect(entry: dict[Any, Any], base: KeyPath, prot: Protocol, port: i
     return FileSpec("connect", name, prot=prot, host=host, port=port, ca=ca)
 
 
+def _check_unique_names(files: tuple[FileSpec, ...], report: _Reporter) -> None:
+    """The workload finds its files by name in FD_NAMES, so no two may share one."""
+    first: dict[str, int] = {}
+    for fd, spec in enumerate(files):
+        earlier = first.setdefault(spec.name, fd)
+        if earlier != fd:
+            raise report.error(("files", fd, "name"), f"{_quote(spec.name)} is already the name of files[{earlier}]",
+                               hint="give each file its own name: FD_NAMES lists them for the workload")
+
+
 def validate(data: Any, source: str, locate: Callable[[KeyPath], int | None] | None = None) -> WorkloadConfig:
     """The config ``data`` (parsed TOML, or JSON from :meth:`WorkloadConfig.to_json`) holds, checked.
 
@@ -545,4 +553,5 @@ def validate(data: Any, source: str, locate: Callable[[KeyPath], int | None] | N
             hint="write [[files]] tables",
         )
     files = tuple(_check_file(entry, i, report) for i, entry in enumerate(raw_files))
+    _check_unique_names(files, report)
     return WorkloadConfig(steward=steward, args=args, env=FrozenEnv(env), files=files, steward_ca=steward_ca)

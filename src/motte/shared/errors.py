@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Exit statuses motte itself uses. A workload's own proc_exit status passes through unchanged
 # (0-255); these are chosen to stay clear of the common small codes a workload uses.
-EXIT_MOTTE_ERROR = 125  # bad input, bad config, a keep that could not start (as docker/podman do)
+EXIT_MOTTE_ERROR = 125  # bad input, config or flag, a keep that could not start (as docker/podman do)
 EXIT_TIMEOUT = 124  # the --timeout deadline passed (as timeout(1) does)
 EXIT_TRAP = 134  # the workload trapped (as an abort() would)
 EXIT_MEMORY = 137  # the workload hit its memory limit (as an OOM kill would)

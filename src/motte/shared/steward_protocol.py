@@ -46,8 +46,10 @@ An issued certificate says what was attested in non-critical extensions under
                                             -- the KVM OID and the Steward's policy allows that
     .2.2  attestedMeasurement OCTET STRING  -- the launch measurement the policy accepted (SNP
                                             -- MEASUREMENT, TDX MRTD, SGX MRENCLAVE); absent for none
-    .2.3  evidenceDigest      OCTET STRING  -- SHA-256 of the evidence (the extnValue); the key of
-                                            -- the Steward's audit-log entry for this issuance
+    .2.3  evidenceDigest      OCTET STRING  -- SHA-256 of the canonical form of the report or quote
+                                            -- (motte.tenant.attest.canonical: one for every
+                                            -- variant of that evidence); the key of the Steward's
+                                            -- audit-log entry for this issuance
     .2.4  attestedClaims      UTF8String    -- JSON object: the verified claims (product, TCB,
                                             -- signer digests, debug, ...), bytes as lowercase hex
 

@@ -31,12 +31,15 @@ from motte.shared.steward_protocol import (
     UNATTESTED,
     CsrExtension,
     StewardProtocolError,
+    decode_dcap_evidence,
+    decode_snp_evidence,
     read_csr_info,
     read_extensions,
 )
 from motte.steward.policy import StewardPolicy
 from motte.tenant.attest import Claims, VerificationError, evaluate
 from motte.tenant.attest.amd_roots import AmdTrust
+from motte.tenant.attest.canonical import canonical_evidence
 from motte.tenant.attest.evidence import verify_keep_evidence
 
 # CSR-level refusal codes (evidence-level ones are the verifier's Reason values).
@@ -137,7 +140,7 @@ def check_request(
 def _attest(request: _Request, policy: StewardPolicy, now: datetime, amd_trust: AmdTrust | None) -> Attested:
     csr, spki, extension = request.csr, request.spki, request.evidence
     technology = TECHNOLOGY_BY_OID.get(extension.oid)
-    digest = hashlib.sha256(extension.value).hexdigest()
+    digest = evidence_digest(technology, extension.value)
     if technology is None:
         raise Refused(
             400, UNSUPPORTED_EVIDENCE, f"extension {extension.oid} is not an evidence type this Steward knows"
@@ -209,6 +212,21 @@ def _check_pins(attested: Attested, policy: StewardPolicy) -> None:
             evidence_sha256=attested.evidence_sha256,
             claims=attested.claims,
         )
+
+
+def evidence_digest(technology: str | None, value: bytes) -> str:
+    """SHA-256 of the canonical form of the report or quote in an evidence extension: the key of its
+    audit-log entry and the certificate's evidenceDigest, one for every variant of that evidence
+    (another s, other padding, another VCEK or CRL beside it). Evidence that cannot be read is
+    keyed on its bytes."""
+    try:
+        if technology == "snp":
+            return hashlib.sha256(canonical_evidence(decode_snp_evidence(value).report, "snp")).hexdigest()
+        if technology in ("tdx", "sgx"):
+            return hashlib.sha256(canonical_evidence(decode_dcap_evidence(value).quote, technology)).hexdigest()
+    except (StewardProtocolError, VerificationError):
+        pass
+    return hashlib.sha256(value).hexdigest()
 
 
 def _read_csr(csr_der: bytes) -> _Request:

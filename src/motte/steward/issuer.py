@@ -28,6 +28,7 @@ from motte.shared.steward_protocol import (
     ATTESTED_TECHNOLOGY_OID,
     EVIDENCE_DIGEST_OID,
 )
+from motte.shared.user_files import read_user_file
 from motte.steward.check import Attested
 
 CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -61,7 +62,8 @@ class CertificateAuthority:
 
     @classmethod
     def load(cls, key_path: Path, cert_path: Path) -> CertificateAuthority:
-        key_data, cert_data = _read(key_path, "CA key"), _read(cert_path, "CA certificate")
+        key_data = read_user_file(key_path, what="CA key file", limit=MAX_FILE, error=CaError)
+        cert_data = read_user_file(cert_path, what="CA certificate file", limit=MAX_FILE, error=CaError)
         try:
             key = (
                 serialization.load_pem_private_key(key_data, None)
@@ -199,13 +201,3 @@ def write_ca(directory: Path, key: CaKey, cert: x509.Certificate) -> tuple[Path,
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.stat().st_size > MAX_FILE:
-            raise CaError(f"{what} file {path} is larger than {MAX_FILE} bytes")
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise CaError(f"{what} file not found: {path}") from exc
-    except OSError as exc:
-        raise CaError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc

@@ -13,7 +13,9 @@ their waiters. Under load that turns N fsyncs into one without weakening the rul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -102,7 +104,26 @@ class LogError(MotteError):
     """The audit log could not be opened or written."""
 
 
+def make_private(path: Path) -> None:
+    """Create the log (and its directory, if missing) readable by its owner only, and make an existing
+    log so: it holds chip ids and client addresses. SQLite gives its ``-wal`` and ``-shm`` files the
+    database file's mode, and those already there are fixed here too."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(companion, 0o600)
+    except OSError as exc:
+        raise LogError(f"cannot create the audit log {path}: {exc.strerror or exc}") from exc
+
+
 def connect(path: Path) -> sqlite3.Connection:
+    make_private(path)
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]

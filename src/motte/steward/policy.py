@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from motte.shared.errors import MotteError
+from motte.shared.user_files import read_user_text
 from motte.tenant.attest.policy import Policy, PolicyError, load_policy, policy_from_table
 
 DEFAULT_LIFETIME_DAYS = 28
@@ -77,6 +78,8 @@ def load_steward_policy(text: str, *, base_dir: Path | None = None, source: str 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StewardPolicyError(f"{source}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise StewardPolicyError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise StewardPolicyError(f"{source}: unknown key {unknown[0]!r}", hint=f"known keys: {', '.join(KEYS)}")
@@ -100,7 +103,7 @@ def load_steward_policy(text: str, *, base_dir: Path | None = None, source: str 
 
 
 def read_steward_policy(path: Path) -> StewardPolicy:
-    return load_steward_policy(_read(path, "policy"), base_dir=path.parent, source=str(path))
+    return load_steward_policy(_read(path, "policy file"), base_dir=path.parent, source=str(path))
 
 
 def _attestation(data: dict[str, Any], base_dir: Path | None, source: str) -> Policy:
@@ -113,7 +116,7 @@ def _attestation(data: dict[str, Any], base_dir: Path | None, source: str) -> Po
                 raise StewardPolicyError(f"{source}: attestation_policy: expected a file path")
             path = base_dir / referenced
             try:
-                return load_policy(_read(path, "attestation policy"))
+                return load_policy(_read(path, "attestation policy file"))
             except PolicyError as exc:
                 raise StewardPolicyError(f"{path}: {exc}") from exc
         if embedded is not None:
@@ -126,14 +129,7 @@ def _attestation(data: dict[str, Any], base_dir: Path | None, source: str) -> Po
 
 
 def _read(path: Path, what: str) -> str:
-    try:
-        if path.stat().st_size > MAX_POLICY_SIZE:
-            raise StewardPolicyError(f"{what} file {path} is larger than {MAX_POLICY_SIZE} bytes")
-        return path.read_text("utf-8")
-    except FileNotFoundError as exc:
-        raise StewardPolicyError(f"{what} file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StewardPolicyError(f"cannot read {what} file {path}: {exc}") from exc
+    return read_user_text(path, what=what, limit=MAX_POLICY_SIZE, error=StewardPolicyError)
 
 
 def _digests(data: dict[str, Any], key: str, source: str) -> frozenset[str] | None:

@@ -36,7 +36,7 @@ from motte.shared.agent_api import (
     KeepRequest,
 )
 from motte.shared.errors import MotteError
-from motte.shared.untrusted_text import printable
+from motte.shared.printable import printable
 from motte.tenant.websocket import Closed, Connection, Event, Handshake, WebSocketError
 
 if TYPE_CHECKING:

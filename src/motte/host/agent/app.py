@@ -30,7 +30,7 @@ from motte.host.agent.relay import TENANT_LOST, SessionRelay
 from motte.host.backends.base import Backend, BackendReport
 from motte.shared.agent_api import HEARTBEAT, MAX_MESSAGE, ApiFieldError, KeepRequest
 from motte.shared.errors import MotteError
-from motte.shared.untrusted_text import printable
+from motte.shared.printable import printable
 
 API_VERSION = 1
 MAX_BODY = 16 << 10  # a launch request is a few fields

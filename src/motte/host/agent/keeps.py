@@ -27,7 +27,7 @@ from motte.host.provisioned import KeepEnd, ProvisionedKeep
 from motte.shared.agent_api import KeepExit, KeepRecord, KeepRequest
 from motte.shared.control import Provision
 from motte.shared.errors import MotteError
-from motte.shared.untrusted_text import printable
+from motte.shared.printable import printable
 
 if TYPE_CHECKING:
     from motte.host.agent.relay import SessionRelay

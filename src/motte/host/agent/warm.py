@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 
 from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
-from motte.shared.untrusted_text import printable
+from motte.shared.printable import printable
 
 Log = Callable[[str], None]
 #: the launch spec of the keep that will have this id

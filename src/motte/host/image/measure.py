@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from motte.shared.errors import MotteError
+from motte.shared.user_files import check_user_file
 
 SNP_GUEST_FEATURES = 0x1  # SNP active; the sev-snp-measure default, as QEMU sets it
+MAX_OVMF_SIZE = 64 << 20  # an OVMF image is a few MiB; a flash device holds at most 16
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ def snp_launch_digest(
     if signature is None:
         known = ", ".join(sorted(vcpu_types.CPU_SIGS))
         raise MotteError(f"unknown vCPU type {vcpu_type!r}", hint=f"one of: {known}")
-    for path in (ovmf, kernel, initrd):
+    # sev-snp-measure reads the firmware by its path: check first it is a regular file of a sane size.
+    check_user_file(ovmf, what="OVMF", limit=MAX_OVMF_SIZE, hint="an OVMF built with OvmfPkg/AmdSev")
+    for path in (kernel, initrd):
         if not path.is_file():
             raise MotteError(f"{path}: no such file")
     try:

@@ -2,9 +2,12 @@
 
 The signatures, PCK chain, collateral signatures and TCB matching are done by ``dcap-qvl`` against
 the built-in Intel SGX Root CA. Around it, this module parses the quote itself with every length
-bounded, and refuses anything an attacker could change without breaking a signature (a different
+bounded, and refuses what an attacker could add or change without breaking a signature (a different
 signature-data length, a non-canonical PEM chain, an embedded root that is not Intel's, non-zero
-padding), so that the bytes accepted are exactly the bytes verified.
+padding). Some bytes can still vary without any key: trailing zero padding (real quote buffers
+carry some), the ``s`` of each ECDSA signature (``n - s`` verifies too) and a PCK certificate Intel
+reissued for the same key. What identifies a quote is therefore its canonical form
+(:mod:`motte.tenant.attest.canonical`), not its bytes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ class Quote:
     body: bytes
     pck_chain: tuple[x509.Certificate, ...]
     padding: int
+    signed: bytes  # header and body: what the attestation key signs
+    signature: bytes  # r || s, big-endian, of the attestation key over ``signed``
+    attestation_key: bytes
+    qe_report: bytes  # the QE's report, signed by the PCK key; it binds the attestation key
+    qe_report_signature: bytes
+    qe_auth_data: bytes
 
     @property
     def technology(self) -> str:
@@ -92,6 +101,7 @@ def parse_quote(data: bytes, root_der: bytes) -> Quote:
     if (body_type == 1) != (tee_type == TEE_SGX):
         raise VerificationError(Reason.MALFORMED, "quote body type does not match its TEE type")
     body = r.take(BODY_SIZES[body_type], "report body")
+    signed = data[: r.pos]
     sig_len = r.u32("signature data length")
     if sig_len > MAX_SIG_DATA:
         raise VerificationError(Reason.MALFORMED, f"signature data length {sig_len} is too large")
@@ -99,8 +109,8 @@ def parse_quote(data: bytes, root_der: bytes) -> Quote:
     if r.remaining > MAX_PADDING or any(r.take(r.remaining, "padding")):
         raise VerificationError(Reason.MALFORMED, "unexpected bytes after the quote's signature data")
     padding = len(data) - sig.end
-    sig.take(64, "quote signature")
-    sig.take(64, "attestation key")
+    signature = sig.take(64, "quote signature")
+    attestation_key = sig.take(64, "attestation key")
     if version == 3:
         qe = sig
     else:
@@ -111,9 +121,9 @@ def parse_quote(data: bytes, root_der: bytes) -> Quote:
             )
         qe = sig.sub(sig.u32("QE report certification data size"), "QE report certification data")
         sig.expect_end("QE report certification data")
-    qe.take(SGX_REPORT_SIZE, "QE report")
-    qe.take(64, "QE report signature")
-    qe.take(qe.u16("QE authentication data size"), "QE authentication data")
+    qe_report = qe.take(SGX_REPORT_SIZE, "QE report")
+    qe_report_signature = qe.take(64, "QE report signature")
+    qe_auth_data = qe.take(qe.u16("QE authentication data size"), "QE authentication data")
     inner_type = qe.u16("PCK certification data type")
     if inner_type != CERT_PCK_CHAIN:
         raise VerificationError(
@@ -132,6 +142,12 @@ def parse_quote(data: bytes, root_der: bytes) -> Quote:
         body,
         _pck_chain(pem, root_der),
         padding,
+        signed,
+        signature,
+        attestation_key,
+        qe_report,
+        qe_report_signature,
+        qe_auth_data,
     )
 
 

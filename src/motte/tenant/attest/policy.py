@@ -115,6 +115,8 @@ def load_policy(text: str) -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise PolicyError("policy is not valid TOML: arrays or tables nested too deeply") from None
     return policy_from_table(data)
 
 

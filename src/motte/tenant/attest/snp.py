@@ -96,8 +96,10 @@ def parse_report(data: bytes) -> SnpReport:
     sig_algo = _u32(data, 0x34)
     if sig_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
         raise VerificationError(Reason.UNSUPPORTED, f"SNP report signature algorithm {sig_algo} unknown")
-    # The signature area is not itself signed: refuse anything but zeros where no value can be,
-    # so that no byte of an accepted report can change without the verdict changing.
+    # The signature area is not itself signed: refuse anything but zeros where no value can be.
+    # One change remains that keeps the verdict: s -> n - s (ECDSA accepts both, and genuine
+    # firmware may sign with either), so a report's identity is its canonical form, with s in
+    # low form (motte.tenant.attest.canonical), not its bytes.
     r_field = data[SIG_R_OFFSET : SIG_R_OFFSET + SIG_COMPONENT_SIZE]
     s_field = data[SIG_S_OFFSET : SIG_S_OFFSET + SIG_COMPONENT_SIZE]
     if any(r_field[P384_SIZE:]) or any(s_field[P384_SIZE:]) or any(data[SIG_RESERVED_OFFSET:]):

@@ -12,6 +12,7 @@ from motte.host.net_config import read_network_files
 from motte.shared.control import MAX_WASM_SIZE
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.errors import MotteError
+from motte.shared.user_files import read_user_file, read_user_text
 
 MAIN_WASM = "main.wasm"
 CONFIG_NAME = "Enarx.toml"
@@ -45,26 +46,12 @@ def load_package(path: Path) -> Package:
         wasm_path, config_path = path, None
     else:
         raise PackageError(f"{path}: no such file or folder")
-    wasm = _read(wasm_path, MAX_WASM_SIZE, "workload")
+    wasm = read_user_file(wasm_path, what="workload", limit=MAX_WASM_SIZE, error=PackageError)
     if wasm[:4] != b"\0asm":
         raise PackageError(f"{wasm_path}: not a WebAssembly module (it does not start with \\0asm)")
     if config_path is None or not config_path.exists():
         return Package(wasm, WorkloadConfig(), {}, None, str(path))
-    text = _read(config_path, MAX_CONFIG, "config")
-    try:
-        config = parse_enarx_toml(text.decode("utf-8"), source=str(config_path))
-    except UnicodeDecodeError:
-        raise PackageError(f"{config_path}: not UTF-8 text") from None
+    text = read_user_text(config_path, what="workload config", limit=MAX_CONFIG, error=PackageError)
+    config = parse_enarx_toml(text, source=str(config_path))
     files = read_network_files(config, path)
     return Package(wasm, config, files.ca_bundles, files.steward_ca, str(path))
-
-
-def _read(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise PackageError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise PackageError(f"{path}: the {what} is larger than {limit} bytes")
-    return data

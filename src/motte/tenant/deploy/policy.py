@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from motte.shared.errors import MotteError
+from motte.shared.user_files import read_user_text
 from motte.tenant.attest.policy import Policy, PolicyError, policy_from_table
 
 KEYS = ("allow_unattested", "attestation")
@@ -56,16 +57,5 @@ def load_tenant_policy(text: str, source: str = "policy") -> TenantPolicy:
 
 
 def read_tenant_policy(path: Path) -> TenantPolicy:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_POLICY + 1)
-    except FileNotFoundError:
-        raise TenantPolicyError(f"policy file not found: {path}") from None
-    except OSError as exc:
-        raise TenantPolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_POLICY:
-        raise TenantPolicyError(f"policy file {path} is larger than {MAX_POLICY} bytes")
-    try:
-        return load_tenant_policy(raw.decode("utf-8"), str(path))
-    except UnicodeDecodeError:
-        raise TenantPolicyError(f"policy file {path} is not UTF-8 text") from None
+    text = read_user_text(path, what="policy file", limit=MAX_POLICY, error=TenantPolicyError)
+    return load_tenant_policy(text, str(path))
