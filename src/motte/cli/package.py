@@ -160,13 +160,14 @@ def publish_command(spec: str, path: Path, sign_key: Path | None, ca_file: Path 
             done = publish(client, slug, path, key, meter)
         finally:
             meter.end()
-    facts = {"slug": str(slug), "root": done.root.to_json(), "signer": done.signer, "nodes": done.nodes,
-             "uploaded": done.uploaded, "bytes": done.bytes}
+    facts = {"slug": str(slug), "root": done.root.to_json(), "signer": done.signer, "created": done.created,
+             "nodes": done.nodes, "uploaded": done.uploaded, "bytes": done.bytes}
     if as_json:
         click.echo(json.dumps(facts))
         return
     signed = f"signed by {done.signer}" if done.signer else "unsigned"
-    click.echo(f"published {slug} ({signed}): {done.nodes} nodes, {done.uploaded} sent, "
+    verb = "published" if done.created else "was published already, with this very tree:"
+    click.echo(f"{verb} {slug} ({signed}): {done.nodes} nodes, {done.uploaded} sent, "
                f"root sha-256 {done.root.digest['sha-256'].hex()}")
 
 

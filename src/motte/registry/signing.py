@@ -38,8 +38,9 @@ TAG_HEADER = "motte.tag"
 ALGORITHMS = ("ES256", "ES384", "EdDSA")
 MAX_SIGNATURES = 8
 MAX_KEY_FILE = 64 << 10
-#: What must be integrity-protected: an unprotected header carrying any of these is refused.
-PROTECTED_ONLY = ("alg", "kid", "jwk", "cty", "crit", TAG_HEADER)
+#: What must be integrity-protected: an unprotected header carrying any of these is refused. (An
+#: unprotected "kid", as in Drawbridge's examples, is ignored: the protected one is what counts.)
+PROTECTED_ONLY = ("alg", "jwk", "cty", "crit", TAG_HEADER)
 
 SigningKey = ECKey | OKPKey
 

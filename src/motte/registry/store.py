@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, body BLOB NOT NULL, dig
 CREATE TABLE IF NOT EXISTS repos (user TEXT NOT NULL, repo TEXT NOT NULL, body BLOB NOT NULL, digest TEXT NOT NULL,
     public INTEGER NOT NULL, PRIMARY KEY (user, repo));
 CREATE TABLE IF NOT EXISTS tags (user TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, body BLOB NOT NULL,
-    type TEXT NOT NULL, digest TEXT NOT NULL, published INTEGER NOT NULL, missing INTEGER NOT NULL,
+    type TEXT NOT NULL, digest TEXT NOT NULL, root BLOB NOT NULL, published INTEGER NOT NULL, missing INTEGER NOT NULL,
     expected INTEGER NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY (user, repo, tag));
 CREATE TABLE IF NOT EXISTS expected (user TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, path TEXT NOT NULL,
     meta BLOB NOT NULL, PRIMARY KEY (user, repo, tag, path));
@@ -186,18 +186,19 @@ class Store:
 
     # --- tags ---
     def begin_tag(self, user: str, repo: str, tag: str, doc: Stored, root: Entry) -> bool:
-        """Record a tag entry (pending until its tree is whole). False if this very entry is
-        recorded already (published, or pending: the publisher resumes); 409 for another entry."""
+        """Record a tag entry (pending until its tree is whole). False if an entry for the same
+        root is recorded already (published, or pending: the publisher resumes; a signature, made
+        anew, differs, and the first one stays); 409 for another root."""
         now = time.time()
         key = (user, repo, tag)
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM repos WHERE user = ? AND repo = ?", (user, repo)).fetchone() is None:
                 raise ApiError(404, "no_such_repo",
                                f"no repository {user}/{repo}: register it first (motte repo register)")
-            row = db.execute("SELECT body, published, created FROM tags WHERE user = ? AND repo = ? AND tag = ?",
+            row = db.execute("SELECT root, published, created FROM tags WHERE user = ? AND repo = ? AND tag = ?",
                              key).fetchone()
             if row is not None:
-                if bytes(row[0]) == doc.body:
+                if bytes(row[0]) == root.json_bytes():
                     return False
                 if row[1]:
                     raise ApiError(409, "tag_exists", f"tag {user}/{repo}:{tag} is published with other content; "
@@ -208,8 +209,8 @@ class Store:
                 for table in ("tags", "expected", "nodes"):  # an abandoned publish: start afresh
                     db.execute(f"DELETE FROM {table} WHERE user = ? AND repo = ? AND tag = ?", key)
             self._check_length(root.meta)
-            db.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?, ?, 0, 1, 1, ?, ?)",
-                       (*key, doc.body, doc.type, doc.digest, root.meta.length, now))
+            db.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1, 1, ?, ?)",
+                       (*key, doc.body, doc.type, doc.digest, root.json_bytes(), root.meta.length, now))
             db.execute("INSERT INTO expected VALUES (?, ?, ?, '', ?)", (*key, root.meta.json_bytes()))
         return True
 

@@ -19,6 +19,7 @@ class Published:
     slug: Slug
     root: Meta
     signer: str | None  # the publisher's key thumbprint, for a signed tag
+    created: bool  # False: the tag was there already, for this very tree (and keeps its first signature)
     nodes: int
     uploaded: int  # nodes sent (others were there already)
     bytes: int  # bytes sent
@@ -48,8 +49,8 @@ def publish(client: RegistryClient, slug: Slug, folder: Path, key: SigningKey | 
             progress: Progress | None = None) -> Published:
     nodes = build_tree(folder)
     body, content_type = tag_body(nodes[0].meta, slug, key)
-    client.request("PUT", slug.route("tag"), body, {"Content-Type": content_type,
-                                                    "Content-Digest": Meta.of(body, content_type).content_digest})
+    created = client.request("PUT", slug.route("tag"), body, {
+        "Content-Type": content_type, "Content-Digest": Meta.of(body, content_type).content_digest}).status == 201
     total = sum(node.meta.length for node in nodes)
     sent = [0, 0]  # bytes, nodes
 
@@ -63,7 +64,7 @@ def publish(client: RegistryClient, slug: Slug, folder: Path, key: SigningKey | 
             sent[1] += 1
     if client.request("HEAD", slug.route("tag")).status != 200:
         raise RegistryError(f"{slug}: every node was sent, but the registry does not show the tag")
-    return Published(slug, nodes[0].meta, publisher_id(key) if key else None, len(nodes), sent[1], sent[0])
+    return Published(slug, nodes[0].meta, publisher_id(key) if key else None, created, len(nodes), sent[1], sent[0])
 
 
 def _put_node(client: RegistryClient, slug: Slug, node: LocalNode, advance: Callable[[int], None]) -> bool:
