@@ -74,12 +74,16 @@ class RunningRegistry:
         return parse_tag_slug(f"{self.host}/{text}")
 
     def register(self, user: str = "alice", repo: str = "app", *, public: bool = True) -> None:
-        client = self.client()
-        slug = Slug(self.host, user, repo)
-        for route, value in ((slug.route("user"), {"subject": user}), (slug.route("repo"), {"public": public})):
-            body = canonical_json(value)
-            client.request("PUT", route, body, {"Content-Type": JSON_TYPE,
-                                                "Content-Digest": Meta.of(body, JSON_TYPE).content_digest})
+        register(self.client(), user, repo, public=public)
+
+
+def register(client: RegistryClient, user: str = "alice", repo: str = "app", *, public: bool = True) -> None:
+    """Register ``user`` and ``user/repo`` (as motte user register and motte repo register do)."""
+    slug = Slug(client.host, user, repo)
+    for route, value in ((slug.route("user"), {"subject": user}), (slug.route("repo"), {"public": public})):
+        body = canonical_json(value)
+        client.request("PUT", route, body, {"Content-Type": JSON_TYPE,
+                                            "Content-Digest": Meta.of(body, JSON_TYPE).content_digest})
 
 
 @pytest.fixture(scope="session")

@@ -85,16 +85,39 @@ class RegistryClient:
         all_headers = dict(headers or {})
         if self.trust.token is not None:
             all_headers["Authorization"] = f"Bearer {self.trust.token}"
+        # A kept-alive connection the server has closed meanwhile fails on first use: once, a
+        # request whose body can be sent again is sent again on a new connection.
+        retries = 1 if body is None or isinstance(body, bytes) else 0
+        while True:
+            try:
+                return self._exchange(method, route.url_path(), body, all_headers)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self._conn.close()
+                if retries:
+                    retries -= 1
+                    continue
+                raise RegistryError(f"{self.host}: {method} {route.url_path()} failed: {exc}") from None
+            except ssl.SSLCertVerificationError as exc:
+                self._conn.close()
+                raise RegistryError(f"{self.host}: its TLS certificate is not trusted: {exc.verify_message}",
+                                    hint="give the registry's CA with --ca") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._conn.close()
+                raise RegistryError(f"{self.host}: {method} {route.url_path()} failed: {exc}") from None
+
+    def _exchange(self, method: str, path: str, body: bytes | IO[bytes] | None,
+                  headers: dict[str, str]) -> http.client.HTTPResponse:
         try:
-            self._conn.request(method, route.url_path(), body=body, headers=all_headers)
-            return self._conn.getresponse()
-        except ssl.SSLCertVerificationError as exc:
-            self._conn.close()
-            raise RegistryError(f"{self.host}: its TLS certificate is not trusted: {exc.verify_message}",
-                                hint="give the registry's CA with --ca") from None
-        except (OSError, http.client.HTTPException) as exc:
-            self._conn.close()
-            raise RegistryError(f"{self.host}: {method} {route.url_path()} failed: {exc}") from None
+            self._conn.request(method, path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server may have refused before reading the whole body, and closed: what it said
+            # is the answer (and if it said nothing, the error stands).
+            try:
+                return self._conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                pass
+            raise
+        return self._conn.getresponse()
 
     def request(self, method: str, route: Route, body: bytes | IO[bytes] | None = None,
                 headers: dict[str, str] | None = None, *, limit: int = 1 << 20) -> Reply:
