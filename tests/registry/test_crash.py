@@ -65,7 +65,8 @@ def check_store(store: Path) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("kill_at", [0.0, 0.5, 0.97, None])
-def test_kill_9_during_publish_leaves_the_tag_whole_or_absent(tls_dir: Path, tmp_path: Path, kill_at: float | None) -> None:
+def test_kill_9_during_publish_leaves_the_tag_whole_or_absent(tls_dir: Path, tmp_path: Path,
+                                                               kill_at: float | None) -> None:
     store = tmp_path / "store"
     folder = make_package(tmp_path / "pkg", wasm=padded_wasm(24 << 20), extra={"data/a.bin": os.urandom(1 << 20)})
     key = generate_key()

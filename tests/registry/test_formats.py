@@ -101,7 +101,8 @@ def test_a_tree_is_built_as_drawbridge_builds_it(tmp_path: Path) -> None:
     assert nodes[1].content == test_dir and nodes[0].content == root
     assert nodes[0].meta == Meta.of(root, DIRECTORY_TYPE)
     assert root.startswith(b'{"test-dir":{"digest":{') and b" " not in root  # compact, sorted by name
-    assert parse_directory(root, 10) == {"test-dir": Entry(Meta.of(test_dir, DIRECTORY_TYPE)), "test-file-foo": Entry(foo)}
+    assert parse_directory(root, 10) == {"test-dir": Entry(Meta.of(test_dir, DIRECTORY_TYPE)),
+                                         "test-file-foo": Entry(foo)}
 
 
 def test_a_tree_refuses_links_and_names_a_tree_cannot_hold(tmp_path: Path) -> None:
@@ -122,7 +123,8 @@ def test_a_tree_refuses_links_and_names_a_tree_cannot_hold(tmp_path: Path) -> No
     ("/alice/app/_tag/0.1.0", Route("tag", "alice", "app", "0.1.0")),
     ("/alice/app/_tag/0.1.0/tree", Route("tree", "alice", "app", "0.1.0")),
     ("/alice/app/_tag/0.1.0/tree/", Route("tree", "alice", "app", "0.1.0")),
-    ("/alice/app/_tag/1.2.3-rc.1+b5/tree/dir/main.wasm", Route("tree", "alice", "app", "1.2.3-rc.1+b5", ("dir", "main.wasm"))),
+    ("/alice/app/_tag/1.2.3-rc.1+b5/tree/dir/main.wasm",
+     Route("tree", "alice", "app", "1.2.3-rc.1+b5", ("dir", "main.wasm"))),
 ])
 def test_routes_parse_and_print_back(path: str, route: Route) -> None:
     assert parse_route(API_PREFIX + path) == route

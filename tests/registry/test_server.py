@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ from motte.tenant.registry.client import RegistryError
 from motte.tenant.registry.fetch import PackageRefused, fetch_package
 from motte.tenant.registry.policy import RegistryPolicy
 from motte.tenant.registry.publish import publish
-from tests.registry.conftest import TOKEN, make_package, padded_wasm, raw_request
+from tests.registry.conftest import make_package, padded_wasm, raw_request
 
 CONFIG_WITH_CA = """\
 args = ["hello"]
@@ -51,6 +52,10 @@ ca = "certs/db-ca.pem"
 @pytest.fixture
 def key():  # type: ignore[no-untyped-def]
     return generate_key()
+
+
+def entry_headers(body: bytes) -> dict[str, str]:
+    return {"Content-Type": ENTRY_TYPE, "Content-Digest": Meta.of(body, ENTRY_TYPE).content_digest}
 
 
 def trusting(key) -> RegistryPolicy:  # type: ignore[no-untyped-def]
@@ -187,9 +192,7 @@ def test_a_tampered_tag_wrong_signer_and_unsigned_tags_are_refused(start_registr
     assert fetch_package(unsigned, reg.trust(), RegistryPolicy(allow_unsigned=True)).signer is None
 
     # The registry's operator points the signed tag at the other tree, keeping the signature.
-    status, _, body = raw_request(reg, "GET", signed.route("tag").url_path())
-    value = json.loads(body)
-    import base64
+    value = json.loads(raw_request(reg, "GET", signed.route("tag").url_path())[2])
     other = raw_request(reg, "GET", unsigned.route("tag").url_path())[2]
     value["payload"] = base64.urlsafe_b64encode(other).rstrip(b"=").decode()
     _rewrite_tag(reg.store_dir, canonical_json(value))
@@ -215,7 +218,7 @@ def test_a_directory_naming_an_escape_is_refused(start_registry) -> None:  # typ
     tag = reg.slug("alice/app:0.1.0")
     entry = Entry(root).json_bytes()
     status, _, _ = raw_request(reg, "PUT", tag.route("tag").url_path(), entry,
-                               {"Content-Type": ENTRY_TYPE, "Content-Digest": Meta.of(entry, ENTRY_TYPE).content_digest})
+                               entry_headers(entry))
     assert status == 201
     status, _, body = raw_request(reg, "PUT", tag.route("tree").url_path(), evil,
                                   {"Content-Type": DIRECTORY_TYPE, "Content-Digest": root.content_digest})
@@ -234,7 +237,7 @@ def test_oversized_uploads_are_refused(start_registry, tmp_path: Path, key) -> N
         publish(reg.client(), reg.slug("alice/app:0.2.0"), make_package(tmp_path / "b", extra=many), key)
     huge = b"{" + b" " * (70 << 10) + b"}"
     status, _, _ = raw_request(reg, "PUT", reg.slug("alice/app:0.3.0").route("tag").url_path(), huge,
-                               {"Content-Type": ENTRY_TYPE, "Content-Digest": Meta.of(huge, ENTRY_TYPE).content_digest})
+                               entry_headers(huge))
     assert status == 413
     assert json.loads(raw_request(reg, "GET", reg.slug("alice/app:0.1.0").route("tags").url_path())[2]) == []
 
@@ -258,7 +261,7 @@ def test_the_drawbridge_client_s_requests_work_as_they_are(start_registry) -> No
     root = Meta.of(b"testing", "text/plain")
     entry = Entry(root).json_bytes()
     status, _, _ = raw_request(reg, "PUT", API_PREFIX + "/user/foo/_tag/0.1.0", entry,
-                               {"Content-Type": ENTRY_TYPE, "Content-Digest": Meta.of(entry, ENTRY_TYPE).content_digest})
+                               entry_headers(entry))
     assert status == 201
     assert raw_request(reg, "GET", API_PREFIX + "/user/foo/_tag/0.1.0")[0] == 404  # pending: no tree yet
     status, _, _ = raw_request(reg, "PUT", API_PREFIX + "/user/foo/_tag/0.1.0/tree/", b"testing",

@@ -255,19 +255,26 @@ class Registry:
         algorithms = tuple(sorted({*expected.digest, *claimed.digest, "sha-256"}))
         hasher = Hasher(algorithms)
         upload = self.store.new_upload()
+        received = 0
+        pending = bytearray()
         try:
             with upload.open("wb") as file:
-                while hasher.length < expected.length:
+                while received < expected.length:
                     try:
                         chunk = await asyncio.wait_for(request.content.read(CHUNK), self.idle_timeout)
                     except TimeoutError:
                         raise ApiError(408, "timeout", f"{where}: nothing arrived for {self.idle_timeout:g} s "
-                                       f"({hasher.length} of {expected.length} bytes came)") from None
+                                       f"({received} of {expected.length} bytes came)") from None
+                    received += len(chunk)
+                    pending += chunk
+                    if len(pending) >= CHUNK or not chunk or received >= expected.length:
+                        # Hashed off the event loop (which serves others meanwhile), in large pieces.
+                        await asyncio.to_thread(hasher.update, bytes(pending))
+                        if keep:
+                            file.write(pending)
+                        pending.clear()
                     if not chunk:
                         break
-                    hasher.update(chunk)
-                    if keep:
-                        file.write(chunk)
                 if hasher.length != expected.length:
                     raise ApiError(400, "length_mismatch",
                                    f"{where}: {hasher.length} bytes came, not {expected.length}")

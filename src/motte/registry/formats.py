@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import json
 import re
@@ -120,20 +121,38 @@ def semver_key(tag: str) -> tuple[Any, ...]:
 
 
 # --- content digests -----------------------------------------------------------------------------
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+PARALLEL_CHUNK = 256 << 10
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(len(ALGORITHMS), thread_name_prefix="digest")
+    return _POOL
+
+
 class Hasher:
-    """Every algorithm's digest of a stream, and its length."""
+    """Every algorithm's digest of a stream, and its length. Large chunks are hashed by each
+    algorithm in a thread of its own (hashlib lets go of the GIL): the four SHA-2s of a 26 MB
+    module cost ~350 ms of CPU one after another, about half that on two cores."""
 
     def __init__(self, algorithms: tuple[str, ...] = tuple(ALGORITHMS)) -> None:
-        self._hashes = {name: ALGORITHMS[name]() for name in algorithms}
+        self._hashes = [ALGORITHMS[name]() for name in algorithms]
+        self._names = algorithms
         self.length = 0
 
     def update(self, chunk: bytes | memoryview) -> None:
-        for h in self._hashes.values():
-            h.update(chunk)
+        if len(chunk) >= PARALLEL_CHUNK and len(self._hashes) > 1:
+            for future in [_pool().submit(h.update, chunk) for h in self._hashes]:
+                future.result()
+        else:
+            for h in self._hashes:
+                h.update(chunk)
         self.length += len(chunk)
 
     def digests(self) -> Digests:
-        return {name: h.digest() for name, h in self._hashes.items()}
+        return {name: h.digest() for name, h in zip(self._names, self._hashes, strict=True)}
 
 
 def compute_digests(data: bytes) -> Digests:
