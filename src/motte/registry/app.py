@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 from cryptography import x509
 
+from motte.host.agent.app import _json_errors as json_errors
 from motte.host.agent.errors import ApiError
 from motte.registry.formats import (
     ENTRY_TYPE,
@@ -51,7 +52,6 @@ from motte.registry.formats import (
 )
 from motte.registry.signing import SignatureError, check_signature, parse_signed_tag
 from motte.registry.store import Store, Stored
-from motte.shared.errors import MotteError
 from motte.shared.steward_certs import read_attestation
 from motte.shared.steward_protocol import StewardProtocolError
 from motte.shared.untrusted_text import printable
@@ -85,7 +85,8 @@ class Registry:
         self.log = log
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_json_errors(self.log)])
+        # The host agent's refusals: {"error", "code"} JSON, and one log line each (client text escaped).
+        app = web.Application(middlewares=[_cut_off_unread_bodies, json_errors(self.log)])
         app.router.add_route("*", "/api/v{version}/{tail:.*}", self.dispatch)
         return app
 
@@ -362,30 +363,11 @@ def _peer_certificate(request: web.Request) -> bytes | None:
     return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
 
 
-def _json_errors(log: Log) -> Middleware:
-    """Every refusal as ``{"error", "code"}``, logged on one line with what the client sent escaped."""
-
-    @web.middleware
-    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            refusal = exc
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            refusal = ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        except MotteError as exc:
-            refusal = ApiError(500, "store_error", str(exc))
-        except Exception as exc:  # a bug must not take the registry down, nor show a trace to the client
-            log(f"internal error on {request.method} {printable(request.raw_path, 120)}: "
-                f"{type(exc).__name__}: {printable(str(exc))}")
-            refusal = ApiError(500, "internal", f"internal error: {type(exc).__name__}")
-        log(f"refused {request.method} {printable(request.raw_path, 120)}: {refusal.status} {refusal.code}: "
-            f"{printable(refusal.message, 300)}")
-        response = refusal.response()
-        if refusal.status in (408, 411, 413):
-            response.force_close()  # the rest of that body is not worth reading (others are drained)
-        return response
-
-    return json_errors
+@web.middleware
+async def _cut_off_unread_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A refused upload that stalled, is too large or has no length: the rest of its body is not
+    worth reading (other refusals are drained, so the client can read the answer)."""
+    response = await handler(request)
+    if response.status in (408, 411, 413):
+        response.force_close()
+    return response

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import sqlite3
 import time
@@ -27,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 from motte.host.agent.errors import ApiError
 from motte.registry.formats import (
@@ -305,17 +304,3 @@ class Store:
         finally:
             os.close(fd)
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def json_document(body: bytes, what: str) -> Any:
-    try:
-        return load_json(body, what)
-    except FormatError as exc:
-        raise ApiError(400, "bad_json", str(exc)) from None

@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 from motte.registry.formats import FormatError, Meta, Route, parse_content_digest
 from motte.shared.errors import MotteError
@@ -189,6 +189,3 @@ class RegistryClient:
         if any(expected.digest.get(name, value) != value for name, value in claimed.items()):
             raise RegistryError(f"{where}: its Content-Digest is not the digest the tree names")
 
-
-def error_detail(exc: RegistryError) -> dict[str, Any]:
-    return {"error": exc.message, "status": exc.status, "code": exc.code}
