@@ -104,3 +104,13 @@ def test_kill_9_during_publish_leaves_the_tag_whole_or_absent(tls_dir: Path, tmp
         assert fetched.package.wasm == (folder / "main.wasm").read_bytes()
     assert check_store(store) == [("0.1.0", 1)]
     assert list((store / "tmp").iterdir()) == []
+
+
+def test_one_server_per_store_and_sigterm_stops_it(tls_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with registry_process(store, tls_dir) as (proc, _):
+        second = subprocess.run([sys.executable, "-m", "motte", "registry", "serve", "--store", str(store),
+                                 "--port", "0"], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 125 and "in use by another registry server" in second.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

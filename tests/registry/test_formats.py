@@ -167,3 +167,12 @@ def test_tags_sort_by_version_precedence() -> None:
     tags = ["1.0.0", "0.10.0", "0.9.0", "1.0.0-rc.1", "1.0.0-alpha", "1.0.0-alpha.2", "1.0.0-alpha.10"]
     assert sorted(tags, key=semver_key) == [
         "0.9.0", "0.10.0", "1.0.0-alpha", "1.0.0-alpha.2", "1.0.0-alpha.10", "1.0.0-rc.1", "1.0.0"]
+
+
+def test_a_slug_s_host_splits_into_name_and_port() -> None:
+    from motte.tenant.registry.client import split_host
+
+    assert split_host("registry.example") == ("registry.example", None)
+    assert split_host("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert split_host("[::1]:8443") == ("::1", 8443)
+    assert split_host("[::1]") == ("::1", None)

@@ -62,13 +62,21 @@ class Reply(NamedTuple):
     body: bytes
 
 
+def split_host(host: str) -> tuple[str, int | None]:
+    """``name``, ``name:port``, ``[v6]`` or ``[v6]:port`` (a slug's host) -> name, port."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (name.endswith("]") or ":" not in name):
+        return name.strip("[]"), int(port)
+    return host.strip("[]"), None
+
+
 class RegistryClient:
     def __init__(self, host: str, trust: RegistryTrust | None = None, *, timeout: float = TIMEOUT) -> None:
         self.host = host
         self.trust = trust or RegistryTrust()
-        name, _, port = host.rpartition(":") if host.rsplit("]", 1)[-1].count(":") == 1 else (host, "", "")
-        self._conn = http.client.HTTPSConnection(name.strip("[]"), int(port) if port else None, timeout=timeout,
-                                                 context=self.trust.ssl_context(), blocksize=CHUNK)
+        name, port = split_host(host)
+        self._conn = http.client.HTTPSConnection(name, port, timeout=timeout, context=self.trust.ssl_context(),
+                                                 blocksize=CHUNK)
 
     def close(self) -> None:
         self._conn.close()
