@@ -150,3 +150,13 @@ def test_policy_tables_are_checked() -> None:
                            ({"allow_unsigned": "yes"}, "true or false")):
         with pytest.raises(RegistryPolicyError, match=message):
             RegistryPolicy.from_table(table)
+
+
+def test_what_a_signature_claims_is_escaped_before_it_is_shown() -> None:
+    value = json.loads(sign_tag(ROOT, generate_key(), "alice/app:0.1.0"))
+    protected = json.loads(unb64url(value["protected"]))
+    protected["kid"] = "\x1b[2J\x1b[31mtrusted"
+    value["protected"] = b64url(canonical_json(protected))
+    with pytest.raises(PackageRefused) as caught:
+        check_tag(canonical_json(value), JWS_TYPE, SLUG, RegistryPolicy())
+    assert "\x1b" not in str(caught.value) and "\\x1b[2J" in str(caught.value)

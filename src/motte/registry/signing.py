@@ -33,6 +33,7 @@ from joserfc.registry import HeaderParameter
 
 from motte.registry.formats import ENTRY_TYPE, Entry, FormatError, canonical_json, load_json
 from motte.shared.errors import MotteError
+from motte.shared.untrusted_text import printable
 
 TAG_HEADER = "motte.tag"
 ALGORITHMS = ("ES256", "ES384", "EdDSA")
@@ -144,7 +145,8 @@ class SignedTag:
 
     @property
     def signers(self) -> list[str]:
-        return [s.kid or "(no kid)" for s in self.signatures]
+        """Each signature's kid, made safe to print (they came from the registry)."""
+        return [printable(s.kid, 60) if s.kid else "(no kid)" for s in self.signatures]
 
 
 def _unb64url(text: Any, what: str) -> bytes:
@@ -234,6 +236,7 @@ def verify_signed_tag(signed: SignedTag, publishers: Collection[str], tag_name: 
     for signature in trusted:
         check_signature(signature)
         if signature.tag_name != tag_name:
-            raise SignatureError(f"the signature by publisher {signature.kid} is for {signature.tag_name or 'no tag'}, "
+            signed_for = printable(signature.tag_name, 120) if signature.tag_name else "no tag"
+            raise SignatureError(f"the signature by publisher {signature.kid} is for {signed_for}, "
                                  f"not {tag_name}: a signed tree moved to another tag")
     return trusted[0].kid or ""

@@ -96,7 +96,7 @@ def check_tag(body: bytes, content_type: str, slug: Slug, policy: RegistryPolicy
             raise PackageRefused(f"{slug}: a tag entry of type {content_type[:80]!r}")
         signed = parse_signed_tag(body)
         kids = tuple(signed.signers)
-        if policy.allow_unsigned and not any(kid in policy.publishers for kid in kids):
+        if policy.allow_unsigned and not any(s.kid in policy.publishers for s in signed.signatures):
             return VerifiedTag(signed.entry, None, kids)  # as if unsigned: no trusted key signed it
         signer = verify_signed_tag(signed, policy.publishers, slug.tag_name)
         return VerifiedTag(signed.entry, signer, kids)
