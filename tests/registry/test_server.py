@@ -271,3 +271,16 @@ def test_the_drawbridge_client_s_requests_work_as_they_are(start_registry) -> No
     assert (status, body, headers["content-type"]) == (200, b"testing", "text/plain")
     assert headers["content-digest"] == root.content_digest
     assert raw_request(reg, "GET", API_PREFIX + "/user/foo/_tag")[2] == b'["0.1.0"]'
+
+
+def test_methods_and_routes_outside_the_api_are_refused_as_json(start_registry) -> None:  # type: ignore[no-untyped-def]
+    reg = start_registry()
+    reg.register()
+    for method, path, status in (("DELETE", "/alice/app", 405), ("POST", "/alice", 405),
+                                 ("PUT", "/alice/app/_tag", 405), ("GET", "/nobody/app/_tag", 404)):
+        got, _, body = raw_request(reg, method, API_PREFIX + path, b"" if method != "GET" else None)
+        assert got == status and "error" in json.loads(body), (method, path)
+    got, _, body = raw_request(reg, "GET", "/api/v9/alice")
+    assert got == 404 and json.loads(body)["code"] == "bad_path"
+    got, headers, body = raw_request(reg, "HEAD", API_PREFIX + "/alice/app")
+    assert (got, body) == (200, b"") and headers["content-length"] == str(len(b'{"public":true}'))
