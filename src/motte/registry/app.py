@@ -21,18 +21,19 @@ import asyncio
 import hmac
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler as AiohttpHandler
 from cryptography import x509
 
 from motte.host.agent.app import _json_errors as json_errors
 from motte.host.agent.errors import ApiError
 from motte.registry.formats import (
+    API_PREFIX,
     ENTRY_TYPE,
     JSON_TYPE,
     JWS_TYPE,
@@ -60,6 +61,7 @@ CHUNK = 1 << 20
 IDLE_TIMEOUT = 30.0  # seconds a client may send nothing in the middle of a body
 
 Log = Callable[[str], None]
+Handler = Callable[[web.Request, Route], Awaitable[web.StreamResponse]]
 
 
 def stderr_log(text: str) -> None:
@@ -91,20 +93,25 @@ class Registry:
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if not request.raw_path.startswith(API_PREFIX + "/"):
+            raise ApiError(404, "bad_path", f"this registry speaks Drawbridge's API under {API_PREFIX}/")
         try:
             route = parse_route(request.raw_path)
         except FormatError as exc:
-            raise ApiError(404 if "not under" in str(exc) else 400, "bad_path", str(exc)) from None
-        method = request.method
-        allowed = ("HEAD", "GET") if route.kind == "tags" else ("HEAD", "GET", "PUT")
-        if method not in allowed:
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed here ({', '.join(allowed)} are)")
-        if method == "PUT":
+            raise ApiError(400, "bad_path", str(exc)) from None
+        readers: dict[str, Handler] = {"user": self.get_user, "repo": self.get_repo, "tags": self.get_tags,
+                                       "tag": self.get_tag, "tree": self.get_tree}
+        writers: dict[str, Handler] = {"user": self.put_user, "repo": self.put_repo, "tag": self.put_tag,
+                                       "tree": self.put_tree}
+        if request.method in ("HEAD", "GET"):
+            if route.kind != "user":
+                self._check_read(request, route)
+            return await readers[route.kind](request, route)
+        if request.method == "PUT" and route.kind in writers:
             self._check_token(request, "publishing")
-            return await getattr(self, f"put_{route.kind}")(request, route)  # type: ignore[no-any-return]
-        if route.kind != "user":
-            self._check_read(request, route)
-        return await getattr(self, f"get_{route.kind}")(request, route)  # type: ignore[no-any-return]
+            return await writers[route.kind](request, route)
+        allowed = "HEAD, GET" + (", PUT" if route.kind in writers else "")
+        raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here ({allowed} are)")
 
     # --- who may ---
     def _has_token(self, request: web.Request) -> bool:
@@ -364,7 +371,7 @@ def _peer_certificate(request: web.Request) -> bytes | None:
 
 
 @web.middleware
-async def _cut_off_unread_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _cut_off_unread_bodies(request: web.Request, handler: AiohttpHandler) -> web.StreamResponse:
     """A refused upload that stalled, is too large or has no length: the rest of its body is not
     worth reading (other refusals are drained, so the client can read the answer)."""
     response = await handler(request)
