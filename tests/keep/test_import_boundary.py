@@ -6,8 +6,8 @@
 - The keep reads no file a user names: it never imports ``shared/user_files.py``, which is for the
   CLI, the host and the Steward.
 - The host imports from the keep only where it starts or holds a keep's own code: the modules in
-  :data:`HOST_MODULES_THAT_START_A_KEEP`, each with its reason. The CLI, the tenant side and the
-  Steward import nothing from the keep.
+  :data:`HOST_MODULES_THAT_START_A_KEEP`, each with its reason. The CLI, the tenant side, the
+  Steward and the registry import nothing from the keep.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "motte"
-HOST_SIDE = ("motte.host", "motte.tenant", "motte.cli")
+HOST_SIDE = ("motte.host", "motte.tenant", "motte.cli", "motte.registry")
 KEEP = "motte.keep"
 USER_FILES = "motte.shared.user_files"  # reading files a user names: the CLI's, the host's, the Steward's
 
@@ -93,8 +93,8 @@ def test_only_the_modules_that_start_a_keep_import_it() -> None:
     assert _offenders(("host",), (KEEP,), HOST_MODULES_THAT_START_A_KEEP) == []
 
 
-def test_the_cli_tenant_and_steward_import_nothing_from_the_keep() -> None:
-    assert _offenders(("cli", "tenant", "steward"), (KEEP,)) == []
+def test_the_cli_tenant_steward_and_registry_import_nothing_from_the_keep() -> None:
+    assert _offenders(("cli", "tenant", "steward", "registry"), (KEEP,)) == []
 
 
 def test_each_allowed_keep_importer_exists_and_still_needs_its_exception() -> None:
@@ -106,7 +106,7 @@ def test_each_allowed_keep_importer_exists_and_still_needs_its_exception() -> No
 def test_loading_the_keep_runtime_loads_no_host_side_module() -> None:
     probe = (
         "import sys, motte.keep.runtime, motte.keep.__main__;"
-        "print([m for m in sys.modules if m.startswith(('motte.host', 'motte.tenant', 'motte.cli'))])"
+        "print([m for m in sys.modules if m.startswith(('motte.host', 'motte.tenant', 'motte.cli', 'motte.registry'))])"
     )
     out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "attest": ("motte.cli.attest", "attest", "Verify attestation evidence and keep certificates."),
     "steward": ("motte.cli.steward", "steward", "Run the Steward, the attestation certificate authority."),
     "host": ("motte.cli.host", "host", "Run the host agent that launches keeps for tenants (motte deploy)."),
+    "registry": ("motte.cli.registry", "registry", "Run the package registry (Drawbridge's API)."),
+    "package": ("motte.cli.package", "package", "Publish packages to a registry and fetch them, signatures checked."),
+    "repo": ("motte.cli.package", "repo", "Register repositories on a registry, list their tags."),
+    "user": ("motte.cli.package", "user", "Register users on a registry."),
     "demo": ("motte.cli.demo", "demo", "Demonstrations of what each backend protects."),
 }
 

@@ -20,17 +20,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 
 from motte import __version__
 from motte.host.agent.auth import token_middleware
-from motte.host.agent.errors import ApiError
+from motte.host.agent.errors import ApiError, json_errors
 from motte.host.agent.keeps import AgentLimits, AgentTap, KeepRegistry, Log, ManagedKeep
 from motte.host.agent.relay import TENANT_LOST, SessionRelay
 from motte.host.backends.base import Backend, BackendReport
-from motte.shared.agent_api import HEARTBEAT, MAX_MESSAGE, ApiFieldError, KeepRequest
+from motte.shared.agent_api import HEARTBEAT, MAX_MESSAGE, KeepRequest
 from motte.shared.errors import MotteError
-from motte.shared.printable import printable
 
 API_VERSION = 1
 MAX_BODY = 16 << 10  # a launch request is a few fields
@@ -72,7 +71,7 @@ class HostAgent:
         return ranked[0] if ranked else None
 
     def app(self) -> web.Application:
-        middlewares: list[Middleware] = [_json_errors(self.log)]
+        middlewares: list[Middleware] = [json_errors(self.log)]
         if self.token is not None:
             middlewares.append(token_middleware(self.token))
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
@@ -183,30 +182,3 @@ async def _json_body(request: web.Request) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
-
-
-def _json_errors(log: Log) -> Middleware:
-    """Every refusal as ``{"error", "code"}`` (the API's own, aiohttp's 404 and 405, and bugs),
-    and one log line for it."""
-
-    @web.middleware
-    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            refusal = exc
-        except ApiFieldError as exc:
-            refusal = ApiError(400, "bad_field", str(exc))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            refusal = ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        except Exception as exc:  # a bug must not take the agent down, nor show a trace to the client
-            log(f"internal error on {request.method} {printable(request.path, 100)}: "
-                f"{type(exc).__name__}: {printable(str(exc))}")
-            refusal = ApiError(500, "internal", f"internal error: {type(exc).__name__}")
-        log(f"refused {request.method} {printable(request.path, 100)}: {refusal.status} {refusal.code}: "
-            f"{printable(refusal.message, 300)}")
-        return refusal.response()
-
-    return json_errors
