@@ -82,7 +82,7 @@ def test_publish_info_fetch_round_trip(start_registry, tmp_path: Path, tls_dir: 
 
     fetched = fetch_package(slug, reg.trust(token=None), trusting(key))
     local = load_package(folder)
-    assert fetched.package == local._replace(source=str(slug))
+    assert fetched.package == local._replace(source=str(slug), registry_name=str(slug))
     assert fetched.package.ca_bundles == {3: (tls_dir / "steward-tls-ca.pem").read_text()}
     assert (fetched.signer, fetched.slug.tag_name, fetched.root) == (publisher_id(key), "alice/app:0.1.0", done.root)
 

@@ -118,7 +118,8 @@ WORKLOAD, LAUNCH, ANCHORS = _ext("01", "0420" + "11" * 32), _ext("02", "0420" + 
         ([LAUNCH, WORKLOAD], "out of OID order"),
         ([WORKLOAD, ANCHORS, LAUNCH], "1.3.6.1.4.1.58270.3.2 is out of OID order"),
         ([WORKLOAD, WORKLOAD, LAUNCH], "appears twice"),
-        ([WORKLOAD, LAUNCH, _ext("04", "0400")], "unknown binding extension 1.3.6.1.4.1.58270.3.4"),
+        ([WORKLOAD, LAUNCH, _ext("05", "0400")], "unknown binding extension 1.3.6.1.4.1.58270.3.5"),
+        ([WORKLOAD, LAUNCH, _ext("04", "0400")], "expected UTF8String"),  # package: a UTF8String
         ([WORKLOAD, LAUNCH, ("1.3.6.1.4.1.58270.3.0", b"")], "unknown binding extension"),
         ([_ext("01", "0410" + "11" * 16), LAUNCH], "workloadDigest must be 32 bytes, not 16"),
         ([WORKLOAD, _ext("02", "0421" + "22" * 33)], "launchDigest must be 32 bytes, not 33"),

@@ -277,7 +277,7 @@ def test_binding_extension_shape_rules() -> None:
     assert reason([workload, launch]) == (401, "no_evidence")  # binding extensions, no evidence
     assert reason([workload, evidence, launch]) == (400, "csr_attributes")  # the evidence comes first
     assert reason([evidence, workload, (launch[0], launch[1], True)]) == (400, "csr_attributes")  # critical
-    assert reason([evidence, workload, launch, ("1.3.6.1.4.1.58270.3.4", b"\x04\x00", False)]) == (
+    assert reason([evidence, workload, launch, ("1.3.6.1.4.1.58270.3.5", b"\x04\x00", False)]) == (
         400, "csr_attributes")  # not a claim this Steward knows
     assert reason([evidence, workload, launch, ("2.5.29.17", b"\x30\x00", False)]) == (400, "csr_attributes")
     assert reason([evidence, launch, workload]) == (400, "malformed_csr")  # out of OID order

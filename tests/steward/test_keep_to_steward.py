@@ -225,7 +225,7 @@ def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
         config = parse_enarx_toml(toml)
         terms = {"config": config.to_json(), "wasm": {"size": 8, "sha256": "0" * 64}, "dirs": [],
                  "limits": {"memory": 1 << 20, "timeout_ms": None}, "ca": [], "steward_ca": steward_ca,
-                 "delivery": "run", "secrets": []}
+                 "delivery": "run", "secrets": [], "package": None}
         stdio = [{"fd": fd, "stream": 2 * fd + 3} for fd, f in enumerate(config.files) if f.kind in STDIO_KINDS]
         streams = {"wasm": 1, "stdio": stdio, "dirs": [], "cache_dir": None, "terminals": []}
         launched = Conversation("keep").received({"op": "launch", "terms": terms, "streams": streams})

@@ -55,6 +55,21 @@ def _token(token_file: Path | None) -> str | None:
     return read_user_text(token_file, what="--token-file", limit=4096).strip() or None
 
 
+def _package(name: str, policy: TenantPolicy, registry_ca: Path | None) -> Package:
+    """A local package (a path that exists) or one fetched from a registry (a tag slug)."""
+    from motte.tenant.deploy.package import load_package
+
+    path = Path(name)
+    if path.exists() or ":" not in name:
+        return load_package(path)
+    from motte.registry.formats import parse_tag_slug
+    from motte.tenant.registry.client import RegistryTrust
+    from motte.tenant.registry.fetch import fetch_package
+
+    slug = parse_tag_slug(name, os.environ.get("MOTTE_REGISTRY") or None)
+    return fetch_package(slug, RegistryTrust(ca_file=registry_ca), policy.registry).package
+
+
 class _Output:
     """The workload's output, as it arrives, to motte's own stdout and stderr."""
 
@@ -67,7 +82,7 @@ class _Output:
 
 
 @click.command()
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("package")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path), required=True,
               help="The tenant policy (TOML): which keeps to trust. See docs/deploy.md.")
 @click.option("--agent", default=None, metavar="URL",
@@ -86,11 +101,15 @@ class _Output:
               help="A secret the workload gets as the environment variable NAME.")
 @click.option("--detach", is_flag=True, help="Leave once the workload started; it runs on, its output is dropped.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was deployed as JSON on stdout (with --detach).")
-def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path | None, backend: str | None,
+@click.option("--registry-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="MOTTE_REGISTRY_CA",
+              help="For a registry package: the CA its TLS certificate chains to [env MOTTE_REGISTRY_CA].")
+def deploy(package: str, policy_path: Path, agent: str | None, token_file: Path | None, backend: str | None,
            max_memory: str, timeout: float | None, wait_s: float, file_secrets: tuple[str, ...],
-           env_secrets: tuple[str, ...], detach: bool, as_json: bool) -> None:
-    """Deploy PACKAGE (a .wasm, or a folder with main.wasm and Enarx.toml) to a keep that first
-    proves, on the tenant's own TLS session, that it is what POLICY trusts.
+           env_secrets: tuple[str, ...], detach: bool, as_json: bool, registry_ca: Path | None) -> None:
+    """Deploy PACKAGE (a .wasm, a folder with main.wasm and Enarx.toml, or a registry package
+    [HOST/]USER/REPO:TAG) to a keep that first proves, on the tenant's own TLS session, that it is
+    what POLICY trusts. A registry package's digests and tag signature are checked against the
+    policy's publishers before anything is sent; the keep's certificate then names it.
 
     Nothing is sent to the keep before its evidence passed the policy; the workload, its config,
     its secrets and its output travel only inside TLS that ends inside the keep. The workload's
@@ -101,6 +120,7 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
     Examples:
       motte deploy --policy tenant.toml ./app
       motte deploy --policy tenant.toml --secret db=@db.pass --backend nil app.wasm
+      motte deploy --policy tenant.toml registry.example/alice/app:1.0
     """
     if as_json and not detach:
         raise click.BadParameter("--json goes with --detach (without it, stdout is the workload's)",
@@ -117,11 +137,10 @@ def deploy(package: Path, policy_path: Path, agent: str | None, token_file: Path
     created = client.create_later(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms,
                                               wait_ms=round(wait_s * 1000), detach=detach))
     try:
-        from motte.tenant.deploy.package import load_package
         from motte.tenant.deploy.policy import read_tenant_policy
 
         policy = read_tenant_policy(policy_path)
-        loaded = load_package(package)
+        loaded = _package(package, policy, registry_ca)
         secrets = (*read_secrets(file_secrets, "file", "--secret"),
                    *read_secrets(env_secrets, "env", "--secret-env"))
     except BaseException:

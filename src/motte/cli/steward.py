@@ -262,7 +262,7 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
     fields = ("subject", "issuer", "serial", "not_before", "not_after", "sha256", "technology", "measurement")
     rows = [
         (key.replace("_", " "), str(result[key]))
-        for key in (*fields, "evidence_sha256", "workload_sha256", "launch_sha256")
+        for key in (*fields, "evidence_sha256", "workload_sha256", "launch_sha256", "package")
         if result[key] is not None
     ]
     rows += [("trust anchor", f"{anchor['use']}: sha256 {anchor['sha256']}") for anchor in result["trust_anchors"]]
@@ -270,16 +270,10 @@ def fetch_cert(address: str, ca_path: Path | None, timeout: float, as_json: bool
         if key != "technology" and value is not None:
             shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
             rows.append((f"claim {key}", shown))
-    rows = [(_printable(name), _printable(value)) for name, value in rows]  # the certificate came from outside
+    rows = [(printable(name), printable(value)) for name, value in rows]  # the certificate came from outside
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(printable(f"{name:>{width}}: {value}"))  # the keep's certificate says what it likes
-
-
-def _printable(text: str) -> str:
-    """``text`` with every character a terminal would not simply print (controls, escapes, format
-    and separator characters) written as a Python escape, so a certificate cannot steer the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _peer_certificate(address: str, ca_path: Path | None, timeout: float, as_json: bool) -> tuple[bytes, str | None]:
@@ -353,6 +347,7 @@ def _describe(
         "workload_sha256": keep.workload_sha256.hex() if keep else None,
         "launch_sha256": keep.launch_sha256.hex() if keep else None,
         "trust_anchors": [{"use": use, "sha256": digest.hex()} for use, digest in keep.trust_anchors] if keep else [],
+        "package": keep.package if keep else None,
         "claims": att.claims,
         "warnings": warnings,
     }

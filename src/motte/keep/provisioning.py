@@ -227,7 +227,7 @@ def _provision(session: TenantSession, provision: Provision, source: EvidenceSou
         wasm_size=len(wasm), wasm_sha256=digest, config=deploy.config,
         memory_limit=provision.memory_limit, timeout_ms=provision.timeout_ms,
         ca_bundles=deploy.ca_bundles, steward_ca=deploy.steward_ca, delivery="deploy",
-        secrets=tuple((secret.kind, secret.name) for secret in deploy.secrets),
+        secrets=tuple((secret.kind, secret.name) for secret in deploy.secrets), package=deploy.package,
     )
     try:
         terms.check()

@@ -50,9 +50,10 @@ CSR_BINDING_OID = BINDING_ARC + ".0"
 WORKLOAD_DIGEST_OID = BINDING_ARC + ".1"
 LAUNCH_DIGEST_OID = BINDING_ARC + ".2"
 TRUST_ANCHORS_OID = BINDING_ARC + ".3"
+PACKAGE_OID = BINDING_ARC + ".4"
 PROVISION_BINDING_OID = BINDING_ARC + ".10"
 #: The extensions a keep may claim, in OID order: the order they take in a CSR and a certificate.
-CLAIM_OIDS = (WORKLOAD_DIGEST_OID, LAUNCH_DIGEST_OID, TRUST_ANCHORS_OID)
+CLAIM_OIDS = (WORKLOAD_DIGEST_OID, LAUNCH_DIGEST_OID, TRUST_ANCHORS_OID, PACKAGE_OID)
 DIGEST_SIZE = 32
 NONCE_SIZE = 32
 EXPORTER_SIZE = 32  # RFC 9266 tls-exporter: label "EXPORTER-Channel-Binding", empty context
@@ -65,6 +66,7 @@ class KeepClaims(NamedTuple):
     workload_sha256: bytes
     launch_sha256: bytes
     trust_anchors: tuple[tuple[str, bytes], ...] = ()  # (use, SHA-256 of the PEM), sorted by use
+    package: str | None = None  # the registry package deployed ("host/user/repo:tag"), if any
 
     @classmethod
     def of(cls, workload_sha256: bytes, terms: LaunchTerms) -> KeepClaims:
@@ -73,7 +75,8 @@ class KeepClaims(NamedTuple):
         anchors = [] if terms.steward_ca is None else [(STEWARD_ANCHOR, _pem_sha256(terms.steward_ca))]
         for fd, pem in terms.ca_bundles.items():
             anchors.append((f"connect {fd} {terms.config.files[fd].name}", _pem_sha256(pem)))
-        return cls(workload_sha256, hashlib.sha256(terms.canonical_bytes()).digest(), tuple(sorted(anchors)))
+        return cls(workload_sha256, hashlib.sha256(terms.canonical_bytes()).digest(), tuple(sorted(anchors)),
+                   terms.package)
 
     def extensions(self) -> list[tuple[str, bytes]]:
         """(OID, DER extnValue) of each claim, in OID order; trustAnchors only when there are any."""
@@ -85,6 +88,8 @@ class KeepClaims(NamedTuple):
         if self.trust_anchors:
             entries = (der_sequence(der_utf8(use), der_octet_string(digest)) for use, digest in self.trust_anchors)
             out.append((TRUST_ANCHORS_OID, der_sequence(*entries)))
+        if self.package is not None:
+            out.append((PACKAGE_OID, der_utf8(self.package)))
         return out
 
     @classmethod
@@ -109,10 +114,12 @@ class KeepClaims(NamedTuple):
             if oid not in values:
                 raise StewardProtocolError(f"the binding extensions lack {name} ({oid})")
         anchors = values.get(TRUST_ANCHORS_OID)
+        package = values.get(PACKAGE_OID)
         claims = cls(
             read_one(values[WORKLOAD_DIGEST_OID], TAG_OCTET_STRING, "workloadDigest"),
             read_one(values[LAUNCH_DIGEST_OID], TAG_OCTET_STRING, "launchDigest"),
             () if anchors is None else _read_trust_anchors(anchors),
+            None if package is None else read_string(package, TAG_UTF8STRING, "package"),
         )
         if anchors is not None and not claims.trust_anchors:
             raise StewardProtocolError("trustAnchors is empty (it must be omitted then)")

@@ -54,6 +54,7 @@ STDIO_KINDS = frozenset({"stdin", "stdout", "stderr"})
 PROVISION_STREAM = "provision"  # the kind of a stream carrying one tenant connection to a provisioned keep
 MAX_SECRETS = 64
 MAX_SECRET_NAME = 128
+MAX_PACKAGE_NAME = 512
 MAX_PROVISION_WAIT_MS = 3_600_000
 SECRET_KINDS = frozenset({"file", "env"})
 Delivery = Literal["run", "deploy"]
@@ -91,6 +92,7 @@ class LaunchTerms(NamedTuple):
     #: who supplied the terms: the host (``motte run``) or the tenant over attested TLS (``motte deploy``)
     delivery: Delivery = "run"
     secrets: tuple[tuple[str, str], ...] = ()  # (kind, name) of each tenant secret; never the value
+    package: str | None = None  # deploy from a registry: the package ("host/user/repo:tag")
 
     @property
     def timeout(self) -> float | None:
@@ -106,6 +108,7 @@ class LaunchTerms(NamedTuple):
             "steward_ca": self.steward_ca,
             "delivery": self.delivery,
             "secrets": [{"kind": kind, "name": name} for kind, name in self.secrets],
+            "package": self.package,
         }
 
     def canonical_bytes(self) -> bytes:
@@ -128,6 +131,7 @@ class LaunchTerms(NamedTuple):
             steward_ca=_optional_pem(_get(data, "steward_ca"), "steward_ca"),
             delivery=_delivery(_get(data, "delivery")),
             secrets=_secrets(_get(data, "secrets")),
+            package=package_name(_get(data, "package")),
         )
         terms.check()
         return terms
@@ -140,8 +144,8 @@ class LaunchTerms(NamedTuple):
                 raise _Malformed(f"a CA bundle was sent for fd {fd}, which is no TLS connect file")
         if self.steward_ca is not None and self.config.steward is None:
             raise _Malformed("a Steward CA bundle was sent, but the workload config names no steward")
-        if self.secrets and self.delivery != "deploy":
-            raise _Malformed("secrets travel only in a deploy, never through the host")
+        if (self.secrets or self.package is not None) and self.delivery != "deploy":
+            raise _Malformed("secrets and registry packages come only in a deploy, never through the host")
         env_names = [name for kind, name in self.secrets if kind == "env"]
         clash = set(env_names) & set(self.config.env)
         if clash or len(set(self.secrets)) != len(self.secrets):
@@ -520,6 +524,16 @@ def _secrets(value: Any) -> tuple[tuple[str, str], ...]:
             raise _Malformed(f"secrets[{i}].kind must be 'file' or 'env'")
         out.append((kind, secret_name(_get(entry, "name"), f"secrets[{i}].name")))
     return tuple(out)
+
+
+def package_name(value: Any, what: str = "package") -> str | None:
+    """A registry package's name as deploy binds it (``host/user/repo:tag``), or None."""
+    if value is None:
+        return None
+    name = _str(value, what, MAX_PACKAGE_NAME)
+    if not name or not name.isprintable() or not name.isascii() or " " in name:
+        raise _Malformed(f"{what} must be printable ASCII without spaces")
+    return name
 
 
 def secret_name(value: Any, what: str = "secret name") -> str:

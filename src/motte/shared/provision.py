@@ -43,6 +43,7 @@ from motte.shared.control import (
     SECRET_KINDS,
     ControlError,
     Exit,
+    package_name,
     secret_name,
 )
 from motte.shared.enarx_config import ConfigError, WorkloadConfig
@@ -132,9 +133,11 @@ class Deploy(NamedTuple):
     ca_bundles: Mapping[int, str]  # TLS connect fd -> PEM, from the tenant's package
     steward_ca: str | None
     secrets: tuple[Secret, ...] = ()
+    package: str | None = None  # from a registry: "host/user/repo:tag", which the keep binds
 
     def payload(self) -> dict[str, Any]:
         return {
+            "package": self.package,
             "config": self.config.to_json(),
             "wasm": {"size": self.wasm_size, "sha256": self.wasm_sha256},
             "ca": [{"fd": fd, "pem": pem} for fd, pem in sorted(self.ca_bundles.items())],
@@ -176,6 +179,7 @@ class Deploy(NamedTuple):
             ca_bundles=bundles,
             steward_ca=None if steward_ca is None else _text(steward_ca, "steward_ca", MAX_CA_BUNDLE),
             secrets=tuple(secrets),
+            package=_package(_get(data, "package")),
         )
 
 
@@ -361,6 +365,13 @@ def _frame_of(message: Message) -> tuple[Frame, int]:
 
 
 # ---- field checks --------------------------------------------------------------------------------
+
+
+def _package(value: Any) -> str | None:
+    try:
+        return package_name(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def _get(data: Any, key: str) -> Any:

@@ -29,6 +29,7 @@ class Package(NamedTuple):
     ca_bundles: dict[int, str]  # TLS connect fd -> PEM
     steward_ca: str | None
     source: str  # what the user named, for messages
+    registry_name: str | None = None  # fetched from a registry: "host/user/repo:tag" (the keep binds it)
 
     @property
     def wasm_sha256(self) -> str:

@@ -5,6 +5,9 @@ TOML; every key is checked::
     allow_unattested = false   # accept nil and kvm keeps, which offer no evidence? Their host can
                                # read the workload, its secrets and its output: development only.
 
+    publishers = ["<key thumbprint>"]  # deploying from a registry: the publishers whose signed
+    allow_unsigned = false             # tags it accepts, and whether an unsigned tag will do
+
     [attestation]              # the verifier's policy: the keys of `motte attest verify --policy`
     [attestation.snp]
     measurements = ["<96 hex>"]
@@ -21,8 +24,10 @@ from typing import NamedTuple
 from motte.shared.errors import MotteError
 from motte.shared.user_files import read_user_text
 from motte.tenant.attest.policy import Policy, PolicyError, policy_from_table
+from motte.tenant.registry.policy import KEYS as REGISTRY_KEYS
+from motte.tenant.registry.policy import RegistryPolicy
 
-KEYS = ("allow_unattested", "attestation")
+KEYS = ("allow_unattested", "attestation", *REGISTRY_KEYS)
 MAX_POLICY = 1 << 20
 
 
@@ -33,6 +38,7 @@ class TenantPolicyError(MotteError):
 class TenantPolicy(NamedTuple):
     attestation: Policy
     allow_unattested: bool = False
+    registry: RegistryPolicy = RegistryPolicy()
 
 
 def load_tenant_policy(text: str, source: str = "policy") -> TenantPolicy:
@@ -53,7 +59,7 @@ def load_tenant_policy(text: str, source: str = "policy") -> TenantPolicy:
         attestation = policy_from_table(table, "attestation")
     except PolicyError as exc:
         raise TenantPolicyError(f"{source}: {exc}") from None
-    return TenantPolicy(attestation, allow)
+    return TenantPolicy(attestation, allow, RegistryPolicy.from_table(data, source))
 
 
 def read_tenant_policy(path: Path) -> TenantPolicy:

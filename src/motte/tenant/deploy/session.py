@@ -141,6 +141,7 @@ def expected_launch(package: Package, secrets: tuple[Secret, ...], limits: Limit
         wasm_size=len(package.wasm), wasm_sha256=package.wasm_sha256, config=package.config,
         memory_limit=limits.memory, timeout_ms=limits.timeout_ms, ca_bundles=package.ca_bundles,
         steward_ca=package.steward_ca, delivery="deploy", secrets=tuple((s.kind, s.name) for s in secrets),
+        package=package.registry_name,
     )
 
 
@@ -182,7 +183,7 @@ def deploy(channel: ByteChannel, package: Package, policy: TenantPolicy, limits:
         f"the keep is UNATTESTED ({offer.backend}): its host can read the workload, its secrets and its output")
     terms = expected_launch(package, secrets, limits)  # (hashes the workload, once)
     session.send(Deploy(package.config, len(package.wasm), terms.wasm_sha256, package.ca_bundles,
-                        package.steward_ca, secrets))
+                        package.steward_ca, secrets, package.registry_name))
     lap("deploy")
     session.send_wasm(package.wasm)
     lap("transfer")

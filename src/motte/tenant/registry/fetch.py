@@ -50,7 +50,11 @@ TreeProgress = Callable[[str, int, int], None]
 
 
 class PackageRefused(MotteError):
-    """The package is not one the tenant's policy accepts, or does not check out."""
+    """The package is not one the tenant's policy accepts, or does not check out: a verdict, so
+    exit status 1 (as a keep the policy refuses), not motte's own failure."""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint, exit_code=1)
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ def package_of(tree: FetchedTree) -> Package:
             package = load_package(written[0] if not root.is_directory else Path(folder) / "package")
         except MotteError as exc:
             raise PackageRefused(str(exc).replace(str(Path(folder) / "package"), str(slug))) from None
-    return package._replace(source=str(slug))
+    return package._replace(source=str(slug), registry_name=str(slug))
 
 
 def _check_bundles(tree: FetchedTree) -> None:
