@@ -127,6 +127,7 @@ class KeepRuntime:
         return files
 
     def run(self, launch: Launch) -> Exit:
+        self.endpoint.limit_buffers(launch.terms.memory_limit)
         wasm = self._receive_wasm(launch)
         started = time.monotonic()
         try:
