@@ -154,6 +154,7 @@ class KeepRuntime:
         memory_limit.on_refusal = lambda wanted: setattr(host, "stop", MemoryRefused(wanted))
         wasi.register(host)
         store = wasmtime.Store(engine)
+        memory_limit.limit_store(store)
         timer = None
         if launch.terms.timeout is not None:
             store.set_epoch_deadline(1)
@@ -189,7 +190,8 @@ class KeepRuntime:
             return _classify_trap(exc, host, launch)
         except wasmtime.WasmtimeError as exc:
             text = _first_line(exc)
-            hint = "raise --max-memory" if "exceeds the memory limit" in text else None
+            limited = "exceeds the memory limit" in text or "exceeds table limits" in text
+            hint = "raise --max-memory" if limited else None
             raise LaunchError(f"cannot instantiate the workload: {text}", hint=hint) from None
         exports = instance.exports(store)
         exported_memory = exports.get("memory")
