@@ -126,6 +126,7 @@ def channel_figures(endpoint: Endpoint, size: int, pings: int) -> ChannelFigures
         assert reply == {"op": "pong", "seq": seq}, reply
     # guest -> host
     started = time.perf_counter()
+    endpoint.expect_opens("bench-source")
     endpoint.send_control("source", bytes=size, chunk=256 << 10)
     stream, _meta = endpoint.accept_stream(timeout=30)
     received = 0

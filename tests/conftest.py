@@ -24,6 +24,22 @@ from tests.workloads import workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Every Hypothesis test draws from this seed, printed in the session's header, so that a failure
+#: (in CI above all) replays exactly. ``MOTTE_HYPOTHESIS_SEED=<n>`` or ``--hypothesis-seed=<n>``
+#: draws from another.
+HYPOTHESIS_SEED = int(os.environ.get("MOTTE_HYPOTHESIS_SEED", "20261205"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(HYPOTHESIS_SEED)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed", None)
+    return f"hypothesis seed: {seed} (replay a failure with --hypothesis-seed={seed})"
+
 
 def motte(*args: str, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None,
           cwd: str | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -74,3 +90,19 @@ def endpoint_pair(window: int | None = None) -> Iterator[tuple[Endpoint, Endpoin
     finally:
         host.close()
         keep.close()
+
+
+def descendants(pid: int) -> set[int]:
+    """The PIDs of ``pid``'s live descendants (a /proc walk)."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.add(child)
+            pending.append(child)
+    return found

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import motte
+from tests.conftest import descendants, motte
 from tests.workloads import sha256_reference
 
 pytestmark = pytest.mark.timeout(300)
@@ -215,21 +215,6 @@ def test_large_stdout_arrives_intact(backend: str, wasm) -> None:
     assert result.stdout == writer_expected(8 << 20)
 
 
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found.add(child)
-            pending.append(child)
-    return found
-
-
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_no_keep_is_left_behind_when_motte_is_stopped(backend: str, wasm, signal_name: str) -> None:
     import signal
@@ -239,7 +224,7 @@ def test_no_keep_is_left_behind_when_motte_is_stopped(backend: str, wasm, signal
                                 "--print"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None and process.stdout.readline() == b"spinning\n"
-        keep_processes = _descendants(process.pid)
+        keep_processes = descendants(process.pid)
         assert keep_processes
         process.send_signal(getattr(signal, signal_name))
         process.wait(timeout=30)

@@ -98,13 +98,13 @@ PATIENCE = {"nil": 30.0, "kvm": 120.0}
 class Served:
     """``motte run --backend B`` of a workload in the background, its stdout read line by line."""
 
-    def __init__(self, tmp_path: Path, name: str, toml: str, *args: str, backend: str):
+    def __init__(self, tmp_path: Path, name: str, toml: str, *args: str, backend: str, options: tuple[str, ...] = ()):
         config = tmp_path / "Enarx.toml"
         config.write_text(toml)
         self.backend = backend
         self.patience = PATIENCE[backend]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "motte", "run", "--backend", backend, "--wasmcfgfile", str(config),
+            [sys.executable, "-m", "motte", "run", "--backend", backend, *options, "--wasmcfgfile", str(config),
              str(workload(name)), "--", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
@@ -172,8 +172,8 @@ class Served:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(name: str, toml: str, *args: str, backend: str) -> Served:
-        served = Served(tmp_path, name, toml, *args, backend=backend)
+    def start(name: str, toml: str, *args: str, backend: str, options: tuple[str, ...] = ()) -> Served:
+        served = Served(tmp_path, name, toml, *args, backend=backend, options=options)
         started.append(served)
         return served
 

@@ -78,6 +78,7 @@ def test_the_reader_thread_takes_over_when_nobody_waits(pair: tuple[Endpoint, En
 def test_a_thread_that_polls_in_a_loop_does_not_stop_the_reading(
         pair: tuple[Endpoint, Endpoint, RecordingTransport]) -> None:
     host, keep, _ = pair
+    host.expect_opens("test")
     stream = keep.open_stream("test")
     host.accept_stream(5)
     keep.write(stream, b"x")

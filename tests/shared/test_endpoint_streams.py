@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from motte.shared import netstreams
+from motte.shared.channel_io import MAX_UNACCEPTED
 from motte.shared.endpoint import Endpoint, StreamAborted
 
 
@@ -48,6 +49,7 @@ def test_routed_opens_skip_the_accept_queue_and_may_be_refused(pair: tuple[Endpo
 
 def test_claimed_streams_go_to_the_observer_without_waking_waiters(pair: tuple[Endpoint, Endpoint]) -> None:
     host, keep = pair
+    host.expect_opens("connect")
     claimed = keep.open_stream("connect", fd=3)
     plain = keep.open_stream("connect", fd=4)
     assert [host.accept_stream(timeout=5)[0] for _ in range(2)] == [claimed, plain]
@@ -113,3 +115,28 @@ def test_failure_reasons_name_an_errno() -> None:
     assert netstreams.failure_errno(netstreams.CLOSED) == "ECONNRESET"
     assert netstreams.failure_errno(None) == "ECONNRESET"
     assert netstreams.failure_errno("EVIL\0: text") == "ECONNRESET"
+
+
+def test_a_host_refuses_streams_of_a_kind_it_does_not_expect(pair: tuple[Endpoint, Endpoint]) -> None:
+    host, keep = pair
+    host.route_opens("connect", lambda stream, meta: None)
+    host.expect_opens("bench")
+    unknown = [keep.open_stream("mystery", n=n) for n in range(500)]
+    routed, expected = keep.open_stream("connect"), keep.open_stream("bench")
+    for stream in unknown:
+        with pytest.raises(StreamAborted, match="no stream of kind 'mystery' is expected"):
+            keep.write(stream, b"x" * (1 << 20), deadline=time.monotonic() + 5)  # waits for credit, then the reset
+    assert host.accept_stream(timeout=5) == (expected, {"kind": "bench"})
+    keep.write(routed, b"taken")
+    assert host.read(routed, 100, timeout=5) == b"taken"
+    with host._lock:  # nothing is held for the refused streams
+        assert set(host._inboxes) == {routed, expected}
+        assert host._state.committed == 2 * host._state.initial_window
+
+
+def test_a_keep_holds_a_bounded_queue_of_streams_nobody_accepted(pair: tuple[Endpoint, Endpoint]) -> None:
+    host, keep = pair
+    streams = [host.open_stream("wasm") for _ in range(MAX_UNACCEPTED + 1)]
+    with pytest.raises(StreamAborted, match="wait to be accepted already"):
+        host.write(streams[-1], b"x" * (1 << 20), deadline=time.monotonic() + 5)
+    assert [keep.accept_stream(timeout=5)[0] for _ in range(MAX_UNACCEPTED)] == streams[:-1]

@@ -76,6 +76,7 @@ def test_a_keep_endpoint_yields_when_it_answers_what_it_waited_for(monkeypatch: 
     yields: list[str] = []
     monkeypatch.setattr(endpoint_module.os, "sched_yield", lambda: yields.append(threading.current_thread().name))
     with connected(yield_after_send=True) as (host, keep):
+        host.expect_opens("test")
         stream = keep.open_stream("test")
         opened, _ = host.accept_stream(5)
         for _ in range(3):
@@ -101,6 +102,7 @@ def test_a_thread_blocked_on_one_stream_sleeps_through_the_others() -> None:
     # The host has a thread per served directory, output pumps and a control loop, each blocked on
     # its own stream: a frame for one stream must wake its thread only.
     with connected() as (host, keep):
+        host.expect_opens("quiet", "busy")
         quiet, busy = keep.open_stream("quiet"), keep.open_stream("busy")
         opened = dict((meta["kind"], stream) for stream, meta in (host.accept_stream(5), host.accept_stream(5)))
         got: list[bytes] = []
@@ -120,6 +122,7 @@ def test_a_thread_blocked_on_one_stream_sleeps_through_the_others() -> None:
 
 def test_reads_blocked_on_their_streams_end_when_the_channel_closes() -> None:
     with connected() as (host, keep):
+        host.expect_opens("one", "two")
         keep.open_stream("one")
         keep.open_stream("two")
         streams = [host.accept_stream(5)[0], host.accept_stream(5)[0]]

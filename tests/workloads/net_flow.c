@@ -7,6 +7,8 @@
  *                        then read nothing for <ms> ms, then read to EOF and print
  *                        "received <bytes>" (the first byte included).
  *   net_flow idle <ms>   never accept: sleep <ms> ms and print "idle done".
+ *   net_flow hoard <n>   print "hoarding", accept <n> connections and never read nor close one,
+ *                        then accept one more (the sign to stop) and print "hoarded <n>".
  * Exit 1 with a message on stderr if a call fails. */
 #include <errno.h>
 #include <poll.h>
@@ -28,9 +30,19 @@ static int accept_one(void) {
 
 static char buf[64 * 1024];
 
+static int hoard(long count) {
+    printf("hoarding\n");
+    fflush(stdout);
+    for (long taken = 0; taken <= count; taken++) {
+        if (accept_one() < 0) return 1;
+    }
+    printf("hoarded %ld\n", count);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: net_flow send <MiB> | hold <ms> | idle <ms>\n");
+        fprintf(stderr, "usage: net_flow send <MiB> | hold <ms> | idle <ms> | hoard <n>\n");
         return 2;
     }
     long n = atol(argv[2]);
@@ -39,6 +51,7 @@ int main(int argc, char **argv) {
         printf("idle done\n");
         return 0;
     }
+    if (strcmp(argv[1], "hoard") == 0) return hoard(n);
     int fd = accept_one();
     if (fd < 0) return 1;
     if (strcmp(argv[1], "send") == 0) {

@@ -112,6 +112,7 @@ class ProvisionedKeep:
 
     def run(self) -> KeepEnd:
         endpoint = self.keep.endpoint
+        endpoint.limit_buffers(self.provision.memory_limit)
         try:
             try:
                 endpoint.send_control(**self._conversation.sending(self.provision))

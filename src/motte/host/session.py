@@ -117,6 +117,7 @@ def run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio | None 
 def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, network: HostNetwork | None,
                   dirs: HostDirs | None = None) -> RunResult:
     endpoint = keep.endpoint
+    endpoint.limit_buffers(request.memory_limit)
     wasm_stream = endpoint.open_stream("wasm")
     streams: dict[int, int] = {}
     terminals: set[int] = set()  # the workload sees a terminal where the host has one

@@ -1,10 +1,18 @@
-"""The workload's memory cap, enforced by motte's own linear-memory allocator.
+"""The workload's memory cap, enforced by motte's own linear-memory allocator and the store's limits.
 
 wasmtime's store limits refuse a ``memory.grow`` past the cap silently (the guest sees -1 and the
 C API says nothing), so a workload that shrugs it off, or aborts, would look like any other exit.
 motte therefore supplies the memory itself (wasmtime's host memory creator): the reservation is an
 ``mmap`` of inaccessible pages, growing makes pages accessible, and a grow past the cap is refused
-*and recorded*, so the runtime can end the workload and say why.
+*and recorded*, so the runtime can end the workload and say why. wasmtime's GC heap is such a
+memory too, so it counts against the cap.
+
+Tables are wasmtime's own, capped by the store's limits: together they may hold
+:func:`table_bytes` of elements, on top of the linear memory. A ``table.grow`` past the cap
+returns -1 to the workload, as the specification allows; unlike a refused memory grow it is not
+recorded, since wasmtime's embedding API says nothing of it (and a grow that jumps past the cap
+leaves no trace in the table's size). The store also holds one instance and a few tables and
+memories at most.
 """
 
 from __future__ import annotations
@@ -25,6 +33,15 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
+TABLE_ELEMENT_SIZE = 8  # bytes a table element takes in wasmtime (a funcref is a pointer)
+MAX_TABLE_BYTES = 16 << 20  # 2M elements: far more than compilers emit
+MAX_TABLES = 4  # compilers emit one (wasm-bindgen two); each gets an equal share of table_bytes
+MAX_MEMORIES = 16  # each reserves address space (not memory): bounded too
+
+
+def table_bytes(limit: int) -> int:
+    """What a workload with memory limit ``limit`` may hold in tables: a sixteenth of it, at most 16 MiB."""
+    return min(limit // 16, MAX_TABLE_BYTES)
 
 
 class _LinearMemory:
@@ -77,6 +94,7 @@ class MemoryLimit:
         self.limit = limit
         self.refused = False
         self.on_refusal = on_refusal
+        self.table_elements = table_bytes(limit) // TABLE_ELEMENT_SIZE // MAX_TABLES  # per table
         self._memories: dict[int, _LinearMemory] = {}
         self._next = 1
         # The ctypes thunks must outlive the engine: they are attributes of this object, which the
@@ -94,6 +112,11 @@ class MemoryLimit:
 
     def install(self, config: wasmtime.Config) -> None:
         ffi.wasmtime_config_host_memory_creator_set(config.ptr(), ctypes.byref(self._creator))
+
+    def limit_store(self, store: wasmtime.Store) -> None:
+        """Cap what ``store`` holds besides linear memory: its tables' elements, and how many
+        instances, tables and memories it has (the runtime instantiates one module in it)."""
+        store.set_limits(table_elements=self.table_elements, instances=1, tables=MAX_TABLES, memories=MAX_MEMORIES)
 
     def in_use(self) -> int:
         return sum(memory.size for memory in self._memories.values())

@@ -135,6 +135,7 @@ class KeepRuntime:
         from motte.keep.provisioning import await_deployment
 
         deployment: Deployment | None = None
+        self.endpoint.limit_buffers(provision.memory_limit)
         try:
             deployment = await_deployment(self.endpoint, provision, self.evidence_source(), self.backend)
             self.report(Serve(Serve.network_view(deployment.terms.config)))
@@ -271,6 +272,7 @@ class KeepRuntime:
 
     def run(self, launch: Launch) -> Exit:
         """Run what the host launched."""
+        self.endpoint.limit_buffers(launch.terms.memory_limit)
         wasm = self._receive_wasm(launch)
         cache_dir = launch.streams.cache_dir if self.allow_host_cache else None
         return self._run(launch.terms, wasm, self._channel_stdio(launch), cache_dir=cache_dir,
@@ -307,6 +309,7 @@ class KeepRuntime:
         memory_limit.on_refusal = lambda wanted: setattr(host, "stop", MemoryRefused(wanted))
         wasi.register(host)
         store = wasmtime.Store(engine)
+        memory_limit.limit_store(store)
         timer = None
         if terms.timeout is not None:
             store.set_epoch_deadline(1)
@@ -342,7 +345,8 @@ class KeepRuntime:
             return _classify_trap(exc, host, terms)
         except wasmtime.WasmtimeError as exc:
             text = _first_line(exc)
-            hint = "raise --max-memory" if "exceeds the memory limit" in text else None
+            limited = "exceeds the memory limit" in text or "exceeds table limits" in text
+            hint = "raise --max-memory" if limited else None
             raise LaunchError(f"cannot instantiate the workload: {text}", hint=hint) from None
         exports = instance.exports(store)
         exported_memory = exports.get("memory")

@@ -11,9 +11,15 @@ their order are in :mod:`motte.shared.control`). Other streams carry
 bytes (the workload image, stdio, network connections). The side that opens a stream picks its
 id: the host uses odd ids, the keep even ones, so both can open streams without a race.
 
-Flow control is per stream and credit based: a sender may have at most ``window`` unacknowledged
-bytes in flight; the receiver returns credit (CREDIT frames) as its consumer reads. So a slow
-reader can make neither side buffer without bound.
+Flow control is per stream and credit based: a sender may have at most the credit its receiver
+granted in flight; the receiver returns credit (CREDIT frames) as its consumer reads. A stream
+starts with a small credit (the ``window`` its receiver announced in HELLO) and grows, up to the
+receiver's per-stream window, only while its consumer reads and the receiver's budget for buffered
+data has room. So a slow reader can make neither side buffer without bound, per stream or in
+total, and a stream its consumer reads never stalls for want of budget.
+
+Stream ids are not remembered once closed: each side opens ids in increasing order (wrapping
+around after 2^31), so a frame for a closed stream is recognised by its id alone.
 
 Everything here is pure: :class:`ChannelState` takes bytes in and gives events and bytes out, in
 the manner of ``h11``. Every length is bounded and every malformed input raises
@@ -36,9 +42,15 @@ MAX_PAYLOAD = 1 << 20  # one frame carries at most 1 MiB
 MAX_CONTROL_PAYLOAD = MAX_PAYLOAD  # a launch carries CA bundles of up to 128 KiB each
 MAX_STREAM_ID = (1 << 31) - 1
 MAX_STREAMS = 4096  # open streams per side at once
-DEFAULT_WINDOW = 1 << 20  # initial credit per stream, in bytes
+INITIAL_WINDOW = 16 << 10  # the credit every stream starts with (announced in HELLO), in bytes
+DEFAULT_WINDOW = 1 << 20  # the credit a stream may grow to while its consumer reads
 MAX_WINDOW = 64 << 20
+MAX_REFUSED = MAX_STREAMS  # frames for streams that never existed, refused before the peer is cut off
 CONTROL_STREAM = 0
+#: What one side may buffer of received stream data in total (see :func:`buffer_budget`).
+MIN_BUFFER_BUDGET = 2 << 20
+MAX_BUFFER_BUDGET = 32 << 20
+DEFAULT_BUFFER_BUDGET = MAX_BUFFER_BUDGET
 
 Role = Literal["host", "keep"]
 
@@ -69,6 +81,12 @@ class Frame(NamedTuple):
     type: FrameType
     payload: bytes = b""
     flags: int = 0
+
+
+def buffer_budget(memory_limit: int) -> int:
+    """The bytes of received stream data one side of a keep's channel may buffer in total: an
+    eighth of the keep's memory limit, within 2 and 32 MiB (the keep's and the host's side each)."""
+    return max(MIN_BUFFER_BUDGET, min(memory_limit // 8, MAX_BUFFER_BUDGET))
 
 
 def encode_header(stream: int, kind: FrameType, length: int) -> bytes:
@@ -205,30 +223,46 @@ Event = Hello | Control | StreamOpened | Data | StreamEnded | StreamReset | Cred
 
 
 class _Stream:
-    __slots__ = ("local_eof", "recv_window", "remote_eof", "send_window")
+    __slots__ = ("limit", "local_eof", "recv_window", "remote_eof", "send_window", "unacked")
 
     def __init__(self, send_window: int, recv_window: int):
         self.send_window = send_window  # bytes this side may still send
         self.recv_window = recv_window  # bytes the peer may still send
+        # What this side has committed to the stream: the peer's credit, plus what arrived and
+        # the consumer has not taken yet, plus what it took and was not yet granted again.
+        self.limit = recv_window
+        self.unacked = 0  # bytes consumed and not yet granted again
         self.local_eof = False
         self.remote_eof = False
 
 
 class ChannelState:
-    """One side of the channel. Feed it received bytes; collect bytes to send with ``outgoing``."""
+    """One side of the channel. Feed it received bytes; collect bytes to send with ``outgoing``.
 
-    def __init__(self, role: Role, window: int = DEFAULT_WINDOW):
+    ``window`` is the credit a stream may grow to. ``budget`` bounds what all streams together
+    hold (the credit the peer has, plus what arrived and the consumers have not taken): a stream
+    grows beyond its initial credit only while the total is within it. Every open stream keeps its
+    initial credit, so the total is at most ``budget`` plus the initial credit of each open stream.
+    """
+
+    def __init__(self, role: Role, window: int = DEFAULT_WINDOW, budget: int = DEFAULT_BUFFER_BUDGET):
         if not 0 < window <= MAX_WINDOW:
             raise ValueError("window out of range")
         self.role = role
         self.window = window
+        self.initial_window = min(window, INITIAL_WINDOW)
+        self.budget = budget
+        self.committed = 0  # the limits of all open streams
         self._decoder = FrameDecoder()
         self._out: list[bytes | memoryview] = []
         self._streams: dict[int, _Stream] = {}
-        self._next_id = 1 if role == "host" else 2
+        self._first_id = 1 if role == "host" else 2
+        self._next_id = self._first_id
+        self._ids_wrapped = False  # this side's ids went round: any id of its parity may have been used
+        self._peer_highest = 0  # the highest id the peer opened; its ids below are used (or skipped)
+        self._refused = 0  # frames for streams that never existed
         self._hello_sent = False
         self._hello_received = False
-        self._closed_ids: set[int] = set()
         self._peer_window = 0
 
     # ---- sending ----
@@ -248,7 +282,7 @@ class ChannelState:
 
     def send_hello(self, **info: Any) -> None:
         self._hello_sent = True
-        hello = {"protocol": PROTOCOL_VERSION, "role": self.role, "window": self.window, **info}
+        hello = {"protocol": PROTOCOL_VERSION, "role": self.role, "window": self.initial_window, **info}
         self._emit(CONTROL_STREAM, FrameType.HELLO, _dump_json(hello))
 
     @property
@@ -265,12 +299,28 @@ class ChannelState:
         if len(self._streams) >= MAX_STREAMS:
             raise ProtocolError(f"too many open streams (limit {MAX_STREAMS})")
         stream = self._next_id
-        if stream > MAX_STREAM_ID:
-            raise ProtocolError("stream ids exhausted")
-        self._next_id += 2
-        self._streams[stream] = _Stream(send_window=self._peer_window, recv_window=self.window)
+        while stream > MAX_STREAM_ID or stream in self._streams:
+            if stream > MAX_STREAM_ID:
+                # Round again. An id is free once closed here: the peer has then seen its end
+                # (or will, before this OPEN), and a late frame of its old use would have to
+                # trail 2^30 streams behind.
+                stream = self._first_id
+                self._ids_wrapped = True
+            else:
+                stream += 2
+        self._next_id = stream + 2
+        self._add_stream(stream)
         self._emit(stream, FrameType.OPEN, _dump_json({"kind": kind, **meta}))
         return stream
+
+    def _add_stream(self, stream: int) -> None:
+        # Each direction starts with the credit its receiver announced in HELLO.
+        self._streams[stream] = _Stream(send_window=self._peer_window, recv_window=self.initial_window)
+        self.committed += self.initial_window
+
+    def _drop_stream(self, stream: int, state: _Stream) -> None:
+        del self._streams[stream]
+        self.committed -= state.limit
 
     def send_window(self, stream: int) -> int:
         state = self._streams.get(stream)
@@ -303,17 +353,31 @@ class ChannelState:
         self._forget_if_done(stream, state)
 
     def reset_stream(self, stream: int, reason: str = "") -> None:
-        if self._streams.pop(stream, None) is not None:
-            self._closed_ids.add(stream)
+        state = self._streams.get(stream)
+        if state is not None:
+            self._drop_stream(stream, state)
             self._emit(stream, FrameType.RESET, reason.encode()[:1024])
 
-    def grant_credit(self, stream: int, count: int) -> None:
-        """The local consumer has taken ``count`` bytes: let the peer send that many more."""
+    def consumed(self, stream: int, count: int) -> bool:
+        """The local consumer took ``count`` bytes of ``stream``: grant them again, once a quarter
+        of the stream's credit is due (one CREDIT frame per quarter, not per read), with more on
+        top while the stream is below its window and the budget has room. True if a CREDIT
+        frame is now to be sent."""
         state = self._streams.get(stream)
-        if state is None or state.remote_eof or count <= 0:
-            return
-        state.recv_window += count
-        self._emit(stream, FrameType.CREDIT, struct.pack("!I", count))
+        if state is None or state.remote_eof:
+            return False
+        state.unacked += count
+        if state.unacked < state.limit >> 2:
+            return False
+        grant, state.unacked = state.unacked, 0
+        growth = min(state.limit, self.window - state.limit, self.budget - self.committed)
+        if growth > 0:  # a stream that is read grows (doubling), while the budget allows
+            state.limit += growth
+            self.committed += growth
+            grant += growth
+        state.recv_window += grant
+        self._emit(stream, FrameType.CREDIT, struct.pack("!I", grant))
+        return True
 
     # ---- receiving ----
 
@@ -335,13 +399,7 @@ class ChannelState:
             return self._handle_open(frame)
         state = self._streams.get(frame.stream)
         if state is None:
-            # Late frames on a stream we already closed are normal (crossing RESET/EOF); frames
-            # for a stream that never existed get a RESET. Neither ends the channel.
-            if frame.stream not in self._closed_ids and frame.type not in (FrameType.RESET, FrameType.CREDIT):
-                self._closed_ids.add(frame.stream)
-                self._emit(frame.stream, FrameType.RESET, b"unknown stream")
-                return StreamRefused(frame.stream, frame.type)
-            return None
+            return self._refuse(frame)
         if frame.type is FrameType.DATA:
             if state.remote_eof:
                 raise ProtocolError(f"DATA on stream {frame.stream} after EOF")
@@ -359,8 +417,7 @@ class ChannelState:
             self._forget_if_done(frame.stream, state)
             return StreamEnded(frame.stream)
         elif frame.type is FrameType.RESET:
-            del self._streams[frame.stream]
-            self._closed_ids.add(frame.stream)
+            self._drop_stream(frame.stream, state)
             return StreamReset(frame.stream, frame.payload.decode("utf-8", "replace"))
         elif frame.type is FrameType.CREDIT:
             if len(frame.payload) != 4:
@@ -401,24 +458,40 @@ class ChannelState:
         raise ProtocolError(f"{frame.type.name} frame on the control stream")
 
     def _handle_open(self, frame: Frame) -> Event:
-        peer_parity = 0 if self.role == "host" else 1  # the keep opens even ids, the host odd
-        if frame.stream % 2 != peer_parity:
+        if frame.stream % 2 == self._first_id % 2:  # the keep opens even ids, the host odd
             raise ProtocolError(f"peer opened stream {frame.stream} with this side's parity")
-        if frame.stream in self._streams or frame.stream in self._closed_ids:
+        if frame.stream in self._streams:
             raise ProtocolError(f"stream {frame.stream} opened twice")
         if len(self._streams) >= MAX_STREAMS:
             raise ProtocolError(f"too many open streams (limit {MAX_STREAMS})")
         meta = _load_json(frame.payload, "OPEN")
         if not isinstance(meta.get("kind"), str):
             raise ProtocolError(f"OPEN of stream {frame.stream} without a 'kind' string")
-        # Each direction starts with the window its receiver announced in HELLO.
-        self._streams[frame.stream] = _Stream(send_window=self._peer_window, recv_window=self.window)
+        self._peer_highest = max(self._peer_highest, frame.stream)
+        self._add_stream(frame.stream)
         return StreamOpened(frame.stream, meta)
+
+    def _refuse(self, frame: Frame) -> Event | None:
+        """A frame for a stream that is not open. Late frames on a closed stream are normal
+        (crossing RESET/EOF) and dropped; a stream that never existed gets a RESET. Neither ends
+        the channel, but a peer that keeps sending on streams that never existed is cut off."""
+        if frame.type is FrameType.RESET or frame.type is FrameType.CREDIT:
+            return None
+        if frame.stream % 2 == self._first_id % 2:
+            existed = self._ids_wrapped or frame.stream < self._next_id
+        else:
+            existed = frame.stream <= self._peer_highest
+        if existed:
+            return None
+        self._refused += 1
+        if self._refused > MAX_REFUSED:
+            raise ProtocolError(f"the peer sent frames on more than {MAX_REFUSED} streams that never existed")
+        self._emit(frame.stream, FrameType.RESET, b"unknown stream")
+        return StreamRefused(frame.stream, frame.type)
 
     def _forget_if_done(self, stream: int, state: _Stream) -> None:
         if state.local_eof and state.remote_eof:
-            del self._streams[stream]
-            self._closed_ids.add(stream)
+            self._drop_stream(stream, state)
 
 
 def canonical_json(value: dict[str, Any]) -> bytes:
@@ -435,11 +508,10 @@ def _dump_json(value: dict[str, Any]) -> bytes:
 
 
 def _load_json(payload: bytes, what: str) -> dict[str, Any]:
-    if len(payload) > MAX_CONTROL_PAYLOAD:
-        raise ProtocolError(f"{what} payload of {len(payload)} bytes exceeds {MAX_CONTROL_PAYLOAD}")
+    # (No length check here: the decoder bounds every payload by MAX_PAYLOAD, which is MAX_CONTROL_PAYLOAD.)
     try:
         value = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # (a UnicodeDecodeError is a ValueError)
         raise ProtocolError(f"{what} payload is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} payload is not a JSON object")

@@ -51,6 +51,8 @@ READER_GRACE = 0.02
 #: (that would wake it on every request); looking rarely keeps an idle keep idle (1 wake-up a second).
 READER_RECHECK = 1.0
 
+#: Streams the peer opened that may wait for accept_stream at once; more are refused.
+MAX_UNACCEPTED = 256
 #: Called with a claimed stream's id when it gets data, EOF, a reset or credit (0: the channel
 #: closed). Runs on the reader thread, without the endpoint's lock: it may use the endpoint, but
 #: the channel is not read while it runs, so it must not block.
@@ -74,14 +76,13 @@ class Timeout(MotteError):
 
 
 class _Inbox:
-    __slots__ = ("chunks", "eof", "reset", "size", "unacked", "waiters")
+    __slots__ = ("chunks", "eof", "reset", "size", "waiters")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes] = deque()
         self.size = 0
         self.eof = False
         self.reset: str | None = None
-        self.unacked = 0  # bytes consumed but not yet returned to the peer as credit
         self.waiters: threading.Condition | None = None  # threads blocked on this stream alone
 
 
@@ -100,6 +101,8 @@ class ChannelIO:
         self._inboxes: dict[int, _Inbox] = {}
         self._controls: deque[dict[str, Any]] = deque()
         self._opened: deque[tuple[int, dict[str, Any]]] = deque()
+        # The kinds of stream the peer may open for accept_stream (None: every kind, on the keep).
+        self._expected: set[str] | None = None if role == "keep" else set()
         self._routes: dict[str, OpenHandler] = {}
         self._observer: StreamObserver | None = None
         self._claimed: set[int] = set()  # streams whose events go to the observer, not to waiters
@@ -162,8 +165,12 @@ class ChannelIO:
     def _route(self, stream: int, meta: dict[str, Any], handler: OpenHandler) -> None:
         refusal = handler(stream, meta)
         if refusal is not None:
-            self._inboxes.pop(stream, None)
-            self._state.reset_stream(stream, refusal)
+            self._refuse(stream, refusal)
+
+    def _refuse(self, stream: int, reason: str) -> None:
+        """Lock held: reset a stream the peer opened, which nobody here takes."""
+        self._inboxes.pop(stream, None)
+        self._state.reset_stream(stream, reason)
 
     # ---- internals ----
 
@@ -402,11 +409,16 @@ class ChannelIO:
             self._controls.append(event.message)
         elif isinstance(event, StreamOpened):
             self._inboxes[event.stream] = _Inbox()
-            handler = self._routes.get(event.meta["kind"])
-            if handler is None:
-                self._opened.append((event.stream, event.meta))
-            else:
+            kind = event.meta["kind"]
+            handler = self._routes.get(kind)
+            if handler is not None:
                 self._route(event.stream, event.meta, handler)
+            elif self._expected is not None and kind not in self._expected:
+                self._refuse(event.stream, f"no stream of kind {kind[:64]!r} is expected here")
+            elif len(self._opened) >= MAX_UNACCEPTED:
+                self._refuse(event.stream, f"{MAX_UNACCEPTED} opened streams wait to be accepted already")
+            else:
+                self._opened.append((event.stream, event.meta))
         elif isinstance(event, StreamEnded):
             inbox = self._inboxes.get(event.stream)
             if inbox is not None:

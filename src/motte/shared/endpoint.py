@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from motte.shared.channel import buffer_budget
 from motte.shared.channel_io import (
     READER_GRACE,
     ChannelClosed,
@@ -79,6 +80,23 @@ class Endpoint(ChannelIO):
                 return self._opened.popleft()
             self._raise_if_closed()
             raise Timeout("no stream opened") if not ok else ChannelClosed("closed")
+
+    def expect_opens(self, *kinds: str) -> None:
+        """Streams the peer opens with these kinds wait for :meth:`accept_stream`.
+
+        A keep's endpoint takes streams of every kind (the host opens a run's streams before its
+        launch names them); a host's refuses (resets) those of a kind nobody routes or expects,
+        so the keep cannot park streams there for ever.
+        """
+        with self._lock:
+            if self._expected is not None:
+                self._expected.update(kinds)
+
+    def limit_buffers(self, memory_limit: int) -> None:
+        """Buffer at most what a keep with ``memory_limit`` may, of the streams' received data
+        (:func:`~motte.shared.channel.buffer_budget`); the rest waits, for credit, at the sender."""
+        with self._lock:
+            self._state.budget = buffer_budget(memory_limit)
 
     def route_opens(self, kind: str, handler: OpenHandler) -> None:
         """Hand streams the peer opens with ``kind`` to ``handler`` instead of :meth:`accept_stream`.
@@ -201,14 +219,9 @@ class Endpoint(ChannelIO):
                 wanted = 0
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         inbox.size -= len(data)
-        inbox.unacked += len(data)
-        # Return credit in batches: one CREDIT frame per quarter window, not per read (nor per
-        # small message: with many request/response connections that would double the frames).
-        # The sender never starves: it is out of credit only after a whole window, and the
-        # reader returns it after a quarter.
-        if inbox.unacked >= self._state.window // 4:
-            self._state.grant_credit(stream, inbox.unacked)
-            inbox.unacked = 0
+        # Credit goes back in batches (a quarter of the stream's credit at a time), not per read:
+        # with many request/response connections a CREDIT frame per message would double the frames.
+        if self._state.consumed(stream, len(data)):
             self._queue_outgoing()
         return data
 
