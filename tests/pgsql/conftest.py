@@ -23,6 +23,16 @@ import pytest
 SUPERUSER = "motte"
 
 
+@pytest.fixture(scope="session")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The registry replicas' TLS identity (a test CA's), as tests/registry's fixture makes it."""
+    from tests.steward.conftest import steward_tls_identity
+
+    folder = tmp_path_factory.mktemp("pgsql-tls")
+    steward_tls_identity(folder)
+    return folder
+
+
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(found[-1]).parent if found else None
