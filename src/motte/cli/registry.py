@@ -45,7 +45,8 @@ def registry() -> None:
 @click.option("--json", "as_json", is_flag=True, help='Print the ready line as JSON: {"url", "store"}.')
 def serve_command(store_dir: Path, database: str | None, addr: str, port: int, tls_cert: Path | None,
                   tls_key: Path | None, token_file: Path | None, steward_cas: tuple[Path, ...],
-                  allow_unattested_readers: bool, max_blob: str, max_package: str, idle_timeout: float, as_json: bool) -> None:
+                  allow_unattested_readers: bool, max_blob: str, max_package: str, idle_timeout: float,
+                  as_json: bool) -> None:
     """Serve the registry until SIGINT or SIGTERM.
 
     Public repositories are readable by anyone who reaches it; publishing needs the token (when
