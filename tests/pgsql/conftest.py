@@ -1,26 +1,14 @@
-"""A real PostgreSQL server for the tests: Debian's binaries, a cluster made with initdb in a
-temporary directory, listening on a unix socket there only (no TCP), stopped afterwards.
-
-initdb refuses to run as root: then the cluster belongs to ``nobody`` (runuser). The server trusts
-local connections, so the DSN names a user and the socket directory, no password.
-"""
+"""Fixtures for the PostgreSQL tests: a server for the session (tests/pgsql/server.py), a fresh
+database for each test."""
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
-SUPERUSER = "motte"
+from tests.pgsql.server import PostgresDidNotStart, new_database, postgres_bin_dir, postgres_server
 
 
 @pytest.fixture(scope="session")
@@ -33,60 +21,19 @@ def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _bin_dir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _as_owner(argv: list[str], owner: str | None) -> list[str]:
-    return ["runuser", "-u", owner, "--", *argv] if owner else argv
-
-
 @pytest.fixture(scope="session")
 def postgres_socket_dir() -> Iterator[Path]:
-    bin_dir = _bin_dir()
-    if bin_dir is None:
+    if postgres_bin_dir() is None:
         pytest.skip("PostgreSQL is not installed (Debian package postgresql; dev/setup --system installs it)")
-    owner = "nobody" if os.geteuid() == 0 else None
-    top = Path(tempfile.mkdtemp(prefix="motte-pg-"))
-    data, sockets = top / "data", top / "sock"
-    sockets.mkdir()
-    if owner:
-        entry = pwd.getpwnam(owner)
-        for path in (top, sockets):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    os.chmod(top, 0o755)
-    env = {**os.environ, "LC_ALL": "C"}
     try:
-        subprocess.run(_as_owner([str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                                  "--no-sync", "-E", "UTF8"], owner),
-                       check=True, capture_output=True, env=env, cwd="/")
-        options = f"-c listen_addresses='' -c unix_socket_directories='{sockets}' -c max_connections=200"
-        started = subprocess.run(_as_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(top / "server.log"),
-                                            "-o", options, "-w", "-t", "60", "start"], owner),
-                                 capture_output=True, env=env, cwd="/")
-        if started.returncode != 0:
-            log = (top / "server.log").read_text(errors="replace") if (top / "server.log").exists() else ""
-            pytest.fail(f"PostgreSQL did not start: {started.stderr.decode(errors='replace')} {log}")
-        yield sockets
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(_as_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                                     owner), capture_output=True, env=env, cwd="/")
-        shutil.rmtree(top, ignore_errors=True)
+        with postgres_server() as sockets:
+            yield sockets
+    except PostgresDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture
 def postgres_dsn(postgres_socket_dir: Path) -> Callable[[], str]:
     """Makes a new, empty database and returns its DSN."""
 
-    def make() -> str:
-        import psycopg
-
-        name = f"t{uuid.uuid4().hex[:12]}"
-        admin = f"postgresql:///postgres?host={quote(str(postgres_socket_dir), safe='')}&user={SUPERUSER}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}".encode())
-        return f"postgresql:///{name}?host={quote(str(postgres_socket_dir), safe='')}&user={SUPERUSER}"
-
-    return make
+    return lambda: new_database(postgres_socket_dir)
