@@ -133,7 +133,9 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def load(ports: list[int], kind: str, requests: list[bytes], clients: int, seconds: float, warmup: float) -> Result:
+async def load(
+    ports: list[int], kind: str, requests: list[bytes], clients: int, seconds: float, warmup: float
+) -> Result:
     latencies: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()

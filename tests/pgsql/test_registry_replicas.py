@@ -4,14 +4,12 @@ replica each publish goes to, and neither ever serves half a package."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -23,30 +21,11 @@ from motte.tenant.registry.fetch import fetch_package
 from motte.tenant.registry.policy import RegistryPolicy
 from motte.tenant.registry.publish import publish
 from tests.registry.conftest import TOKEN, make_package, padded_wasm, register
+from tests.registry.test_crash import registry_process
 
 
-@contextmanager
-def replica(store: Path, dsn: str, tls_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    token_file = store.parent / "token"
-    if not token_file.exists():
-        token_file.write_text(TOKEN)
-        token_file.chmod(0o600)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "motte", "registry", "serve", "--store", str(store), "--port", "0", "--json",
-         "--tls-cert", str(tls_dir / "server.pem"), "--tls-key", str(tls_dir / "server.key"),
-         "--token-file", str(token_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "MOTTE_REGISTRY_DATABASE": dsn})
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, "the registry replica did not start"
-        yield proc, json.loads(line)["url"].split("://", 1)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        assert proc.stdout is not None
-        proc.stdout.close()
+def replica(store: Path, dsn: str, tls_dir: Path) -> AbstractContextManager[tuple[subprocess.Popen[bytes], str]]:
+    return registry_process(store, tls_dir, dsn)
 
 
 def test_one_tag_two_contents_two_replicas_one_wins(tls_dir: Path, tmp_path: Path,

@@ -132,16 +132,8 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise DatabaseError(f"database {self.path}: {exc}") from exc
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Database]:
-        self.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            with contextlib.suppress(DatabaseError):
-                self.execute("ROLLBACK")
-            raise
-        self.execute("COMMIT")
+    def write(self) -> contextlib.AbstractContextManager[Database]:
+        return _transaction(self, "BEGIN IMMEDIATE")
 
     def close(self) -> None:
         self._conn.close()
@@ -187,19 +179,24 @@ class PostgresDatabase:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Database]:
-        with self._lock:  # the transaction is this connection's: no other thread's statement joins it
-            self.execute("BEGIN")
-            try:
-                self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
-                yield self
-            except BaseException:
-                with contextlib.suppress(DatabaseError):
-                    self.execute("ROLLBACK")
-                raise
-            self.execute("COMMIT")
+        with self._lock, _transaction(self, "BEGIN") as db:  # (no other thread's statement joins it)
+            db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            yield db
 
     def close(self) -> None:
         self._conn.close()
+
+
+@contextlib.contextmanager
+def _transaction(db: Database, begin: str) -> Iterator[Database]:
+    db.execute(begin)
+    try:
+        yield db
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _first_line(exc: BaseException) -> str:
