@@ -1,6 +1,6 @@
 """Steward throughput and latency on loopback, 32 concurrent clients.
 
-    .venv/bin/python bench/bench_steward.py [--seconds 5] [--clients 32] [--workers 0 2]
+    .venv/bin/python bench/bench_steward.py [--seconds 5] [--clients 32] [--workers 0 2] [--no-replicas]
 
 The Steward runs in its own process (the real aiohttp service, audit log on disk, WAL and
 synchronous=FULL, every answer sent after its log entry is committed). The clients run here, on
@@ -10,6 +10,11 @@ keep-alive connections, sending pre-built CSRs so that only the Steward's work i
   snp  CSRs with SNP evidence (P-384 keys, a report signed by a test-only VCEK bound to each key),
        verified against the test-only AMD root the Steward is configured with, measurement pinned
   get  GET / (health), the baseline: the HTTP stack and the clients alone, measured in the same run
+
+Then, in the same run (unless --no-replicas), issuances/s of one Steward on SQLite against two
+replicas (two processes, the clients split between them) sharing one audit log on PostgreSQL (a
+server the bench starts: initdb into a temporary directory, a unix socket), both with the default
+number of workers.
 
 Target: >= 300 issuances/s with p99 < 100 ms for both kinds, on a 2-core machine, with the default
 number of workers (one per CPU); the exit status says whether it was met. With 32 clients in a
@@ -26,6 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,11 +59,11 @@ def server_config(platform: Any) -> Any:
     return StewardConfig.build(CertificateAuthority(key, cert), policy, amd_trust=platform.trust())
 
 
-def run_server(config: Any, workers: int, log_dir: str, conn: Any) -> None:
+def run_server(config: Any, workers: int, log_location: str, conn: Any) -> None:
     from motte.steward.app import StewardService, serve
     from motte.steward.log import AuditLog
 
-    log = AuditLog(Path(log_dir) / "steward.db")
+    log = AuditLog(log_location)
     service = StewardService(config, log, workers=workers)
 
     async def main() -> None:
@@ -126,7 +133,9 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def load(port: int, kind: str, requests: list[bytes], clients: int, seconds: float, warmup: float) -> Result:
+async def load(
+    ports: list[int], kind: str, requests: list[bytes], clients: int, seconds: float, warmup: float
+) -> Result:
     latencies: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()
@@ -136,7 +145,7 @@ async def load(port: int, kind: str, requests: list[bytes], clients: int, second
 
     async def client(i: int) -> None:
         nonlocal errors, counted
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)])
         n = i
         while (now := loop.time()) < until:
             writer.write(requests[n % len(requests)])
@@ -155,29 +164,63 @@ async def load(port: int, kind: str, requests: list[bytes], clients: int, second
     return Result(kind, counted, seconds, latencies, errors)
 
 
-def measure(config: Any, workers: int, args: argparse.Namespace, prepared: dict[str, list[bytes]]) -> dict[str, Result]:
+@contextmanager
+def stewards(config: Any, workers: int, log_locations: list[str]) -> Iterator[list[int]]:
+    """One Steward process per log location; yields their ports, prints their commit counts at the end."""
     ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    with tempfile.TemporaryDirectory(prefix="bench-steward-") as tmp:
-        # Not a daemon: the Steward's own worker pool needs child processes.
-        proc = ctx.Process(target=run_server, args=(config, workers, tmp, child))
-        proc.start()
-        if not parent.poll(120):
-            proc.kill()
-            sys.exit("the Steward did not start")
-        url = parent.recv()
-        port = int(url.rsplit(":", 1)[1].strip("/"))
-        results = {}
-        try:
-            for kind in ("get", "kvm", "snp"):
-                requests = [GET] if kind == "get" else prepared[kind]
-                results[kind] = asyncio.run(load(port, kind, requests, args.clients, args.seconds, args.warmup))
-        finally:
-            parent.send("stop")
-            commits, events = parent.recv() if parent.poll(60) else (0, 0)
-            proc.join(60)
-        print(f"  audit log: {events} events in {commits} commits ({events / max(commits, 1):.1f} per fsync)")
+    running = []
+    try:
+        for location in log_locations:
+            parent, child = ctx.Pipe()
+            # Not a daemon: the Steward's own worker pool needs child processes.
+            proc = ctx.Process(target=run_server, args=(config, workers, location, child))
+            proc.start()
+            running.append((proc, parent))
+            if not parent.poll(120):
+                sys.exit("the Steward did not start")
+        yield [int(parent.recv().rsplit(":", 1)[1].strip("/")) for _, parent in running]
+    finally:
+        commits = events = 0
+        for proc, parent in running:
+            if proc.is_alive():
+                parent.send("stop")
+                done, logged = parent.recv() if parent.poll(60) else (0, 0)
+                commits, events = commits + done, events + logged
+                proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+        print(f"  audit log: {events} events in {commits} commits ({events / max(commits, 1):.1f} per commit)")
+
+
+def measure(config: Any, workers: int, args: argparse.Namespace, prepared: dict[str, list[bytes]]) -> dict[str, Result]:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-steward-") as tmp, \
+            stewards(config, workers, [str(Path(tmp) / "steward.db")]) as ports:
+        for kind in ("get", "kvm", "snp"):
+            requests = [GET] if kind == "get" else prepared[kind]
+            results[kind] = asyncio.run(load(ports, kind, requests, args.clients, args.seconds, args.warmup))
     return results
+
+
+def compare_replicas(config: Any, workers: int, args: argparse.Namespace, prepared: dict[str, list[bytes]]) -> None:
+    """Issuances/s: one Steward on SQLite, then two replicas on one PostgreSQL log, same CSRs."""
+    from tests.pgsql.server import PostgresDidNotStart, new_database, postgres_server
+
+    print(f"replicas (workers={workers} each; kvm and snp issuances)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-steward-") as tmp, postgres_server() as sockets:
+            setups = [("1 on SQLite    ", [str(Path(tmp) / "steward.db")])]
+            dsn = new_database(sockets)
+            setups.append(("2 on PostgreSQL", [dsn, dsn]))
+            for label, locations in setups:
+                with stewards(config, workers, locations) as ports:
+                    for kind in ("kvm", "snp"):
+                        r = asyncio.run(load(ports, kind, prepared[kind], args.clients, args.seconds, args.warmup))
+                        print(f"  {label} {kind}: {r.rate:7.0f} issuances/s   p50 "
+                              f"{statistics.median(r.latencies) * 1000:6.1f} ms   p99 {r.pct(0.99):6.1f} ms"
+                              f"   errors {r.errors}")
+    except PostgresDidNotStart as exc:
+        print(f"  skipped: {exc}")
 
 
 def main() -> None:
@@ -185,6 +228,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per kind")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--no-replicas", action="store_true", help="skip 1 Steward on SQLite vs 2 on PostgreSQL")
     parser.add_argument(
         "--workers", type=int, nargs="+", help="Steward worker processes to compare (0: inline). Default: 0 and auto"
     )
@@ -224,6 +268,8 @@ def main() -> None:
                     else f"   BELOW TARGET ({TARGET_PER_S:.0f}/s, p99 < {TARGET_P99_MS:.0f} ms)"
                 )
             print(line)
+    if not args.no_replicas:
+        compare_replicas(config, default, args, prepared)
     sys.exit(0 if ok else 1)
 
 

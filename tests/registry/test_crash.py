@@ -26,7 +26,8 @@ from tests.registry.conftest import TOKEN, make_package, padded_wasm, register
 
 
 @contextmanager
-def registry_process(store: Path, tls_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def registry_process(store: Path, tls_dir: Path, database: str | None = None
+                     ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     token_file = store.parent / "token"
     if not token_file.exists():
         token_file.write_text(TOKEN)
@@ -35,7 +36,8 @@ def registry_process(store: Path, tls_dir: Path) -> Iterator[tuple[subprocess.Po
         [sys.executable, "-m", "motte", "registry", "serve", "--store", str(store), "--port", "0", "--json",
          "--tls-cert", str(tls_dir / "server.pem"), "--tls-key", str(tls_dir / "server.key"),
          "--token-file", str(token_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env={**os.environ, **({"MOTTE_REGISTRY_DATABASE": database} if database else {})})
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

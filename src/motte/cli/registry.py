@@ -22,6 +22,10 @@ def registry() -> None:
 @registry.command("serve")
 @click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The store's folder (created if missing): blobs and registry.db.")
+@click.option("--database", metavar="URL", envvar="MOTTE_REGISTRY_DATABASE",
+              help="Where the store's metadata lives: sqlite:///PATH (default: STORE/registry.db), or "
+              "postgresql://... for replicas that share it and the --store folder (keep a password out of the "
+              "command line: $MOTTE_REGISTRY_DATABASE).")
 @click.option("--addr", default="127.0.0.1", show_default=True,
               help="Address to listen on; any but loopback needs TLS and --token-file.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
@@ -39,9 +43,10 @@ def registry() -> None:
 @click.option("--idle-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a client may send nothing mid-request before it is cut off (408).")
 @click.option("--json", "as_json", is_flag=True, help='Print the ready line as JSON: {"url", "store"}.')
-def serve_command(store_dir: Path, addr: str, port: int, tls_cert: Path | None, tls_key: Path | None,
-                  token_file: Path | None, steward_cas: tuple[Path, ...], allow_unattested_readers: bool,
-                  max_blob: str, max_package: str, idle_timeout: float, as_json: bool) -> None:
+def serve_command(store_dir: Path, database: str | None, addr: str, port: int, tls_cert: Path | None,
+                  tls_key: Path | None, token_file: Path | None, steward_cas: tuple[Path, ...],
+                  allow_unattested_readers: bool, max_blob: str, max_package: str, idle_timeout: float,
+                  as_json: bool) -> None:
     """Serve the registry until SIGINT or SIGTERM.
 
     Public repositories are readable by anyone who reaches it; publishing needs the token (when
@@ -56,6 +61,7 @@ def serve_command(store_dir: Path, addr: str, port: int, tls_cert: Path | None, 
     from motte.registry.app import Access, Registry
     from motte.registry.server import check_exposure, registry_tls, serve
     from motte.registry.store import Store, StoreLimits
+    from motte.shared.database import parse_database_url
     from motte.shared.errors import MotteError
 
     if (tls_cert is None) != (tls_key is None):
@@ -68,7 +74,8 @@ def serve_command(store_dir: Path, addr: str, port: int, tls_cert: Path | None, 
     context = registry_tls(tls_cert, tls_key, steward_cas) if tls_cert and tls_key else None
     limits = StoreLimits(max_blob=parse_size(max_blob), max_package=parse_size(max_package))
     access = Access(token, bool(steward_cas), allow_unattested_readers)
-    service = Registry(Store(store_dir, limits), access, idle_timeout=idle_timeout)
+    store = Store(store_dir, limits, None if database is None else parse_database_url(database))
+    service = Registry(store, access, idle_timeout=idle_timeout)
 
     def ready(url: str) -> None:
         if as_json:
@@ -76,7 +83,7 @@ def serve_command(store_dir: Path, addr: str, port: int, tls_cert: Path | None, 
         else:
             extra = "; token required to publish" if token else ""
             extra += f"; private repositories readable with {len(steward_cas)} Steward CA(s)" if steward_cas else ""
-            click.echo(f"motte registry: listening on {url} (store {store_dir}{extra})")
+            click.echo(f"motte registry: listening on {url} (store {store_dir}, database {store.database}{extra})")
         sys.stdout.flush()
 
     asyncio.run(serve(service, host=addr, port=port, ssl_context=context, on_ready=ready))

@@ -65,9 +65,12 @@ def _private_directory(directory: Path) -> None:
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="... and this key.")
 @click.option(
     "--log",
-    "log_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The audit log (SQLite). Default: $XDG_STATE_HOME/motte/steward/steward.db; --dev: its state dir.",
+    "log_location",
+    metavar="PATH|URL",
+    envvar="MOTTE_STEWARD_LOG",
+    help="The audit log: a SQLite file (a path or sqlite:///PATH), or postgresql://... shared by replicas "
+    "(keep a password out of the command line: $MOTTE_STEWARD_LOG). "
+    "Default: $XDG_STATE_HOME/motte/steward/steward.db; --dev: its state dir.",
 )
 @click.option(
     "--workers",
@@ -98,7 +101,7 @@ def serve_command(
     port: int,
     tls_cert: Path | None,
     tls_key: Path | None,
-    log_path: Path | None,
+    log_location: str | None,
     workers: int | None,
     max_body: int,
     request_timeout: float,
@@ -108,6 +111,7 @@ def serve_command(
     """Serve the Steward protocol: POST / a CSR with evidence, get [CA, certificate] back."""
     import asyncio
 
+    from motte.shared.database import DatabaseUrl, parse_database_url
     from motte.steward import app as steward_app
     from motte.steward.issuer import CertificateAuthority
     from motte.steward.log import AuditLog
@@ -116,6 +120,7 @@ def serve_command(
     now = datetime.now(UTC)
     if (tls_cert is None) != (tls_key is None):
         raise MotteError("give both --tls-cert and --tls-key, or neither")
+    location = None if log_location is None else parse_database_url(log_location)
     if dev:
         from motte.steward.devca import BANNER, dev_state_dir, ensure_dev_ca
 
@@ -127,7 +132,7 @@ def serve_command(
         _private_directory(directory)  # it holds the CA key and the log
         ca, _, cert_path, created = ensure_dev_ca(directory, now=now)
         rules = load_steward_policy(DEV_POLICY, source="built-in development policy")
-        log_path = log_path or directory / "steward.db"
+        location = location or DatabaseUrl("sqlite", path=directory / "steward.db")
         click.echo(BANNER.format(dir=directory), err=True)
         click.echo(f"motte steward: {'created' if created else 'using'} development CA {cert_path}", err=True)
     else:
@@ -135,9 +140,9 @@ def serve_command(
             raise MotteError("--ca-key, --ca-cert and --policy are required", hint="or --dev for a development Steward")
         ca = CertificateAuthority.load(ca_key, ca_cert)
         rules = read_steward_policy(policy)
-        if log_path is None:
-            log_path = _default_log()
-            _private_directory(log_path.parent)
+        if location is None:
+            location = DatabaseUrl("sqlite", path=_default_log())
+            _private_directory(_default_log().parent)
     ssl_context = None
     if tls_cert and tls_key:  # OpenSSL reads them by path: check first they are small regular files
         check_user_file(tls_cert, what="TLS certificate file", limit=MAX_PEM_FILE)
@@ -147,9 +152,9 @@ def serve_command(
         click.echo(
             "motte steward: warning: the policy allows UNATTESTED keeps; their certificates prove nothing", err=True
         )
-    if log_path.exists():
-        check_user_file(log_path, what="audit log", limit=MAX_LOG_SIZE)
-    log = AuditLog(log_path)
+    if location.path is not None and location.path.exists():
+        check_user_file(location.path, what="audit log", limit=MAX_LOG_SIZE)
+    log = AuditLog(location)
     try:
         service = steward_app.StewardService(
             steward_app.StewardConfig.build(ca, rules),
@@ -161,7 +166,7 @@ def serve_command(
         )
 
         def ready(url: str) -> None:
-            click.echo(f"motte steward: listening on {url} (log {log_path}, CA {ca.cert.subject.rfc4514_string()})")
+            click.echo(f"motte steward: listening on {url} (log {location}, CA {ca.cert.subject.rfc4514_string()})")
             sys.stdout.flush()
 
         asyncio.run(steward_app.serve(service, host=addr, port=port, ssl_context=ssl_context, on_ready=ready))
@@ -197,18 +202,21 @@ def new_ca_command(out_dir: Path, name: str, days: int) -> None:
 
 
 @steward.command("log")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), help="The audit log (SQLite).")
+@click.option("--log", "log_location", metavar="PATH|URL", envvar="MOTTE_STEWARD_LOG",
+              help="The audit log: a SQLite file (a path or sqlite:///PATH) or postgresql://...")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000), help="Most recent N.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def log_command(log_path: Path | None, limit: int, as_json: bool) -> None:
+def log_command(log_location: str | None, limit: int, as_json: bool) -> None:
     """Show the most recent issuances and refusals."""
+    from motte.shared.database import DatabaseUrl, parse_database_url
     from motte.steward.log import read_events
 
-    path = log_path or _default_log()
-    if not path.exists():
-        raise MotteError(f"no audit log at {path}", hint="pass --log")
-    check_user_file(path, what="audit log", limit=MAX_LOG_SIZE)
-    for event in read_events(path, limit=limit):
+    location = DatabaseUrl("sqlite", path=_default_log()) if log_location is None else parse_database_url(log_location)
+    if location.path is not None:
+        if not location.path.exists():
+            raise MotteError(f"no audit log at {location.path}", hint="pass --log")
+        check_user_file(location.path, what="audit log", limit=MAX_LOG_SIZE)
+    for event in read_events(location, limit=limit):
         event.pop("certificate", None)
         if as_json:
             click.echo(json.dumps(event, sort_keys=True))  # (ASCII only: every control character escaped)

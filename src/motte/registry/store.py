@@ -1,10 +1,11 @@
-"""The registry's store on disk: content-addressed blobs, and what names them in SQLite.
+"""The registry's store on disk: content-addressed blobs, and what names them in SQLite (or PostgreSQL).
 
     STORE/
-      lock                       held (flock) by the one server using the store
-      registry.db                SQLite (WAL, synchronous=FULL): users, repos, tags, expected, nodes
+      lock                       held (flock) by the one server using the store (shared by replicas)
+      registry.db                SQLite (WAL, synchronous=FULL): users, repos, tags, expected, nodes;
+                                 or those tables in a PostgreSQL database replicas share
       blobs/sha256/ab/abcd…      every node's bytes, named by their SHA-256, written once
-      tmp/                       uploads in progress (emptied at start)
+      tmp/                       uploads in progress (emptied at start; a folder per replica)
 
 Publishing follows Drawbridge's order: the tag entry first, then the tree's nodes, root first.
 The tag stays *pending*, invisible to every reader, until the last node of its tree has arrived;
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
-import sqlite3
+import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -39,20 +40,27 @@ from motte.registry.formats import (
     semver_key,
 )
 from motte.shared.control import MAX_WASM_SIZE
+from motte.shared.database import Database, DatabaseError, DatabaseUrl, open_database
 from motte.shared.errors import MotteError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, body BLOB NOT NULL, digest TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS repos (user TEXT NOT NULL, repo TEXT NOT NULL, body BLOB NOT NULL, digest TEXT NOT NULL,
-    public INTEGER NOT NULL, PRIMARY KEY (user, repo));
-CREATE TABLE IF NOT EXISTS tags (user TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, body BLOB NOT NULL,
-    type TEXT NOT NULL, digest TEXT NOT NULL, root BLOB NOT NULL, published INTEGER NOT NULL, missing INTEGER NOT NULL,
-    expected INTEGER NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY (user, repo, tag));
-CREATE TABLE IF NOT EXISTS expected (user TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, path TEXT NOT NULL,
-    meta BLOB NOT NULL, PRIMARY KEY (user, repo, tag, path));
-CREATE TABLE IF NOT EXISTS nodes (user TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, path TEXT NOT NULL,
-    meta BLOB NOT NULL, blob TEXT NOT NULL, PRIMARY KEY (user, repo, tag, path));
+# "user" is quoted: PostgreSQL reserves the word. The engines differ only in two type names.
+TABLES = """
+CREATE TABLE IF NOT EXISTS users ("user" TEXT PRIMARY KEY, body {bytes} NOT NULL, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS repos ("user" TEXT NOT NULL, repo TEXT NOT NULL, body {bytes} NOT NULL,
+    digest TEXT NOT NULL, public INTEGER NOT NULL, PRIMARY KEY ("user", repo));
+CREATE TABLE IF NOT EXISTS tags ("user" TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, body {bytes} NOT NULL,
+    type TEXT NOT NULL, digest TEXT NOT NULL, root {bytes} NOT NULL, published INTEGER NOT NULL,
+    missing INTEGER NOT NULL, expected INTEGER NOT NULL, bytes INTEGER NOT NULL, created {real} NOT NULL,
+    PRIMARY KEY ("user", repo, tag));
+CREATE TABLE IF NOT EXISTS expected ("user" TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, path TEXT NOT NULL,
+    meta {bytes} NOT NULL, PRIMARY KEY ("user", repo, tag, path));
+CREATE TABLE IF NOT EXISTS nodes ("user" TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, path TEXT NOT NULL,
+    meta {bytes} NOT NULL, blob TEXT NOT NULL, PRIMARY KEY ("user", repo, tag, path))
 """
+SCHEMA = {
+    "sqlite": TABLES.format(bytes="BLOB", real="REAL").split(";"),
+    "postgresql": TABLES.format(bytes="BYTEA", real="DOUBLE PRECISION").split(";"),
+}
 
 
 @dataclass(frozen=True)
@@ -83,14 +91,31 @@ def path_text(path: TreePath) -> str:
     return "/".join(path)
 
 
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return math.inf  # (gone already)
+
+
 class Store:
-    def __init__(self, root: Path, limits: StoreLimits | None = None) -> None:
+    """The blobs live under ``root``; the rows in ``database`` (default: ``root/registry.db``).
+
+    On SQLite one server owns the store (an exclusive lock). On PostgreSQL replicas share it, and
+    ``root`` too (a volume every replica mounts): each holds the lock shared, uploads into a
+    ``tmp/`` folder of its own, and at start removes only what was left long enough ago
+    (``pending_ttl``) that no live replica can still be about to name it.
+    """
+
+    def __init__(self, root: Path, limits: StoreLimits | None = None, database: DatabaseUrl | None = None) -> None:
         self.root = root
         self.limits = limits or StoreLimits()
+        self.database = database or DatabaseUrl("sqlite", path=root / "registry.db")
+        self.shared = self.database.engine == "postgresql"
         self.blobs = root / "blobs" / "sha256"
-        self.tmp = root / "tmp"
+        self.tmp = root / "tmp" / uuid.uuid4().hex if self.shared else root / "tmp"
         self._lock: IO[bytes] | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
 
     # --- opening and closing ---
     def open(self) -> None:
@@ -101,15 +126,20 @@ class Store:
         except OSError as exc:
             raise MotteError(f"cannot use the store {self.root}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock.fileno(), (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise MotteError(f"the store {self.root} is in use by another registry server") from None
+            raise MotteError(f"the store {self.root} is in use by another registry server",
+                             hint="replicas share a store only with a postgresql:// database") from None
         self._lock = lock
-        db = sqlite3.connect(self.root / "registry.db", isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
+        try:
+            db = open_database(self.database)
+            with db.write():
+                for statement in SCHEMA[db.engine]:
+                    db.execute(statement)
+        except DatabaseError:
+            self.close()
+            raise
         self._db = db
         self._collect_garbage()
 
@@ -122,35 +152,32 @@ class Store:
             self._lock = None
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> Database:
         assert self._db is not None, "the store is not open"
         return self._db
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[Database]:
+        return self.db.write()
 
     def _collect_garbage(self) -> None:
         """Uploads a crash interrupted, and blobs no row names (their row was never committed)."""
-        for stale in self.tmp.iterdir():
-            stale.unlink(missing_ok=True)
-        named = {row[0] for row in self.db.execute("SELECT DISTINCT blob FROM nodes")}
+        cutoff = time.time() - self.limits.pending_ttl if self.shared else math.inf
+        for stale in self.tmp.parent.iterdir() if self.shared else self.tmp.iterdir():
+            if stale != self.tmp and _modified(stale) < cutoff:
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        named = {row[0] for row in self.db.execute("SELECT DISTINCT blob FROM nodes").fetchall()}
         for blob in self.blobs.glob("*/*"):
-            if blob.name not in named:
+            if blob.name not in named and _modified(blob) < cutoff:
                 blob.unlink(missing_ok=True)
 
     # --- users and repositories ---
     def put_user(self, user: str, doc: Stored) -> bool:
         """Store a user record; False if the very same one exists; 409 if another does."""
         with self._transaction() as db:
-            row = db.execute("SELECT body FROM users WHERE user = ?", (user,)).fetchone()
+            row = db.execute('SELECT body FROM users WHERE "user" = ?', (user,)).fetchone()
             if row is not None:
                 if bytes(row[0]) != doc.body:
                     raise ApiError(409, "user_exists", f"user {user} exists already")
@@ -159,14 +186,14 @@ class Store:
         return True
 
     def get_user(self, user: str) -> Stored | None:
-        row = self.db.execute("SELECT body, digest FROM users WHERE user = ?", (user,)).fetchone()
+        row = self.db.execute('SELECT body, digest FROM users WHERE "user" = ?', (user,)).fetchone()
         return None if row is None else Stored(bytes(row[0]), "application/json", row[1])
 
     def put_repo(self, user: str, repo: str, doc: Stored, public: bool) -> bool:
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is None:
+            if db.execute('SELECT 1 FROM users WHERE "user" = ?', (user,)).fetchone() is None:
                 raise ApiError(404, "no_such_user", f"no user {user}: register it first (motte user register)")
-            row = db.execute("SELECT body FROM repos WHERE user = ? AND repo = ?", (user, repo)).fetchone()
+            row = db.execute('SELECT body FROM repos WHERE "user" = ? AND repo = ?', (user, repo)).fetchone()
             if row is not None:
                 if bytes(row[0]) != doc.body:
                     raise ApiError(409, "repo_exists", f"repository {user}/{repo} exists already, configured otherwise")
@@ -175,12 +202,13 @@ class Store:
         return True
 
     def get_repo(self, user: str, repo: str) -> tuple[Stored, bool] | None:
-        row = self.db.execute("SELECT body, digest, public FROM repos WHERE user = ? AND repo = ?",
+        row = self.db.execute('SELECT body, digest, public FROM repos WHERE "user" = ? AND repo = ?',
                               (user, repo)).fetchone()
         return None if row is None else (Stored(bytes(row[0]), "application/json", row[1]), bool(row[2]))
 
     def tags(self, user: str, repo: str) -> list[str]:
-        rows = self.db.execute("SELECT tag FROM tags WHERE user = ? AND repo = ? AND published = 1", (user, repo))
+        rows = self.db.execute('SELECT tag FROM tags WHERE "user" = ? AND repo = ? AND published = 1',
+                               (user, repo)).fetchall()
         return sorted((row[0] for row in rows), key=semver_key)
 
     # --- tags ---
@@ -191,10 +219,10 @@ class Store:
         now = time.time()
         key = (user, repo, tag)
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM repos WHERE user = ? AND repo = ?", (user, repo)).fetchone() is None:
+            if db.execute('SELECT 1 FROM repos WHERE "user" = ? AND repo = ?', (user, repo)).fetchone() is None:
                 raise ApiError(404, "no_such_repo",
                                f"no repository {user}/{repo}: register it first (motte repo register)")
-            row = db.execute("SELECT root, published, created FROM tags WHERE user = ? AND repo = ? AND tag = ?",
+            row = db.execute('SELECT root, published, created FROM tags WHERE "user" = ? AND repo = ? AND tag = ?',
                              key).fetchone()
             if row is not None:
                 if bytes(row[0]) == root.json_bytes():
@@ -206,7 +234,7 @@ class Store:
                     raise ApiError(409, "tag_pending", f"tag {user}/{repo}:{tag} is being published with other "
                                    "content; try again later")
                 for table in ("tags", "expected", "nodes"):  # an abandoned publish: start afresh
-                    db.execute(f"DELETE FROM {table} WHERE user = ? AND repo = ? AND tag = ?", key)
+                    db.execute(f'DELETE FROM {table} WHERE "user" = ? AND repo = ? AND tag = ?', key)
             self._check_length(root.meta)
             db.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1, 1, ?, ?)",
                        (*key, doc.body, doc.type, doc.digest, root.json_bytes(), root.meta.length, now))
@@ -214,7 +242,7 @@ class Store:
         return True
 
     def get_tag(self, user: str, repo: str, tag: str) -> Stored | None:
-        row = self.db.execute("SELECT body, type, digest FROM tags WHERE user = ? AND repo = ? AND tag = ? "
+        row = self.db.execute('SELECT body, type, digest FROM tags WHERE "user" = ? AND repo = ? AND tag = ? '
                               "AND published = 1", (user, repo, tag)).fetchone()
         return None if row is None else Stored(bytes(row[0]), row[1], row[2])
 
@@ -222,14 +250,14 @@ class Store:
     def expected_node(self, user: str, repo: str, tag: str, path: TreePath) -> tuple[Meta, bool]:
         """What the node at ``path`` must be, and whether it is stored already."""
         key = (user, repo, tag, path_text(path))
-        row = self.db.execute("SELECT meta FROM expected WHERE user = ? AND repo = ? AND tag = ? AND path = ?",
+        row = self.db.execute('SELECT meta FROM expected WHERE "user" = ? AND repo = ? AND tag = ? AND path = ?',
                               key).fetchone()
         if row is None:
-            if self.db.execute("SELECT 1 FROM tags WHERE user = ? AND repo = ? AND tag = ?", key[:3]).fetchone():
+            if self.db.execute('SELECT 1 FROM tags WHERE "user" = ? AND repo = ? AND tag = ?', key[:3]).fetchone():
                 raise ApiError(404, "not_in_tree", f"the tree of {user}/{repo}:{tag} has no node /{key[3]} "
                                "(its parent directory must be uploaded first, and name it)")
             raise ApiError(404, "no_such_tag", f"no tag {user}/{repo}:{tag}: put the tag entry first")
-        stored = self.db.execute("SELECT 1 FROM nodes WHERE user = ? AND repo = ? AND tag = ? AND path = ?",
+        stored = self.db.execute('SELECT 1 FROM nodes WHERE "user" = ? AND repo = ? AND tag = ? AND path = ?',
                                  key).fetchone()
         return Meta.from_json(load_json(bytes(row[0]), "stored meta")), stored is not None
 
@@ -238,11 +266,12 @@ class Store:
         key = (user, repo, tag)
         children = self._children(path, meta, blob)
         with self._transaction() as db:
-            row = db.execute("SELECT missing, expected, bytes FROM tags WHERE user = ? AND repo = ? AND tag = ?",
+            row = db.execute('SELECT missing, expected, bytes FROM tags WHERE "user" = ? AND repo = ? AND tag = ?',
                              key).fetchone()
             if row is None:  # (replaced while this node was uploading)
                 raise ApiError(409, "tag_pending", f"tag {user}/{repo}:{tag} was restarted by another publisher")
-            inserted: int = db.execute("INSERT OR IGNORE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
+            inserted: int = db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) "
+                                  "ON CONFLICT DO NOTHING",
                                   (*key, path_text(path), meta.json_bytes(), blob)).rowcount
             if not inserted:
                 return False
@@ -261,7 +290,7 @@ class Store:
                            (*key, path_text((*path, name)), entry.meta.json_bytes()))
                 missing += 1
             db.execute("UPDATE tags SET missing = ?, expected = ?, bytes = ?, published = ? "
-                       "WHERE user = ? AND repo = ? AND tag = ?", (missing, expected, total, int(missing == 0), *key))
+                       'WHERE "user" = ? AND repo = ? AND tag = ?', (missing, expected, total, int(missing == 0), *key))
         return missing == 0
 
     def _children(self, path: TreePath, meta: Meta, blob: str) -> dict[str, Entry]:
@@ -280,8 +309,9 @@ class Store:
 
     def get_node(self, user: str, repo: str, tag: str, path: TreePath) -> Node | None:
         row = self.db.execute(
-            "SELECT n.meta, n.blob FROM nodes n JOIN tags t USING (user, repo, tag) WHERE n.user = ? AND n.repo = ? "
-            "AND n.tag = ? AND n.path = ? AND t.published = 1", (user, repo, tag, path_text(path))).fetchone()
+            'SELECT n.meta, n.blob FROM nodes n JOIN tags t USING ("user", repo, tag) '
+            'WHERE n."user" = ? AND n.repo = ? AND n.tag = ? AND n.path = ? AND t.published = 1',
+            (user, repo, tag, path_text(path))).fetchone()
         if row is None:
             return None
         return Node(Meta.from_json(load_json(bytes(row[0]), "stored meta")), self.blob_path(row[1]))

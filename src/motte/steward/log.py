@@ -1,7 +1,8 @@
 """The Steward's audit log: every issuance and every refusal, durable before the answer leaves.
 
-SQLite in WAL mode with ``synchronous=FULL``: a transaction that has committed survives a crash or
-a ``kill -9`` of the Steward and a power cut of the machine. The service appends an event and waits
+SQLite in WAL mode with ``synchronous=FULL`` (one Steward), or PostgreSQL with synchronous commit
+(replicas sharing one log): a transaction that has committed survives a crash or a ``kill -9`` of
+the Steward and a power cut of the machine. The service appends an event and waits
 for its commit before it sends the response, so no client ever holds a certificate the log does
 not know about.
 
@@ -17,19 +18,28 @@ import contextlib
 import json
 import os
 import queue
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from motte.shared.database import (
+    Database,
+    DatabaseError,
+    DatabaseUrl,
+    as_database_url,
+    open_database,
+)
 from motte.shared.errors import MotteError
 
+Location = Path | str | DatabaseUrl
+
 SCHEMA_VERSION = 2
-SCHEMA = """
+# One table either way; the engines differ only in how a row gets its id and how bytes are stored.
+EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS events (
-    id              INTEGER PRIMARY KEY,
+    id              {id},
     at              TEXT    NOT NULL,   -- ISO 8601, UTC: when the Steward decided
     verdict         TEXT    NOT NULL CHECK (verdict IN ('issued', 'refused')),
     status          INTEGER NOT NULL,   -- the HTTP status sent
@@ -42,13 +52,19 @@ CREATE TABLE IF NOT EXISTS events (
     serial          TEXT UNIQUE,        -- hex, issued certificates only
     not_after       TEXT,
     claims          TEXT,               -- JSON: what the evidence said (verified or not)
-    certificate     BLOB,               -- DER, issued certificates only
+    certificate     {bytes},            -- DER, issued certificates only
     peer            TEXT,
     workload_sha256 TEXT,               -- the digests the CSR's binding extensions carried (hex)
     launch_sha256   TEXT
-);
-CREATE INDEX IF NOT EXISTS events_evidence ON events (evidence_sha256);
-"""
+)"""
+SCHEMA = {
+    "sqlite": (EVENTS_TABLE.format(id="INTEGER PRIMARY KEY", bytes="BLOB"),
+               "CREATE INDEX IF NOT EXISTS events_evidence ON events (evidence_sha256)"),
+    # Replicas append concurrently: the id orders events by commit well enough for an audit trail.
+    "postgresql": (EVENTS_TABLE.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", bytes="BYTEA"),
+                   "CREATE INDEX IF NOT EXISTS events_evidence ON events (evidence_sha256)",
+                   "CREATE TABLE IF NOT EXISTS steward_schema (version INTEGER NOT NULL)"),
+}
 # What each schema version adds to the one before (a Steward upgraded in place opens an old log).
 MIGRATIONS = {
     2: ("ALTER TABLE events ADD COLUMN workload_sha256 TEXT", "ALTER TABLE events ADD COLUMN launch_sha256 TEXT"),
@@ -122,39 +138,52 @@ def make_private(path: Path) -> None:
         raise LogError(f"cannot create the audit log {path}: {exc.strerror or exc}") from exc
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    make_private(path)
+def connect(location: Location) -> Database:
+    """Open the log for writing, creating its table (or bringing an older one up to date)."""
+    url = as_database_url(location)
+    if url.path is not None:
+        make_private(url.path)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise LogError(f"audit log {path}: cannot use WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise LogError(f"audit log {path} has schema version {version}; this Steward writes {SCHEMA_VERSION}")
-        if version == 0:  # a new log
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version < SCHEMA_VERSION:
-            _migrate(conn, version)
-    except sqlite3.Error as exc:
-        raise LogError(f"cannot open the audit log {path}: {exc}") from exc
-    return conn
+        db = open_database(url)
+    except DatabaseError as exc:
+        raise LogError(f"cannot open the audit log {url}: {exc.message}") from exc
+    try:
+        with db.write():
+            version = _schema_version(db)
+            if version > SCHEMA_VERSION:
+                raise LogError(f"audit log {url} has schema version {version}; this Steward writes {SCHEMA_VERSION}")
+            if version == 0:  # a new log
+                for statement in SCHEMA[db.engine]:
+                    db.execute(statement)
+                _set_schema_version(db)
+            elif version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        db.execute(statement)
+                _set_schema_version(db)
+    except (DatabaseError, LogError) as exc:
+        db.close()
+        if isinstance(exc, LogError):
+            raise
+        raise LogError(f"cannot open the audit log {url}: {exc.message}") from exc
+    return db
 
 
-def _migrate(conn: sqlite3.Connection, version: int) -> None:
-    """Bring a log of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[step]:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        conn.execute("ROLLBACK")
-        raise
+def _schema_version(db: Database) -> int:
+    if db.engine == "sqlite":
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    if db.execute("SELECT to_regclass('steward_schema')").fetchone()[0] is None:
+        return 0
+    row = db.execute("SELECT version FROM steward_schema").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _set_schema_version(db: Database) -> None:
+    if db.engine == "sqlite":
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    else:
+        db.execute("DELETE FROM steward_schema")
+        db.execute("INSERT INTO steward_schema VALUES (?)", (SCHEMA_VERSION,))
 
 
 class _SyncWaiter:
@@ -169,9 +198,9 @@ _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"] | _SyncWaiter
 class AuditLog:
     """Append-only event log with a group-committing writer thread."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = connect(path)
+    def __init__(self, location: Location) -> None:
+        self.location = as_database_url(location)
+        self._conn = connect(self.location)
         self._queue: queue.SimpleQueue[tuple[Event, _Waiter] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="steward-log", daemon=True)
         self._closed = False
@@ -224,17 +253,12 @@ class AuditLog:
                 batch.append(item)
             error: LogError | None = None
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(INSERT, [event.row() for event, _ in batch])
-                self._conn.execute("COMMIT")
+                with self._conn.write() as db:
+                    db.executemany(INSERT, [event.row() for event, _ in batch])
                 self.commits += 1
                 self.events += len(batch)
-            except sqlite3.Error as exc:
-                error = LogError(f"audit log write failed: {exc}")
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            except DatabaseError as exc:
+                error = LogError(f"audit log write failed: {exc.message}")
             self._release([waiter for _, waiter in batch], error)
             if stop:
                 return
@@ -265,26 +289,32 @@ def _settle(futures: list[asyncio.Future[None]], error: LogError | None) -> None
                 future.set_exception(error)
 
 
-def read_events(path: Path, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def read_events(location: Location, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Events in order (the most recent ``limit`` when given), read-only; for tests and the CLI."""
+    url = as_database_url(location)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise LogError(f"cannot open the audit log {path}: {exc}") from exc
+        db = open_database(url, read_only=True)
+    except DatabaseError as exc:
+        raise LogError(f"cannot open the audit log {url}: {exc.message}") from exc
     try:
-        conn.row_factory = sqlite3.Row
-        present = {row[1] for row in conn.execute("PRAGMA table_info(events)")}  # an older log lacks some
+        if db.engine == "sqlite":  # an older log lacks some columns
+            present = {row[1] for row in db.execute("PRAGMA table_info(events)").fetchall()}
+        else:
+            present = set(COLUMNS)
         sql = "SELECT id, " + ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS) + " FROM events"
         if limit is not None:
-            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)}) ORDER BY id"
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)}) AS recent ORDER BY id"
         else:
             sql += " ORDER BY id"
-        for row in conn.execute(sql):
-            item = dict(row)
+        names = ("id", *COLUMNS)
+        for row in db.execute(sql).fetchall():
+            item = dict(zip(names, row, strict=True))
             if item["claims"] is not None:
                 item["claims"] = json.loads(item["claims"])
+            if item["certificate"] is not None:
+                item["certificate"] = bytes(item["certificate"])
             yield item
-    except sqlite3.Error as exc:
-        raise LogError(f"cannot read the audit log {path}: {exc}") from exc
+    except DatabaseError as exc:
+        raise LogError(f"cannot read the audit log {url}: {exc.message}") from exc
     finally:
-        conn.close()
+        db.close()
