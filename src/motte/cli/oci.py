@@ -202,8 +202,8 @@ def parse_signal(name: str) -> int:
         return int(name)
     upper = name.upper()
     try:
-        return int(signal.Signals(upper if upper.startswith("SIG") else f"SIG{upper}"))
-    except ValueError:
+        return int(signal.Signals[upper if upper.startswith("SIG") else f"SIG{upper}"])
+    except KeyError:
         raise MotteError(f"unknown signal {name!r}", hint="give a name (SIGTERM) or a number (15)") from None
 
 
