@@ -4,6 +4,7 @@ driving ``motte-oci`` (images built here from the test workloads, imported with 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.oci.image import write_image
 from tests.workloads import workload
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+BUSYBOX = "/bin/busybox"
 NIL = ("--annotation", "motte.backend=nil")  # the strongest backend boots a VM: slow under emulation
 
 
@@ -28,6 +30,10 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]
                         [f"/{name}.wasm"], env=("IMAGE_ENV=from-image",))
             imported = daemon.ctr("image", "import", str(image))
             assert imported.returncode == 0, imported.stderr.decode()
+        if Path(BUSYBOX).exists():
+            write_image(daemon.base / "native.tar", "docker.io/motte/native:1",
+                        {"bin/busybox": Path(BUSYBOX).read_bytes()}, ["/bin/busybox", "echo", "native"])
+            assert daemon.ctr("image", "import", str(daemon.base / "native.tar")).returncode == 0
         yield daemon
     finally:
         daemon.stop()
@@ -95,4 +101,13 @@ def test_kill_stops_a_running_keep_and_delete_leaves_nothing(containerd: Contain
     assert deleted.returncode == 0, deleted.stderr.decode()
     assert containerd.ctr("container", "delete", "spin-1").returncode == 0
     assert not any(_alive(pid) for pid in [init_pid, *keep_pids])
-    assert not os.listdir(Path(containerd.runc_root) / "motte-test"), "motte-oci's state is gone"
+    left = [name for name in os.listdir(Path(containerd.runc_root) / "motte-test") if name != ".runc"]
+    assert not left, "motte-oci's state is gone"
+
+
+@pytest.mark.skipif(shutil.which("runc") is None or not Path(BUSYBOX).exists(), reason="needs runc and busybox")
+def test_a_native_container_is_handed_to_runc(containerd: Containerd) -> None:
+    """A pod's pause container is native: motte-oci hands whatever has no wasm entry point to runc."""
+    status, out, err = run(containerd, "native", "native-1")
+    assert (status, out) == (0, "native\n"), err
+    assert not os.listdir(Path(containerd.runc_root) / "motte-test" / ".runc")

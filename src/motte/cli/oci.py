@@ -24,6 +24,10 @@ from motte.host.oci.state import OCI_VERSION
 from motte.shared.errors import MotteError
 
 DEFAULT_ROOT = "/run/motte-oci"
+#: Under --root, where runc keeps the containers motte-oci hands it (no container id starts with ".").
+RUNC_ROOT = ".runc"
+#: The runc that runs containers without a wasm entry point (default: runc on PATH).
+RUNC_ENV = "MOTTE_OCI_RUNC"
 #: What a keep cannot do that runc can: refused with one line rather than half done.
 UNSUPPORTED = {
     "exec": "a keep runs one workload; there is no shell to exec into",
@@ -42,6 +46,31 @@ class Globals:
     root: Path
     log: Path | None
     log_format: str
+    argv: list[str]
+
+    def delegate_if_runcs(self, container_id: str) -> None:
+        """Hand a container runc created back to runc."""
+        if not (self.root / container_id).exists() and (self.root / RUNC_ROOT / container_id).exists():
+            self.delegate()
+
+    def delegate(self) -> None:
+        """Run this same command with runc instead (its own state under --root): never returns."""
+        import os
+        import shutil
+
+        runc = os.environ.get(RUNC_ENV) or shutil.which("runc")
+        if runc is None:
+            raise MotteError("this container has no wasm entry point, and there is no runc to run it",
+                             hint=f"install runc, or name it in {RUNC_ENV}")
+        arguments = list(self.argv)
+        for index, arg in enumerate(arguments):  # runc's own --root, in place of motte-oci's
+            if arg == "--root":
+                del arguments[index : index + 2]
+                break
+            if arg.startswith("--root="):
+                del arguments[index]
+                break
+        os.execv(runc, [runc, "--root", str(self.root / RUNC_ROOT), *arguments])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -65,7 +94,7 @@ def oci(ctx: click.Context, root: Path, log: Path | None, log_format: str, debug
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
-    ctx.obj = Globals(root.absolute(), log, log_format)
+    ctx.obj = Globals(root.absolute(), log, log_format, list(ctx.meta.get("argv", [])))
 
 
 @oci.command()
@@ -81,12 +110,14 @@ def create(g: Globals, bundle: Path, pid_file: Path | None, console_socket: str 
            no_new_keyring: bool, preserve_fds: int, container_id: str) -> None:
     """Start the keep for the bundle's wasm entry point; the workload runs at 'start'."""
     from motte.cli.run import check_launch_fits, read_workload
-    from motte.host.oci.bundle import load_bundle
+    from motte.host.oci.bundle import is_wasm_bundle, load_bundle
     from motte.host.oci.lifecycle import create as create_container
     from motte.host.paths import module_cache_dir
     from motte.host.session import RunRequest
     from motte.shared.enarx_config import default_config
 
+    if not is_wasm_bundle(bundle):
+        g.delegate()
     if preserve_fds:
         raise MotteError("--preserve-fds: a keep takes no file descriptors beyond stdio")
     spec = load_bundle(bundle)
@@ -105,6 +136,7 @@ def start(g: Globals, container_id: str) -> None:
     """Run the created container's workload."""
     from motte.host.oci.lifecycle import start as start_container
 
+    g.delegate_if_runcs(container_id)
     start_container(g.root, container_id)
 
 
@@ -115,6 +147,7 @@ def state(g: Globals, container_id: str) -> None:
     """Print the container's OCI state (JSON)."""
     from motte.host.oci.state import load, oci_state
 
+    g.delegate_if_runcs(container_id)
     click.echo(json.dumps(oci_state(g.root, load(g.root, container_id)), indent=2))
 
 
@@ -127,6 +160,7 @@ def kill(g: Globals, all_processes: bool, container_id: str, signal_name: str) -
     """Send SIGNAL (a name or number; SIGTERM by default) to the container."""
     from motte.host.oci.lifecycle import kill as kill_container
 
+    g.delegate_if_runcs(container_id)
     kill_container(g.root, container_id, parse_signal(signal_name))
 
 
@@ -138,6 +172,7 @@ def delete(g: Globals, force: bool, container_id: str) -> None:
     """Remove the container (stopped or created; running only with --force)."""
     from motte.host.oci.lifecycle import delete as delete_container
 
+    g.delegate_if_runcs(container_id)
     delete_container(g.root, container_id, force=force)
 
 
@@ -150,6 +185,7 @@ def ps(g: Globals, output: str, container_id: str, ps_options: tuple[str, ...]) 
     """The container's processes: its init process, which holds the keep."""
     from motte.host.oci.state import is_alive, load
 
+    g.delegate_if_runcs(container_id)
     record = load(g.root, container_id)
     pids = [record.pid] if is_alive(record) else []
     click.echo(json.dumps(pids) if output == "json" else "\n".join(["PID", *map(str, pids)]))
@@ -210,7 +246,9 @@ def parse_signal(name: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
-        oci.main(args=args, prog_name="motte-oci", standalone_mode=False)
+        with oci.make_context("motte-oci", list(args)) as ctx:
+            ctx.meta["argv"] = args  # for a command handed to runc as it came
+            oci.invoke(ctx)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -63,6 +63,20 @@ def load_bundle(bundle: Path, default_backend: str | None = None) -> ContainerSp
     return container_spec(config, bundle.resolve(), default_backend or os.environ.get(BACKEND_ENV) or "auto")
 
 
+def is_wasm_bundle(bundle: Path) -> bool:
+    """Whether the bundle's entry point is a wasm module (by the convention above); False for any
+    other container, e.g. a Kubernetes pod's native pause container, which runc runs instead."""
+    import json
+
+    try:
+        config = json.loads((bundle / "config.json").read_bytes()[:MAX_CONFIG_SIZE])
+        args = config["process"]["args"]
+        variant = (config.get("annotations") or {}).get(VARIANT_ANNOTATION)
+        return variant == "compat" or str(args[0]).endswith(".wasm")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return True  # not readable as a container at all: load_bundle says why
+
+
 def container_spec(config: Mapping[str, Any], bundle: Path, default_backend: str = "auto") -> ContainerSpec:
     """The keep's workload from a parsed ``config.json`` of the bundle at ``bundle`` (absolute)."""
     annotations = _strings(config.get("annotations") or {}, "annotations")
