@@ -15,34 +15,19 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import compile_motte, repetitions  # noqa: E402
+from bench.common import compile_motte, repetitions, to_first_output  # noqa: E402
 from tests.oci.containerd import MOTTE_OCI, Containerd, unavailable  # noqa: E402
 from tests.oci.image import write_image  # noqa: E402
 from tests.workloads import workload  # noqa: E402
 
 BUSYBOX = "/bin/busybox"
-
-
-def first_output(command: list[str]) -> float:
-    """Seconds from starting ``command`` to its first byte of output (it must then succeed)."""
-    started = time.perf_counter()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
-        assert process.stdout is not None
-        first = process.stdout.read(1)
-        elapsed = time.perf_counter() - started
-        _, err = process.communicate()
-    if not first or process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}): {err.decode()[-500:]}")
-    return elapsed
 
 
 def timing_wrapper(directory: Path, log: Path) -> str:
@@ -101,13 +86,13 @@ def main() -> None:
                 assert runc is not None
                 return [*ctr, *daemon.run_args(runc), "--rm", "docker.io/motte/native:1", f"runc-{i}"]
 
-            first_output(motte(999))  # warm: the module cache, the snapshots
+            to_first_output(motte(999))  # warm: the module cache, the snapshots
             log.unlink()
             ours, theirs = [], []
             for i in range(repeats):  # interleaved, so drifting machine load hits both alike
-                ours.append(first_output(motte(i)))
+                ours.append(to_first_output(motte(i)))
                 if runc is not None:
-                    theirs.append(first_output(native(i)))
+                    theirs.append(to_first_output(native(i)))
             report(repeats, ours, theirs, phases(log), runc)
         finally:
             daemon.stop()
