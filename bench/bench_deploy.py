@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import compile_motte, repetitions  # noqa: E402
+from bench.common import compile_motte, repetitions, to_first_output  # noqa: E402
 from tests.workloads import workload  # noqa: E402
 
 from motte.keep.runtime import IDLE_BEFORE_PRELOAD  # noqa: E402
@@ -43,19 +43,6 @@ BIG_MB = 26
 CLIENT_IMPORTS = ("import motte.cli.app, motte.tenant.agent_client, motte.tenant.deploy.package, "
                   "motte.tenant.deploy.policy, motte.tenant.deploy.session")
 STAGES = ("launch", "tls", "evidence", "verify", "deploy", "transfer", "start", "first_output")
-
-
-def to_first_output(command: list[str]) -> float:
-    """Seconds from starting ``command`` to the first byte on its stdout (it must then succeed)."""
-    started = time.perf_counter()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
-        assert process.stdout is not None
-        first = process.stdout.read(1)
-        elapsed = time.perf_counter() - started
-        process.stdout.read()
-    if not first or process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed (status {process.returncode})")
-    return elapsed
 
 
 def with_section(wasm: bytes, size: int) -> bytes:

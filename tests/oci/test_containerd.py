@@ -1,0 +1,113 @@
+"""containerd runs wasm images in motte keeps: a real containerd, ``ctr``, and its runc shim
+driving ``motte-oci`` (images built here from the test workloads, imported with ``ctr``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.oci.containerd import Containerd, unavailable
+from tests.oci.image import write_image
+from tests.workloads import workload
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+BUSYBOX = "/bin/busybox"
+NIL = ("--annotation", "motte.backend=nil")  # the strongest backend boots a VM: slow under emulation
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    daemon = Containerd(tmp_path_factory.mktemp("containerd")).start()
+    try:
+        for name in ("hello", "exit", "args_env", "spin"):
+            image = daemon.base / f"{name}.tar"
+            write_image(image, f"docker.io/motte/{name}:1", {f"{name}.wasm": workload(name).read_bytes()},
+                        [f"/{name}.wasm"], env=("IMAGE_ENV=from-image",))
+            imported = daemon.ctr("image", "import", str(image))
+            assert imported.returncode == 0, imported.stderr.decode()
+        if Path(BUSYBOX).exists():
+            write_image(daemon.base / "native.tar", "docker.io/motte/native:1",
+                        {"bin/busybox": Path(BUSYBOX).read_bytes()}, ["/bin/busybox", "echo", "native"])
+            assert daemon.ctr("image", "import", str(daemon.base / "native.tar")).returncode == 0
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def run(containerd: Containerd, image: str, container_id: str, *args: str) -> tuple[int, str, str]:
+    done = containerd.ctr(*containerd.run_args(), "--rm", *NIL, f"docker.io/motte/{image}:1", container_id, *args)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def test_hello_prints_and_exits_zero(containerd: Containerd) -> None:
+    status, out, err = run(containerd, "hello", "hello-1")
+    assert (status, out) == (0, "Hello from a motte keep!\n"), err
+
+
+def test_exit_status_is_the_workloads(containerd: Containerd) -> None:
+    status, _, err = run(containerd, "exit", "exit-1", "/exit.wasm", "42")
+    assert status == 42, err
+
+
+def test_args_and_env_reach_the_workload(containerd: Containerd) -> None:
+    status, out, err = run(containerd, "args_env", "args-1", "/args_env.wasm", "one", "two words")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[1:3] == ["argv[1]=one", "argv[2]=two words"]
+    assert "env:IMAGE_ENV=from-image" in lines
+
+
+def test_trap_is_reported_with_motte_status(containerd: Containerd) -> None:
+    status, _, _ = run(containerd, "exit", "trap-1", "/exit.wasm", "abort")
+    assert status == 134
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_kill_stops_a_running_keep_and_delete_leaves_nothing(containerd: Containerd) -> None:
+    started = containerd.ctr(*containerd.run_args(), "-d", *NIL, "docker.io/motte/spin:1", "spin-1",
+                             "/spin.wasm", "--print")
+    assert started.returncode == 0, started.stderr.decode()
+    tasks = containerd.ctr("task", "ls").stdout.decode().split()
+    init_pid = int(tasks[tasks.index("spin-1") + 1])
+    assert _alive(init_pid)
+    keep_pids = _children(init_pid)
+    assert keep_pids, "the init process holds the keep"
+    killed = containerd.ctr("task", "kill", "spin-1")  # SIGTERM
+    assert killed.returncode == 0, killed.stderr.decode()
+    deadline = time.monotonic() + 20
+    while "STOPPED" not in containerd.ctr("task", "ls").stdout.decode() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "STOPPED" in containerd.ctr("task", "ls").stdout.decode()
+    deleted = containerd.ctr("task", "delete", "spin-1")
+    assert deleted.returncode == 0, deleted.stderr.decode()
+    assert containerd.ctr("container", "delete", "spin-1").returncode == 0
+    assert not any(_alive(pid) for pid in [init_pid, *keep_pids])
+    left = [name for name in os.listdir(Path(containerd.runc_root) / "motte-test") if name != ".runc"]
+    assert not left, "motte-oci's state is gone"
+
+
+@pytest.mark.skipif(shutil.which("runc") is None or not Path(BUSYBOX).exists(), reason="needs runc and busybox")
+def test_a_native_container_is_handed_to_runc(containerd: Containerd) -> None:
+    """A pod's pause container is native: motte-oci hands whatever has no wasm entry point to runc."""
+    status, out, err = run(containerd, "native", "native-1")
+    assert (status, out) == (0, "native\n"), err
+    assert not os.listdir(Path(containerd.runc_root) / "motte-test" / ".runc")
