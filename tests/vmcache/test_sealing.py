@@ -42,8 +42,9 @@ def test_key_request_layout() -> None:
     assert raw[0x10:0x14] == (1).to_bytes(4, "little")  # VMPL
     assert raw[0x14:0x18] == (7).to_bytes(4, "little")  # GUEST_SVN
     assert raw[0x18:0x20] == bytes.fromhex("0807060504030201")  # TCB_VERSION
-    assert [1 << bit for bit in range(6)] == [snp.FIELD_GUEST_POLICY, snp.FIELD_IMAGE_ID, snp.FIELD_FAMILY_ID, snp.FIELD_MEASUREMENT,
-            snp.FIELD_GUEST_SVN, snp.FIELD_TCB_VERSION]
+    fields = [snp.FIELD_GUEST_POLICY, snp.FIELD_IMAGE_ID, snp.FIELD_FAMILY_ID, snp.FIELD_MEASUREMENT,
+              snp.FIELD_GUEST_SVN, snp.FIELD_TCB_VERSION]
+    assert fields == [1 << bit for bit in range(6)]
     with pytest.raises(ValueError):
         snp.pack_derived_key_req(1 << 6)
     with pytest.raises(MotteError):
