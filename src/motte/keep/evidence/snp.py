@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from motte.keep.evidence import Evidence, check_report_data
 from motte.keep.evidence.encoding import SNP_REPORT_SIZE, encode_snp_evidence
@@ -141,23 +141,25 @@ def pack_derived_key_req(guest_field_select: int, *, vmpl: int = 0, guest_svn: i
     return DERIVED_KEY_REQ.pack(root_key_select, 0, guest_field_select, _vmpl(vmpl), guest_svn, tcb_version)
 
 
+def _response_fields(data: bytes, layout: struct.Struct, what: str) -> tuple[Any, ...]:
+    """The fields after the status of a firmware response that says it succeeded."""
+    if len(data) < layout.size:
+        raise MotteError(f"SNP {what} response is truncated")
+    status, *fields = layout.unpack_from(data)
+    if status != 0:
+        raise MotteError(f"the SNP firmware refused the {what} request (status {status:#x})")
+    return tuple(fields)
+
+
 def parse_derived_key_response(data: bytes) -> bytes:
     """The 32-byte key inside a ``MSG_KEY_RSP``."""
-    if len(data) < MSG_KEY_RSP.size:
-        raise MotteError("SNP derived key response is truncated")
-    status, key = MSG_KEY_RSP.unpack_from(data)
-    if status != 0:
-        raise MotteError(f"the SNP firmware refused the key request (status {status:#x})")
+    (key,) = _response_fields(data, MSG_KEY_RSP, "key")
     return bytes(key)
 
 
 def parse_report_response(data: bytes) -> bytes:
     """The attestation report inside a ``MSG_REPORT_RSP``."""
-    if len(data) < MSG_REPORT_RSP.size:
-        raise MotteError("SNP report response is truncated")
-    status, size = MSG_REPORT_RSP.unpack_from(data)
-    if status != 0:
-        raise MotteError(f"the SNP firmware refused the report request (status {status:#x})")
+    (size,) = _response_fields(data, MSG_REPORT_RSP, "report")
     start = MSG_REPORT_RSP.size
     if size != SNP_REPORT_SIZE or start + size > len(data):
         raise MotteError(f"SNP report response: report_size {size}, expected {SNP_REPORT_SIZE}")
@@ -240,27 +242,25 @@ class SevGuestDevice:
 
     def report(self, report_data: bytes, vmpl: int = 0) -> bytes:
         """A report without certificates (SNP_GET_REPORT)."""
-        fd = self._open()
-        try:
-            req = ctypes.create_string_buffer(pack_report_req(report_data, vmpl), REPORT_REQ.size)
-            resp = ctypes.create_string_buffer(REPORT_RESP_SIZE)
-            if self._request(fd, SNP_GET_REPORT, req, resp) is not None:
-                raise MotteError("SNP_GET_REPORT: unexpected invalid-length answer")
-            return parse_report_response(resp.raw)
-        finally:
-            os.close(fd)
+        raw = self._one_request(SNP_GET_REPORT, "SNP_GET_REPORT", pack_report_req(report_data, vmpl), REPORT_RESP_SIZE)
+        return parse_report_response(raw)
 
     def derived_key(self, guest_field_select: int, vmpl: int = 0) -> bytes:
         """A key derived from the chip's VCEK and the guest fields selected (SNP_GET_DERIVED_KEY)."""
-        req = ctypes.create_string_buffer(pack_derived_key_req(guest_field_select, vmpl=vmpl), DERIVED_KEY_REQ.size)
-        resp = ctypes.create_string_buffer(KEY_RESP_SIZE)
+        request = pack_derived_key_req(guest_field_select, vmpl=vmpl)
+        return parse_derived_key_response(self._one_request(SNP_GET_DERIVED_KEY, "SNP_GET_DERIVED_KEY", request,
+                                                            KEY_RESP_SIZE))
+
+    def _one_request(self, request: int, name: str, req_data: bytes, resp_size: int) -> bytes:
+        """The raw response to one guest request that has no certificate buffer."""
         fd = self._open()
         try:
-            if self._request(fd, SNP_GET_DERIVED_KEY, req, resp) is not None:
-                raise MotteError("SNP_GET_DERIVED_KEY: unexpected invalid-length answer")
-            return parse_derived_key_response(resp.raw)
+            req = ctypes.create_string_buffer(req_data, len(req_data))
+            resp = ctypes.create_string_buffer(resp_size)
+            if self._request(fd, request, req, resp) is not None:
+                raise MotteError(f"{name}: unexpected invalid-length answer")
+            return resp.raw
         finally:
-            ctypes.memset(resp, 0, KEY_RESP_SIZE)  # the key lives on only in the caller's copy
             os.close(fd)
 
     def _open(self) -> int:
