@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import wasmtime
@@ -62,9 +63,11 @@ class ModuleCache:
         material = f"{digest}|wasmtime={WASMTIME_VERSION}|{self.settings}|{os.uname().machine}"
         return hashlib.sha256(material.encode()).hexdigest()
 
-    def load(self, engine: wasmtime.Engine, wasm: bytes, digest: str) -> CompiledModule:
+    def load(self, engine: wasmtime.Engine, wasm: bytes | Callable[[], bytes], digest: str) -> CompiledModule:
+        """The module whose SHA-256 is ``digest``: from the store, else compiled from ``wasm`` (the
+        bytes, or what fetches them: on a hit they are never needed)."""
         if self.store is None:
-            return CompiledModule(wasmtime.Module(engine, wasm), digest, False)
+            return CompiledModule(wasmtime.Module(engine, _bytes(wasm)), digest, False)
         key = self.key(digest)
         try:
             cached = self.store.get(key)
@@ -73,8 +76,12 @@ class ModuleCache:
                     return CompiledModule(wasmtime.Module.deserialize(engine, cached), digest, True)
                 except wasmtime.WasmtimeError:
                     pass  # from another CPU or engine build: recompiled, and replaced below
-            module = wasmtime.Module(engine, wasm)
+            module = wasmtime.Module(engine, _bytes(wasm))
             self.store.put(key, module.serialize())
             return CompiledModule(module, digest, False)
         finally:
             self.store.close()
+
+
+def _bytes(wasm: bytes | Callable[[], bytes]) -> bytes:
+    return wasm if isinstance(wasm, bytes) else wasm()

@@ -243,7 +243,8 @@ class KeepRuntime:
                 from motte.shared.binding import KeepClaims
 
                 # Before the workload starts: without the Steward's certificate it does not run.
-                # terms.wasm_sha256 is the keep's own digest of the bytes (checked as they arrived).
+                # terms.wasm_sha256 is the keep's own digest of the bytes (checked as they arrived, or
+                # when the cached compiled module was made: see run()).
                 claims = KeepClaims.of(bytes.fromhex(terms.wasm_sha256), terms)
                 identity = network.use_steward(steward, self.evidence_source(), terms.steward_ca, claims=claims)
                 chain_pem = identity.chain_pem()
@@ -272,14 +273,17 @@ class KeepRuntime:
         return files, chain_pem
 
     def run(self, launch: Launch) -> Exit:
-        """Run what the host launched."""
-        wasm = self._receive_wasm(launch)
+        """Run what the host launched. A module found compiled in the cache is not received at all
+        (a VM keep would spend seconds on the transfer and its hash): the entry is keyed by the
+        digest, and only ever holds what a keep compiled from bytes it checked against it. The
+        host's sender then waits on the unread stream's credit (one window) until the run ends."""
         cache_dir = launch.streams.cache_dir if self.allow_host_cache else None
         cache = module_store(self.endpoint, self.backend, cache_dir)
-        return self._run(launch.terms, wasm, self._channel_stdio(launch), cache=cache,
-                         dir_streams=launch.streams.dirs)
+        return self._run(launch.terms, lambda: self._receive_wasm(launch), self._channel_stdio(launch),
+                         cache=cache, dir_streams=launch.streams.dirs)
 
-    def _run(self, terms: LaunchTerms, wasm: bytes, stdio: StdioFiles, *, cache: ModuleStore | None,
+    def _run(self, terms: LaunchTerms, wasm: bytes | Callable[[], bytes], stdio: StdioFiles, *,
+             cache: ModuleStore | None,
              dir_streams: tuple[int, ...] = (), env: dict[str, str] | None = None,
              preopens: list[WasiFile] | None = None,
              started: Callable[[bytes | None], None] | None = None) -> Exit:
