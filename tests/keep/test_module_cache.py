@@ -13,6 +13,7 @@ from motte.host.session import HostStdio, RunRequest, run_workload
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.shared.enarx_config import default_config
+from motte.shared.module_store import DirectoryStore
 
 #: wasmtime calls a MemoryLimit's callbacks until the last engine made with it is freed (the memory
 #: creator's finalizer runs then), so it must outlive them: these tests' engines share one that
@@ -55,7 +56,7 @@ def test_a_corrupt_entry_is_recompiled(tmp_path: Path, wasm) -> None:
     import hashlib
 
     digest = hashlib.sha256(module).hexdigest()
-    cache = ModuleCache(tmp_path)
+    cache = ModuleCache(DirectoryStore(tmp_path))
     assert not cache.load(engine, module, digest).from_cache
     entry = next(tmp_path.glob("*.cwasm"))
     entry.write_bytes(b"garbage")
@@ -70,7 +71,7 @@ def test_a_cache_dir_others_can_write_is_not_trusted(tmp_path: Path, wasm) -> No
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    cache = ModuleCache(shared)
+    cache = ModuleCache(DirectoryStore(shared))
     cache.load(engine, module, "0" * 64)
     assert list(shared.iterdir()) == []
 
@@ -88,14 +89,14 @@ def test_a_cache_dir_that_is_a_symlink_is_not_used(tmp_path: Path, wasm) -> None
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(real)
-    assert not ModuleCache(tmp_path / "link").load(engine, module, _digest(module)).from_cache
+    assert not ModuleCache(DirectoryStore(tmp_path / "link")).load(engine, module, _digest(module)).from_cache
     assert list(real.iterdir()) == []
 
 
 def test_an_entry_that_is_a_symlink_or_no_regular_file_is_not_loaded(tmp_path: Path, wasm) -> None:
     engine = make_engine(False, MEMORY)
     module = Path(wasm("hello")).read_bytes()
-    cache = ModuleCache(tmp_path / "cache")
+    cache = ModuleCache(DirectoryStore(tmp_path / "cache"))
     assert not cache.load(engine, module, _digest(module)).from_cache
     entry = next((tmp_path / "cache").glob("*.cwasm"))
     elsewhere = tmp_path / "elsewhere.cwasm"

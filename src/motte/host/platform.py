@@ -90,6 +90,13 @@ NO_CONFIDENTIAL_KEEP = (
     "nil or kvm keep offers no evidence and its host can read its memory (docs/threat-model.md)"
 )
 
+KVM_MODULE_CACHE = (
+    "a kvm keep keeps its compiled modules in the host's cache (<cache>/modules/kvm/) and runs what it "
+    "loads from there: native code this host can change, as it can change the keep's memory; an snp keep "
+    "seals what it stores there, a tdx keep compiles every time, and a deployed workload is never cached "
+    "(docs/vm-keep.md)"
+)
+
 
 def all_backends() -> list[BackendChecks]:
     """Every kind of keep, in the order ``motte platform info`` lists them."""
@@ -105,6 +112,8 @@ def platform_report(*, probe: bool = False) -> PlatformReport:
     backends = [backend.report(probe=probe) for backend in all_backends()]
     image = _image_facts()
     notes = [note for backend in backends for note in backend.notes]
+    if any(report.supported and report.name == "kvm" for report in backends):
+        notes.append(KVM_MODULE_CACHE)
     if not any(report.supported and report.name in CONFIDENTIAL for report in backends):
         notes.append(NO_CONFIDENTIAL_KEEP)
     return PlatformReport(host_facts(), backends, image, _strongest(backends, image), notes)

@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from motte.host.backends.base import KeepHandle
+from motte.host.module_cache import ModuleCacheServer
 from motte.shared.control import (
     Accepted,
     Bye,
@@ -48,7 +49,7 @@ class RunRequest:
     dirs: tuple[tuple[str, str], ...] = ()
     memory_limit: int = 1 << 30
     timeout: float | None = None
-    cache_dir: str | None = None  # compiled-module cache (honoured by nil keeps only)
+    cache_dir: str | None = None  # compiled-module cache (a nil keep's own; VM keeps' served by the host)
     config_dir: str | None = None  # where the config file is: relative paths in it (ca) start there
     read_only_dirs: tuple[tuple[str, str], ...] = ()  # (host, guest) preopened before ``dirs``, served read-only
 
@@ -145,6 +146,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
         network.start(endpoint)  # before the launch: the keep may ask for connections as soon as it has it
     if dirs is not None:
         dirs.start()
+    ModuleCacheServer(endpoint, request.cache_dir, keep.backend).start()  # VM keeps ask it for compiled modules
     served = dirs.served if dirs is not None else []
     launch = Launch(
         LaunchTerms(

@@ -19,6 +19,7 @@ import wasmtime
 
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
+from motte.keep.module_stores import module_store
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from motte.keep.evidence import EvidenceSource
     from motte.keep.provisioning import Deployment
     from motte.keep.wasi.remote_fs import HostFsClient
+    from motte.shared.module_store import ModuleStore
 
 ARGV0 = "main.wasm"
 SERVE_TIMEOUT = 60.0  # seconds the host has to bind a deployed workload's sockets
@@ -187,7 +189,7 @@ class KeepRuntime:
 
             preopens.append(SecretsDir(files))
         # No module cache: a compiled deployed workload must not reach the host's disk.
-        return self._run(deployment.terms, deployment.wasm, stdio, cache_dir=None, env=env, preopens=preopens,
+        return self._run(deployment.terms, deployment.wasm, stdio, cache=None, env=env, preopens=preopens,
                          started=started)
 
     def _receive_wasm(self, launch: Launch) -> bytes:
@@ -242,7 +244,8 @@ class KeepRuntime:
                 from motte.shared.binding import KeepClaims
 
                 # Before the workload starts: without the Steward's certificate it does not run.
-                # terms.wasm_sha256 is the keep's own digest of the bytes (checked as they arrived).
+                # terms.wasm_sha256 is the keep's own digest of the bytes (checked as they arrived, or
+                # when the cached compiled module was made: see run()).
                 claims = KeepClaims.of(bytes.fromhex(terms.wasm_sha256), terms)
                 identity = network.use_steward(steward, self.evidence_source(), terms.steward_ca, claims=claims)
                 chain_pem = identity.chain_pem()
@@ -271,14 +274,18 @@ class KeepRuntime:
         return files, chain_pem
 
     def run(self, launch: Launch) -> Exit:
-        """Run what the host launched."""
+        """Run what the host launched. A module found compiled in the cache is not received at all
+        (a VM keep would spend seconds on the transfer and its hash): the entry is keyed by the
+        digest, and only ever holds what a keep compiled from bytes it checked against it. The
+        host's sender then waits on the unread stream's credit (one window) until the run ends."""
         self.endpoint.limit_buffers(launch.terms.memory_limit)
-        wasm = self._receive_wasm(launch)
         cache_dir = launch.streams.cache_dir if self.allow_host_cache else None
-        return self._run(launch.terms, wasm, self._channel_stdio(launch), cache_dir=cache_dir,
-                         dir_streams=launch.streams.dirs)
+        cache = module_store(self.endpoint, self.backend, cache_dir)
+        return self._run(launch.terms, lambda: self._receive_wasm(launch), self._channel_stdio(launch),
+                         cache=cache, dir_streams=launch.streams.dirs)
 
-    def _run(self, terms: LaunchTerms, wasm: bytes, stdio: StdioFiles, *, cache_dir: str | None,
+    def _run(self, terms: LaunchTerms, wasm: bytes | Callable[[], bytes], stdio: StdioFiles, *,
+             cache: ModuleStore | None,
              dir_streams: tuple[int, ...] = (), env: dict[str, str] | None = None,
              preopens: list[WasiFile] | None = None,
              started: Callable[[bytes | None], None] | None = None) -> Exit:
@@ -287,8 +294,7 @@ class KeepRuntime:
             interruptible = terms.timeout is not None
             memory_limit = MemoryLimit(terms.memory_limit)
             engine = make_engine(interruptible, memory_limit)
-            cache = ModuleCache(cache_dir, engine_settings(interruptible))
-            compiled = cache.load(engine, wasm, terms.wasm_sha256)
+            compiled = ModuleCache(cache, engine_settings(interruptible)).load(engine, wasm, terms.wasm_sha256)
         except wasmtime.WasmtimeError as exc:
             raise LaunchError(f"not a valid WebAssembly module: {_first_line(exc)}") from None
         compile_us = round((time.monotonic() - began) * 1e6)

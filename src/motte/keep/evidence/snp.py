@@ -10,8 +10,18 @@ The ioctl path follows ``include/uapi/linux/sev-guest.h``::
                                      struct { u32 fw_error; u32 vmm_error; }; }; }            32 bytes
     struct snp_report_resp         { u8 data[4000]; }   /* MSG_REPORT_RSP: u32 status,
                                      u32 report_size, u8 rsvd[24], then the report */
+    struct snp_derived_key_req     { u32 root_key_select; u32 rsvd; u64 guest_field_select;
+                                     u32 vmpl; u32 guest_svn; u64 tcb_version; }            32 bytes
+    struct snp_derived_key_resp    { u8 data[64]; }     /* MSG_KEY_RSP: u32 status,
+                                     u8 rsvd[28], u8 derived_key[32] */
     SNP_GET_REPORT     = _IOWR('S', 0x0, struct snp_guest_request_ioctl)    = 0xc0205300
+    SNP_GET_DERIVED_KEY = _IOWR('S', 0x1, struct snp_guest_request_ioctl)   = 0xc0205301
     SNP_GET_EXT_REPORT = _IOWR('S', 0x2, struct snp_guest_request_ioctl)    = 0xc0205302
+
+The derived key request (MSG_KEY_REQ in the SEV-SNP firmware ABI) mixes the guest fields that
+``guest_field_select`` names into a key derived from the chip's root key (the VCEK with
+``root_key_select`` 0): bit 0 the guest policy, 1 the image ID, 2 the family ID, 3 the launch
+measurement, 4 the guest SVN, 5 the TCB version.
 
 The extended report also returns the host's certificate table (GHCB spec): 24-byte entries
 ``{ u8 guid[16]; u32 offset; u32 length; }`` ending with an all-zero entry, GUIDs in RFC 4122 byte
@@ -30,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from motte.keep.evidence import Evidence, check_report_data
 from motte.keep.evidence.encoding import SNP_REPORT_SIZE, encode_snp_evidence
@@ -46,6 +56,17 @@ REPORT_REQ = struct.Struct("<64sI28s")
 EXT_REPORT_REQ = struct.Struct("<64sI28sQI4x")
 GUEST_REQUEST_IOCTL = struct.Struct("<B7xQQII")  # msg_version, req_data, resp_data, fw_error, vmm_error
 MSG_REPORT_RSP = struct.Struct("<II24x")  # status, report_size
+DERIVED_KEY_REQ = struct.Struct("<IIQIIQ")  # root_key_select, rsvd, guest_field_select, vmpl, guest_svn, tcb_version
+MSG_KEY_RSP = struct.Struct("<I28x32s")  # status, derived_key
+KEY_RESP_SIZE = 64
+
+ROOT_KEY_VCEK = 0
+FIELD_GUEST_POLICY = 1 << 0
+FIELD_IMAGE_ID = 1 << 1
+FIELD_FAMILY_ID = 1 << 2
+FIELD_MEASUREMENT = 1 << 3
+FIELD_GUEST_SVN = 1 << 4
+FIELD_TCB_VERSION = 1 << 5
 
 IOC_WRITE, IOC_READ = 1, 2
 SNP_GUEST_REQ_IOC_TYPE = ord("S")
@@ -113,13 +134,32 @@ def unpack_guest_request(data: bytes) -> GuestRequest:
     return GuestRequest(*GUEST_REQUEST_IOCTL.unpack(data))
 
 
+def pack_derived_key_req(guest_field_select: int, *, vmpl: int = 0, guest_svn: int = 0, tcb_version: int = 0,
+                         root_key_select: int = ROOT_KEY_VCEK) -> bytes:
+    if guest_field_select >> 6:
+        raise ValueError(f"guest_field_select {guest_field_select:#x} names fields beyond bit 5")
+    return DERIVED_KEY_REQ.pack(root_key_select, 0, guest_field_select, _vmpl(vmpl), guest_svn, tcb_version)
+
+
+def _response_fields(data: bytes, layout: struct.Struct, what: str) -> tuple[Any, ...]:
+    """The fields after the status of a firmware response that says it succeeded."""
+    if len(data) < layout.size:
+        raise MotteError(f"SNP {what} response is truncated")
+    status, *fields = layout.unpack_from(data)
+    if status != 0:
+        raise MotteError(f"the SNP firmware refused the {what} request (status {status:#x})")
+    return tuple(fields)
+
+
+def parse_derived_key_response(data: bytes) -> bytes:
+    """The 32-byte key inside a ``MSG_KEY_RSP``."""
+    (key,) = _response_fields(data, MSG_KEY_RSP, "key")
+    return bytes(key)
+
+
 def parse_report_response(data: bytes) -> bytes:
     """The attestation report inside a ``MSG_REPORT_RSP``."""
-    if len(data) < MSG_REPORT_RSP.size:
-        raise MotteError("SNP report response is truncated")
-    status, size = MSG_REPORT_RSP.unpack_from(data)
-    if status != 0:
-        raise MotteError(f"the SNP firmware refused the report request (status {status:#x})")
+    (size,) = _response_fields(data, MSG_REPORT_RSP, "report")
     start = MSG_REPORT_RSP.size
     if size != SNP_REPORT_SIZE or start + size > len(data):
         raise MotteError(f"SNP report response: report_size {size}, expected {SNP_REPORT_SIZE}")
@@ -202,13 +242,24 @@ class SevGuestDevice:
 
     def report(self, report_data: bytes, vmpl: int = 0) -> bytes:
         """A report without certificates (SNP_GET_REPORT)."""
+        raw = self._one_request(SNP_GET_REPORT, "SNP_GET_REPORT", pack_report_req(report_data, vmpl), REPORT_RESP_SIZE)
+        return parse_report_response(raw)
+
+    def derived_key(self, guest_field_select: int, vmpl: int = 0) -> bytes:
+        """A key derived from the chip's VCEK and the guest fields selected (SNP_GET_DERIVED_KEY)."""
+        request = pack_derived_key_req(guest_field_select, vmpl=vmpl)
+        return parse_derived_key_response(self._one_request(SNP_GET_DERIVED_KEY, "SNP_GET_DERIVED_KEY", request,
+                                                            KEY_RESP_SIZE))
+
+    def _one_request(self, request: int, name: str, req_data: bytes, resp_size: int) -> bytes:
+        """The raw response to one guest request that has no certificate buffer."""
         fd = self._open()
         try:
-            req = ctypes.create_string_buffer(pack_report_req(report_data, vmpl), REPORT_REQ.size)
-            resp = ctypes.create_string_buffer(REPORT_RESP_SIZE)
-            if self._request(fd, SNP_GET_REPORT, req, resp) is not None:
-                raise MotteError("SNP_GET_REPORT: unexpected invalid-length answer")
-            return parse_report_response(resp.raw)
+            req = ctypes.create_string_buffer(req_data, len(req_data))
+            resp = ctypes.create_string_buffer(resp_size)
+            if self._request(fd, request, req, resp) is not None:
+                raise MotteError(f"{name}: unexpected invalid-length answer")
+            return resp.raw
         finally:
             os.close(fd)
 
