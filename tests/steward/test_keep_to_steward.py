@@ -140,7 +140,7 @@ def test_the_keep_s_certificate_names_the_workload_and_the_launch_it_runs(ca: Ce
     assert first.trust_anchors == (("steward", hashlib.sha256(ca_path.read_bytes()).digest()),)
     assert again == first  # the same workload and config: the same digests
     assert other.workload_sha256 == first.workload_sha256 and other.launch_sha256 != first.launch_sha256
-    logged = [(e["workload_sha256"], e["launch_sha256"]) for e in read_events(log.path)]
+    logged = [(e["workload_sha256"], e["launch_sha256"]) for e in read_events(log.location)]
     assert logged == [(c.workload_sha256.hex(), c.launch_sha256.hex()) for c in (first, again, other)]
 
 
