@@ -185,6 +185,7 @@ def launch_with(terms: dict[str, Any] | None = None, streams: dict[str, Any] | N
     ({"wasm": {"size": 8}}, None, "'sha256' is missing"),
     ({"limits": {"memory": 100, "timeout_ms": None}}, None, "limits.memory must be an integer from 65536"),
     ({"limits": {"memory": 1 << 20, "timeout_ms": 1.5}}, None, "limits.timeout_ms must be an integer"),
+    ({"limits": {"memory": 1 << 20, "timeout_ms": 1 << 53}}, None, "limits.timeout_ms must be an integer from 1 to"),
     ({"dirs": ["/data", ""]}, None, r"dirs\[1\] must be a path of 1 to 1024 bytes"),
     ({"dirs": ["/a\0b", "/srv"]}, None, "without NUL"),
     ({"dirs": ["/" + "x" * 1024, "/srv"]}, None, "longer than 1024"),
