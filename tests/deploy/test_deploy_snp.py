@@ -222,8 +222,6 @@ def test_a_host_that_splices_the_session_to_another_keep_is_caught(
 def test_a_replayed_answer_is_refused(platform: FakeSnp, tmp_path: Path) -> None:
     # An answer the genuine keep gave earlier, on a session of the host's own, for another nonce;
     # replayed on a session whose TLS ends at the host. Both the nonce and the session differ.
-    from motte.keep.evidence import Evidence  # noqa: F401 (the offer's evidence is the keep's own DER)
-
     old_nonce = bytes(32)
     key = ec.generate_private_key(ec.SECP384R1())
     source = snp_source(platform, tmp_path)

@@ -73,10 +73,13 @@ def _package(name: str, policy: TenantPolicy, registry_ca: Path | None) -> Packa
 class _Output:
     """The workload's output, as it arrives, to motte's own stdout and stderr."""
 
-    def __call__(self, frame: Frame, data: bytes) -> None:
+    def __init__(self) -> None:
         from motte.shared.provision import Frame
 
-        target = sys.stdout.buffer if frame is Frame.STDOUT else sys.stderr.buffer
+        self._stdout = Frame.STDOUT
+
+    def __call__(self, frame: Frame, data: bytes) -> None:
+        target = sys.stdout.buffer if frame is self._stdout else sys.stderr.buffer
         target.write(data)
         target.flush()
 

@@ -82,7 +82,8 @@ class TenantSession:
             with self._lock:
                 self.pipe.feed(ciphertext)
                 self._write(self.pipe.handshake(), deadline)
-        self._take(self.pipe.feed(b""))  # what came with the handshake's last flight
+        with self._lock:
+            self._take(self.pipe.feed(b""))  # what came with the handshake's last flight
 
     def _take(self, plain: bytes) -> None:
         for message in self._reader.feed(plain):
@@ -95,10 +96,10 @@ class TenantSession:
         """The tenant's next message (checked against the order)."""
         while not self._inbox:
             ciphertext = self._read(deadline)
-            with self._lock:
+            with self._lock:  # (the order too: the workload's output threads step it meanwhile)
                 plain = self.pipe.feed(ciphertext)
                 self._write(self.pipe.outgoing(), deadline)
-            self._take(plain)
+                self._take(plain)
             if self.pipe.peer_closed and not self._inbox:
                 raise ProvisionError("the tenant closed the session")
         return self._inbox.popleft()

@@ -4,14 +4,13 @@ where it may listen, and closing the store however it stops."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
+from motte.host.agent.server import stop_on_signals
 from motte.registry.app import Registry
 from motte.shared.errors import MotteError
 from motte.shared.loopback import is_loopback
@@ -53,12 +52,7 @@ async def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 0, s
     is opened here (on this loop's thread) and closed however this ends."""
     check_exposure(host, ssl_context is not None, registry.access.token)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
+    release_signals = stop_on_signals(stop)
     registry.store.open()
     # keepalive_timeout runs from a connection's start too: a client must bring a request head
     # within it, so connections that never finish one (slowloris) do not pile up.
@@ -79,5 +73,4 @@ async def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 0, s
     finally:
         await runner.cleanup()
         registry.store.close()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        release_signals()

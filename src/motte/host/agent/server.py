@@ -23,18 +23,30 @@ from motte.shared.errors import MotteError
 SHUTDOWN_TIMEOUT = 5.0  # seconds requests in flight get once the keeps are stopped
 
 
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Have SIGINT and SIGTERM set ``stop`` (the main thread's loop only: tests serve from other
+    threads); returns the function that undoes it."""
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+
+    def release() -> None:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+    return release
+
+
 async def serve(agent: HostAgent, *, host: str = "127.0.0.1", port: int = 0, unix: Path | None = None,
                 on_ready: Callable[[str], None], stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then stop every keep and close. ``on_ready``
     gets the agent's URL (``http://host:port`` or ``unix:/path``) once it accepts requests."""
     check_exposure(None if unix is not None else host, agent.token)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
+    release_signals = stop_on_signals(stop)
     runner = web.AppRunner(agent.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     bound: Path | None = None
     try:
@@ -63,8 +75,7 @@ async def serve(agent: HostAgent, *, host: str = "127.0.0.1", port: int = 0, uni
             if bound is not None:
                 with contextlib.suppress(OSError):
                     bound.unlink()
-            for sig in handled:
-                loop.remove_signal_handler(sig)
+            release_signals()
         agent.log("stopped")
 
 
