@@ -71,7 +71,7 @@ def test_streams_carry_data_eof_and_control() -> None:
         StreamOpened(stream, {"kind": "stdin", "fd": 0}),
         Data(stream, b"hello"),
         StreamEnded(stream),
-        Control({"op": "launch", "value": 1}),
+        Control({"op": "launch", "value": 1}, len(b'{"op":"launch","value":1}')),
     ]
     assert keep.open_stream("out") % 2 == 0  # the keep opens even ids
 

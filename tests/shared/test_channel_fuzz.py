@@ -118,7 +118,7 @@ class Model:
             message = _json_object(payload)
             if not isinstance(message.get("op"), str):
                 raise Broken
-            return [Control(message)], []
+            return [Control(message, len(payload))], []
         if ftype is FrameType.OPEN:
             meta = _json_object(payload) if not self.mine(stream) and stream not in self.streams else None
             if meta is None or len(self.streams) >= MAX_STREAMS or not isinstance(meta.get("kind"), str):

@@ -184,6 +184,7 @@ class Hello(NamedTuple):
 
 class Control(NamedTuple):
     message: dict[str, Any]
+    size: int  # the encoded message's length: what holding it unread costs
 
 
 class StreamOpened(NamedTuple):
@@ -454,7 +455,7 @@ class ChannelState:
             message = _load_json(frame.payload, "CONTROL")
             if not isinstance(message.get("op"), str):
                 raise ProtocolError("CONTROL message without an 'op' string")
-            return Control(message)
+            return Control(message, len(frame.payload))
         raise ProtocolError(f"{frame.type.name} frame on the control stream")
 
     def _handle_open(self, frame: Frame) -> Event:

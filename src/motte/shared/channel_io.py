@@ -53,6 +53,11 @@ READER_RECHECK = 1.0
 
 #: Streams the peer opened that may wait for accept_stream at once; more are refused.
 MAX_UNACCEPTED = 256
+#: Control messages received and not yet taken by recv_control: a peer that sends more than this
+#: breaks the protocol (the message sequence allows a few at a time; the host reads every
+#: ``accepted`` as it comes), and holding them would let it grow this side without bound.
+MAX_UNREAD_CONTROLS = 1024
+MAX_UNREAD_CONTROL_BYTES = 4 << 20  # a launch is at most 1 MiB
 #: Called with a claimed stream's id when it gets data, EOF, a reset or credit (0: the channel
 #: closed). Runs on the reader thread, without the endpoint's lock: it may use the endpoint, but
 #: the channel is not read while it runs, so it must not block.
@@ -99,7 +104,8 @@ class ChannelIO:
         self._to_send = threading.Condition(self._lock)
         self._pending: list[bytes | memoryview] = []
         self._inboxes: dict[int, _Inbox] = {}
-        self._controls: deque[dict[str, Any]] = deque()
+        self._controls: deque[Control] = deque()
+        self._unread_control_bytes = 0
         self._opened: deque[tuple[int, dict[str, Any]]] = deque()
         # The kinds of stream the peer may open for accept_stream (None: every kind, on the keep).
         self._expected: set[str] | None = None if role == "keep" else set()
@@ -406,7 +412,7 @@ class ChannelIO:
                 inbox.size += len(event.data)
             self._notify(event.stream)
         elif isinstance(event, Control):
-            self._controls.append(event.message)
+            self._queue_control(event)
         elif isinstance(event, StreamOpened):
             self._inboxes[event.stream] = _Inbox()
             kind = event.meta["kind"]
@@ -435,6 +441,20 @@ class ChannelIO:
             self._peer_hello = event.info
         elif isinstance(event, StreamRefused):
             pass  # answered with RESET by the state machine
+
+    def _queue_control(self, control: Control) -> None:
+        if len(self._controls) >= MAX_UNREAD_CONTROLS:
+            raise ProtocolError(f"the peer sent more than {MAX_UNREAD_CONTROLS} control messages that wait unread")
+        if self._unread_control_bytes + control.size > MAX_UNREAD_CONTROL_BYTES:
+            raise ProtocolError(f"the peer sent more than {MAX_UNREAD_CONTROL_BYTES} bytes of control messages "
+                                "that wait unread")
+        self._controls.append(control)
+        self._unread_control_bytes += control.size
+
+    def _take_control(self) -> dict[str, Any]:
+        control = self._controls.popleft()
+        self._unread_control_bytes -= control.size
+        return control.message
 
     def _notify(self, stream: int) -> None:
         if stream in self._claimed:

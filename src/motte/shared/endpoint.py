@@ -59,7 +59,7 @@ class Endpoint(ChannelIO):
         with self._lock:
             ok = self._wait_for(lambda: self._controls or self._closed is not None, timeout)
             if self._controls:
-                return self._controls.popleft()
+                return self._take_control()
             self._raise_if_closed()
             raise Timeout(f"no control message within {timeout} s") if not ok else ChannelClosed("closed")
 
