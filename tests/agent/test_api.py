@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from motte.host.agent.auth import check_exposure, read_token
+from motte.host.agent.auth import check_exposure
 from motte.host.agent.server import serve
 from motte.host.backends.base import Backend
 from motte.host.backends.nil import NilBackend
 from motte.shared.agent_api import KeepRecord, KeepRequest
 from motte.shared.errors import MotteError
+from motte.shared.user_files import read_token
 from motte.tenant.agent_client import AgentClient, AgentError
 from tests.agent.conftest import AgentFactory, Log, PairBackend, gone, running
 from tests.net.conftest import free_port
@@ -210,8 +211,10 @@ def test_token_files(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(MotteError, match="at least 16 printable characters"):
         read_token(path)
-    with pytest.raises(MotteError, match="cannot read the token file"):
+    with pytest.raises(MotteError, match="not found"):
         read_token(tmp_path / "missing")
+    with pytest.raises(MotteError, match="not a regular file"):
+        read_token("/dev/zero")
 
 
 def test_unix_socket_is_this_users_only(make_agent: AgentFactory, standin: Backend, tmp_path: Path) -> None:

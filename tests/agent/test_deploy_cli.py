@@ -105,12 +105,37 @@ def test_detach_json_leaves_the_keep_running_on(agent: AgentClient, dev_policy: 
     assert facts["workload_sha256"] == hashlib.sha256(hello.read_bytes()).hexdigest()
     assert len(facts["launch_sha256"]) == 64
     (record,) = agent.list()
-    assert record.detach
+    assert record.detach and (facts["keep"], facts["backend"]) == (record.id, "nil")
     final = until(agent, record.id, lambda r: r.state == "exited", "exited")  # hello ran to its end, unwatched
     assert final.exit is not None and final.exit.status == 0
     result = motte("deploy", "--agent", agent.url, "--policy", str(dev_policy), "--json", str(hello))
     assert result.returncode == 125 and b"--json goes with --detach" in result.stderr
     assert len(agent.list()) == 1  # a usage error launches nothing
+
+
+def test_the_keeps_of_an_agent_are_listed_shown_and_stopped(agent: AgentClient, dev_policy: Path) -> None:
+    # spin runs until stopped (its --timeout, should the test fail before, ends it)
+    status, _stdout, stderr = deploy(agent, dev_policy, "--detach", "--timeout", "120", str(workload("spin")))
+    assert status == 0
+    (line,) = [line for line in stderr if line.startswith("deployed: ")]
+    keep_id = line.split()[2]
+    assert line.endswith(f"(motte host stop {keep_id} stops it)")
+    listed = motte("host", "list", "--agent", agent.url)
+    assert listed.returncode == 0
+    header, row = listed.stdout.decode().splitlines()
+    assert header.split() == ["id", "backend", "state", "memory", "created", "exit"]
+    assert row.split()[:4] == [keep_id, "nil", "running", "1G"] and row.endswith("  -")
+    shown = motte("host", "status", keep_id, "--agent", agent.url, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "running"
+    stopped = motte("host", "stop", keep_id, "--agent", agent.url, "--json")
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["id"] == keep_id
+    assert agent.list() == []
+    again = motte("host", "stop", keep_id, "--agent", agent.url)
+    assert again.returncode == 125 and again.stderr.decode().startswith(f"motte: error: the agent at {agent.url} "
+                                                                       f"has no keep {keep_id}")
+    bad = motte("host", "status", "../v1/info", "--agent", agent.url)
+    assert bad.returncode == 125 and b"is not a keep id" in bad.stderr
+    assert motte("host", "list", "--agent", agent.url, "--json").stdout == b'{\n  "keeps": []\n}\n'
 
 
 def test_a_keep_the_policy_refuses_is_stopped(agent: AgentClient, tmp_path: Path) -> None:

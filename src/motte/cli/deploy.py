@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from motte.cli.agent_options import agent_client, agent_options
 from motte.cli.run import parse_size
 from motte.shared.errors import MotteError
 
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from motte.tenant.deploy.policy import TenantPolicy
     from motte.tenant.deploy.session import DeployOutcome
 
-AGENT_ENV = "MOTTE_AGENT"
 MAX_SECRET_FILE = 64 << 10
 
 
@@ -45,14 +45,6 @@ def read_secrets(values: tuple[str, ...], kind: str, option: str) -> list[Secret
         value = read_user_file(source[1:], what=f"{option} {name}", limit=MAX_SECRET_FILE)
         secrets.append(Secret(kind, name, value))
     return secrets
-
-
-def _token(token_file: Path | None) -> str | None:
-    if token_file is None:
-        return os.environ.get("MOTTE_AGENT_TOKEN") or None
-    from motte.shared.user_files import read_user_text
-
-    return read_user_text(token_file, what="--token-file", limit=4096).strip() or None
 
 
 def _package(name: str, policy: TenantPolicy, registry_ca: Path | None) -> Package:
@@ -88,10 +80,7 @@ class _Output:
 @click.argument("package")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path), required=True,
               help="The tenant policy (TOML): which keeps to trust. See docs/deploy.md.")
-@click.option("--agent", default=None, metavar="URL",
-              help="The host agent: http://HOST:PORT or unix:/PATH [default: $MOTTE_AGENT or http://127.0.0.1:7313].")
-@click.option("--token-file", type=click.Path(path_type=Path),
-              help="The agent's bearer token [default: $MOTTE_AGENT_TOKEN].")
+@agent_options
 @click.option("--backend", default=None, help="The keep's backend [default: the strongest the host runs].")
 @click.option("--max-memory", default="1G", show_default=True, metavar="SIZE", help="Cap on the workload's memory.")
 @click.option("--timeout", type=click.FloatRange(min=0.001, max=1e7), metavar="SECONDS",
@@ -128,13 +117,11 @@ def deploy(package: str, policy_path: Path, agent: str | None, token_file: Path 
     if as_json and not detach:
         raise click.BadParameter("--json goes with --detach (without it, stdout is the workload's)",
                                  param_hint="--json")
-    from motte.shared.agent_api import DEFAULT_PORT, KeepRequest
-    from motte.tenant.agent_client import AgentClient
+    from motte.shared.agent_api import KeepRequest
 
     memory = parse_size(max_memory)
     timeout_ms = None if timeout is None else max(1, round(timeout * 1000))
-    url = agent or os.environ.get(AGENT_ENV) or f"http://127.0.0.1:{DEFAULT_PORT}"
-    client = AgentClient(url, token=_token(token_file))
+    client = agent_client(agent, token_file)
     # The launch request goes first: the agent hands out (or launches) the keep, and the keep
     # prepares for its tenant, while this process loads the rest. A bad input stops that keep.
     created = client.create_later(KeepRequest(backend=backend, memory=memory, timeout_ms=timeout_ms,
@@ -149,9 +136,10 @@ def deploy(package: str, policy_path: Path, agent: str | None, token_file: Path 
     except BaseException:
         _abandon(client, created)
         raise
-    outcome = _deploy(client, created(), loaded, policy, secrets, timeout_ms, detach)
+    record = created()
+    outcome = _deploy(client, record, loaded, policy, secrets, timeout_ms, detach)
     if detach:
-        _report_detached(outcome, as_json)
+        _report_detached(record, outcome, as_json)
         return
     assert outcome.exit is not None
     exit_ = outcome.exit
@@ -206,8 +194,10 @@ def _progress() -> Any:
     return say
 
 
-def _report_detached(outcome: DeployOutcome, as_json: bool) -> None:
+def _report_detached(record: KeepRecord, outcome: DeployOutcome, as_json: bool) -> None:
     facts = {
+        "keep": record.id,
+        "backend": record.backend,
         "technology": outcome.accepted.technology,
         "attested": outcome.accepted.attested,
         "workload_sha256": outcome.started.workload_sha256,
@@ -217,4 +207,5 @@ def _report_detached(outcome: DeployOutcome, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    click.echo(f"deployed: workload {facts['workload_sha256']}, launch {facts['launch_sha256']}", err=True)
+    click.echo(f"deployed: keep {record.id} on {record.backend}, workload {facts['workload_sha256']}, "
+               f"launch {facts['launch_sha256']} (motte host stop {record.id} stops it)", err=True)

@@ -1,5 +1,6 @@
 """``motte host serve``: the host agent, the long-running service on the untrusted host that
-launches empty keeps for tenants (``motte deploy``) and relays their connections.
+launches empty keeps for tenants (``motte deploy``) and relays their connections; ``motte host
+list/status/stop``: the keeps an agent launched, as a tenant or operator sees them.
 
 Heavy imports (aiohttp, the backends) happen inside the command, so ``motte --help`` stays fast.
 """
@@ -9,10 +10,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from motte.cli.agent_options import agent_client, agent_options, keep_id_argument
 from motte.shared.agent_api import DEFAULT_PORT
+from motte.shared.errors import MotteError
+from motte.shared.printable import printable
+
+if TYPE_CHECKING:
+    from motte.shared.agent_api import KeepRecord
 
 BACKENDS = ("nil", "kvm")
 #: warm keeps per backend unless --warm says otherwise: a nil keep costs a process; a kvm keep a
@@ -38,7 +46,7 @@ def parse_warm(values: tuple[str, ...]) -> dict[str, int]:
 
 @click.group()
 def host() -> None:
-    """The host side of motte deploy: the agent that launches keeps for tenants."""
+    """The host side of motte deploy: the agent that launches keeps for tenants, and the keeps it runs."""
 
 
 @host.command("serve")
@@ -80,10 +88,11 @@ def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | No
 
     from motte.cli.run import parse_size
     from motte.host.agent.app import HostAgent
-    from motte.host.agent.auth import check_exposure, read_token
+    from motte.host.agent.auth import check_exposure
     from motte.host.agent.keeps import AgentLimits
     from motte.host.agent.server import serve
     from motte.host.backends import get_backend
+    from motte.shared.user_files import read_token
 
     memory = parse_size(max_memory)
     if memory < 64 << 10:
@@ -107,3 +116,79 @@ def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | No
         sys.stdout.flush()
 
     asyncio.run(serve(agent, host=addr, port=port, unix=unix, on_ready=ready))
+
+
+# ---- the tenant's view of an agent: the keeps it launched ----
+# What an agent answers comes from the untrusted host: every value is escaped before it is printed.
+
+_COLUMNS = ("id", "backend", "state", "memory", "created", "exit")
+
+
+@host.command("list")
+@agent_options
+@click.option("--json", "as_json", is_flag=True, help='Print {"keeps": [record, ...]} (records as the API gives them).')
+def list_command(agent: str | None, token_file: Path | None, as_json: bool) -> None:
+    """List the keeps a host agent launched and still knows: live ones and ended ones not yet
+    stopped (a keep's record stays until `motte host stop` forgets it)."""
+    keeps = agent_client(agent, token_file).list()
+    if as_json:
+        click.echo(json.dumps({"keeps": [record.to_json() for record in keeps]}, indent=2))
+        return
+    if not keeps:
+        click.echo("no keeps", err=True)
+        return
+    rows = [_COLUMNS] + [tuple(_summary(record)[name] for name in _COLUMNS) for record in keeps]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@host.command("status")
+@click.argument("keep_id", metavar="KEEP", callback=keep_id_argument)
+@agent_options
+@click.option("--json", "as_json", is_flag=True, help="Print the keep's record as JSON.")
+def status_command(keep_id: str, agent: str | None, token_file: Path | None, as_json: bool) -> None:
+    """Show one keep's record: its state, limits, and how its workload ended (the status and
+    reason only: a deployed workload's output and exit message went to its tenant)."""
+    record = agent_client(agent, token_file).status(keep_id)
+    if as_json:
+        click.echo(json.dumps(record.to_json(), indent=2))
+        return
+    details = {**_summary(record), "timeout": "none" if record.timeout_ms is None else f"{record.timeout_ms} ms",
+               "detached": "yes" if record.detach else "no", "isolation": printable(record.isolation or "-"),
+               "sessions": str(record.sessions), "ended": printable(record.ended or "-"),
+               "error": printable(record.error or "-")}
+    for name, value in details.items():
+        click.echo(f"{name + ':':<11}{value}")
+
+
+@host.command("stop")
+@click.argument("keep_id", metavar="KEEP", callback=keep_id_argument)
+@agent_options
+@click.option("--json", "as_json", is_flag=True, help="Print the keep's final record as JSON.")
+def stop_command(keep_id: str, agent: str | None, token_file: Path | None, as_json: bool) -> None:
+    """Stop a keep (its workload ends, its memory is released) and make the agent forget it.
+    Exit status 125 if the agent does not know KEEP."""
+    client = agent_client(agent, token_file)
+    record = client.stop(keep_id)
+    if record is None:
+        raise MotteError(f"the agent at {client.url} has no keep {keep_id}",
+                         hint="`motte host list` shows the keeps it knows")
+    if as_json:
+        click.echo(json.dumps(record.to_json(), indent=2))
+        return
+    summary = _summary(record)
+    click.echo(f"stopped keep {summary['id']} ({summary['state']}, exit {summary['exit']})", err=True)
+
+
+def _summary(record: KeepRecord) -> dict[str, str]:
+    exit_ = "-" if record.exit is None else f"{record.exit.status} ({record.exit.reason})"
+    return {"id": printable(record.id), "backend": printable(record.backend), "state": printable(record.state),
+            "memory": _size(record.memory), "created": printable(record.created), "exit": printable(exit_)}
+
+
+def _size(size: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)

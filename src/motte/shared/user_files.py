@@ -73,6 +73,33 @@ def check_user_file(path: StrPath, *, what: str, limit: int, hint: str | None = 
     return Path(path)
 
 
+MIN_TOKEN = 16  # characters: a guessable token protects nothing
+MAX_TOKEN_FILE = 4096
+
+
+def read_token(path: StrPath, *, what: str = "the token file") -> str:
+    """The bearer token in ``path`` (its first line), from a file only its owner may read: the
+    agent's, the registry's, and the clients' of either."""
+    hint = "e.g. openssl rand -hex 32 > FILE; chmod 600 FILE"
+    fd = _open(path, what, hint, UserFileError)
+    try:
+        _check_regular(fd, path, what, MAX_TOKEN_FILE, hint, UserFileError)
+        mode = os.fstat(fd).st_mode
+        raw = _read_at_most(fd, MAX_TOKEN_FILE, path, what, UserFileError)
+    finally:
+        os.close(fd)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserFileError(f"{what} {path}: readable by others", hint=f"chmod 600 {path}")
+    try:
+        token = raw.decode("ascii").splitlines()[0].strip() if raw.strip() else ""
+    except UnicodeDecodeError:
+        raise UserFileError(f"{what} {path}: not ASCII text", hint=hint) from None
+    if len(token) < MIN_TOKEN or not token.isprintable() or " " in token:
+        raise UserFileError(f"{what} {path}: the token must be at least {MIN_TOKEN} printable characters "
+                            "without spaces", hint=hint)
+    return token
+
+
 def _open(path: StrPath, what: str, hint: str | None, error: type[MotteError]) -> int:
     try:
         return os.open(path, _OPEN_FLAGS)
