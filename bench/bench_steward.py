@@ -12,8 +12,9 @@ keep-alive connections, sending pre-built CSRs so that only the Steward's work i
   get  GET / (health), the baseline: the HTTP stack and the clients alone, measured in the same run
 
 Then, in the same run (unless --no-replicas), issuances/s of one Steward on SQLite against two
-replicas (two processes, the clients split between them) sharing one audit log on PostgreSQL (a
-server the bench starts: initdb into a temporary directory, a unix socket), both with the default
+replicas (two processes behind one address: both listen on one port with SO_REUSEPORT, and the
+kernel spreads the clients' connections) sharing one audit log, in one SQLite file or on PostgreSQL
+(a server the bench starts: initdb into a temporary directory, a unix socket), all with the default
 number of workers.
 
 Target: >= 300 issuances/s with p99 < 100 ms for both kinds, on a 2-core machine, with the default
@@ -59,7 +60,7 @@ def server_config(platform: Any) -> Any:
     return StewardConfig.build(CertificateAuthority(key, cert), policy, amd_trust=platform.trust())
 
 
-def run_server(config: Any, workers: int, log_location: str, conn: Any) -> None:
+def run_server(config: Any, workers: int, log_location: str, port: int, reuse_port: bool, conn: Any) -> None:
     from motte.steward.app import StewardService, serve
     from motte.steward.log import AuditLog
 
@@ -69,7 +70,8 @@ def run_server(config: Any, workers: int, log_location: str, conn: Any) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_reader(conn.fileno(), stop.set)  # the parent says stop
-        await serve(service, host="127.0.0.1", port=0, ssl_context=None, on_ready=conn.send, stop=stop)
+        await serve(service, host="127.0.0.1", port=port, ssl_context=None, on_ready=conn.send, stop=stop,
+                    reuse_port=reuse_port)
 
     try:
         asyncio.run(main())
@@ -133,9 +135,7 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def load(
-    ports: list[int], kind: str, requests: list[bytes], clients: int, seconds: float, warmup: float
-) -> Result:
+async def load(port: int, kind: str, requests: list[bytes], clients: int, seconds: float, warmup: float) -> Result:
     latencies: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()
@@ -145,7 +145,7 @@ async def load(
 
     async def client(i: int) -> None:
         nonlocal errors, counted
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports[i % len(ports)])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         n = i
         while (now := loop.time()) < until:
             writer.write(requests[n % len(requests)])
@@ -165,20 +165,23 @@ async def load(
 
 
 @contextmanager
-def stewards(config: Any, workers: int, log_locations: list[str]) -> Iterator[list[int]]:
-    """One Steward process per log location; yields their ports, prints their commit counts at the end."""
+def stewards(config: Any, workers: int, log_locations: list[str]) -> Iterator[int]:
+    """One Steward process per log location, all on one port (the first one's); yields the port,
+    prints their commit counts at the end."""
     ctx = multiprocessing.get_context("spawn")
     running = []
+    port, replicas = 0, len(log_locations) > 1
     try:
         for location in log_locations:
             parent, child = ctx.Pipe()
             # Not a daemon: the Steward's own worker pool needs child processes.
-            proc = ctx.Process(target=run_server, args=(config, workers, location, child))
+            proc = ctx.Process(target=run_server, args=(config, workers, location, port, replicas, child))
             proc.start()
             running.append((proc, parent))
             if not parent.poll(120):
                 sys.exit("the Steward did not start")
-        yield [int(parent.recv().rsplit(":", 1)[1].strip("/")) for _, parent in running]
+            port = int(parent.recv().rsplit(":", 1)[1].strip("/"))
+        yield port
     finally:
         commits = events = 0
         for proc, parent in running:
@@ -195,27 +198,29 @@ def stewards(config: Any, workers: int, log_locations: list[str]) -> Iterator[li
 def measure(config: Any, workers: int, args: argparse.Namespace, prepared: dict[str, list[bytes]]) -> dict[str, Result]:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-steward-") as tmp, \
-            stewards(config, workers, [str(Path(tmp) / "steward.db")]) as ports:
+            stewards(config, workers, [str(Path(tmp) / "steward.db")]) as port:
         for kind in ("get", "kvm", "snp"):
             requests = [GET] if kind == "get" else prepared[kind]
-            results[kind] = asyncio.run(load(ports, kind, requests, args.clients, args.seconds, args.warmup))
+            results[kind] = asyncio.run(load(port, kind, requests, args.clients, args.seconds, args.warmup))
     return results
 
 
 def compare_replicas(config: Any, workers: int, args: argparse.Namespace, prepared: dict[str, list[bytes]]) -> None:
-    """Issuances/s: one Steward on SQLite, then two replicas on one PostgreSQL log, same CSRs."""
+    """Issuances/s: one Steward on SQLite, then two replicas behind one address sharing one log (a
+    SQLite file, then PostgreSQL), same CSRs."""
     from tests.pgsql.server import PostgresDidNotStart, new_database, postgres_server
 
     print(f"replicas (workers={workers} each; kvm and snp issuances)")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-steward-") as tmp, postgres_server() as sockets:
-            setups = [("1 on SQLite    ", [str(Path(tmp) / "steward.db")])]
+            setups = [("1 on SQLite    ", [str(Path(tmp) / "steward.db")]),
+                      ("2 on SQLite    ", [str(Path(tmp) / "shared.db")] * 2)]
             dsn = new_database(sockets)
             setups.append(("2 on PostgreSQL", [dsn, dsn]))
             for label, locations in setups:
-                with stewards(config, workers, locations) as ports:
+                with stewards(config, workers, locations) as port:
                     for kind in ("kvm", "snp"):
-                        r = asyncio.run(load(ports, kind, prepared[kind], args.clients, args.seconds, args.warmup))
+                        r = asyncio.run(load(port, kind, prepared[kind], args.clients, args.seconds, args.warmup))
                         print(f"  {label} {kind}: {r.rate:7.0f} issuances/s   p50 "
                               f"{statistics.median(r.latencies) * 1000:6.1f} ms   p99 {r.pct(0.99):6.1f} ms"
                               f"   errors {r.errors}")
@@ -228,7 +233,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per kind")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--no-replicas", action="store_true", help="skip 1 Steward on SQLite vs 2 on PostgreSQL")
+    parser.add_argument("--no-replicas", action="store_true",
+                        help="skip 1 Steward on SQLite vs 2 on SQLite or PostgreSQL")
     parser.add_argument(
         "--workers", type=int, nargs="+", help="Steward worker processes to compare (0: inline). Default: 0 and auto"
     )

@@ -53,3 +53,23 @@ def test_two_writers_share_one_log_and_a_serial_stays_unique(postgres_dsn: Calla
 def test_an_unreachable_server_is_one_clear_error(postgres_dsn: Callable[[], str]) -> None:
     with pytest.raises(LogError, match=r"cannot open the audit log postgresql://.*no-such-dir"):
         AuditLog("postgresql:///x?host=/no-such-dir&user=motte")
+
+
+def test_a_steward_upgraded_in_place_extends_an_older_shared_log(postgres_dsn: Callable[[], str]) -> None:
+    import psycopg
+
+    dsn = postgres_dsn()
+    log = AuditLog(dsn)
+    log.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the log as a Steward of schema version 2 left it
+        conn.execute("ALTER TABLE events DROP COLUMN replica")
+        conn.execute("UPDATE steward_schema SET version = 2")
+        conn.execute("INSERT INTO events (at, verdict, status, serial) VALUES ('2024-01-01T00:00:00+00:00', "
+                     "'issued', 200, '1')")
+    (old,) = read_events(dsn)  # read before any upgrade: the new column reads as NULL
+    assert (old["serial"], old["replica"]) == ("1", None)
+    log = AuditLog(dsn)
+    log.append_sync(Event(at="2025-01-01T00:00:00+00:00", verdict="issued", status=200, serial="2",
+                          replica="steward-0:7"))
+    log.close()
+    assert [(e["serial"], e["replica"]) for e in read_events(dsn)] == [("1", None), ("2", "steward-0:7")]

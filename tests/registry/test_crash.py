@@ -26,7 +26,7 @@ from tests.registry.conftest import TOKEN, make_package, padded_wasm, register
 
 
 @contextmanager
-def registry_process(store: Path, tls_dir: Path, database: str | None = None
+def registry_process(store: Path, tls_dir: Path, database: str | None = None, *options: str
                      ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     token_file = store.parent / "token"
     if not token_file.exists():
@@ -35,7 +35,7 @@ def registry_process(store: Path, tls_dir: Path, database: str | None = None
     proc = subprocess.Popen(
         [sys.executable, "-m", "motte", "registry", "serve", "--store", str(store), "--port", "0", "--json",
          "--tls-cert", str(tls_dir / "server.pem"), "--tls-key", str(tls_dir / "server.key"),
-         "--token-file", str(token_file)],
+         "--token-file", str(token_file), *options],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env={**os.environ, **({"MOTTE_REGISTRY_DATABASE": database} if database else {})})
     try:

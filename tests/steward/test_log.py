@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from motte.steward.log import AuditLog, Event, LogError, connect, read_events
+from motte.steward.log import SCHEMA_VERSION, AuditLog, Event, LogError, connect, read_events
 
 
 def event(i: int, verdict: str = "issued") -> Event:
@@ -111,12 +111,12 @@ def test_a_steward_upgraded_in_place_opens_and_extends_an_old_log(tmp_path: Path
     with sqlite3.connect(path) as conn:
         conn.executescript(V1_SCHEMA)
     (old,) = read_events(path)  # read before any upgrade: the new columns read as NULL
-    assert (old["serial"], old["workload_sha256"], old["launch_sha256"]) == ("1", None, None)
+    assert (old["serial"], old["workload_sha256"], old["launch_sha256"], old["replica"]) == ("1", None, None, None)
     log = AuditLog(path)
     log.append_sync(Event(at="2025-01-01T00:00:00+00:00", verdict="issued", status=200, serial="2",
                           workload_sha256="aa" * 32, launch_sha256="bb" * 32))
     log.close()
     assert [(e["serial"], e["workload_sha256"]) for e in read_events(path)] == [("1", None), ("2", "aa" * 32)]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     AuditLog(path).close()  # and opens again, already current

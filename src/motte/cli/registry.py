@@ -42,11 +42,15 @@ def registry() -> None:
 @click.option("--max-package", default="1G", show_default=True, metavar="SIZE", help="The largest package (all files).")
 @click.option("--idle-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a client may send nothing mid-request before it is cut off (408).")
+@click.option("--reuse-port", is_flag=True,
+              help="Listen with SO_REUSEPORT: replicas on one machine, each started with it (as the same user), "
+              "share --addr:--port and the kernel spreads connections among them. Needs the postgresql:// --database "
+              "they share. (In Kubernetes each pod has its own address: the Service is the one address.)")
 @click.option("--json", "as_json", is_flag=True, help='Print the ready line as JSON: {"url", "store"}.')
 def serve_command(store_dir: Path, database: str | None, addr: str, port: int, tls_cert: Path | None,
                   tls_key: Path | None, token_file: Path | None, steward_cas: tuple[Path, ...],
                   allow_unattested_readers: bool, max_blob: str, max_package: str, idle_timeout: float,
-                  as_json: bool) -> None:
+                  reuse_port: bool, as_json: bool) -> None:
     """Serve the registry until SIGINT or SIGTERM.
 
     Public repositories are readable by anyone who reaches it; publishing needs the token (when
@@ -86,5 +90,5 @@ def serve_command(store_dir: Path, database: str | None, addr: str, port: int, t
             click.echo(f"motte registry: listening on {url} (store {store_dir}, database {store.database}{extra})")
         sys.stdout.flush()
 
-    asyncio.run(serve(service, host=addr, port=port, ssl_context=context, on_ready=ready))
+    asyncio.run(serve(service, host=addr, port=port, ssl_context=context, on_ready=ready, reuse_port=reuse_port))
     click.echo("motte registry: stopped", err=True)

@@ -91,6 +91,13 @@ def _private_directory(directory: Path) -> None:
     type=click.FloatRange(0.1, 600),
     help="Seconds a client has to send its body (slower: 408).",
 )
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    help="Listen with SO_REUSEPORT: replicas on one machine, each started with it (as the same user) and the same "
+    "--log, share --addr:--port and the kernel spreads connections among them. (In Kubernetes each pod has its "
+    "own address: the Service is the one address.)",
+)
 @click.option("--dev", is_flag=True, help="Development Steward: own CA and a policy that issues to anything.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="--dev: where its CA and log live.")
 def serve_command(
@@ -105,6 +112,7 @@ def serve_command(
     workers: int | None,
     max_body: int,
     request_timeout: float,
+    reuse_port: bool,
     dev: bool,
     state_dir: Path | None,
 ) -> None:
@@ -169,7 +177,11 @@ def serve_command(
             click.echo(f"motte steward: listening on {url} (log {location}, CA {ca.cert.subject.rfc4514_string()})")
             sys.stdout.flush()
 
-        asyncio.run(steward_app.serve(service, host=addr, port=port, ssl_context=ssl_context, on_ready=ready))
+        asyncio.run(
+            steward_app.serve(
+                service, host=addr, port=port, ssl_context=ssl_context, on_ready=ready, reuse_port=reuse_port
+            )
+        )
     finally:
         log.close()
     click.echo("motte steward: stopped", err=True)

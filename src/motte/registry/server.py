@@ -13,6 +13,7 @@ from aiohttp import web
 from motte.host.agent.server import stop_on_signals
 from motte.registry.app import Registry
 from motte.shared.errors import MotteError
+from motte.shared.listening import listen_tcp
 from motte.shared.loopback import is_loopback
 from motte.steward.app import tls_context
 
@@ -47,10 +48,15 @@ def check_exposure(host: str, tls: bool, token: str | None) -> None:
 
 
 async def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None,
-                on_ready: Callable[[str], None], stop: asyncio.Event | None = None) -> None:
+                on_ready: Callable[[str], None], stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); ``on_ready`` gets the base URL. The store
-    is opened here (on this loop's thread) and closed however this ends."""
+    is opened here (on this loop's thread) and closed however this ends. With ``reuse_port`` this
+    server is one of several replicas listening on the same host:port (``motte.shared.listening``)."""
     check_exposure(host, ssl_context is not None, registry.access.token)
+    if reuse_port and not registry.store.shared:
+        # A SQLite store is one server's: at start it empties tmp/ and removes blobs no row names.
+        raise MotteError("--reuse-port runs replicas, and registry replicas share a store only with a "
+                         "postgresql:// --database", hint="give --database postgresql://..., or drop --reuse-port")
     stop = stop or asyncio.Event()
     release_signals = stop_on_signals(stop)
     registry.store.open()
@@ -60,15 +66,7 @@ async def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 0, s
                            keepalive_timeout=registry.idle_timeout)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise MotteError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                             hint="another program uses the port: choose another with --port") from None
-        bound = runner.addresses[0]
-        shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-        on_ready(f"{'https' if ssl_context else 'http'}://{shown}:{bound[1]}")
+        on_ready(await listen_tcp(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port))
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -26,6 +26,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 
 from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
+from motte.shared.listening import listen_tcp
 from motte.shared.loopback import is_loopback as is_loopback  # (motte steward serve --dev checks it too)
 from motte.shared.steward_protocol import CHAIN_CONTENT_TYPE, MAX_CSR, PKCS10, encode_chain
 from motte.steward.check import Refused, check_request
@@ -54,6 +56,11 @@ LINGER = 1.0  # how long aiohttp keeps draining an unread (e.g. oversized) body 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def replica_name() -> str:
+    """This Steward process among replicas: hostname:pid (in Kubernetes the hostname is the pod's name)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # --- the engine: one request in, one outcome out (runs in a worker process, or inline) ----------
@@ -101,7 +108,7 @@ class IssueOutcome(NamedTuple):
     body: bytes
     keep_claims: KeepClaims | None = None  # the workload and launch digests the CSR carried
 
-    def event(self, at: datetime, peer: str | None) -> Event:
+    def event(self, at: datetime, peer: str | None, replica: str) -> Event:
         return Event(
             at=at.isoformat(),
             verdict="issued" if self.status == 200 else "refused",
@@ -119,6 +126,7 @@ class IssueOutcome(NamedTuple):
             peer=peer,
             workload_sha256=self.keep_claims.workload_sha256.hex() if self.keep_claims else None,
             launch_sha256=self.keep_claims.launch_sha256.hex() if self.keep_claims else None,
+            replica=replica,
         )
 
 
@@ -242,6 +250,7 @@ class StewardService:
         self.dev = dev
         self.steward = Steward.from_config(config)
         self.workers = workers
+        self.replica = replica_name()  # which of the replicas sharing the log decided
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor | None:
@@ -298,7 +307,7 @@ class StewardService:
             else:
                 outcome = await self._decide(body, now)
         try:
-            await self.log.append(outcome.event(now, request.remote))
+            await self.log.append(outcome.event(now, request.remote, self.replica))
         except LogError as exc:
             # Never hand out a certificate the log does not record.
             outcome = refusal(Refused(503, "log_unavailable", f"{exc}; nothing was issued"), outcome.csr_sha256)
@@ -390,9 +399,11 @@ async def serve(
     ssl_context: ssl.SSLContext | None,
     on_ready: Callable[[str], None],
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); then stop accepting, let requests in flight
-    finish (their log entries included), and close."""
+    finish (their log entries included), and close. With ``reuse_port`` this Steward is one of
+    several replicas listening on the same host:port (``motte.shared.listening``)."""
     if ssl_context is None and not is_loopback(host):
         raise MotteError(
             f"refusing to serve plain HTTP on {host}: keeps would send their CSRs in clear",
@@ -413,15 +424,8 @@ async def serve(
                            keepalive_timeout=service.request_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise MotteError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        bound = runner.addresses[0]
-        scheme = "https" if ssl_context else "http"
-        shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-        on_ready(f"{scheme}://{shown}:{bound[1]}/")
+        url = await listen_tcp(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
+        on_ready(f"{url}/")
         await stop.wait()
     finally:
         await runner.cleanup()

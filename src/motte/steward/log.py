@@ -1,10 +1,11 @@
 """The Steward's audit log: every issuance and every refusal, durable before the answer leaves.
 
-SQLite in WAL mode with ``synchronous=FULL`` (one Steward), or PostgreSQL with synchronous commit
-(replicas sharing one log): a transaction that has committed survives a crash or a ``kill -9`` of
-the Steward and a power cut of the machine. The service appends an event and waits
-for its commit before it sends the response, so no client ever holds a certificate the log does
-not know about.
+SQLite in WAL mode with ``synchronous=FULL`` (one Steward, or replicas on one machine, which its
+locks let take turns), or PostgreSQL with synchronous commit (replicas anywhere sharing one log): a
+transaction that has committed survives a crash or a ``kill -9`` of the Steward and a power cut of
+the machine. The service appends an event and waits for its commit before it sends the response,
+so no client ever holds a certificate the log does not know about. Each event names the replica
+that decided it.
 
 One writer thread owns the connection and commits in groups: it takes every event queued while the
 previous commit was in progress, writes them in one transaction and one fsync, then releases all
@@ -35,7 +36,7 @@ from motte.shared.errors import MotteError
 
 Location = Path | str | DatabaseUrl
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # One table either way; the engines differ only in how a row gets its id and how bytes are stored.
 EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS events (
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS events (
     certificate     {bytes},            -- DER, issued certificates only
     peer            TEXT,
     workload_sha256 TEXT,               -- the digests the CSR's binding extensions carried (hex)
-    launch_sha256   TEXT
+    launch_sha256   TEXT,
+    replica         TEXT                -- which Steward process decided: hostname:pid
 )"""
 SCHEMA = {
     "sqlite": (EVENTS_TABLE.format(id="INTEGER PRIMARY KEY", bytes="BLOB"),
@@ -68,6 +70,7 @@ SCHEMA = {
 # What each schema version adds to the one before (a Steward upgraded in place opens an old log).
 MIGRATIONS = {
     2: ("ALTER TABLE events ADD COLUMN workload_sha256 TEXT", "ALTER TABLE events ADD COLUMN launch_sha256 TEXT"),
+    3: ("ALTER TABLE events ADD COLUMN replica TEXT",),
 }
 COLUMNS = (
     "at",
@@ -86,6 +89,7 @@ COLUMNS = (
     "peer",
     "workload_sha256",
     "launch_sha256",
+    "replica",
 )
 INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 MAX_BATCH = 512
@@ -109,6 +113,7 @@ class Event:
     peer: str | None = None
     workload_sha256: str | None = None
     launch_sha256: str | None = None
+    replica: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         values = [getattr(self, name) for name in COLUMNS]
@@ -297,10 +302,13 @@ def read_events(location: Location, *, limit: int | None = None) -> Iterator[dic
     except DatabaseError as exc:
         raise LogError(f"cannot open the audit log {url}: {exc.message}") from exc
     try:
-        if db.engine == "sqlite":  # an older log lacks some columns
+        # An older log (one no Steward of this version has opened yet) lacks some columns.
+        if db.engine == "sqlite":
             present = {row[1] for row in db.execute("PRAGMA table_info(events)").fetchall()}
         else:
-            present = set(COLUMNS)
+            present = {row[0] for row in db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'events' "
+                "AND table_schema = current_schema()").fetchall()}
         sql = "SELECT id, " + ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS) + " FROM events"
         if limit is not None:
             sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)}) AS recent ORDER BY id"

@@ -12,13 +12,13 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from motte.host.agent.app import HostAgent
 from motte.host.agent.auth import check_exposure
 from motte.shared.errors import MotteError
+from motte.shared.listening import listen_tcp
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds requests in flight get once the keeps are stopped
 
@@ -55,15 +55,13 @@ async def serve(agent: HostAgent, *, host: str = "127.0.0.1", port: int = 0, uni
         if unix is not None:
             sock = bind_unix(unix)
             bound = unix
-            site: web.BaseSite = web.SockSite(runner, sock)
+            try:
+                await web.SockSite(runner, sock).start()
+            except OSError as exc:
+                raise MotteError(f"cannot listen on {unix}: {exc.strerror or exc}") from None
+            on_ready(f"unix:{unix}")
         else:
-            site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise MotteError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                             hint="another program uses the port: choose another with --port") from None
-        on_ready(f"unix:{unix}" if unix is not None else _url(runner.addresses[0]))
+            on_ready(await listen_tcp(runner, host, port))
         await stop.wait()
     finally:
         try:
@@ -104,8 +102,3 @@ def bind_unix(path: Path) -> socket.socket:
     finally:
         os.umask(old_umask)
     return sock
-
-
-def _url(address: Any) -> str:
-    host, port = address[0], address[1]  # (an IPv6 socket address has four fields)
-    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
