@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "image": ("motte.cli.image", "image", "Build and measure the micro-VM keep image."),
     "attest": ("motte.cli.attest", "attest", "Verify attestation evidence and keep certificates."),
     "steward": ("motte.cli.steward", "steward", "Run the Steward, the attestation certificate authority."),
-    "host": ("motte.cli.host", "host", "The host agent that launches keeps for tenants (motte deploy), and the keeps it runs."),
+    "host": ("motte.cli.host", "host", "The host agent that launches keeps for tenants, and the keeps it runs."),
     "registry": ("motte.cli.registry", "registry", "Run the package registry (Drawbridge's API)."),
     "package": ("motte.cli.package", "package", "Publish packages to a registry and fetch them, signatures checked."),
     "repo": ("motte.cli.package", "repo", "Register repositories on a registry, list their tags."),
