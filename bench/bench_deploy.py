@@ -31,7 +31,7 @@ from bench.common import compile_motte, repetitions, to_first_output  # noqa: E4
 from tests.workloads import workload  # noqa: E402
 
 from motte.keep.runtime import IDLE_BEFORE_PRELOAD  # noqa: E402
-from motte.shared.agent_api import KeepRequest  # noqa: E402
+from motte.outside.agent_api import KeepRequest  # noqa: E402
 from motte.tenant.agent_client import AgentClient  # noqa: E402
 from motte.tenant.deploy.package import Package, load_package  # noqa: E402
 from motte.tenant.deploy.policy import TenantPolicy, load_tenant_policy  # noqa: E402

@@ -20,9 +20,9 @@ from motte.host.agent.auth import check_exposure
 from motte.host.agent.server import serve
 from motte.host.backends.base import Backend
 from motte.host.backends.nil import NilBackend
-from motte.shared.agent_api import KeepRecord, KeepRequest
+from motte.outside.agent_api import KeepRecord, KeepRequest
+from motte.outside.user_files import read_token
 from motte.shared.errors import MotteError
-from motte.shared.user_files import read_token
 from motte.tenant.agent_client import AgentClient, AgentError
 from tests.agent.conftest import AgentFactory, Log, PairBackend, gone, running
 from tests.net.conftest import free_port

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from motte.shared.agent_api import KeepRequest
+from motte.outside.agent_api import KeepRequest
 from motte.tenant.agent_client import AgentClient
 from tests.agent.conftest import gone
 from tests.agent.test_api import TOKEN, until_state

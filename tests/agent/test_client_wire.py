@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from motte.shared.agent_api import MAX_MESSAGE, KeepRequest
+from motte.outside.agent_api import MAX_MESSAGE, KeepRequest
 from motte.tenant.agent_client import AgentClient, AgentError, SessionClosed
 from tests.agent.conftest import AgentFactory, PairBackend
 from tests.agent.test_relay import accept, launched, round_trip

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from motte.host.backends.nil import NilBackend
-from motte.shared.agent_api import KeepRecord
+from motte.outside.agent_api import KeepRecord
 from motte.tenant.agent_client import AgentClient
 from tests.agent.conftest import AgentFactory, Log, gone, running
 from tests.agent.test_api import until

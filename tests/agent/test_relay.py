@@ -16,7 +16,7 @@ from typing import TypeVar
 import pytest
 
 from motte.host.backends.base import Backend
-from motte.shared.agent_api import KeepExit, KeepRecord, KeepRequest
+from motte.outside.agent_api import KeepExit, KeepRecord, KeepRequest
 from motte.shared.control import PROVISION_STREAM, Conversation, Exit, Provision, Serve, Served
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.endpoint import Endpoint, StreamAborted

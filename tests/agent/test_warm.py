@@ -16,7 +16,7 @@ import pytest
 from motte.cli.host import parse_warm
 from motte.host.backends.base import KeepHandle, LaunchSpec, Progress
 from motte.host.backends.nil import NilBackend
-from motte.shared.agent_api import KeepRequest
+from motte.outside.agent_api import KeepRequest
 from motte.shared.errors import MotteError
 from motte.tenant.agent_client import AgentClient, AgentError
 from tests.agent.conftest import AgentFactory, Log, PairBackend, PairKeep, gone, running, spawn_standin

@@ -3,8 +3,9 @@
 - The keep (``keep/``, the TCB) imports nothing from the host, tenant or CLI side.
 - ``shared/`` (code both sides run, all of it in the keep image) imports nothing from motte outside
   itself.
-- The keep reads no file a user names: it never imports ``shared/user_files.py``, which is for the
-  CLI, the host and the Steward.
+- ``outside/`` (code the programs outside the keep share, none of it in the keep image) is host
+  side: the keep and ``shared/`` never import it. So the keep reads no file a user names
+  (``outside/user_files.py``) and runs no service code.
 - The host imports from the keep only where it starts or holds a keep's own code: the modules in
   :data:`HOST_MODULES_THAT_START_A_KEEP`, each with its reason. The CLI, the tenant side, the
   Steward and the registry import nothing from the keep.
@@ -18,9 +19,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "motte"
-HOST_SIDE = ("motte.host", "motte.tenant", "motte.cli", "motte.registry")
+HOST_SIDE = ("motte.host", "motte.tenant", "motte.cli", "motte.registry", "motte.steward", "motte.outside")
 KEEP = "motte.keep"
-USER_FILES = "motte.shared.user_files"  # reading files a user names: the CLI's, the host's, the Steward's
 
 #: The host modules that may import ``motte.keep``, and why. Any other host module that does fails
 #: the test: host code that needs what the keep also runs takes it from ``motte.shared``.
@@ -84,17 +84,12 @@ def test_shared_imports_nothing_from_motte_outside_itself() -> None:
     assert _offenders(("shared",), ("motte.keep", *HOST_SIDE)) == []
 
 
-def test_the_keep_reads_no_file_a_user_names() -> None:
-    assert _offenders(("keep",), (USER_FILES,)) == []
-    assert _offenders(("shared",), (USER_FILES,), {"shared/user_files.py": "itself"}) == []
-
-
 def test_only_the_modules_that_start_a_keep_import_it() -> None:
     assert _offenders(("host",), (KEEP,), HOST_MODULES_THAT_START_A_KEEP) == []
 
 
-def test_the_cli_tenant_steward_and_registry_import_nothing_from_the_keep() -> None:
-    assert _offenders(("cli", "tenant", "steward", "registry"), (KEEP,)) == []
+def test_the_cli_tenant_steward_registry_and_outside_import_nothing_from_the_keep() -> None:
+    assert _offenders(("cli", "tenant", "steward", "registry", "outside"), (KEEP,)) == []
 
 
 def test_each_allowed_keep_importer_exists_and_still_needs_its_exception() -> None:
@@ -106,7 +101,7 @@ def test_each_allowed_keep_importer_exists_and_still_needs_its_exception() -> No
 def test_loading_the_keep_runtime_loads_no_host_side_module() -> None:
     probe = (
         "import sys, motte.keep.runtime, motte.keep.__main__;"
-        "print([m for m in sys.modules if m.startswith(('motte.host', 'motte.tenant', 'motte.cli', 'motte.registry'))])"
+        f"print([m for m in sys.modules if m.startswith({HOST_SIDE!r})])"
     )
     out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

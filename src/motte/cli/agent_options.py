@@ -34,12 +34,12 @@ def agent_options(command: F) -> F:
 
 
 def agent_client(agent: str | None, token_file: Path | None) -> AgentClient:
-    from motte.shared.agent_api import DEFAULT_PORT
+    from motte.outside.agent_api import DEFAULT_PORT
     from motte.tenant.agent_client import AgentClient
 
     url = agent or os.environ.get(AGENT_ENV) or f"http://127.0.0.1:{DEFAULT_PORT}"
     if token_file is not None:
-        from motte.shared.user_files import read_token
+        from motte.outside.user_files import read_token
 
         return AgentClient(url, token=read_token(token_file, what="--token-file"))
     return AgentClient(url, token=os.environ.get(TOKEN_ENV) or None)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from motte.outside.user_files import read_user_file, read_user_text
 from motte.shared.errors import MotteError
 from motte.shared.printable import printable
-from motte.shared.user_files import read_user_file, read_user_text
 
 if TYPE_CHECKING:
     from motte.tenant.attest import Claims

@@ -17,7 +17,7 @@ from motte.shared.errors import MotteError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from motte.shared.agent_api import KeepRecord
+    from motte.outside.agent_api import KeepRecord
     from motte.shared.provision import Frame, Secret
     from motte.tenant.agent_client import AgentClient
     from motte.tenant.deploy.package import Package
@@ -29,9 +29,9 @@ MAX_SECRET_FILE = 64 << 10
 
 def read_secrets(values: tuple[str, ...], kind: str, option: str) -> list[Secret]:
     """``NAME=@FILE`` -> the secret (its file read now: a bad one fails before any keep starts)."""
+    from motte.outside.user_files import read_user_file
     from motte.shared.control import secret_name
     from motte.shared.provision import Secret
-    from motte.shared.user_files import read_user_file
 
     secrets = []
     for item in values:
@@ -117,7 +117,7 @@ def deploy(package: str, policy_path: Path, agent: str | None, token_file: Path 
     if as_json and not detach:
         raise click.BadParameter("--json goes with --detach (without it, stdout is the workload's)",
                                  param_hint="--json")
-    from motte.shared.agent_api import KeepRequest
+    from motte.outside.agent_api import KeepRequest
 
     memory = parse_size(max_memory)
     timeout_ms = None if timeout is None else max(1, round(timeout * 1000))

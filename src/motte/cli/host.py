@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import click
 
 from motte.cli.agent_options import agent_client, agent_options, keep_id_argument
-from motte.shared.agent_api import DEFAULT_PORT
+from motte.outside.agent_api import DEFAULT_PORT
 from motte.shared.errors import MotteError
 from motte.shared.printable import printable
 
 if TYPE_CHECKING:
-    from motte.shared.agent_api import KeepRecord
+    from motte.outside.agent_api import KeepRecord
 
 BACKENDS = ("nil", "kvm")
 #: warm keeps per backend unless --warm says otherwise: a nil keep costs a process; a kvm keep a
@@ -92,7 +92,7 @@ def serve_command(addr: str, port: int, unix: Path | None, token_file: Path | No
     from motte.host.agent.keeps import AgentLimits
     from motte.host.agent.server import serve
     from motte.host.backends import get_backend
-    from motte.shared.user_files import read_token
+    from motte.outside.user_files import read_token
 
     memory = parse_size(max_memory)
     if memory < 64 << 10:

@@ -63,7 +63,7 @@ def _default_host() -> str | None:
 
 def _client(host: str, ca_file: Path | None, token_file: Path | None, client_cert: Path | None,
             client_key: Path | None) -> RegistryClient:
-    from motte.shared.user_files import read_token
+    from motte.outside.user_files import read_token
     from motte.tenant.registry.client import RegistryClient, RegistryTrust
 
     if client_key is not None and client_cert is None:

@@ -61,12 +61,12 @@ def serve_command(store_dir: Path, database: str | None, addr: str, port: int, t
     import asyncio
 
     from motte.cli.run import parse_size
+    from motte.outside.database import parse_database_url
+    from motte.outside.user_files import read_token
     from motte.registry.app import Access, Registry
     from motte.registry.server import check_exposure, registry_tls, serve
     from motte.registry.store import Store, StoreLimits
-    from motte.shared.database import parse_database_url
     from motte.shared.errors import MotteError
-    from motte.shared.user_files import read_token
 
     if (tls_cert is None) != (tls_key is None):
         raise MotteError("give both --tls-cert and --tls-key, or neither")

@@ -57,8 +57,8 @@ def parse_dirs(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def read_workload(path: Path) -> bytes:
+    from motte.outside.user_files import read_user_file
     from motte.shared.control import MAX_WASM_SIZE
-    from motte.shared.user_files import read_user_file
 
     wasm = read_user_file(path, what="workload", limit=MAX_WASM_SIZE, hint="give the path of a .wasm workload")
     if not wasm.startswith(WASM_MAGIC):
@@ -75,7 +75,7 @@ def load_config(path: Path | None) -> object:
     if path is None:
         return default_config()  # (without loading the TOML reader: start-up counts)
     from motte.host.enarx_toml import MAX_CONFIG_SIZE, parse_enarx_toml
-    from motte.shared.user_files import read_user_text
+    from motte.outside.user_files import read_user_text
 
     text = read_user_text(path, what="workload config", limit=MAX_CONFIG_SIZE, hint="give the path of an Enarx.toml")
     return parse_enarx_toml(text, source=str(path))

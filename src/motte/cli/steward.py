@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from motte.outside.user_files import check_user_file, read_user_text
 from motte.shared.errors import MotteError
 from motte.shared.printable import printable
-from motte.shared.user_files import check_user_file, read_user_text
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -119,7 +119,7 @@ def serve_command(
     """Serve the Steward protocol: POST / a CSR with evidence, get [CA, certificate] back."""
     import asyncio
 
-    from motte.shared.database import DatabaseUrl, parse_database_url
+    from motte.outside.database import DatabaseUrl, parse_database_url
     from motte.steward import app as steward_app
     from motte.steward.issuer import CertificateAuthority
     from motte.steward.log import AuditLog
@@ -220,7 +220,7 @@ def new_ca_command(out_dir: Path, name: str, days: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def log_command(log_location: str | None, limit: int, as_json: bool) -> None:
     """Show the most recent issuances and refusals."""
-    from motte.shared.database import DatabaseUrl, parse_database_url
+    from motte.outside.database import DatabaseUrl, parse_database_url
     from motte.steward.log import read_events
 
     location = DatabaseUrl("sqlite", path=_default_log()) if log_location is None else parse_database_url(log_location)

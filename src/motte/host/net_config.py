@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from motte.outside.user_files import read_user_file
 from motte.shared.control import MAX_CA_BUNDLE
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.errors import MotteError
 from motte.shared.steward_http import parse_steward_url
-from motte.shared.user_files import read_user_file
 
 PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 

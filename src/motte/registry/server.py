@@ -11,10 +11,10 @@ from pathlib import Path
 from aiohttp import web
 
 from motte.host.agent.server import stop_on_signals
+from motte.outside.listening import listen_tcp
+from motte.outside.loopback import is_loopback
 from motte.registry.app import Registry
 from motte.shared.errors import MotteError
-from motte.shared.listening import listen_tcp
-from motte.shared.loopback import is_loopback
 from motte.steward.app import tls_context
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -51,7 +51,7 @@ async def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 0, s
                 on_ready: Callable[[str], None], stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); ``on_ready`` gets the base URL. The store
     is opened here (on this loop's thread) and closed however this ends. With ``reuse_port`` this
-    server is one of several replicas listening on the same host:port (``motte.shared.listening``)."""
+    server is one of several replicas listening on the same host:port (``motte.outside.listening``)."""
     check_exposure(host, ssl_context is not None, registry.access.token)
     if reuse_port and not registry.store.shared:
         # A SQLite store is one server's: at start it empties tmp/ and removes blobs no row names.

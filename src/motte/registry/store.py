@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from motte.host.agent.errors import ApiError
+from motte.outside.database import Database, DatabaseError, DatabaseUrl, open_database
 from motte.registry.formats import (
     Entry,
     FormatError,
@@ -40,7 +41,6 @@ from motte.registry.formats import (
     semver_key,
 )
 from motte.shared.control import MAX_WASM_SIZE
-from motte.shared.database import Database, DatabaseError, DatabaseUrl, open_database
 from motte.shared.errors import MotteError
 
 # "user" is quoted: PostgreSQL reserves the word. The engines differ only in two type names.

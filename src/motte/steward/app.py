@@ -39,10 +39,10 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from motte.outside.listening import listen_tcp
+from motte.outside.loopback import is_loopback as is_loopback  # (motte steward serve --dev checks it too)
 from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
-from motte.shared.listening import listen_tcp
-from motte.shared.loopback import is_loopback as is_loopback  # (motte steward serve --dev checks it too)
 from motte.shared.steward_protocol import CHAIN_CONTENT_TYPE, MAX_CSR, PKCS10, encode_chain
 from motte.steward.check import Refused, check_request
 from motte.steward.issuer import CertificateAuthority
@@ -403,7 +403,7 @@ async def serve(
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); then stop accepting, let requests in flight
     finish (their log entries included), and close. With ``reuse_port`` this Steward is one of
-    several replicas listening on the same host:port (``motte.shared.listening``)."""
+    several replicas listening on the same host:port (``motte.outside.listening``)."""
     if ssl_context is None and not is_loopback(host):
         raise MotteError(
             f"refusing to serve plain HTTP on {host}: keeps would send their CSRs in clear",

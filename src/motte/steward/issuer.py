@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from motte.outside.user_files import read_user_file
 from motte.shared.der import der_octet_string, der_utf8
 from motte.shared.errors import MotteError
 from motte.shared.steward_protocol import (
@@ -28,7 +29,6 @@ from motte.shared.steward_protocol import (
     ATTESTED_TECHNOLOGY_OID,
     EVIDENCE_DIGEST_OID,
 )
-from motte.shared.user_files import read_user_file
 from motte.steward.check import Attested
 
 CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from motte.shared.database import (
+from motte.outside.database import (
     Database,
     DatabaseError,
     DatabaseUrl,

@@ -37,8 +37,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from motte.outside.user_files import read_user_text
 from motte.shared.errors import MotteError
-from motte.shared.user_files import read_user_text
 from motte.tenant.attest.policy import Policy, PolicyError, load_policy, policy_from_table
 
 DEFAULT_LIFETIME_DAYS = 28

@@ -1,5 +1,5 @@
 """The tenant's client of a host agent (``motte host serve``): launch, list, stop keeps, and open
-sessions to them. The API is in :mod:`motte.shared.agent_api`.
+sessions to them. The API is in :mod:`motte.outside.agent_api`.
 
 Synchronous and on the standard library, because ``motte deploy`` must start fast: the API calls
 go over ``http.client`` (TCP, or a Unix socket), a session over a socket driven by the sans-I/O
@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from motte.shared.agent_api import (
+from motte.outside.agent_api import (
     CLOSE_KEEP_ENDED,
     CLOSE_NORMAL,
     CLOSE_RESET,

@@ -6,5 +6,5 @@ launches empty keeps for tenants and relays their connections to them, as cipher
 - :mod:`.relay`: a session websocket relayed to a keep's provisioning stream.
 - :mod:`.auth`: where it may listen, and its bearer token.
 
-The API is documented in ``docs/deploy.md``; its wire conventions are :mod:`motte.shared.agent_api`.
+The API is documented in ``docs/deploy.md``; its wire conventions are :mod:`motte.outside.agent_api`.
 """

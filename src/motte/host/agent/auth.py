@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from motte.host.agent.errors import ApiError
+from motte.outside.loopback import is_loopback
 from motte.shared.errors import MotteError
-from motte.shared.loopback import is_loopback
 
 
 def check_exposure(host: str | None, token: str | None) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from motte.shared.agent_api import ApiFieldError
+from motte.outside.agent_api import ApiFieldError
 from motte.shared.printable import printable
 
 

@@ -5,7 +5,7 @@ inside. The tenant's messages go to the stream from the event loop, as far as th
 granted credit (while it waits for more, the relay reads nothing from the tenant: the
 backpressure on the tenant); the keep's bytes are read by a thread of the session's own, which
 hands each to the event loop and waits until the websocket took it (the backpressure on the
-keep). The conventions (half close, close codes) are in :mod:`motte.shared.agent_api`.
+keep). The conventions (half close, close codes) are in :mod:`motte.outside.agent_api`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from motte.host.provisioned import ProvisionSession
-from motte.shared.agent_api import CLOSE_KEEP_ENDED, CLOSE_NORMAL, CLOSE_RESET, MAX_MESSAGE
+from motte.outside.agent_api import CLOSE_KEEP_ENDED, CLOSE_NORMAL, CLOSE_RESET, MAX_MESSAGE
 from motte.shared.endpoint import ChannelClosed, StreamAborted, Timeout
 from motte.shared.netstreams import CLOSED, failure
 

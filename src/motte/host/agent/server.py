@@ -17,8 +17,8 @@ from aiohttp import web
 
 from motte.host.agent.app import HostAgent
 from motte.host.agent.auth import check_exposure
+from motte.outside.listening import listen_tcp
 from motte.shared.errors import MotteError
-from motte.shared.listening import listen_tcp
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds requests in flight get once the keeps are stopped
 

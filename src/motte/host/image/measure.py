@@ -14,8 +14,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from motte.outside.user_files import check_user_file
 from motte.shared.errors import MotteError
-from motte.shared.user_files import check_user_file
 
 SNP_GUEST_FEATURES = 0x1  # SNP active; the sev-snp-measure default, as QEMU sets it
 MAX_OVMF_SIZE = 64 << 20  # an OVMF image is a few MiB; a flash device holds at most 16

@@ -42,7 +42,7 @@ LAZY_STDLIB = (
 #: Copied whole (every submodule, data files), as the engine and crypto library of the keep.
 WHOLE_PACKAGES = ("wasmtime", "cryptography")
 #: Top-level names the keep must never import (the trust boundary); checked after the trace.
-FORBIDDEN = ("motte.host", "motte.tenant", "motte.cli")
+FORBIDDEN = ("motte.host", "motte.tenant", "motte.cli", "motte.registry", "motte.steward", "motte.outside")
 #: Never copied even if some package imports it: dev-only or host-only.
 SKIP_TOP_LEVEL = ("_distutils_hack", "pip", "setuptools", "pkg_resources", "_pytest", "pytest")
 

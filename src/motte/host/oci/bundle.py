@@ -49,7 +49,7 @@ def load_bundle(bundle: Path, default_backend: str | None = None) -> ContainerSp
     """Read and check ``bundle/config.json``."""
     import json
 
-    from motte.shared.user_files import read_user_text
+    from motte.outside.user_files import read_user_text
 
     path = bundle / "config.json"
     text = read_user_text(path, what="OCI bundle config", limit=MAX_CONFIG_SIZE,

@@ -9,10 +9,10 @@ from typing import NamedTuple
 
 from motte.host.enarx_toml import parse_enarx_toml
 from motte.host.net_config import read_network_files
+from motte.outside.user_files import read_user_file, read_user_text
 from motte.shared.control import MAX_WASM_SIZE
 from motte.shared.enarx_config import WorkloadConfig
 from motte.shared.errors import MotteError
-from motte.shared.user_files import read_user_file, read_user_text
 
 MAIN_WASM = "main.wasm"
 CONFIG_NAME = "Enarx.toml"

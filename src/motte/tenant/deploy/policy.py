@@ -21,8 +21,8 @@ import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
+from motte.outside.user_files import read_user_text
 from motte.shared.errors import MotteError
-from motte.shared.user_files import read_user_text
 from motte.tenant.attest.policy import Policy, PolicyError, policy_from_table
 from motte.tenant.registry.policy import KEYS as REGISTRY_KEYS
 from motte.tenant.registry.policy import RegistryPolicy
