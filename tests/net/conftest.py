@@ -189,8 +189,8 @@ class InThread:
                  tap: Callable[[str, int, bytes], None] | None = None):
         from motte.host.backends import get_backend
         from motte.host.backends.base import LaunchSpec
-        from motte.host.enarx_toml import parse_enarx_toml
         from motte.host.session import HostStdio, RunRequest, prepare_network, run_workload
+        from motte.outside.enarx_toml import parse_enarx_toml
 
         config = parse_enarx_toml(toml).with_extra(args=list(args))
         request = RunRequest(workload(name).read_bytes(), config, timeout=PATIENCE[backend] * 2)

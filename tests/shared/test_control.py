@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from motte.host.enarx_toml import parse_enarx_toml
+from motte.outside.enarx_toml import parse_enarx_toml
 from motte.shared.channel import canonical_json
 from motte.shared.control import (
     MAX_PREOPENS,

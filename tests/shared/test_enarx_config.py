@@ -1,5 +1,5 @@
 """Tests for the Enarx.toml workload config: its checks (motte.shared.enarx_config) and reading
-its TOML (motte.host.enarx_toml)."""
+its TOML (motte.outside.enarx_toml)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from motte.host.enarx_toml import parse_enarx_toml
+from motte.outside.enarx_toml import parse_enarx_toml
 from motte.shared.enarx_config import (
     ConfigError,
     FileKind,

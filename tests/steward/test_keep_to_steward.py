@@ -121,7 +121,7 @@ def served_claims(tmp_path: Path, ca: CertificateAuthority, toml: str, port: int
 def test_the_keep_s_certificate_names_the_workload_and_the_launch_it_runs(ca: CertificateAuthority,
                                                                           steward_tls: StewardTls,
                                                                           tmp_path: Path) -> None:
-    from motte.host.enarx_toml import parse_enarx_toml
+    from motte.outside.enarx_toml import parse_enarx_toml
     from motte.shared.control import LaunchTerms
 
     ca_path, context = steward_tls
@@ -196,8 +196,8 @@ def test_an_unreachable_or_untrusted_steward_stops_the_run(ca: CertificateAuthor
 
 
 def test_the_host_connects_the_keep_to_the_configs_steward_only(tmp_path: Path) -> None:
-    from motte.host.enarx_toml import parse_enarx_toml
     from motte.host.net import HostNetwork
+    from motte.outside.enarx_toml import parse_enarx_toml
     from motte.shared import netstreams
 
     network = HostNetwork(parse_enarx_toml('steward = "https://steward.example:8443/x"\n'))
@@ -218,7 +218,7 @@ def test_the_host_connects_the_keep_to_the_configs_steward_only(tmp_path: Path) 
 
 
 def test_the_keep_takes_a_steward_ca_only_with_a_steward() -> None:
-    from motte.host.enarx_toml import parse_enarx_toml
+    from motte.outside.enarx_toml import parse_enarx_toml
     from motte.shared.control import STDIO_KINDS, ControlError, Conversation, LaunchTerms
 
     def launch(toml: str, steward_ca: str) -> LaunchTerms:

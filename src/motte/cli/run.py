@@ -74,7 +74,7 @@ def load_config(path: Path | None) -> object:
 
     if path is None:
         return default_config()  # (without loading the TOML reader: start-up counts)
-    from motte.host.enarx_toml import MAX_CONFIG_SIZE, parse_enarx_toml
+    from motte.outside.enarx_toml import MAX_CONFIG_SIZE, parse_enarx_toml
     from motte.outside.user_files import read_user_text
 
     text = read_user_text(path, what="workload config", limit=MAX_CONFIG_SIZE, hint="give the path of an Enarx.toml")

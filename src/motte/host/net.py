@@ -7,7 +7,7 @@ relayed both ways (:mod:`motte.host.relay`). For ``prot = "tls"`` they are TLS r
 session ends inside the keep: the host never holds a key nor sees plaintext. The conventions on
 the channel are in :mod:`motte.shared.netstreams`. When the config names a ``steward``, the keep's
 runtime also asks for one connection to the Steward's host and port (and only there), to get its
-certificate. The files the config names (CA bundles) are read by :mod:`motte.host.net_config`.
+certificate. The files the config names (CA bundles) are read by :mod:`motte.outside.net_config`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from motte.host.net_config import NetworkError, read_network_files
 from motte.host.relay import Connection, Relay
 from motte.host.relay import Tap as Tap  # what run_workload's callers pass
+from motte.outside.net_config import NetworkError, read_network_files
 from motte.shared import netstreams
 from motte.shared.enarx_config import FileSpec, WorkloadConfig
 from motte.shared.endpoint import Endpoint

@@ -5,7 +5,7 @@ workload's WASI fd; motte adds ``steward_ca`` and a connect file's ``ca``.
 Here are its values and their checks. The keep runs them on the JSON the untrusted host sends
 (:meth:`WorkloadConfig.from_json`), as strictly as the host checks the TOML a user wrote; reading
 that TOML, and finding the line of each key for error messages, is the host's
-(``motte.host.enarx_toml``). Pure: no I/O.
+(``motte.outside.enarx_toml``). Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import NamedTuple
 
-from motte.host.enarx_toml import parse_enarx_toml
-from motte.host.net_config import read_network_files
+from motte.outside.enarx_toml import parse_enarx_toml
+from motte.outside.net_config import read_network_files
 from motte.outside.user_files import read_user_file, read_user_text
 from motte.shared.control import MAX_WASM_SIZE
 from motte.shared.enarx_config import WorkloadConfig

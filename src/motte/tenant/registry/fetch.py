@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from motte.host.enarx_toml import parse_enarx_toml
+from motte.outside.enarx_toml import parse_enarx_toml
 from motte.registry.formats import (
     ENTRY_TYPE,
     JWS_TYPE,
