@@ -5,7 +5,9 @@
   itself.
 - ``outside/`` (code the programs outside the keep share, none of it in the keep image) is host
   side: the keep and ``shared/`` never import it. So the keep reads no file a user names
-  (``outside/user_files.py``) and runs no service code.
+  (``outside/user_files.py``) and runs no service code. It imports only ``shared/`` and itself.
+- The tenant side, the Steward and the registry import nothing from the host (or the CLI): what
+  they share with it is in ``outside/``.
 - The host imports from the keep only where it starts or holds a keep's own code: the modules in
   :data:`HOST_MODULES_THAT_START_A_KEEP`, each with its reason. The CLI, the tenant side, the
   Steward and the registry import nothing from the keep.
@@ -90,6 +92,16 @@ def test_only_the_modules_that_start_a_keep_import_it() -> None:
 
 def test_the_cli_tenant_steward_registry_and_outside_import_nothing_from_the_keep() -> None:
     assert _offenders(("cli", "tenant", "steward", "registry", "outside"), (KEEP,)) == []
+
+
+def test_the_tenant_steward_and_registry_import_nothing_from_the_host() -> None:
+    # They run on other machines than the untrusted host; what they share with it is in outside/.
+    assert _offenders(("tenant", "steward", "registry"), ("motte.host", "motte.cli")) == []
+
+
+def test_outside_imports_only_shared_and_itself() -> None:
+    others = ("motte.keep", "motte.host", "motte.tenant", "motte.cli", "motte.steward", "motte.registry")
+    assert _offenders(("outside",), others) == []
 
 
 def test_each_allowed_keep_importer_exists_and_still_needs_its_exception() -> None:

@@ -1,4 +1,5 @@
-"""Where a service listens: a TCP address for its aiohttp runner, alone or shared by replicas.
+"""Where a service listens (a TCP address for its aiohttp runner, alone or shared by replicas),
+and what stops it (SIGINT, SIGTERM).
 
 With ``reuse_port`` the socket is bound with SO_REUSEPORT, so several processes on one machine
 (replicas of one service) listen on the same host:port and the kernel spreads new connections
@@ -11,7 +12,11 @@ where each pod has its own address) the one address is a load balancer's or a Se
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,3 +44,19 @@ def url(scheme: str, address: Any) -> str:
     host, port = address[0], address[1]  # (an IPv6 socket address has four fields)
     return f"{scheme}://[{host}]:{port}" if ":" in str(host) else f"{scheme}://{host}:{port}"
 
+
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Have SIGINT and SIGTERM set ``stop`` (the main thread's loop only: tests serve from other
+    threads); returns the function that undoes it."""
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+
+    def release() -> None:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+    return release

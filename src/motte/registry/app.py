@@ -30,7 +30,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
 from cryptography import x509
 
-from motte.host.agent.errors import ApiError, json_errors
+from motte.outside.http_errors import ApiError, json_errors
 from motte.registry.formats import (
     API_PREFIX,
     ENTRY_TYPE,

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from motte.host.agent.server import stop_on_signals
-from motte.outside.listening import listen_tcp
+from motte.outside.listening import listen_tcp, stop_on_signals
 from motte.outside.loopback import is_loopback
 from motte.registry.app import Registry
 from motte.shared.errors import MotteError

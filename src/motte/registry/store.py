@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from motte.host.agent.errors import ApiError
 from motte.outside.database import Database, DatabaseError, DatabaseUrl, open_database
+from motte.outside.http_errors import ApiError
 from motte.registry.formats import (
     Entry,
     FormatError,

@@ -39,7 +39,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from motte.outside.listening import listen_tcp
+from motte.outside.listening import listen_tcp, stop_on_signals
 from motte.outside.loopback import is_loopback as is_loopback  # (motte steward serve --dev checks it too)
 from motte.shared.binding import KeepClaims
 from motte.shared.errors import MotteError
@@ -410,12 +410,7 @@ async def serve(
             hint="give --tls-cert and --tls-key, or bind 127.0.0.1",
         )
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass  # not the main thread (tests run the service in a thread)
+    release_signals = stop_on_signals(stop)
     await service.warm_up()
     # keepalive_timeout also runs from the connection's start: a client must bring a whole request
     # head within the request timeout of connecting (or of its previous answer), so connections
@@ -428,5 +423,6 @@ async def serve(
         on_ready(f"{url}/")
         await stop.wait()
     finally:
+        release_signals()
         await runner.cleanup()
         service.close()

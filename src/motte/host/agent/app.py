@@ -24,11 +24,11 @@ from aiohttp.typedefs import Middleware
 
 from motte import __version__
 from motte.host.agent.auth import token_middleware
-from motte.host.agent.errors import ApiError, json_errors
 from motte.host.agent.keeps import AgentLimits, AgentTap, KeepRegistry, Log, ManagedKeep
 from motte.host.agent.relay import TENANT_LOST, SessionRelay
 from motte.host.backends.base import Backend, BackendReport
 from motte.outside.agent_api import HEARTBEAT, MAX_MESSAGE, KeepRequest
+from motte.outside.http_errors import ApiError, json_errors
 from motte.shared.errors import MotteError
 
 API_VERSION = 1

@@ -8,7 +8,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from motte.host.agent.errors import ApiError
+from motte.outside.http_errors import ApiError
 from motte.outside.loopback import is_loopback
 from motte.shared.errors import MotteError
 

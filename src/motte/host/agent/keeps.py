@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from motte.host.agent.errors import ApiError
 from motte.host.agent.warm import WarmKeep, WarmPool
 from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
 from motte.host.provisioned import KeepEnd, ProvisionedKeep
 from motte.outside.agent_api import KeepExit, KeepRecord, KeepRequest
+from motte.outside.http_errors import ApiError
 from motte.shared.control import Provision
 from motte.shared.errors import MotteError
 from motte.shared.printable import printable

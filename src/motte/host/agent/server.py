@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import signal
 import socket
 import stat
 from collections.abc import Callable
@@ -17,27 +16,10 @@ from aiohttp import web
 
 from motte.host.agent.app import HostAgent
 from motte.host.agent.auth import check_exposure
-from motte.outside.listening import listen_tcp
+from motte.outside.listening import listen_tcp, stop_on_signals
 from motte.shared.errors import MotteError
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds requests in flight get once the keeps are stopped
-
-
-def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
-    """Have SIGINT and SIGTERM set ``stop`` (the main thread's loop only: tests serve from other
-    threads); returns the function that undoes it."""
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-
-    def release() -> None:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-
-    return release
 
 
 async def serve(agent: HostAgent, *, host: str = "127.0.0.1", port: int = 0, unix: Path | None = None,

@@ -1,4 +1,5 @@
-"""The one way the host agent refuses a request: an HTTP status, a stable code, one line of text."""
+"""The one way motte's HTTP services (the host agent, the registry) refuse a request: an HTTP
+status, a stable code, one line of text."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def json_errors(log: Callable[[str], None]) -> Middleware:
             if exc.status < 400:
                 raise
             refusal = ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        except Exception as exc:  # a bug must not take the agent down, nor show a trace to the client
+        except Exception as exc:  # a bug must not take the service down, nor show a trace to the client
             log(f"internal error on {request.method} {printable(request.path, 100)}: "
                 f"{type(exc).__name__}: {printable(str(exc))}")
             refusal = ApiError(500, "internal", f"internal error: {type(exc).__name__}")
