@@ -160,3 +160,25 @@ def test_refusals_leave_nothing(runtime: Runtime) -> None:
 def test_version_is_runcs_three_lines(runtime: Runtime) -> None:
     lines = runtime("--version").stdout.decode().splitlines()
     assert len(lines) == 3 and lines[0].startswith("motte-oci version ") and lines[2].startswith("spec: ")
+
+
+def test_runcs_argument_shapes_and_mistakes(runtime: Runtime) -> None:
+    assert b"Usage: motte-oci" in runtime("--help").stdout
+    assert b"--force" in runtime("delete", "--help").stdout
+    listed = runtime("-root", str(runtime.root), "list", "-f", "json")  # Go's flags: one dash or two
+    assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
+    for args, error in [(("kill",), b"expected CONTAINER_ID [SIGNAL]"), (("delete", "--bogus", "c"), b"unknown option"),
+                        (("create", "--bundle"), b"needs a value"), (("frobnicate",), b"unknown command"),
+                        (("kill", "c", "SIGNOPE", "extra"), b"got 3 argument(s)")]:
+        refused = runtime(*args)
+        assert refused.returncode == 1 and error in refused.stderr, (args, refused.stderr)
+
+
+def test_a_network_namespace_that_cannot_be_joined_fails_create(runtime: Runtime) -> None:
+    bundle = runtime.bundle("hello")
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"namespaces": [{"type": "network", "path": str(bundle / "config.json")}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime("create", "--bundle", str(bundle), "nons")
+    assert refused.returncode == 1 and b"is not a network namespace" in refused.stderr
+    assert not (runtime.root / "nons").exists()
