@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from motte.host.platform import kvm_usable
 from tests.oci.containerd import BUSYBOX, NIL, Containerd, alive, children, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
@@ -35,6 +36,25 @@ def test_args_and_env_reach_the_workload(containerd: Containerd) -> None:
     lines = out.splitlines()
     assert lines[1:3] == ["argv[1]=one", "argv[2]=two words"]
     assert "env:IMAGE_ENV=from-image" in lines
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(not kvm_usable()[0], reason=f"kvm backend unavailable: {kvm_usable()[1]}")
+def test_hello_in_a_kvm_keep(containerd: Containerd) -> None:
+    """The annotation picks the micro-VM keep. (Under TCG a first keep may build its image and boot
+    to snapshot it: minutes.)"""
+    done = containerd.ctr(*containerd.run_args(), "--rm", "--annotation", "motte.backend=kvm",
+                          "docker.io/motte/hello:1", "kvm-1", timeout=280)
+    assert (done.returncode, done.stdout) == (0, b"Hello from a motte keep!\n"), done.stderr.decode()
+    started = containerd.ctr(*containerd.run_args(), "-d", "--annotation", "motte.backend=kvm",
+                             "docker.io/motte/spin:1", "kvm-2", timeout=280)
+    assert started.returncode == 0, started.stderr.decode()
+    task = containerd.task("kvm-2")
+    assert task is not None
+    keeps = children(task[0])
+    assert [Path(f"/proc/{pid}/comm").read_text().startswith("qemu") for pid in keeps] == [True], "a VM keep"
+    containerd.stop("kvm-2")
+    assert not any(alive(pid) for pid in [task[0], *keeps])
 
 
 def test_trap_is_reported_with_motte_status(containerd: Containerd) -> None:
