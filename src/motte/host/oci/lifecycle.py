@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from motte.host.oci.state import (
     EXEC_FIFO,
@@ -36,6 +35,9 @@ from motte.host.oci.state import (
 )
 from motte.shared.errors import EXIT_MOTTE_ERROR, MotteError
 
+# Not typing.TYPE_CHECKING: importing typing costs every command the shim runs milliseconds
+# (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from motte.host.backends.base import KeepHandle
     from motte.host.net import HostNetwork
