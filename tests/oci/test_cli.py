@@ -7,6 +7,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.net.conftest import free_port, listen_toml
 from tests.oci.containerd import MOTTE_OCI
 from tests.workloads import workload
 
@@ -182,3 +184,16 @@ def test_a_network_namespace_that_cannot_be_joined_fails_create(runtime: Runtime
     refused = runtime("create", "--bundle", str(bundle), "nons")
     assert refused.returncode == 1 and b"is not a network namespace" in refused.stderr
     assert not (runtime.root / "nons").exists()
+
+
+def test_the_images_enarx_toml_declares_the_sockets_bound_at_create(runtime: Runtime) -> None:
+    bundle = runtime.bundle("net_echo")
+    port = free_port()
+    (bundle / "rootfs" / "Enarx.toml").write_text(listen_toml(port, prot="tcp"))  # beside /net_echo.wasm
+    created = runtime("create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), "plain")
+    assert created.returncode == 0, created.stderr.decode()
+    runtime.pids.append(int((bundle / "init.pid").read_text()))
+    assert b"warning: listen socket 'test' uses plaintext TCP" in created.stderr  # said out loud, as motte run does
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # bound (no namespace in config.json: the host's) before the workload starts
+    assert runtime("delete", "--force", "plain").returncode == 0

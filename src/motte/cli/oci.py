@@ -135,7 +135,7 @@ def create(g: Globals, options: Options, arguments: list[str]) -> None:
     from motte.host.oci.lifecycle import create as create_container
     from motte.host.paths import module_cache_dir
     from motte.host.session import RunRequest
-    from motte.host.workload_files import read_workload
+    from motte.host.workload_files import plaintext_warnings, read_workload
 
     bundle = Path(options.get("bundle", "."))
     if not is_wasm_bundle(bundle):
@@ -144,6 +144,8 @@ def create(g: Globals, options: Options, arguments: list[str]) -> None:
         raise MotteError("--preserve-fds: a keep takes no file descriptors beyond stdio")
     spec = load_bundle(bundle)
     config = workload_config(spec)
+    for warning in plaintext_warnings(config):
+        print(f"motte-oci: warning: {warning}", file=sys.stderr)  # the container's stderr: its log
     request = RunRequest(read_workload(spec.entry), config, spec.dirs, spec.memory_limit,
                          cache_dir=str(module_cache_dir()), read_only_dirs=spec.read_only_dirs,
                          config_dir=str(spec.config_file.parent) if spec.config_file is not None else None)

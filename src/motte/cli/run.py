@@ -121,7 +121,7 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     from motte.host.paths import module_cache_dir
     from motte.host.python_runtime import check_guest_paths, check_interpreter, interpreter, python_program
     from motte.host.session import RunRequest, prepare_network, run_workload
-    from motte.host.workload_files import check_launch_fits, load_config, read_workload
+    from motte.host.workload_files import check_launch_fits, load_config, plaintext_warnings, read_workload
 
     memory = parse_size(max_memory)
     if memory < 64 << 10:
@@ -141,10 +141,8 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     if program is not None:
         check_interpreter(request.wasm_sha256)  # the digest the launch carries: hashed once
     chosen = default_backend() if backend == "auto" else backend
-    for spec in config.files:
-        if spec.kind in ("listen", "connect") and spec.prot == "tcp":
-            click.echo(f"motte: warning: {spec.kind} socket {spec.name!r} uses plaintext TCP, as the config asks",
-                       err=True)
+    for warning in plaintext_warnings(config):
+        click.echo(f"motte: warning: {warning}", err=True)
     network = prepare_network(request)  # binds listen ports: one in use fails here, before any keep starts
     try:
         check_launch_fits(request, network)

@@ -46,6 +46,12 @@ def load_config(path: Path | None) -> WorkloadConfig:
     return parse_enarx_toml(text, source=str(path))
 
 
+def plaintext_warnings(config: WorkloadConfig) -> list[str]:
+    """What a run says out loud before it starts: each socket the config asks to be plaintext TCP."""
+    return [f"{spec.kind} socket {spec.name!r} uses plaintext TCP, as the config asks"
+            for spec in config.files if spec.kind in ("listen", "connect") and spec.prot == "tcp"]
+
+
 def check_launch_fits(request: RunRequest, network: HostNetwork | None) -> None:
     """Refuse, before any keep starts, a run whose launch message would be larger than a control
     message may be. Its size is measured on the message itself, with every field the keep's
