@@ -23,11 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import compile_motte, repetitions, to_first_output  # noqa: E402
-from tests.oci.containerd import MOTTE_OCI, Containerd, unavailable  # noqa: E402
-from tests.oci.image import write_image  # noqa: E402
+from tests.oci.containerd import BUSYBOX, MOTTE_OCI, Containerd, unavailable  # noqa: E402
 from tests.workloads import workload  # noqa: E402
-
-BUSYBOX = "/bin/busybox"
 
 
 def timing_wrapper(directory: Path, log: Path) -> str:
@@ -66,14 +63,10 @@ def main() -> None:
         base = Path(temp)
         daemon = Containerd(base).start()
         try:
-            write_image(base / "hello.tar", "docker.io/motte/hello:1",
-                        {"hello.wasm": workload("hello").read_bytes()}, ["/hello.wasm"])
-            write_image(base / "native.tar", "docker.io/motte/native:1", {"bin/busybox": Path(BUSYBOX).read_bytes()},
-                        ["/bin/busybox", "echo", "hello"])
-            for name in ("hello", "native"):
-                imported = daemon.ctr("image", "import", str(base / f"{name}.tar"))
-                if imported.returncode != 0:
-                    raise SystemExit(f"ctr image import failed: {imported.stderr.decode()}")
+            daemon.import_image("docker.io/motte/hello:1", {"hello.wasm": workload("hello").read_bytes()},
+                                ["/hello.wasm"])
+            daemon.import_image("docker.io/motte/native:1", {"bin/busybox": Path(BUSYBOX).read_bytes()},
+                                ["/bin/busybox", "echo", "hello"])
             log = base / "phases.log"
             timed = timing_wrapper(base, log)
             ctr = ["ctr", "--address", daemon.address, "--namespace", "motte-test"]
@@ -95,7 +88,7 @@ def main() -> None:
                     theirs.append(to_first_output(native(i)))
             report(repeats, ours, theirs, phases(log), runc)
         finally:
-            daemon.stop()
+            daemon.shut_down()
 
 
 def report(repeats: int, ours: list[float], theirs: list[float], motte_phases: dict[str, float],

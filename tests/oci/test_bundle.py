@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from motte.host.oci.bundle import DEFAULT_MEMORY, container_spec
+from motte.host.oci.bundle import CONFIG_ANNOTATION, DEFAULT_MEMORY, container_spec, workload_config
+from motte.shared.enarx_config import default_config
 from motte.shared.errors import MotteError
+from tests.net.conftest import STDIO, listen_toml
 
 
 def _bundle(tmp_path: Path, **overrides: Any) -> tuple[Path, dict[str, Any]]:
@@ -88,4 +90,63 @@ def test_symlink_out_of_rootfs_is_refused(tmp_path: Path) -> None:
     (bundle / "rootfs" / "escape.wasm").symlink_to(outside)
     config["process"]["args"] = ["/escape.wasm"]
     with pytest.raises(MotteError, match="leads out of the container's rootfs"):
+        container_spec(config, bundle)
+
+
+LISTEN = listen_toml(8443, name="https")
+
+
+def test_the_enarx_toml_beside_the_entry_point_is_the_workload_config(tmp_path: Path) -> None:
+    bundle, config = _bundle(tmp_path)
+    assert container_spec(config, bundle).config_file is None
+    assert workload_config(container_spec(config, bundle)).files == default_config().files
+    (bundle / "rootfs" / "app" / "Enarx.toml").write_text('args = ["--from-config"]\n' + LISTEN)
+    spec = container_spec(config, bundle)
+    assert spec.config_file == bundle.resolve() / "rootfs" / "app" / "Enarx.toml"
+    workload = workload_config(spec)
+    assert [(f.kind, f.name) for f in workload.files][3] == ("listen", "https")
+    assert workload.args == ("--from-config", "-v")  # the config's, then the container's
+    assert workload.env["A"] == "b=c"
+
+
+def test_the_annotation_names_the_workload_config(tmp_path: Path) -> None:
+    bundle, config = _bundle(tmp_path, annotations={CONFIG_ANNOTATION: "/etc/motte/app.toml"})
+    with pytest.raises(MotteError, match="no such file in the image"):
+        container_spec(config, bundle)
+    (bundle / "rootfs" / "etc" / "motte").mkdir(parents=True)
+    (bundle / "rootfs" / "etc" / "motte" / "app.toml").write_text(LISTEN)
+    (bundle / "rootfs" / "app" / "Enarx.toml").write_text("this one is not read")
+    assert workload_config(container_spec(config, bundle)).files[3].name == "https"
+    config["annotations"] = {CONFIG_ANNOTATION: "../../../../etc/passwd"}
+    config["process"]["cwd"] = "/app"
+    with pytest.raises(MotteError, match="leads out of the container's rootfs"):
+        container_spec(config, bundle)
+
+
+@pytest.mark.parametrize(("ca", "error"), [
+    ("/etc/ssl/certs/ca-certificates.crt", "name it relative to the Enarx.toml"),
+    ("../../../outside.pem", "leads out of the container's rootfs"),
+    ("link.pem", "leads out of the container's rootfs"),
+])
+def test_the_workload_config_names_no_host_file(tmp_path: Path, ca: str, error: str) -> None:
+    """The image is the tenant's: a CA bundle it names must be in it, not one of the host's files."""
+    bundle, config = _bundle(tmp_path)
+    (tmp_path / "outside.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (bundle / "rootfs" / "app" / "link.pem").symlink_to(tmp_path / "outside.pem")
+    connect = f'[[files]]\nkind = "connect"\nprot = "tls"\nhost = "example.com"\nport = 443\nca = "{ca}"\n'
+    (bundle / "rootfs" / "app" / "Enarx.toml").write_text(STDIO + connect)
+    with pytest.raises(MotteError, match=error):
+        workload_config(container_spec(config, bundle))
+
+
+def test_the_network_namespace_is_config_jsons(tmp_path: Path) -> None:
+    bundle, config = _bundle(tmp_path)
+    assert container_spec(config, bundle).network_namespace is None  # none asked for: the host's
+    namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "network"}]
+    config["linux"] = {"namespaces": namespaces}
+    assert container_spec(config, bundle).network_namespace == ""  # a new one
+    namespaces[1]["path"] = "/var/run/netns/cni-1234"
+    assert container_spec(config, bundle).network_namespace == "/var/run/netns/cni-1234"
+    namespaces[1]["path"] = "netns/cni-1234"
+    with pytest.raises(MotteError, match="not an absolute path"):
         container_spec(config, bundle)

@@ -7,6 +7,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.net.conftest import free_port, listen_toml
 from tests.oci.containerd import MOTTE_OCI
 from tests.workloads import workload
 
@@ -160,3 +162,38 @@ def test_refusals_leave_nothing(runtime: Runtime) -> None:
 def test_version_is_runcs_three_lines(runtime: Runtime) -> None:
     lines = runtime("--version").stdout.decode().splitlines()
     assert len(lines) == 3 and lines[0].startswith("motte-oci version ") and lines[2].startswith("spec: ")
+
+
+def test_runcs_argument_shapes_and_mistakes(runtime: Runtime) -> None:
+    assert b"Usage: motte-oci" in runtime("--help").stdout
+    assert b"--force" in runtime("delete", "--help").stdout
+    listed = runtime("-root", str(runtime.root), "list", "-f", "json")  # Go's flags: one dash or two
+    assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
+    for args, error in [(("kill",), b"expected CONTAINER_ID [SIGNAL]"), (("delete", "--bogus", "c"), b"unknown option"),
+                        (("create", "--bundle"), b"needs a value"), (("frobnicate",), b"unknown command"),
+                        (("kill", "c", "SIGNOPE", "extra"), b"got 3 argument(s)")]:
+        refused = runtime(*args)
+        assert refused.returncode == 1 and error in refused.stderr, (args, refused.stderr)
+
+
+def test_a_network_namespace_that_cannot_be_joined_fails_create(runtime: Runtime) -> None:
+    bundle = runtime.bundle("hello")
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"] = {"namespaces": [{"type": "network", "path": str(bundle / "config.json")}]}
+    (bundle / "config.json").write_text(json.dumps(config))
+    refused = runtime("create", "--bundle", str(bundle), "nons")
+    assert refused.returncode == 1 and b"is not a network namespace" in refused.stderr
+    assert not (runtime.root / "nons").exists()
+
+
+def test_the_images_enarx_toml_declares_the_sockets_bound_at_create(runtime: Runtime) -> None:
+    bundle = runtime.bundle("net_echo")
+    port = free_port()
+    (bundle / "rootfs" / "Enarx.toml").write_text(listen_toml(port, prot="tcp"))  # beside /net_echo.wasm
+    created = runtime("create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"), "plain")
+    assert created.returncode == 0, created.stderr.decode()
+    runtime.pids.append(int((bundle / "init.pid").read_text()))
+    assert b"warning: listen socket 'test' uses plaintext TCP" in created.stderr  # said out loud, as motte run does
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # bound (no namespace in config.json: the host's) before the workload starts
+    assert runtime("delete", "--force", "plain").returncode == 0

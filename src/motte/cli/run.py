@@ -15,11 +15,8 @@ from motte.shared.printable import printable
 
 if TYPE_CHECKING:
     from motte.host.backends.base import Backend, KeepHandle, LaunchSpec
-    from motte.host.net import HostNetwork
-    from motte.host.session import RunRequest
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-WASM_MAGIC = b"\0asm"
 MIN_TIMEOUT = 0.001  # the keep counts its deadline in whole milliseconds
 MAX_TIMEOUT = 365 * 24 * 3600  # a year: beyond any real deadline, well within what a thread can wait for
 
@@ -56,31 +53,6 @@ def parse_dirs(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(dirs)
 
 
-def read_workload(path: Path) -> bytes:
-    from motte.outside.user_files import read_user_file
-    from motte.shared.control import MAX_WASM_SIZE
-
-    wasm = read_user_file(path, what="workload", limit=MAX_WASM_SIZE, hint="give the path of a .wasm workload")
-    if not wasm.startswith(WASM_MAGIC):
-        raise MotteError(f"{path}: not a WebAssembly module (no \\0asm header)",
-                         hint="build the workload for wasm32-wasi")
-    if len(wasm) < 8:
-        raise MotteError(f"{path}: truncated WebAssembly module ({len(wasm)} bytes)")
-    return wasm
-
-
-def load_config(path: Path | None) -> object:
-    from motte.shared.enarx_config import default_config
-
-    if path is None:
-        return default_config()  # (without loading the TOML reader: start-up counts)
-    from motte.outside.enarx_toml import MAX_CONFIG_SIZE, parse_enarx_toml
-    from motte.outside.user_files import read_user_text
-
-    text = read_user_text(path, what="workload config", limit=MAX_CONFIG_SIZE, hint="give the path of an Enarx.toml")
-    return parse_enarx_toml(text, source=str(path))
-
-
 def parse_timeout(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """``--timeout``: a finite number of seconds the keep can wait for (no NaN, infinity, 0 or less)."""
     if value is None:
@@ -93,30 +65,6 @@ def parse_timeout(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(f"{value!r} is not a number of seconds from {MIN_TIMEOUT} to {MAX_TIMEOUT}"
                                  " (a year)", ctx, param)
     return seconds
-
-
-def check_launch_fits(request: RunRequest, network: HostNetwork | None) -> None:
-    """Refuse, before any keep starts, a run whose launch message would be larger than a control
-    message may be. Its size is measured on the message itself, with every field the keep's
-    channel fills in later (stream ids, digests, the timeout) at its widest."""
-    from motte.shared.channel import MAX_CONTROL_PAYLOAD, MAX_STREAM_ID, canonical_json
-    from motte.shared.control import MAX_TIMEOUT_MS, MAX_WASM_SIZE, STDIO_KINDS, Launch, LaunchStreams, LaunchTerms
-
-    terms = LaunchTerms(
-        wasm_size=MAX_WASM_SIZE, wasm_sha256="0" * 64, config=request.config, dirs=tuple(g for _, g in request.dirs),
-        memory_limit=request.memory_limit, timeout_ms=None if request.timeout is None else MAX_TIMEOUT_MS,
-        ca_bundles=network.ca_bundles if network is not None else {},
-        steward_ca=network.steward_ca if network is not None else None,
-    )
-    stdio = {fd: MAX_STREAM_ID for fd, spec in enumerate(request.config.files) if spec.kind in STDIO_KINDS}
-    streams = LaunchStreams(MAX_STREAM_ID, stdio, (MAX_STREAM_ID,) * len(request.dirs), request.cache_dir)
-    size = len(canonical_json(Launch(terms, streams).to_message()))
-    if size > MAX_CONTROL_PAYLOAD:
-        raise MotteError(
-            f"the workload's arguments, environment and CA bundles take {size} bytes, more than the"
-            f" {MAX_CONTROL_PAYLOAD} a keep's launch may carry",
-            hint="pass large data in a file (--dir) or on stdin",
-        )
 
 
 def _launch(backend: Backend, spec: LaunchSpec) -> KeepHandle:
@@ -173,11 +121,12 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     from motte.host.paths import module_cache_dir
     from motte.host.python_runtime import check_guest_paths, check_interpreter, interpreter, python_program
     from motte.host.session import RunRequest, prepare_network, run_workload
+    from motte.host.workload_files import check_launch_fits, load_config, plaintext_warnings, read_workload
 
     memory = parse_size(max_memory)
     if memory < 64 << 10:
         raise click.BadParameter("must be at least 64KiB (one wasm page)", param_hint="--max-memory")
-    config = load_config(wasmcfgfile).with_extra(args=list(args), env=parse_env(env))  # type: ignore[attr-defined]
+    config = load_config(wasmcfgfile).with_extra(args=list(args), env=parse_env(env))
     cache = None if no_cache else str(module_cache_dir())
     preopens = parse_dirs(dirs)
     program = python_program(wasm)
@@ -192,10 +141,8 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     if program is not None:
         check_interpreter(request.wasm_sha256)  # the digest the launch carries: hashed once
     chosen = default_backend() if backend == "auto" else backend
-    for spec in config.files:
-        if spec.kind in ("listen", "connect") and spec.prot == "tcp":
-            click.echo(f"motte: warning: {spec.kind} socket {spec.name!r} uses plaintext TCP, as the config asks",
-                       err=True)
+    for warning in plaintext_warnings(config):
+        click.echo(f"motte: warning: {warning}", err=True)
     network = prepare_network(request)  # binds listen ports: one in use fails here, before any keep starts
     try:
         check_launch_fits(request, network)

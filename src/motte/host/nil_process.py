@@ -4,7 +4,8 @@ Two ways, one result (a child process running :func:`motte.keep.__main__.serve` 
 socketpair):
 
 - ``prespawn``: ``motte run --backend nil`` forks the keep first thing, while the host process is
-  still single-threaded and has loaded nothing but the interpreter. The child skips a second
+  still single-threaded and has loaded nothing but the interpreter (``motte-oci``'s init process
+  forks it too, before it binds the container's sockets). The child skips a second
   interpreter start-up, and loads the engine while the host loads its CLI.
 - ``spawn_nil_keep``: anywhere else (libraries, tests: possibly multi-threaded, where ``fork``
   is unsafe) the child is a fresh ``python -I -m motte.keep``.
@@ -54,6 +55,10 @@ def prespawn() -> None:
         status = 1
         try:
             host_sock.close()
+            # Nothing the host had open stays open in the keep but its stderr (a caller's pipe,
+            # held open here, would never see its end).
+            os.closerange(3, keep_sock.fileno())
+            os.closerange(keep_sock.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)

@@ -4,6 +4,13 @@ The entry point is the convention crun and runwasi follow: ``process.args[0]`` n
 file in the rootfs, or the ``module.wasm.image/variant=compat`` annotation says it is one whatever
 its name. Bind mounts of directories become preopened directories; the rootfs is preopened at
 ``/``. ``linux.resources.memory.limit`` caps the workload's memory.
+
+The workload config (its sockets, as ``motte run --wasmcfgfile`` takes them) is motte's own
+convention, which crun and runwasi have no equivalent of: the file the ``motte.wasmcfgfile``
+annotation names in the rootfs, or else an ``Enarx.toml`` beside the entry point. The host reads it
+(as it reads ``--wasmcfgfile``); the paths it names must stay inside the rootfs. The network
+namespace is ``linux.namespaces``' ``network`` entry: a path to join, a new one, or (no entry) the
+host's.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from motte.shared.errors import MotteError
+
+if TYPE_CHECKING:
+    from motte.shared.enarx_config import WorkloadConfig
 
 VARIANT_ANNOTATION = "module.wasm.image/variant"
 #: Which keep runs the container: nil, kvm or auto (the strongest this host has).
@@ -22,6 +32,10 @@ BACKEND_ANNOTATION = "motte.backend"
 #: The runtime's own default backend, for a container without the annotation.
 BACKEND_ENV = "MOTTE_OCI_BACKEND"
 BACKENDS = ("auto", "nil", "kvm")
+#: A path in the rootfs of the workload's config (Enarx.toml); absolute, or relative to process.cwd.
+CONFIG_ANNOTATION = "motte.wasmcfgfile"
+#: The workload config looked for beside the entry point when no annotation names one.
+CONFIG_NAME = "Enarx.toml"
 DEFAULT_MEMORY = 1 << 30
 MIN_MEMORY = 64 << 10  # one wasm page
 MAX_CONFIG_SIZE = 4 << 20
@@ -34,6 +48,7 @@ class ContainerSpec:
     """What a bundle asks of its keep."""
 
     bundle: Path
+    rootfs: Path  # resolved: the paths the workload config names stay inside it
     entry: Path  # the host path of the wasm module, inside the rootfs
     args: tuple[str, ...]  # the workload's arguments after its name
     env: dict[str, str]
@@ -43,6 +58,9 @@ class ContainerSpec:
     backend: str  # nil, kvm or auto
     terminal: bool
     annotations: dict[str, str] = field(default_factory=dict)
+    config_file: Path | None = None  # the host path of the workload config, inside the rootfs
+    # config.json's network namespace: None, none asked for (the host's); "" a new one; else the path to join.
+    network_namespace: str | None = None
 
 
 def load_bundle(bundle: Path, default_backend: str | None = None) -> ContainerSpec:
@@ -89,6 +107,7 @@ def container_spec(config: Mapping[str, Any], bundle: Path, default_backend: str
     rootfs = bundle / str(root.get("path", "rootfs"))
     cwd = str(process.get("cwd") or "/")
     entry = _entry_point(rootfs, cwd, args[0], annotations.get(VARIANT_ANNOTATION) == "compat")
+    config_file = _config_file(rootfs, cwd, entry, annotations.get(CONFIG_ANNOTATION))
     rootfs_dir = (str(rootfs.resolve()), "/")
     writable, read_only = _mounts(config.get("mounts") or [])
     if root.get("readonly"):
@@ -101,6 +120,7 @@ def container_spec(config: Mapping[str, Any], bundle: Path, default_backend: str
                          hint=f"use one of {', '.join(BACKENDS)}")
     return ContainerSpec(
         bundle=bundle,
+        rootfs=Path(os.path.realpath(rootfs)),
         entry=entry,
         args=tuple(args[1:]),
         env=_environment(process.get("env") or []),
@@ -110,6 +130,8 @@ def container_spec(config: Mapping[str, Any], bundle: Path, default_backend: str
         backend=backend,
         terminal=bool(process.get("terminal")),
         annotations=annotations,
+        config_file=config_file,
+        network_namespace=_network_namespace(config.get("linux") or {}),
     )
 
 
@@ -117,14 +139,73 @@ def _entry_point(rootfs: Path, cwd: str, name: str, compat: bool) -> Path:
     if not compat and not name.endswith(".wasm"):
         raise MotteError(f"config.json: the entry point {name!r} is not a .wasm module",
                          hint=f"name the module's path in the image, or annotate it {VARIANT_ANNOTATION}=compat")
+    return _in_rootfs(rootfs, cwd, name, "the entry point")
+
+
+def _in_rootfs(rootfs: Path, cwd: str, name: str, what: str) -> Path:
+    """The host path of ``name`` in the container (relative to ``cwd``), which must stay in the rootfs."""
     guest = PurePosixPath(cwd) / name  # (an absolute name replaces cwd)
     # Resolved on the host: a symlink in the image must not lead out of the rootfs.
     root = os.path.realpath(rootfs)
     host = os.path.realpath(os.path.join(root, *guest.parts[1:]))
     if os.path.commonpath([root, host]) != root:
-        raise MotteError(f"config.json: the entry point {name!r} leads out of the container's rootfs",
+        raise MotteError(f"config.json: {what} {name!r} leads out of the container's rootfs",
                          hint="use a path inside the image, without symlinks that leave it")
     return Path(host)
+
+
+def _config_file(rootfs: Path, cwd: str, entry: Path, named: str | None) -> Path | None:
+    if named is None:
+        beside = entry.parent / CONFIG_NAME
+        return beside if beside.is_file() else None
+    path = _in_rootfs(rootfs, cwd, named, f"the workload config ({CONFIG_ANNOTATION})")
+    if not path.is_file():
+        raise MotteError(f"config.json: annotation {CONFIG_ANNOTATION}={named!r}: no such file in the image",
+                         hint="name the Enarx.toml's path in the image")
+    return path
+
+
+def workload_config(spec: ContainerSpec) -> WorkloadConfig:
+    """The image's workload config (the default, stdio only, if it has none), with the container's
+    arguments after its own and the container's environment over its own."""
+    from motte.host.workload_files import load_config
+
+    config = load_config(spec.config_file)
+    if spec.config_file is not None:
+        _check_config_paths(config, spec.config_file, spec.rootfs)
+    return config.with_extra(args=spec.args, env=spec.env)
+
+
+def _check_config_paths(config: WorkloadConfig, config_file: Path, rootfs: Path) -> None:
+    """Refuse a workload config that names a file (a CA bundle) outside the rootfs: the image is
+    the tenant's, the host's files are not (motte-oci reads them as root)."""
+    names = [("steward_ca", config.steward_ca)]
+    names += [(f"files[{fd}].ca", file.ca) for fd, file in enumerate(config.files)]
+    for what, name in names:
+        if name is None:
+            continue
+        if os.path.isabs(name):
+            raise MotteError(f"{config_file}: {what} {name!r}: in an image, name it relative to the Enarx.toml",
+                             hint="the host would read an absolute path outside the image")
+        host = os.path.realpath(config_file.parent / name)
+        if os.path.commonpath([str(rootfs), host]) != str(rootfs):
+            raise MotteError(f"{config_file}: {what} {name!r} leads out of the container's rootfs",
+                             hint="use a path inside the image, without symlinks that leave it")
+
+
+def _network_namespace(linux: Any) -> str | None:
+    namespaces = _object(linux, "linux").get("namespaces") or []
+    if not isinstance(namespaces, list):
+        raise MotteError("config.json: linux.namespaces must be a list")
+    for namespace in namespaces:
+        namespace = _object(namespace, "linux.namespaces[]")
+        if namespace.get("type") != "network":
+            continue
+        path = namespace.get("path") or ""
+        if not isinstance(path, str) or (path and not path.startswith("/")):
+            raise MotteError(f"config.json: the network namespace path {path!r} is not an absolute path")
+        return path
+    return None
 
 
 def _mounts(mounts: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

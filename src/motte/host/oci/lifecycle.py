@@ -7,20 +7,20 @@ at ``create`` (so a keep that cannot start fails ``create``, and ``start`` costs
 waits on ``exec.fifo`` until ``start`` opens it, runs the workload on the stdio the shim gave
 ``create`` (or the terminal sent to the console socket), and exits with the workload's status.
 A signal ends the keep, then the init process by that same signal, as it would a native process.
+
+The init process enters the container's network namespace (see :mod:`motte.host.oci.netns`) before
+anything else, so the keep, and the sockets its host side binds and connects, are all in it.
+Only ``create`` needs most of this module's imports: the other commands are a fresh process each.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import signal
-import socket
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from motte.host.oci.state import (
     EXEC_FIFO,
@@ -35,6 +35,9 @@ from motte.host.oci.state import (
 )
 from motte.shared.errors import EXIT_MOTTE_ERROR, MotteError
 
+# Not typing.TYPE_CHECKING: importing typing costs every command the shim runs milliseconds
+# (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from motte.host.backends.base import KeepHandle
     from motte.host.net import HostNetwork
@@ -59,6 +62,8 @@ class Terminated(BaseException):
 def create(root: Path, container_id: str, spec: ContainerSpec, request: RunRequest, *,
            pid_file: Path | None = None, console_socket: str | None = None) -> int:
     """Start the container's keep and its init process, waiting for ``start``; the init's pid."""
+    from datetime import UTC, datetime
+
     directory = container_dir(root, container_id)
     root.mkdir(parents=True, exist_ok=True, mode=0o711)
     try:
@@ -102,6 +107,8 @@ def start(root: Path, container_id: str) -> None:
     current = status(root, record)
     if current != "created":
         raise MotteError(f"cannot start container {container_id}: it is {current}, not created")
+    import select
+
     fifo = container_dir(root, container_id) / EXEC_FIFO
     # Opened without blocking: an init process that died must not hang ``start``.
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -156,6 +163,8 @@ def delete(root: Path, container_id: str, *, force: bool) -> None:
 
 def _send_console(path: str) -> int:
     """Send a new terminal's master end to the console socket; the slave end, for the workload."""
+    import socket
+
     master, slave = os.openpty()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -192,8 +201,6 @@ def _init(directory: Path, spec: ContainerSpec, request: RunRequest, ready: int,
         os.setsid()  # its own session: the shim's signals reach it only by ``kill``
         if terminal is not None:
             _take_terminal(terminal)
-        for signum in FORWARDED:
-            signal.signal(signum, _terminated)
         keep, network = _start_keep(spec, request)
         os.write(ready, READY)
         os.close(ready)
@@ -236,11 +243,22 @@ def _take_terminal(terminal: int) -> None:
 def _start_keep(spec: ContainerSpec, request: RunRequest) -> tuple[KeepHandle, HostNetwork | None]:
     from motte.host.backends import get_backend
     from motte.host.backends.base import LaunchSpec
+    from motte.host.nil_process import prespawn
+    from motte.host.oci.netns import enter_network_namespace
     from motte.host.platform import strongest_backend
     from motte.host.session import prepare_network
+    from motte.host.workload_files import check_launch_fits
 
-    network = prepare_network(request)  # binds its listen ports: one in use fails ``create``
+    enter_network_namespace(spec.network_namespace)  # while this process has one thread: all of it moves
     backend = strongest_backend() if spec.backend == "auto" else spec.backend
+    if backend == "nil":
+        # Forked now, single-threaded, with no socket bound yet and the default signal handlers:
+        # the keep skips an interpreter's start-up and the imports this process has made.
+        prespawn()
+    for signum in FORWARDED:
+        signal.signal(signum, _terminated)
+    network = prepare_network(request)  # binds its listen ports: one in use fails ``create``
+    check_launch_fits(request, network)
     return get_backend(backend).launch(LaunchSpec(memory_bytes=spec.memory_limit)), network
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from motte.shared.errors import MotteError
+
+# Not typing.TYPE_CHECKING: importing typing costs every command the shim runs milliseconds
+# (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_VERSION = "1.0.2"
 STATE_FILE = "state.json"
@@ -23,14 +27,23 @@ EXEC_FIFO = "exec.fifo"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}")
 
 
-@dataclass(frozen=True)
 class ContainerRecord:
-    id: str
-    pid: int
-    pid_start: str  # the init process's start time (field 22 of /proc/PID/stat)
-    bundle: str
-    created: str  # RFC 3339
-    annotations: dict[str, str] = field(default_factory=dict)
+    """What ``state.json`` records. (A plain class, not a dataclass: every ``motte-oci`` command
+    reads it, and the dataclasses module costs each of them milliseconds to import.)"""
+
+    __slots__ = ("annotations", "bundle", "created", "id", "pid", "pid_start")
+
+    def __init__(self, id: str, pid: int, pid_start: str, bundle: str, created: str,
+                 annotations: dict[str, str] | None = None):
+        self.id = id
+        self.pid = pid
+        self.pid_start = pid_start  # the init process's start time (field 22 of /proc/PID/stat)
+        self.bundle = bundle
+        self.created = created  # RFC 3339
+        self.annotations = annotations or {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def container_dir(root: Path, container_id: str) -> Path:
@@ -42,7 +55,7 @@ def container_dir(root: Path, container_id: str) -> Path:
 
 def save(directory: Path, record: ContainerRecord) -> None:
     temporary = directory / (STATE_FILE + ".tmp")
-    temporary.write_text(json.dumps(asdict(record)))
+    temporary.write_text(json.dumps(record.to_json()))
     temporary.replace(directory / STATE_FILE)
 
 
