@@ -124,11 +124,18 @@ def test_the_interpreter_is_compiled_once_on_nil(tmp_path: Path) -> None:
     assert compiled[0].stat().st_mtime_ns == made  # loaded, not compiled and stored again
 
 
+def test_motte_s_site_hook_loads_nothing_a_program_does_not_import(tmp_path: Path) -> None:
+    program = tmp_path / "probe.py"
+    program.write_text("import sys\nprint(sorted(m for m in ('socket', 'typing', 'importlib.machinery') "
+                       "if m in sys.modules), 'sitecustomize' in sys.modules)\n")
+    result = run(str(program))
+    assert (result.returncode, result.stdout) == (0, b"[] True\n"), result.stderr
+
+
 SERVER = '''\
 import socket, sys
-# WASI has no getsockname: CPython cannot find the family of fd 3 itself, so it is given.
-listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=3)
-print("listening", flush=True)
+listener = socket.socket(fileno=3)  # as natively: no family, type or protocol given
+print("listening", listener.family == socket.AF_INET, listener.type == socket.SOCK_STREAM, flush=True)
 count = int(sys.argv[1])
 for _ in range(count):
     conn, _address = listener.accept()
@@ -158,7 +165,7 @@ def test_a_tls_server_on_fd_3_of_an_enarx_toml_serves_clients(tmp_path: Path) ->
     )
     try:
         assert process.stdout is not None
-        assert process.stdout.readline() == b"listening\n"
+        assert process.stdout.readline() == b"listening True True\n"
         for number in range(3):  # one after another: each is accepted, answered and closed
             client = connect(port)
             # TLS ends inside the keep: the program reads and writes plaintext.

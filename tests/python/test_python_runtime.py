@@ -53,6 +53,10 @@ def test_the_stdlib_directory_is_made_once_and_remade_when_damaged(tmp_path: Pat
     zip_path.write_bytes(b"damaged")
     assert stdlib_dir() == lib
     assert hashlib.sha256(zip_path.read_bytes()).hexdigest() == python_runtime.STDLIB_ZIP_SHA256
+    site = lib / "python3.11" / "sitecustomize.py"
+    assert site.read_bytes() == python_runtime.SITECUSTOMIZE.read_bytes()
+    site.write_text("import os; os.system('anything')\n")  # changed: motte's own is put back
+    assert stdlib_dir() == lib and site.read_bytes() == python_runtime.SITECUSTOMIZE.read_bytes()
     assert [p.name for p in lib.parent.parent.iterdir()] == [lib.parent.name]  # no staging left behind
 
 

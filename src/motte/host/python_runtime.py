@@ -36,6 +36,9 @@ STDLIB_SUBDIR = "python3.11"
 APP_GUEST = "/app"
 STDLIB_GUEST = "/usr/local/lib"  # the build's prefix is /usr/local
 MAIN = "main.py"
+#: Imported by the guest's ``site`` at start-up (``python3.11/`` is on its path): makes
+#: ``socket.socket(fileno=N)`` work without a family, which WASI cannot tell CPython.
+SITECUSTOMIZE = Path(__file__).with_name("python_guest") / "sitecustomize.py"
 
 
 def package_file(relative: str) -> Path:
@@ -73,23 +76,34 @@ def check_interpreter(digest: str) -> None:
 
 def stdlib_dir() -> Path:
     """The directory served as ``/usr/local/lib``: the pinned stdlib zip, plus the two paths CPython
-    looks for to find its prefix (``python3.11/os.pyc``, ``python3.11/lib-dynload``); without them
-    every run would print "Could not find platform independent libraries".
+    looks for to find its prefix (``python3.11/os.pyc``, ``python3.11/lib-dynload``; without them
+    every run would print "Could not find platform independent libraries"), and motte's
+    ``python3.11/sitecustomize.py``.
 
     Made once in motte's cache; checked on every run, remade if it does not match the pin."""
     home = cache_root() / "python" / f"{STDLIB_SUBDIR}-{STDLIB_ZIP_SHA256[:16]}"
     lib = home / "lib"
+    site = _guest_sitecustomize()
     try:
         digest = hashlib.sha256((lib / Path(STDLIB_ZIP).name).read_bytes()).hexdigest()
+        current_site = (lib / STDLIB_SUBDIR / SITECUSTOMIZE.name).read_bytes()
     except OSError:
-        digest = ""
-    if digest == STDLIB_ZIP_SHA256 and (lib / STDLIB_SUBDIR / "lib-dynload").is_dir():
+        digest, current_site = "", b""
+    if digest == STDLIB_ZIP_SHA256 and current_site == site and (lib / STDLIB_SUBDIR / "lib-dynload").is_dir():
         return lib
-    _make_stdlib_dir(home)
+    _make_stdlib_dir(home, site)
     return lib
 
 
-def _make_stdlib_dir(home: Path) -> None:
+def _guest_sitecustomize() -> bytes:
+    try:
+        return SITECUSTOMIZE.read_bytes()
+    except OSError as exc:
+        raise MotteError(f"motte's installation lacks {SITECUSTOMIZE}: {exc.strerror}",
+                         hint="reinstall motte (dev/setup)") from None
+
+
+def _make_stdlib_dir(home: Path, site: bytes) -> None:
     import shutil  # (once per machine: not on every run's start-up path)
     import tempfile
     import zipfile
@@ -106,6 +120,7 @@ def _make_stdlib_dir(home: Path) -> None:
             zip_path.write_bytes(data)
             with zipfile.ZipFile(zip_path) as archive:
                 (lib / STDLIB_SUBDIR / "os.pyc").write_bytes(archive.read("os.pyc"))
+            (lib / STDLIB_SUBDIR / SITECUSTOMIZE.name).write_bytes(site)
             shutil.rmtree(home, ignore_errors=True)  # a damaged copy
             os.replace(staging, home)  # atomic; a concurrent run that won the race made the same
         finally:
