@@ -75,6 +75,26 @@ class Timeout(MotteError):
     pass
 
 
+class _Condition(threading.Condition):
+    """A condition variable that knows whether any thread waits on it: ``notify_all`` is called for
+    every read of the channel, and with nobody to wake it would still cost a chain of Python calls."""
+
+    def __init__(self, lock: threading.Lock):
+        super().__init__(lock)
+        self.waiting = 0  # threads in wait() (changed with the lock held)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting += 1
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting -= 1
+
+    def notify_all(self) -> None:
+        if self.waiting:
+            super().notify_all()
+
+
 class _Inbox:
     __slots__ = ("chunks", "eof", "reset", "size", "waiters")
 
@@ -95,7 +115,7 @@ class ChannelIO:
         self._transport = transport
         self._state = ChannelState(role) if window is None else ChannelState(role, window)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # inboxes, credit, queues, closure
+        self._changed = _Condition(self._lock)  # inboxes, credit, queues, closure
         self._to_send = threading.Condition(self._lock)
         self._pending: list[bytes | memoryview] = []
         self._inboxes: dict[int, _Inbox] = {}
@@ -186,7 +206,7 @@ class ChannelIO:
         if not buffers:
             return False
         if (self._send_nowait is not None and not self._pending and not self._writing and self._closed is None
-                and sum(len(b) for b in buffers) <= DIRECT_SEND_MAX):
+                and (size := sum(map(len, buffers))) <= DIRECT_SEND_MAX):
             # The writer thread is idle: send from this thread, without blocking. A small message
             # then costs no thread switch, which is most of its latency.
             try:
@@ -195,6 +215,8 @@ class ChannelIO:
                 self._close_with(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
                 return False
             self.bytes_sent += sent
+            if sent == size:
+                return True
             buffers = drop_sent(buffers, sent)
             if not buffers:
                 return True
@@ -397,17 +419,19 @@ class ChannelIO:
             self._changed.notify_all()
 
     def _dispatch(self, event: object) -> None:
-        if not isinstance(event, Data | StreamEnded | StreamReset | CreditGranted):
-            self._wake_waiters = True  # control messages, opened streams, HELLO
-        if isinstance(event, Data):
+        if isinstance(event, Data):  # the common case first
             inbox = self._inboxes.get(event.stream)
             if inbox is not None and event.data:
                 inbox.chunks.append(event.data)
                 inbox.size += len(event.data)
-            self._notify(event.stream)
+            self._notify(event.stream, inbox)
+        elif isinstance(event, CreditGranted):
+            self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
         elif isinstance(event, Control):
+            self._wake_waiters = True
             self._controls.append(event.message)
         elif isinstance(event, StreamOpened):
+            self._wake_waiters = True
             self._inboxes[event.stream] = _Inbox()
             kind = event.meta["kind"]
             handler = self._routes.get(kind)
@@ -429,18 +453,19 @@ class ChannelIO:
             if inbox is not None:
                 inbox.reset = event.reason or "reset"
             self._notify(event.stream)
-        elif isinstance(event, CreditGranted):
-            self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
         elif isinstance(event, Hello):
+            self._wake_waiters = True
             self._peer_hello = event.info
         elif isinstance(event, StreamRefused):
-            pass  # answered with RESET by the state machine
+            self._wake_waiters = True  # (nothing for them: it is answered with RESET by the state machine)
 
-    def _notify(self, stream: int) -> None:
+    def _notify(self, stream: int, inbox: _Inbox | None = None) -> None:
+        """Wake what waits on ``stream`` (its ``inbox``, if the caller has it at hand)."""
         if stream in self._claimed:
             self._touched.append(stream)
             return
-        inbox = self._inboxes.get(stream)
+        if inbox is None:
+            inbox = self._inboxes.get(stream)
         if inbox is not None and inbox.waiters is not None:
             inbox.waiters.notify_all()
         if inbox is None or self._stream_watchers or self._read_when_waiting:

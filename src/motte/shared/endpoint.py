@@ -137,7 +137,8 @@ class Endpoint(ChannelIO):
         sent_here = False
         with self._lock:
             while view:
-                self._raise_if_closed()
+                if self._closed is not None:
+                    self._raise_if_closed()
                 inbox = self._inboxes.get(stream)
                 if inbox is not None and inbox.reset is not None:
                     raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
@@ -145,8 +146,10 @@ class Endpoint(ChannelIO):
                     raise StreamAborted(f"stream {stream} is closed")
                 taken = self._state.send_data(stream, view)
                 if taken:
-                    view = view[taken:]
                     sent_here = self._queue_outgoing()
+                    if taken == len(view):
+                        break
+                    view = view[taken:]
                     continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -168,8 +171,9 @@ class Endpoint(ChannelIO):
                 or (inbox is not None and inbox.reset is not None))
 
     def write_window(self, stream: int) -> int:
-        with self._lock:
-            return self._state.send_window(stream)
+        # Read without the lock (one look-up, atomic under the GIL): the answer may change once
+        # returned either way, and every write checks again under the lock.
+        return self._state.send_window(stream)
 
     def read(self, stream: int, size: int, timeout: float | None = None) -> bytes:
         """Up to ``size`` bytes; ``b""`` at EOF. Blocks until data, EOF, reset or timeout."""
@@ -185,6 +189,8 @@ class Endpoint(ChannelIO):
 
     def read_nowait(self, stream: int, size: int) -> bytes | None:
         """Like :meth:`read` but returns ``None`` instead of blocking."""
+        if not self.readable(stream):
+            return None  # the common answer of a poll, without the lock (see readable)
         with self._lock:
             return self._take_available(stream, self._open_inbox(stream), size)
 
@@ -226,16 +232,15 @@ class Endpoint(ChannelIO):
         return data
 
     def readable(self, stream: int) -> bool:
-        """True when a read on ``stream`` would not block."""
-        with self._lock:
-            inbox = self._inboxes.get(stream)
-            return (
-                inbox is None
-                or bool(inbox.size)
-                or inbox.eof
-                or inbox.reset is not None
-                or self._closed is not None
-            )
+        """True when a read on ``stream`` would not block.
+
+        Looked at without the lock: under the GIL each field read is atomic, and a thread adding
+        to the inbox sets ``size`` after the data, so a reader sees the data in the inbox or it
+        sees nothing yet, never a size without the data; an answer is only a snapshot anyway, and
+        every wait checks again under the lock.
+        """
+        inbox = self._inboxes.get(stream)
+        return inbox is None or bool(inbox.size) or inbox.eof or inbox.reset is not None or self._closed is not None
 
     def reset_reason(self, stream: int) -> str | None:
         """Why the peer reset ``stream`` (None if it did not)."""

@@ -27,6 +27,12 @@ MAX_WAIT_NS = 3600 * 10**9
 _POLL = int(Rights.POLL_FD_READWRITE)
 _SOCK_ACCEPT, _SOCK_SHUTDOWN = int(Rights.SOCK_ACCEPT), int(Rights.SOCK_SHUTDOWN)
 _READ, _WRITE = int(Rights.FD_READ), int(Rights.FD_WRITE)
+_CLOCK, _FD_READ, _FD_WRITE = abi.EVENT_CLOCK, abi.EVENT_FD_READ, abi.EVENT_FD_WRITE
+_SUBSCRIPTION_SIZE = abi.SUBSCRIPTION_SIZE
+_pack_event = abi.EVENT.pack
+#: (due monotonic ns, userdata) of each clock, (userdata, kind, fd) of each fd a poll_oneoff watches
+Clocks = list[tuple[int, int]]
+FdWatches = list[tuple[int, int, int]]
 
 
 class ProcExit(NamedTuple):
@@ -47,6 +53,9 @@ class Preview1(FdCalls):
         self.args = [a.encode() for a in args]
         self.env = [f"{k}={v}".encode() for k, v in env.items()]
         self._before_block = before_block or (lambda: None)
+        # The last poll_oneoff's subscriptions, parsed, when they had no clock (an event loop
+        # polls the same fds again and again).
+        self._polled: tuple[bytes, FdWatches] = (b"", [])
 
     # ---- registration ----
 
@@ -158,14 +167,27 @@ class Preview1(FdCalls):
     def poll_oneoff(self, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
         if count == 0 or count > 4096:
             raise WasiError(Errno.INVAL)
-        raw = self.memory.read(in_ptr, abi.SUBSCRIPTION_SIZE * count)
+        raw = self.memory.read(in_ptr, _SUBSCRIPTION_SIZE * count)
+        clocks: Clocks
+        if raw == self._polled[0]:
+            clocks, fds = [], self._polled[1]
+        else:
+            clocks, fds = self._subscriptions(raw, count)
+            self._polled = (b"", []) if clocks else (raw, fds)
+        self._before_block()
+        events = self._poll_wait(clocks, fds)
+        self.memory.write(out_ptr, b"".join(events))
+        self.memory.write_u32(nevents_ptr, len(events))
+        return Errno.SUCCESS
+
+    def _subscriptions(self, raw: bytes, count: int) -> tuple[Clocks, FdWatches]:
         now = time.monotonic_ns()
-        clocks: list[tuple[int, int]] = []  # (due monotonic ns, userdata)
-        fds: list[tuple[int, int, int]] = []  # (userdata, kind, fd)
+        clocks: Clocks = []
+        fds: FdWatches = []
         for index in range(count):
-            base = index * abi.SUBSCRIPTION_SIZE
+            base = index * _SUBSCRIPTION_SIZE
             userdata, tag = abi.SUBSCRIPTION_HEAD.unpack_from(raw, base)
-            if tag == abi.EVENT_CLOCK:
+            if tag == _CLOCK:
                 clock_id, timeout, _precision, flags = abi.SUBSCRIPTION_CLOCK.unpack_from(raw, base + 16)
                 if clock_id not in self._CLOCKS:
                     raise WasiError(Errno.INVAL)
@@ -175,34 +197,30 @@ class Preview1(FdCalls):
                 else:
                     due = now + timeout
                 clocks.append((due, userdata))
-            elif tag in (abi.EVENT_FD_READ, abi.EVENT_FD_WRITE):
+            elif tag in (_FD_READ, _FD_WRITE):
                 (fd,) = abi.SUBSCRIPTION_FD.unpack_from(raw, base + 16)
                 fds.append((userdata, tag, fd))
             else:
                 raise WasiError(Errno.INVAL)
-        self._before_block()
-        events = self._poll_wait(clocks, fds)
-        out = b"".join(events)
-        self.memory.write(out_ptr, out)
-        self.memory.write_u32(nevents_ptr, len(events))
-        return Errno.SUCCESS
+        return clocks, fds
 
-    def _poll_wait(self, clocks: list[tuple[int, int]], fds: list[tuple[int, int, int]]) -> list[bytes]:
-        first_due = min((due for due, _ in clocks), default=None)
+    def _poll_wait(self, clocks: Clocks, fds: FdWatches) -> list[bytes]:
+        first_due = min(due for due, _ in clocks) if clocks else None
+        files = self.fds
         while True:
             events: list[bytes] = []
             for userdata, kind, fd in fds:
-                file = self.fds.get(fd)
+                file = files.get(fd)
                 if file is None:
-                    events.append(abi.EVENT.pack(userdata, Errno.BADF, kind, 0, 0))
+                    events.append(_pack_event(userdata, Errno.BADF, kind, 0, 0))
                 elif not file.rights_base & _POLL:
-                    events.append(abi.EVENT.pack(userdata, file.refusal(_POLL), kind, 0, 0))
-                elif (file.readable_now() if kind == abi.EVENT_FD_READ else file.writable_now()):
-                    events.append(abi.EVENT.pack(userdata, 0, kind, 0, 0))
+                    events.append(_pack_event(userdata, file.refusal(_POLL), kind, 0, 0))
+                elif (file.readable_now() if kind == _FD_READ else file.writable_now()):
+                    events.append(_pack_event(userdata, 0, kind, 0, 0))
             now = time.monotonic_ns()
             for due, userdata in clocks:
                 if due <= now:
-                    events.append(abi.EVENT.pack(userdata, 0, abi.EVENT_CLOCK, 0, 0))
+                    events.append(_pack_event(userdata, 0, _CLOCK, 0, 0))
             if events:
                 return events
             wait_ns = None if first_due is None else min(first_due - now, MAX_WAIT_NS)
@@ -213,14 +231,14 @@ class Preview1(FdCalls):
                 wait_ns = left if wait_ns is None else min(wait_ns, left)
             self._wait_any(fds, None if wait_ns is None else wait_ns / 1e9)
 
-    def _wait_any(self, fds: list[tuple[int, int, int]], timeout: float | None) -> None:
+    def _wait_any(self, fds: FdWatches, timeout: float | None) -> None:
         readable: list[int] = []
         writable: list[int] = []
         conditions: list[Callable[[], bool]] = []
         endpoint = None
         for _, kind, fd in fds:
             file = self.fds.get(fd)
-            wake: WakeOn | None = None if file is None else file.wake_on(kind == abi.EVENT_FD_WRITE)
+            wake: WakeOn | None = None if file is None else file.wake_on(kind == _FD_WRITE)
             if wake is None:
                 continue
             endpoint = wake.endpoint
