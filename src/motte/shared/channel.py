@@ -127,6 +127,10 @@ class FrameDecoder:
         own receiving does not make a Frame of each."""
         if type(data) is not bytes:
             data = bytes(data)  # pieces of it are kept: they must not change under us
+        if not self._head and self._frame is None and len(data) >= HEADER_SIZE:
+            stream, frame_type, length = self._parse_header(data, 0)
+            if len(data) == HEADER_SIZE + length:  # the common case: one whole frame
+                return [(stream, frame_type, data[HEADER_SIZE:])]
         frames: list[tuple[int, FrameType, bytes]] = []
         offset = 0
         end_of_data = len(data)

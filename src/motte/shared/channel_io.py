@@ -344,12 +344,17 @@ class ChannelIO:
         """What one read of the transport gave, handled, and the observer told: False once closed."""
         with self._lock:
             self._received(data)
-            touched, self._touched = self._touched, []
+            touched = self._touched
+            if touched:
+                self._touched = []
             observer = self._observer
             closed = self._closed is not None
         if observer is not None:
-            for stream in dict.fromkeys(touched):  # each once, in order
-                observer(stream)
+            if len(touched) == 1:
+                observer(touched[0])
+            elif touched:
+                for stream in dict.fromkeys(touched):  # each once, in order
+                    observer(stream)
             if closed:
                 observer(0)
         return not closed

@@ -212,18 +212,22 @@ class Endpoint(ChannelIO):
         return None
 
     def _take(self, stream: int, inbox: _Inbox, size: int) -> bytes:
-        pieces: list[bytes] = []
-        wanted = size
-        while wanted and inbox.chunks:
-            chunk = inbox.chunks[0]
-            if len(chunk) <= wanted:
-                pieces.append(inbox.chunks.popleft())
-                wanted -= len(chunk)
-            else:
-                pieces.append(chunk[:wanted])
-                inbox.chunks[0] = chunk[wanted:]
-                wanted = 0
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        chunks = inbox.chunks
+        if len(chunks) == 1 and len(chunks[0]) <= size:  # the common case: all of one chunk
+            data = chunks.popleft()
+        else:
+            pieces: list[bytes] = []
+            wanted = size
+            while wanted and chunks:
+                chunk = chunks[0]
+                if len(chunk) <= wanted:
+                    pieces.append(chunks.popleft())
+                    wanted -= len(chunk)
+                else:
+                    pieces.append(chunk[:wanted])
+                    chunks[0] = chunk[wanted:]
+                    wanted = 0
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         inbox.size -= len(data)
         # Credit goes back in batches (a quarter of the stream's credit at a time), not per read:
         # with many request/response connections a CREDIT frame per message would double the frames.

@@ -132,6 +132,8 @@ class GuestMemory:
 
 
 HostFunction = Callable[..., int | None]
+#: The result a host function's failure gives the workload (an errno); it raises what is no errno.
+ErrorResult = Callable[[Exception], int]
 
 
 class HostFunctions:
@@ -151,7 +153,10 @@ class HostFunctions:
         self.stop: Any = None
         self._finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: None)
 
-    def define(self, module: str, name: str, params: str, results: str, func: HostFunction) -> None:
+    def define(self, module: str, name: str, params: str, results: str, func: HostFunction,
+               error_result: ErrorResult | None = None) -> None:
+        """Import ``func`` as ``module.name``; with ``error_result``, what it raises is turned into
+        its result first (in the same frame: this runs on every host call)."""
         functype = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results])
         # The arguments, unsigned, in one unpack of the raw value array (16 bytes a value, little
         # endian): cheaper than a ctypes union object per argument.
@@ -164,7 +169,12 @@ class HostFunctions:
             try:
                 if owner.stop is not None:
                     raise HostTrap(owner.stop)
-                result = func(*unpack(_string_at(values, size))) if size else func()
+                try:
+                    result = func(*unpack(_string_at(values, size))) if size else func()
+                except Exception as exc:
+                    if error_result is None:
+                        raise
+                    result = error_result(exc)
                 if has_result:
                     _u64.from_address(values).value = int(result or 0)
                 return 0

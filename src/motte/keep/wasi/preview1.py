@@ -109,7 +109,7 @@ class Preview1(FdCalls):
             ("sock_shutdown", "ii", "i", self.sock_shutdown),
         ]
         for name, params, results, func in table:
-            host.define(MODULE, name, params.replace("i", I32).replace("I", I64), results, _errno_boundary(func))
+            host.define(MODULE, name, params.replace("i", I32).replace("I", I64), results, func, _errno_of)
 
     # ---- args, environment, clocks, random ----
 
@@ -328,20 +328,14 @@ class Preview1(FdCalls):
         return Errno.SUCCESS
 
 
-def _errno_boundary(func: Callable[..., int | None]) -> Callable[..., int | None]:
-    """Turn the failures a WASI call may have into the errno the workload gets."""
-
-    def call(*args: int) -> int | None:
-        try:
-            return func(*args)
-        except WasiError as exc:
-            return int(exc.errno)
-        except GuestFault:
-            return int(Errno.FAULT)
-        except OSError as exc:
-            return int(abi.wasi_errno(exc))
-        except DeadlineExceeded:
-            raise HostTrap(DeadlineHit()) from None
-
-    call.__name__ = func.__name__
-    return call
+def _errno_of(exc: Exception) -> int:
+    """The errno a WASI call's failure gives the workload; a failure that has none is raised again."""
+    if isinstance(exc, WasiError):
+        return int(exc.errno)
+    if isinstance(exc, GuestFault):
+        return int(Errno.FAULT)
+    if isinstance(exc, OSError):
+        return int(abi.wasi_errno(exc))
+    if isinstance(exc, DeadlineExceeded):
+        raise HostTrap(DeadlineHit()) from None
+    raise exc
