@@ -31,35 +31,33 @@ MAX_LINGERING = 256  # connections drained at once; beyond that a close may rese
 #: Sees every byte the host relays: ``tap(event, stream, data)`` with event ``"open"``,
 #: ``"to-keep"``, ``"from-keep"`` or ``"close"``. For tests and debugging.
 Tap = Callable[[str, int, bytes], None]
-#: What a watched socket's handler is told is ready (either or both).
-READ, WRITE = 1, 2
-#: Told what is ready (READ, WRITE).
+#: The events a socket is watched for, and a handler told (with EPOLLERR, EPOLLHUP and the like).
+READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+#: Told the epoll events of its file descriptor.
 Handler = Callable[[int], None]
-_EPOLL = {READ: select.EPOLLIN, WRITE: select.EPOLLOUT, READ | WRITE: select.EPOLLIN | select.EPOLLOUT}
-_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+# As the selectors module has it: an error or hang-up is reported as whatever the handler waits
+# for (the read or the write then meets it).
+_READABLE, _WRITABLE = ~WRITE, ~READ
 
 
 class Poller:
     """``epoll`` with a handler per file descriptor, for the relay thread.
 
     The ``selectors`` module does the same with a few microseconds more of Python per wake-up,
-    and the relay wakes twice a round trip. Like ``selectors``, an error or hang-up is reported
-    as whatever the handler waits for (the read or write then meets it).
+    and the relay wakes twice a round trip.
     """
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._handlers: dict[int, tuple[Handler, int]] = {}
+        self._handlers: dict[int, Handler] = {}
 
     def register(self, fileobj: socket.socket | int, events: int, handler: Handler) -> None:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        self._epoll.register(fd, _EPOLL[events])
-        self._handlers[fd] = (handler, events)
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
 
     def modify(self, fileobj: socket.socket, events: int) -> None:
-        fd = fileobj.fileno()
-        self._epoll.modify(fd, _EPOLL[events])
-        self._handlers[fd] = (self._handlers[fd][0], events)
+        self._epoll.modify(fileobj.fileno(), events)
 
     def unregister(self, fileobj: socket.socket | int) -> None:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
@@ -67,14 +65,9 @@ class Poller:
         del self._handlers[fd]
 
     def poll(self, timeout: float) -> list[tuple[Handler, int]]:
-        ready = []
+        """The handlers of the file descriptors that are ready, with their events."""
         handlers = self._handlers
-        for fd, event in self._epoll.poll(timeout):
-            entry = handlers.get(fd)
-            if entry is not None:
-                handler, wanted = entry
-                ready.append((handler, ((READ if event & ~_OUT else 0) | (WRITE if event & ~_IN else 0)) & wanted))
-        return ready
+        return [(handlers[fd], events) for fd, events in self._epoll.poll(timeout) if fd in handlers]
 
     def close(self) -> None:
         self._epoll.close()
@@ -295,9 +288,9 @@ class Relay:
     def _on_socket(self, conn: Connection, events: int) -> None:
         if conn.closed:
             return  # closed by the reader thread after the poller reported it
-        if events & WRITE:
+        if events & _WRITABLE and conn.mask & WRITE:
             self._flush(conn)
-        if events & READ and not conn.closed:
+        if events & _READABLE and conn.mask & READ and not conn.closed:
             self._from_peer(conn)
         self._update(conn)
 

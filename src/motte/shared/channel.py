@@ -127,10 +127,6 @@ class FrameDecoder:
         own receiving does not make a Frame of each."""
         if type(data) is not bytes:
             data = bytes(data)  # pieces of it are kept: they must not change under us
-        if not self._head and self._frame is None and len(data) >= HEADER_SIZE:
-            stream, frame_type, length = self._parse_header(data, 0)
-            if len(data) == HEADER_SIZE + length:  # the common case: one whole frame
-                return [(stream, frame_type, data[HEADER_SIZE:])]
         frames: list[tuple[int, FrameType, bytes]] = []
         offset = 0
         end_of_data = len(data)
@@ -180,6 +176,11 @@ class FrameDecoder:
         if flags != 0:
             raise ProtocolError(f"unknown frame flags {flags:#x}")
         return stream, frame_type, length
+
+    @property
+    def idle(self) -> bool:
+        """No partial frame is held: the next byte fed starts a frame."""
+        return not self._head and self._frame is None
 
     @property
     def pending(self) -> int:
@@ -396,6 +397,22 @@ class ChannelState:
         return True
 
     # ---- receiving ----
+
+    def receive_data(self, data: bytes) -> tuple[int, bytes] | None:
+        """The common case of :meth:`receive`, without its events: if ``data`` is one whole DATA
+        frame on an open stream within the stream's credit (and no partial frame is held), take it
+        and return its (stream, payload), as a :class:`Data` event would give them. Otherwise take
+        nothing and return None: :meth:`receive` then takes ``data``, and judges it."""
+        if len(data) < HEADER_SIZE or not self._decoder.idle:
+            return None
+        stream, kind, flags, length = HEADER.unpack_from(data)
+        if kind != _DATA or flags or len(data) != HEADER_SIZE + length or length > MAX_PAYLOAD:
+            return None
+        state = self._streams.get(stream)
+        if state is None or state.remote_eof or length > state.recv_window:
+            return None
+        state.recv_window -= length
+        return stream, data[HEADER_SIZE:]
 
     def receive(self, data: bytes) -> list[Event]:
         events: list[Event] = []

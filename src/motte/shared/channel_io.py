@@ -248,29 +248,29 @@ class ChannelIO:
             return bool(self._changed.wait_for(ready, timeout))
         if ready():
             return True
+        if timeout is not None and timeout <= 0:
+            return False
         end = None if timeout is None else time.monotonic() + timeout
+        remaining = timeout
         # Counted as waiting only once it blocks: a thread that polls in a loop must not keep the
         # reader thread from the transport.
-        blocked = False
+        self._waiting += 1
         try:
             while True:
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                if not blocked:
-                    self._waiting += 1
-                    blocked = True
                 if self._reading or self._closed is not None:
                     self._changed.wait(remaining)
                 else:
                     self._read_here(remaining)
                 if ready():
                     return True
+                if end is not None:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        return False
         finally:
-            if blocked:
-                self._waiting -= 1
-                if not self._waiting:
-                    self._waits_ended = time.monotonic()
+            self._waiting -= 1
+            if not self._waiting:
+                self._waits_ended = time.monotonic()
 
     def _read_here(self, timeout: float | None) -> None:
         """Lock held: one read of the transport by this thread, up to ``timeout``."""
@@ -411,9 +411,13 @@ class ChannelIO:
         self.bytes_received += len(data)
         self._wake_waiters = False
         try:
-            for event in self._state.receive(data):
-                self._dispatch(event)
-            self._queue_outgoing()
+            one = self._state.receive_data(data)
+            if one is not None:  # the common case: one DATA frame (it leaves nothing to send)
+                self._on_data(*one)
+            else:
+                for event in self._state.receive(data):
+                    self._dispatch(event)
+                self._queue_outgoing()
         except ProtocolError as exc:
             self._close_with(exc)
             return
@@ -425,11 +429,7 @@ class ChannelIO:
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, Data):  # the common case first
-            inbox = self._inboxes.get(event.stream)
-            if inbox is not None and event.data:
-                inbox.chunks.append(event.data)
-                inbox.size += len(event.data)
-            self._notify(event.stream, inbox)
+            self._on_data(event.stream, event.data)
         elif isinstance(event, CreditGranted):
             self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
         elif isinstance(event, Control):
@@ -463,6 +463,13 @@ class ChannelIO:
             self._peer_hello = event.info
         elif isinstance(event, StreamRefused):
             self._wake_waiters = True  # (nothing for them: it is answered with RESET by the state machine)
+
+    def _on_data(self, stream: int, data: bytes) -> None:
+        inbox = self._inboxes.get(stream)
+        if inbox is not None and data:
+            inbox.chunks.append(data)
+            inbox.size += len(data)  # (after the data: see Endpoint.readable)
+        self._notify(stream, inbox)
 
     def _notify(self, stream: int, inbox: _Inbox | None = None) -> None:
         """Wake what waits on ``stream`` (its ``inbox``, if the caller has it at hand)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from motte.shared.channel import buffer_budget
@@ -252,24 +252,23 @@ class Endpoint(ChannelIO):
             inbox = self._inboxes.get(stream)
             return None if inbox is None else inbox.reset
 
-    def wait(self, predicate_streams: Iterable[int], timeout: float | None, *, writable: Iterable[int] = (),
+    def wait(self, streams: Sequence[int], timeout: float | None, *, writable: Sequence[int] = (),
              condition: Callable[[], bool] | None = None) -> bool:
         """Wait until any of the streams is readable, any ``writable`` stream has credit (or is
         closed), ``condition()`` holds, or the channel closes; up to ``timeout``.
 
         ``condition`` runs with the endpoint's lock held: it must not call the endpoint.
         """
-        streams = list(predicate_streams)
-        outputs = list(writable)
+        inboxes = self._inboxes
 
         def ready() -> bool:
             if self._closed is not None:
                 return True
             for stream in streams:
-                inbox = self._inboxes.get(stream)
+                inbox = inboxes.get(stream)
                 if inbox is None or inbox.size or inbox.eof or inbox.reset is not None:
                     return True
-            for stream in outputs:
+            for stream in writable:
                 if self._writable(stream):
                     return True
             return condition is not None and condition()

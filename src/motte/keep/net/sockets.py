@@ -95,7 +95,7 @@ class StreamSocket(WasiFile):
     def recv(self, size: int, deadline: float | None, *, peek: bool = False, waitall: bool = False) -> bytes:
         if self._read_shut:
             return b""
-        if not self._inbound_step():
+        if self._nothing_new() or not self._inbound_step():
             if int(self.flags) & _NONBLOCK:
                 raise WasiError(Errno.AGAIN)
             self._block_until(self._inbound_step, deadline, read=True)
@@ -181,7 +181,7 @@ class StreamSocket(WasiFile):
     def readable_now(self) -> bool:
         if self._unsent:
             self._drain_unsent()
-        return self._read_shut or self._inbound_step()
+        return self._read_shut or (not self._nothing_new() and self._inbound_step())
 
     def writable_now(self) -> bool:
         if self._error is not None or self._write_shut:
@@ -260,6 +260,14 @@ class StreamSocket(WasiFile):
                 return True
             else:
                 tls.feed_eof()
+
+    def _nothing_new(self) -> bool:
+        """Nothing to read: no plaintext, nothing for TLS to decrypt, nothing on the stream, no EOF
+        nor error. The state of an idle connection, found without stepping it (a poll asks every
+        connection it watches, each time)."""
+        tls = self.tls
+        return (not self._inbound and not self._peer_eof and self._error is None and not self._connecting
+                and (tls is None or tls.needs_input) and not self.endpoint.readable(self.stream))
 
     def _inbound_step(self) -> bool:
         """Take what has arrived: True when a read would not block (data, EOF or an error)."""

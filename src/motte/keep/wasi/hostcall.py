@@ -119,8 +119,7 @@ class GuestMemory:
         """One (address, length) iovec."""
         if ptr + 8 > self._size:
             self._check(ptr, 8)
-        buf, length = _IOVEC.unpack_from(self._view, ptr)
-        return buf, length
+        return _IOVEC.unpack_from(self._view, ptr)  # ("<II": two ints)
 
     def read_iovecs(self, ptr: int, count: int) -> list[tuple[int, int]]:
         if count > 1024:  # IOV_MAX: bounds the work one call can ask for

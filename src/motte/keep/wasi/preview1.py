@@ -20,6 +20,7 @@ from motte.shared.wasi_abi import Errno, FdFlags, Rights, WasiError
 
 if TYPE_CHECKING:
     from motte.keep.net.sockets import StreamSocket
+    from motte.shared.endpoint import Endpoint
 
 MODULE = "wasi_snapshot_preview1"
 #: Longest one wait of poll_oneoff: a longer timeout (up to 2^64 ns) is waited out in turns.
@@ -30,9 +31,10 @@ _READ, _WRITE = int(Rights.FD_READ), int(Rights.FD_WRITE)
 _CLOCK, _FD_READ, _FD_WRITE = abi.EVENT_CLOCK, abi.EVENT_FD_READ, abi.EVENT_FD_WRITE
 _SUBSCRIPTION_SIZE = abi.SUBSCRIPTION_SIZE
 _pack_event = abi.EVENT.pack
-#: (due monotonic ns, userdata) of each clock, (userdata, kind, fd) of each fd a poll_oneoff watches
+#: (due monotonic ns, userdata) of each clock a poll_oneoff watches
 Clocks = list[tuple[int, int]]
-FdWatches = list[tuple[int, int, int]]
+#: (fd, whether for reading, the event that reports it ready) of each fd a poll_oneoff watches
+FdWatches = list[tuple[int, bool, bytes]]
 
 
 class ProcExit(NamedTuple):
@@ -41,6 +43,43 @@ class ProcExit(NamedTuple):
 
 class DeadlineHit(NamedTuple):
     pass
+
+
+class WaitSet(NamedTuple):
+    """What a poll_oneoff waits on, gathered from the WakeOns of the files it polls."""
+
+    wakes: list[WakeOn | None]  # what it was made of
+    endpoint: Endpoint | None
+    readable: list[int]
+    writable: list[int]
+    condition: Callable[[], bool] | None
+    until: float | None  # the earliest time to look again regardless
+
+    @classmethod
+    def of(cls, wakes: list[WakeOn | None]) -> WaitSet:
+        readable: list[int] = []
+        writable: list[int] = []
+        conditions: list[Callable[[], bool]] = []
+        endpoint = None
+        until = None
+        for wake in wakes:
+            if wake is None:
+                continue
+            endpoint = wake.endpoint
+            if wake.readable is not None:
+                readable.append(wake.readable)
+            if wake.writable is not None:
+                writable.append(wake.writable)
+            if wake.condition is not None:
+                conditions.append(wake.condition)
+            if wake.until is not None:
+                until = wake.until if until is None else min(until, wake.until)
+        condition = None
+        if len(conditions) == 1:
+            condition = conditions[0]
+        elif conditions:
+            condition = lambda: any(check() for check in conditions)  # noqa: E731
+        return cls(wakes, endpoint, readable, writable, condition, until)
 
 
 class Preview1(FdCalls):
@@ -53,9 +92,10 @@ class Preview1(FdCalls):
         self.args = [a.encode() for a in args]
         self.env = [f"{k}={v}".encode() for k, v in env.items()]
         self._before_block = before_block or (lambda: None)
-        # The last poll_oneoff's subscriptions, parsed, when they had no clock (an event loop
-        # polls the same fds again and again).
+        # The last poll_oneoff's subscriptions, parsed, when they had no clock, and what it waited
+        # on (an event loop polls the same fds again and again).
         self._polled: tuple[bytes, FdWatches] = (b"", [])
+        self._waits = WaitSet.of([])
 
     # ---- registration ----
 
@@ -199,7 +239,7 @@ class Preview1(FdCalls):
                 clocks.append((due, userdata))
             elif tag in (_FD_READ, _FD_WRITE):
                 (fd,) = abi.SUBSCRIPTION_FD.unpack_from(raw, base + 16)
-                fds.append((userdata, tag, fd))
+                fds.append((fd, tag == _FD_READ, _pack_event(userdata, 0, tag, 0, 0)))
             else:
                 raise WasiError(Errno.INVAL)
         return clocks, fds
@@ -209,14 +249,15 @@ class Preview1(FdCalls):
         files = self.fds
         while True:
             events: list[bytes] = []
-            for userdata, kind, fd in fds:
+            wakes: list[WakeOn | None] = []  # (what to wait on, gathered while nothing is ready)
+            for fd, reading, ready_event in fds:
                 file = files.get(fd)
-                if file is None:
-                    events.append(_pack_event(userdata, Errno.BADF, kind, 0, 0))
-                elif not file.rights_base & _POLL:
-                    events.append(_pack_event(userdata, file.refusal(_POLL), kind, 0, 0))
-                elif (file.readable_now() if kind == _FD_READ else file.writable_now()):
-                    events.append(_pack_event(userdata, 0, kind, 0, 0))
+                if file is None or not file.rights_base & _POLL:
+                    events.append(_failed(ready_event, Errno.BADF if file is None else file.refusal(_POLL)))
+                elif file.readable_now() if reading else file.writable_now():
+                    events.append(ready_event)
+                elif not events:
+                    wakes.append(file.wake_on(not reading))
             now = time.monotonic_ns()
             for due, userdata in clocks:
                 if due <= now:
@@ -229,36 +270,19 @@ class Preview1(FdCalls):
                 if left <= 0:
                     raise HostTrap(DeadlineHit())
                 wait_ns = left if wait_ns is None else min(wait_ns, left)
-            self._wait_any(fds, None if wait_ns is None else wait_ns / 1e9)
+            self._wait_any(wakes, None if wait_ns is None else wait_ns / 1e9)
 
-    def _wait_any(self, fds: FdWatches, timeout: float | None) -> None:
-        readable: list[int] = []
-        writable: list[int] = []
-        conditions: list[Callable[[], bool]] = []
-        endpoint = None
-        for _, kind, fd in fds:
-            file = self.fds.get(fd)
-            wake: WakeOn | None = None if file is None else file.wake_on(kind == _FD_WRITE)
-            if wake is None:
-                continue
-            endpoint = wake.endpoint
-            if wake.readable is not None:
-                readable.append(wake.readable)
-            if wake.writable is not None:
-                writable.append(wake.writable)
-            if wake.condition is not None:
-                conditions.append(wake.condition)
-            if wake.until is not None:  # e.g. a TLS handshake deadline
-                left = max(0.0, wake.until - time.monotonic())
-                timeout = left if timeout is None else min(timeout, left)
-        if endpoint is not None:
+    def _wait_any(self, wakes: list[WakeOn | None], timeout: float | None) -> None:
+        waits = self._waits
+        if waits.wakes != wakes:  # (an event loop's poll mostly waits on what it waited on before)
+            waits = self._waits = WaitSet.of(wakes)
+        if waits.until is not None:  # e.g. a TLS handshake deadline
+            left = max(0.0, waits.until - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        if waits.endpoint is not None:
             # Waits on the channel, so a stream event (data, credit, a new connection) ends it early.
-            condition = None
-            if len(conditions) == 1:
-                condition = conditions[0]
-            elif conditions:
-                condition = lambda: any(check() for check in conditions)  # noqa: E731
-            endpoint.wait(readable, timeout if timeout is not None else 1.0, writable=writable, condition=condition)
+            waits.endpoint.wait(waits.readable, timeout if timeout is not None else 1.0, writable=waits.writable,
+                                condition=waits.condition)
         elif timeout is not None:
             time.sleep(max(0.0, timeout))
         else:
@@ -326,6 +350,12 @@ class Preview1(FdCalls):
             raise WasiError(Errno.INVAL)
         sock.shutdown(how)
         return Errno.SUCCESS
+
+
+def _failed(ready_event: bytes, errno: int) -> bytes:
+    """The event of a subscription that fails with ``errno``, made from the one that reports it ready."""
+    userdata, _, kind, nbytes, flags = abi.EVENT.unpack(ready_event)
+    return _pack_event(userdata, errno, kind, nbytes, flags)
 
 
 def _errno_of(exc: Exception) -> int:
