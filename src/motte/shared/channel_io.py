@@ -111,7 +111,7 @@ class ChannelIO:
     calls application threads make."""
 
     def __init__(self, transport: Transport, role: Role, *, window: int | None = None, name: str = "channel",
-                 read_when_waiting: bool = False, yield_after_send: bool = False):
+                 read_when_waiting: bool = False):
         self._transport = transport
         self._state = ChannelState(role) if window is None else ChannelState(role, window)
         self._lock = threading.Lock()
@@ -138,8 +138,6 @@ class ChannelIO:
         self.bytes_received = 0
         self.bytes_sent = 0
         self._read_when_waiting = read_when_waiting
-        self._yield_after_send = yield_after_send
-        self._answering = False  # a waiting thread was just woken by input: its next send answers it
         self._reading = False  # a thread is receiving from the transport, outside the lock
         self._waiting = 0  # threads blocked in _wait_for (reading, or sleeping while another reads)
         self._waits_ended = 0.0  # when _waiting last dropped to 0
@@ -289,7 +287,6 @@ class ChannelIO:
                 self._changed.notify_all()  # the transport is free: another waiting thread may read it
         if data is None:
             return
-        self._answering = self._yield_after_send
         self._received(data)
 
     def _poll_input(self, timeout: float | None) -> bool:

@@ -7,7 +7,6 @@ threads that move the bytes are in :mod:`motte.shared.channel_io`.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -134,7 +133,6 @@ class Endpoint(ChannelIO):
     def write(self, stream: int, data: bytes | memoryview, deadline: float | None = None) -> None:
         """Send all of ``data``, waiting for credit as needed."""
         view = memoryview(data)
-        sent_here = False
         with self._lock:
             while view:
                 if self._closed is not None:
@@ -146,7 +144,7 @@ class Endpoint(ChannelIO):
                     raise StreamAborted(f"stream {stream} is closed")
                 taken = self._state.send_data(stream, view)
                 if taken:
-                    sent_here = self._queue_outgoing()
+                    self._queue_outgoing()
                     if taken == len(view):
                         break
                     view = view[taken:]
@@ -155,14 +153,6 @@ class Endpoint(ChannelIO):
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"stream {stream}: no credit from the peer before the deadline")
                 self._wait_on_stream(inbox, lambda: self._closed is not None or self._writable(stream), remaining)
-        if sent_here and self._answering:
-            # An answer to a request this side slept waiting for: the peer thread just woken to
-            # read it was likely queued on this CPU (a sync wake-up), to run once this thread
-            # sleeps again. Let it run now rather than after this thread's way back to sleep.
-            # (A busy side, which reads without waiting, does not yield: that would only cost
-            # switches and the peer's batching.)
-            self._answering = False
-            os.sched_yield()
 
     def _writable(self, stream: int) -> bool:
         """A write on ``stream`` would not wait (it has credit, or it is closed or reset)."""
@@ -192,6 +182,9 @@ class Endpoint(ChannelIO):
         if not self.readable(stream):
             return None  # the common answer of a poll, without the lock (see readable)
         with self._lock:
+            inbox = self._inboxes.get(stream)
+            if inbox is not None and inbox.size:  # the common case when readable
+                return self._take(stream, inbox, size)
             return self._take_available(stream, self._open_inbox(stream), size)
 
     def _open_inbox(self, stream: int) -> _Inbox:

@@ -290,7 +290,8 @@ class StreamSocket(WasiFile):
             return True
         while True:
             try:
-                plain = tls.read(RECV_CHUNK)
+                # (Not when nothing was fed since TLS ran dry: the usual state when data arrives.)
+                plain = tls.read(RECV_CHUNK) if not tls.needs_input or tls.closed_by_peer else None
             except TlsError as exc:
                 self._queue_tls_output()
                 self._fail(Errno.CONNABORTED, str(exc))
@@ -339,11 +340,10 @@ class StreamSocket(WasiFile):
         if self.tls is None:
             return data
         try:
-            self.tls.write(data)
+            return self.tls.encrypt(data)
         except TlsError as exc:
             self._fail(Errno.CONNABORTED, str(exc))
             raise WasiError(Errno.CONNABORTED) from None
-        return self.tls.outgoing()
 
     def _queue_tls_output(self) -> None:
         if self.tls is not None:

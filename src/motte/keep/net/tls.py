@@ -159,6 +159,12 @@ class TlsSession:
         except ssl.SSLError as exc:
             raise TlsError(f"TLS failure: {_reason(exc)}") from None
 
+    def encrypt(self, data: bytes | memoryview) -> bytes:
+        """:meth:`write`, then :meth:`outgoing`: the records that carry ``data`` (and whatever was
+        queued before them)."""
+        self.write(data)
+        return self._outgoing.read()
+
     def close(self) -> None:
         """Queue a close_notify alert (when the session is up); the peer learns this side is done."""
         if not self.established:
