@@ -87,9 +87,11 @@ class StreamSocket(WasiFile):
 
     # ---- the workload's operations ----
 
-    def read(self, size: int, deadline: float | None) -> bytes:
+    def read(self, size: int, deadline: float | None) -> bytes | None:
         if self._inbound:  # the common case: what the poll that found the socket readable decrypted
             return self._take(size)
+        if int(self.flags) & _NONBLOCK and not self._read_shut and self._nothing_new():
+            return None  # the other common case: EAGAIN
         return self.recv(size, deadline)
 
     def recv(self, size: int, deadline: float | None, *, peek: bool = False, waitall: bool = False) -> bytes:
