@@ -198,11 +198,11 @@ class ChannelIO:
                 raise self._closed
             raise ChannelClosed(f"channel closed: {self._closed}")
 
-    def _queue_outgoing(self) -> bool:
-        """Send or queue what the protocol state has for the peer: True if it all went out here."""
+    def _queue_outgoing(self) -> None:
+        """Send or queue what the protocol state has for the peer."""
         buffers = self._state.outgoing()
         if not buffers:
-            return False
+            return
         if (self._send_nowait is not None and not self._pending and not self._writing and self._closed is None
                 and (size := sum(map(len, buffers))) <= DIRECT_SEND_MAX):
             # The writer thread is idle: send from this thread, without blocking. A small message
@@ -211,16 +211,15 @@ class ChannelIO:
                 sent = self._send_nowait(buffers)
             except OSError as exc:
                 self._close_with(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
-                return False
+                return
             self.bytes_sent += sent
             if sent == size:
-                return True
+                return
             buffers = drop_sent(buffers, sent)
             if not buffers:
-                return True
+                return
         self._pending += buffers
         self._to_send.notify()
-        return False
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:

@@ -18,8 +18,6 @@ from wasmtime import _ffi as ffi
 I32, I64 = "i", "I"
 _VALTYPES = {I32: wasmtime.ValType.i32, I64: wasmtime.ValType.i64}
 _string_at = ctypes.string_at
-_memmove = ctypes.memmove
-_u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
 _IOVEC = struct.Struct("<II")  # buf, buf_len
 _U32 = struct.Struct("<I")
