@@ -8,7 +8,8 @@ relays ciphertext), the baseline is Python's asyncio with ``ssl`` on the host, w
 of key (P-256, self-signed) and TLS 1.3. The clients run in this process, the same for both.
 
 The round trips are measured in alternating half-second slices on the two servers (the load of a
-shared machine drifts and must weigh on both alike). Prints both measurements and their ratio.
+shared machine drifts and must weigh on both alike). Prints both measurements and their ratio,
+and the load average at the start and the end (other work moves both, and their ratio).
 Targets: throughput of 64 KiB messages >= 0.5x the baseline, p50 round trip of 1 KiB
 messages <= 2x; 256 concurrent TLS connections doing request/response: no errors (requests/s
 reported).
@@ -233,6 +234,8 @@ def main() -> None:
         ]
         try:
             print(f"TLS echo, motte nil keep (port {motte_port}) vs asyncio + ssl on the host (port {base_port})")
+            # Other work on the machine moves the round trips of both, and their ratio: say how much there was.
+            print(f"load average (1 min) {os.getloadavg()[0]:.2f} at the start", flush=True)
             ours, theirs = throughput(motte_port, seconds), throughput(base_port, seconds)
             print(f"{'throughput, 64 KiB messages':<34} motte {ours:8.1f} MB/s   asyncio {theirs:8.1f} MB/s"
                   f"   ratio {ours / theirs:5.2f}x  (target >= 0.5x)")
@@ -242,7 +245,9 @@ def main() -> None:
             (ours, our_errors), (theirs, their_errors) = (concurrent(motte_port, 256, short),
                                                           concurrent(base_port, 256, short))
             print(f"{'256 connections, request/response':<34} motte {ours:8.0f} req/s  asyncio {theirs:8.0f} req/s"
-                  f"  ratio {ours / theirs:5.2f}x  errors: motte {our_errors}, asyncio {their_errors}")
+                  f"  ratio {ours / theirs if theirs else float('nan'):5.2f}x  errors: motte {our_errors},"
+                  f" asyncio {their_errors}")
+            print(f"load average (1 min) {os.getloadavg()[0]:.2f} at the end")
         finally:
             for server in servers:
                 server.terminate()

@@ -71,9 +71,10 @@ def test_a_round_trip_wakes_one_host_thread_twice_and_the_keep_once(
     client.close()
     server.expect("served 1")
     # Measured on a quiet machine: one host thread (the relay, which reads the channel too) 2.00,
-    # the keep 1.00. Beside two CPU hogs: host 1.6-1.8, keep 0.1-0.3 (it is preempted, not asleep).
-    # Before the relay read the channel: two host threads at 1.0 each, and beside the hogs the
-    # relay thread woke 2.4-2.7 times more, waiting for the GIL the reader thread held.
+    # the keep 1.00; on the 2-core machine shared with other work: 1.5-1.8 and 0.8-0.95 (a request
+    # may come before the thread that waits for it sleeps). Beside two CPU hogs: host 1.5-2.0, keep
+    # 0.7-0.85. Before the relay read the channel: two host threads at 1.0 each, and beside the hogs
+    # the relay thread woke 2.4-2.7 times more, waiting for the GIL the reader thread held.
     busy = {tid: rate for tid, rate in host_threads.items() if rate >= 0.25}
     assert len(busy) == 1, f"a round trip woke {len(busy)} host threads (expected one): {busy}"
     assert sum(host_threads.values()) <= 2.3, f"the host woke {host_threads} times a round trip (expected 2)"

@@ -1,6 +1,5 @@
-"""What an endpoint costs in wake-ups: its reader thread sleeps through the peer's reads, a thread
-blocked on one stream sleeps through the others' frames, and a keep-side endpoint lets the thread
-it just woke run (yield after answering)."""
+"""What an endpoint costs in wake-ups: its reader thread sleeps through the peer's reads, and a
+thread blocked on one stream sleeps through the others' frames."""
 
 from __future__ import annotations
 
@@ -13,18 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from motte.shared import endpoint as endpoint_module
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
 from motte.shared.transport import SocketTransport
 
 
 @contextmanager
-def connected(*, yield_after_send: bool = False) -> Iterator[tuple[Endpoint, Endpoint]]:
+def connected() -> Iterator[tuple[Endpoint, Endpoint]]:
     """A host endpoint and a keep endpoint (reading when waiting) on a real socketpair, past HELLO."""
     a, b = socket.socketpair()
     host = Endpoint(SocketTransport(a), "host").start()
-    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True, yield_after_send=yield_after_send).start()
+    keep = Endpoint(SocketTransport(b), "keep", read_when_waiting=True).start()
     try:
         for side in (host, keep):
             side.send_hello()
@@ -70,31 +68,6 @@ def test_the_reader_thread_sleeps_while_the_peer_reads(host_and_peer: tuple[Endp
         peer.recv(4096)
     woken = _voluntary_switches(reader) - before
     assert woken <= 5, f"the reader thread woke {woken} times for 200 reads by the peer"
-
-
-def test_a_keep_endpoint_yields_when_it_answers_what_it_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    yields: list[str] = []
-    monkeypatch.setattr(endpoint_module.os, "sched_yield", lambda: yields.append(threading.current_thread().name))
-    with connected(yield_after_send=True) as (host, keep):
-        host.expect_opens("test")
-        stream = keep.open_stream("test")
-        opened, _ = host.accept_stream(5)
-        for _ in range(3):
-            # A request that comes while the keep waits for it, and the keep's answer.
-            threading.Timer(0.05, host.write, args=(opened, b"request")).start()
-            assert keep.read(stream, 100, timeout=5) == b"request"
-            yields.clear()
-            keep.write(stream, b"reply")
-            assert host.read(opened, 100, timeout=5) == b"reply"
-            if yields == [threading.current_thread().name]:  # once, by the answering thread
-                break
-        else:
-            pytest.fail(f"the keep did not yield after its answers: {yields}")
-        keep.write(stream, b"more")  # not an answer to a wait: no yield
-        host.write(opened, b"request")  # the host's endpoint never yields
-        assert host.read(opened, 100, timeout=5) == b"more"
-        assert keep.read(stream, 100, timeout=5) == b"request"
-        assert len(yields) == 1
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to count a thread's wake-ups")

@@ -57,7 +57,7 @@ class _Listener:
         self.spec = spec
         self.sock = sock
         self.pending: set[int] = set()  # streams the workload has not accepted yet
-        self.active = False  # registered with the selector
+        self.active = False  # watched by the relay
         self.resume_at = 0.0
         self.refused = False  # the workload closed its listen socket: accept no more for it
 

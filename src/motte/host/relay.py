@@ -1,6 +1,6 @@
 """The host's byte relay between TCP sockets and the keep's channel streams.
 
-One thread runs every socket through a selector; bytes from the keep are passed on by the
+One thread runs every socket through an epoll :class:`Poller`; bytes from the keep are passed on by the
 channel's reader thread as they arrive (one thread switch less per message), under the same lock.
 Backpressure is end to end: the relay reads from a TCP socket only as much as the keep has granted
 credit for on its stream, and takes bytes from a stream only when the TCP socket has taken the
@@ -13,7 +13,7 @@ connection once it is made, and gets a turn on the relay thread after every roun
 
 from __future__ import annotations
 
-import selectors
+import select
 import socket
 import threading
 import time
@@ -31,6 +31,46 @@ MAX_LINGERING = 256  # connections drained at once; beyond that a close may rese
 #: Sees every byte the host relays: ``tap(event, stream, data)`` with event ``"open"``,
 #: ``"to-keep"``, ``"from-keep"`` or ``"close"``. For tests and debugging.
 Tap = Callable[[str, int, bytes], None]
+#: The events a socket is watched for, and a handler told (with EPOLLERR, EPOLLHUP and the like).
+READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+#: Told the epoll events of its file descriptor.
+Handler = Callable[[int], None]
+# As the selectors module has it: an error or hang-up is reported as whatever the handler waits
+# for (the read or the write then meets it).
+_READABLE, _WRITABLE = ~WRITE, ~READ
+
+
+class Poller:
+    """``epoll`` with a handler per file descriptor, for the relay thread.
+
+    The ``selectors`` module does the same with a few microseconds more of Python per wake-up,
+    and the relay wakes twice a round trip.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+
+    def register(self, fileobj: socket.socket | int, events: int, handler: Handler) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+
+    def modify(self, fileobj: socket.socket, events: int) -> None:
+        self._epoll.modify(fileobj.fileno(), events)
+
+    def unregister(self, fileobj: socket.socket | int) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self._epoll.unregister(fd)
+        del self._handlers[fd]
+
+    def poll(self, timeout: float) -> list[tuple[Handler, int]]:
+        """The handlers of the file descriptors that are ready, with their events."""
+        handlers = self._handlers
+        return [(handlers[fd], events) for fd, events in self._epoll.poll(timeout) if fd in handlers]
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 class Connection:
@@ -51,7 +91,7 @@ class Connection:
         self.peer_eof = False  # the TCP peer half-closed; EOF went to the keep
         self.keep_eof = False  # the keep half-closed; the TCP socket was shut down for writing
         self.reset: str | None = None  # the keep ended the stream (reason)
-        self.mask = 0  # selector events registered
+        self.mask = 0  # the events registered with the poller (READ, WRITE)
         self.closed = False
 
 
@@ -75,11 +115,11 @@ class Relay:
         self._lingering: dict[socket.socket, float] = {}  # closed by the keep, drained until EOF or the deadline
         self._received = ReceiveBuffer(RECV_SIZE)  # for every socket: only the relay thread reads them
         self._discard = bytearray(256 << 10)  # what lingering connections still send
-        self._selector = selectors.DefaultSelector()
+        self._poller = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        # The relay state (connections, the selector); reentrant: the channel's events reach
+        # The relay state (connections, the poller); reentrant: the channel's events reach
         # _on_stream_event from pump(), on the relay thread, which holds it already.
         self.lock = threading.RLock()
         self._post_lock = threading.Lock()  # guards the two fields below (other threads post to them)
@@ -99,14 +139,14 @@ class Relay:
 
     def start(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._poller.register(self._wake_r, READ, self._on_wake)
         self.endpoint.observe(self._on_stream_event)
         # This thread reads the channel too: a request and its answer then wake one host thread,
         # not two that hand the GIL to each other on every round trip.
         channel_fd = self.endpoint.lend_reading()
         if channel_fd >= 0:  # (-1: the keep is gone already; the run reports how it ended)
             self._channel_fd = channel_fd
-            self._selector.register(channel_fd, selectors.EVENT_READ, self._on_channel)
+            self._poller.register(channel_fd, READ, self._on_channel)
         self._thread = threading.Thread(target=self._run, name="motte-net", daemon=True)
         self._thread.start()
 
@@ -126,11 +166,11 @@ class Relay:
             self._posted.append(action)
         self._wake()
 
-    def watch(self, sock: socket.socket, on_readable: Callable[[int], None]) -> None:
-        self._selector.register(sock, selectors.EVENT_READ, on_readable)
+    def watch(self, sock: socket.socket, on_readable: Handler) -> None:
+        self._poller.register(sock, READ, on_readable)
 
     def unwatch(self, sock: socket.socket) -> None:
-        self._selector.unregister(sock)
+        self._poller.unregister(sock)
 
     def add(self, conn: Connection) -> None:
         """Relay ``conn`` from now on (relay thread), starting with what the keep sent before."""
@@ -144,6 +184,7 @@ class Relay:
     # ---- the relay thread ----
 
     def _run(self) -> None:
+        poll = self._poller.poll
         try:
             while True:
                 timeout = 1.0
@@ -151,11 +192,12 @@ class Relay:
                     if (not self._conns and not self._lingering) or time.monotonic() >= self._stop_at:
                         return
                     timeout = 0.05
-                ready = self._selector.select(timeout)
+                ready = poll(timeout)
                 with self.lock:
-                    for key, mask in ready:
-                        key.data(mask)
-                    self._process_posted()
+                    for handler, mask in ready:
+                        handler(mask)
+                    if self._posted:  # (looked at without _post_lock: a post also wakes the poll)
+                        self._process_posted()
                     self._on_round()
                     if self._lingering:
                         self._expire_lingering()
@@ -172,7 +214,7 @@ class Relay:
 
     def _stop_reading_channel(self) -> None:
         if self._channel_fd is not None:
-            self._selector.unregister(self._channel_fd)
+            self._poller.unregister(self._channel_fd)
             self._channel_fd = None
             self.endpoint.reclaim_reading()  # the run goes on: its exit report must still arrive
 
@@ -230,25 +272,25 @@ class Relay:
             return
         mask = 0
         if not conn.peer_eof and conn.reset is None and self.endpoint.write_window(conn.stream) > 0:
-            mask |= selectors.EVENT_READ  # only with credit: that is the backpressure on the peer
+            mask |= READ  # only with credit: that is the backpressure on the peer
         if conn.out is not None:
-            mask |= selectors.EVENT_WRITE
+            mask |= WRITE
         if mask == conn.mask:
             return
         if conn.mask == 0:
-            self._selector.register(conn.sock, mask, lambda events: self._on_socket(conn, events))
+            self._poller.register(conn.sock, mask, lambda events: self._on_socket(conn, events))
         elif mask == 0:
-            self._selector.unregister(conn.sock)
+            self._poller.unregister(conn.sock)
         else:
-            self._selector.modify(conn.sock, mask, lambda events: self._on_socket(conn, events))
+            self._poller.modify(conn.sock, mask)
         conn.mask = mask
 
     def _on_socket(self, conn: Connection, events: int) -> None:
         if conn.closed:
-            return  # closed by the reader thread after the selector reported it
-        if events & selectors.EVENT_WRITE:
+            return  # closed by the reader thread after the poller reported it
+        if events & _WRITABLE and conn.mask & WRITE:
             self._flush(conn)
-        if events & selectors.EVENT_READ and not conn.closed:
+        if events & _READABLE and conn.mask & READ and not conn.closed:
             self._from_peer(conn)
         self._update(conn)
 
@@ -346,7 +388,7 @@ class Relay:
     def _forget(self, conn: Connection) -> None:
         conn.closed = True
         if conn.mask:
-            self._selector.unregister(conn.sock)
+            self._poller.unregister(conn.sock)
             conn.mask = 0
         self.endpoint.reset(conn.stream, netstreams.CLOSED)  # frees the stream; a frame only if still open
         self._conns.pop(conn.stream, None)
@@ -377,7 +419,7 @@ class Relay:
                 sock.close()
                 return
         self._lingering[sock] = time.monotonic() + LINGER
-        self._selector.register(sock, selectors.EVENT_READ, lambda _mask: self._drain_lingering(sock))
+        self._poller.register(sock, READ, lambda _mask: self._drain_lingering(sock))
 
     def _drain_lingering(self, sock: socket.socket) -> None:
         for _ in range(16):  # at most 4 MiB per wake-up: other connections go on meanwhile
@@ -398,7 +440,7 @@ class Relay:
 
     def _end_lingering(self, sock: socket.socket) -> None:
         if self._lingering.pop(sock, None) is not None:
-            self._selector.unregister(sock)
+            self._poller.unregister(sock)
             sock.close()
 
     # ---- the end ----
@@ -414,6 +456,6 @@ class Relay:
         for sock in self._lingering:
             sock.close()
         self._lingering.clear()
-        self._selector.close()
+        self._poller.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -27,9 +27,7 @@ def serve(channel: socket.socket | Transport, backend: str) -> int:
 
     transport = SocketTransport(channel) if isinstance(channel, socket.socket) else channel
     # The workload's thread reads the channel itself while it waits: one thread switch less per request.
-    # A nil keep shares its CPUs with the host: after a send it lets the woken host thread run.
-    endpoint = Endpoint(transport, "keep", name="keep", read_when_waiting=True,
-                        yield_after_send=backend == "nil").start()
+    endpoint = Endpoint(transport, "keep", name="keep", read_when_waiting=True).start()
     try:
         endpoint.send_hello(backend=backend, evidence="none", python=sys.version.split()[0])
         from motte.keep.runtime import KeepRuntime  # loads the engine while the host answers

@@ -38,6 +38,7 @@ from motte.shared.errors import MotteError
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!IBBI")
 HEADER_SIZE = HEADER.size
+_CREDIT_FORMAT = struct.Struct("!I")
 MAX_PAYLOAD = 1 << 20  # one frame carries at most 1 MiB
 MAX_CONTROL_PAYLOAD = MAX_PAYLOAD  # a launch carries CA bundles of up to 128 KiB each
 MAX_STREAM_ID = (1 << 31) - 1
@@ -66,6 +67,8 @@ class FrameType(IntEnum):
 
 
 _FRAME_TYPES = {member.value: member for member in FrameType}  # a dict: FrameType(n) costs ~1 µs a frame
+# Module constants for the per-frame code: an enum member's attribute lookup costs ten times more.
+_OPEN, _DATA, _EOF, _RESET, _CREDIT = FrameType.OPEN, FrameType.DATA, FrameType.EOF, FrameType.RESET, FrameType.CREDIT
 
 
 class ProtocolError(MotteError):
@@ -117,9 +120,14 @@ class FrameDecoder:
         self._missing = 0  # bytes of it still to come
 
     def feed(self, data: bytes) -> list[Frame]:
+        return [Frame(stream, frame_type, payload) for stream, frame_type, payload in self.split(data)]
+
+    def split(self, data: bytes) -> list[tuple[int, FrameType, bytes]]:
+        """:meth:`feed`, giving each frame as a plain (stream, type, payload) tuple: the channel's
+        own receiving does not make a Frame of each."""
         if type(data) is not bytes:
             data = bytes(data)  # pieces of it are kept: they must not change under us
-        frames: list[Frame] = []
+        frames: list[tuple[int, FrameType, bytes]] = []
         offset = 0
         end_of_data = len(data)
         while offset < end_of_data:
@@ -131,7 +139,7 @@ class FrameDecoder:
                 if self._missing:
                     break
                 stream, frame_type = self._frame
-                frames.append(Frame(stream, frame_type, b"".join(self._pieces)))
+                frames.append((stream, frame_type, b"".join(self._pieces)))
                 self._frame = None
                 self._pieces = []
                 continue
@@ -148,7 +156,7 @@ class FrameDecoder:
                 offset += HEADER_SIZE
             stream, frame_type, length = header
             if end_of_data - offset >= length:
-                frames.append(Frame(stream, frame_type, data[offset : offset + length]))
+                frames.append((stream, frame_type, data[offset : offset + length]))
                 offset += length
             else:
                 self._frame = (stream, frame_type)
@@ -168,6 +176,11 @@ class FrameDecoder:
         if flags != 0:
             raise ProtocolError(f"unknown frame flags {flags:#x}")
         return stream, frame_type, length
+
+    @property
+    def idle(self) -> bool:
+        """No partial frame is held: the next byte fed starts a frame."""
+        return not self._head and self._frame is None
 
     @property
     def pending(self) -> int:
@@ -338,10 +351,14 @@ class ChannelState:
         if state.local_eof:
             raise ProtocolError(f"send on stream {stream} after EOF")
         count = min(len(data), state.send_window)
-        view = memoryview(data)
-        for offset in range(0, count, MAX_PAYLOAD):
-            # Payloads go out as views of the caller's buffer: the caller must not reuse it.
-            self._emit(stream, FrameType.DATA, view[offset : min(count, offset + MAX_PAYLOAD)])
+        # Payloads go out as (views of) the caller's buffer: the caller must not reuse it.
+        if count == len(data) and count <= MAX_PAYLOAD:  # the common case: one frame of all of it
+            if count:
+                self._out += (HEADER.pack(stream, _DATA, 0, count), data)
+        else:
+            view = memoryview(data)
+            for offset in range(0, count, MAX_PAYLOAD):
+                self._emit(stream, _DATA, view[offset : min(count, offset + MAX_PAYLOAD)])
         state.send_window -= count
         return count
 
@@ -377,65 +394,79 @@ class ChannelState:
             self.committed += growth
             grant += growth
         state.recv_window += grant
-        self._emit(stream, FrameType.CREDIT, struct.pack("!I", grant))
+        self._emit(stream, _CREDIT, _CREDIT_FORMAT.pack(grant))
         return True
 
     # ---- receiving ----
 
+    def receive_data(self, data: bytes) -> tuple[int, bytes] | None:
+        """The common case of :meth:`receive`, without its events: if ``data`` is one whole DATA
+        frame on an open stream within the stream's credit (and no partial frame is held), take it
+        and return its (stream, payload), as a :class:`Data` event would give them. Otherwise take
+        nothing and return None: :meth:`receive` then takes ``data``, and judges it."""
+        if len(data) < HEADER_SIZE or not self._decoder.idle:
+            return None
+        stream, kind, flags, length = HEADER.unpack_from(data)
+        if kind != _DATA or flags or len(data) != HEADER_SIZE + length or length > MAX_PAYLOAD:
+            return None
+        state = self._streams.get(stream)
+        if state is None or state.remote_eof or length > state.recv_window:
+            return None
+        state.recv_window -= length
+        return stream, data[HEADER_SIZE:]
+
     def receive(self, data: bytes) -> list[Event]:
         events: list[Event] = []
-        for frame in self._decoder.feed(data):
-            event = self._handle(frame)
+        for stream, frame_type, payload in self._decoder.split(data):
+            event = self._handle(stream, frame_type, payload)
             if event is not None:
                 events.append(event)
         return events
 
-    def _handle(self, frame: Frame) -> Event | None:
+    def _handle(self, stream: int, frame_type: FrameType, payload: bytes) -> Event | None:
         """The event one frame makes, if any (a plain function, not a generator: it runs per frame)."""
-        if frame.stream == CONTROL_STREAM:
-            return self._handle_control(frame)
-        if not self._hello_received:
-            raise ProtocolError(f"{frame.type.name} frame before HELLO")
-        if frame.type is FrameType.OPEN:
-            return self._handle_open(frame)
-        state = self._streams.get(frame.stream)
-        if state is None:
-            return self._refuse(frame)
-        if frame.type is FrameType.DATA:
+        state = self._streams.get(stream)  # (never stream 0; and none is open before HELLO)
+        if state is not None and frame_type is _DATA:  # the common case first
             if state.remote_eof:
-                raise ProtocolError(f"DATA on stream {frame.stream} after EOF")
-            if len(frame.payload) > state.recv_window:
+                raise ProtocolError(f"DATA on stream {stream} after EOF")
+            if len(payload) > state.recv_window:
                 raise ProtocolError(
-                    f"stream {frame.stream}: peer sent {len(frame.payload)} bytes with only "
-                    f"{state.recv_window} bytes of credit"
+                    f"stream {stream}: peer sent {len(payload)} bytes with only {state.recv_window} bytes of credit"
                 )
-            state.recv_window -= len(frame.payload)
-            return Data(frame.stream, frame.payload)
-        elif frame.type is FrameType.EOF:
-            if frame.payload:
+            state.recv_window -= len(payload)
+            return Data(stream, payload)
+        if stream == CONTROL_STREAM:
+            return self._handle_control(frame_type, payload)
+        if not self._hello_received:
+            raise ProtocolError(f"{frame_type.name} frame before HELLO")
+        if frame_type is _OPEN:
+            return self._handle_open(stream, payload)
+        if state is None:
+            return self._refuse(stream, frame_type)
+        if frame_type is _EOF:
+            if payload:
                 raise ProtocolError("EOF frame with a payload")
             state.remote_eof = True
-            self._forget_if_done(frame.stream, state)
-            return StreamEnded(frame.stream)
-        elif frame.type is FrameType.RESET:
-            self._drop_stream(frame.stream, state)
-            return StreamReset(frame.stream, frame.payload.decode("utf-8", "replace"))
-        elif frame.type is FrameType.CREDIT:
-            if len(frame.payload) != 4:
+            self._forget_if_done(stream, state)
+            return StreamEnded(stream)
+        if frame_type is _RESET:
+            self._drop_stream(stream, state)
+            return StreamReset(stream, payload.decode("utf-8", "replace"))
+        if frame_type is _CREDIT:
+            if len(payload) != 4:
                 raise ProtocolError("CREDIT frame must carry 4 bytes")
-            (count,) = struct.unpack("!I", frame.payload)
+            (count,) = _CREDIT_FORMAT.unpack(payload)
             if state.send_window + count > MAX_WINDOW:
-                raise ProtocolError(f"stream {frame.stream}: credit beyond {MAX_WINDOW} bytes")
+                raise ProtocolError(f"stream {stream}: credit beyond {MAX_WINDOW} bytes")
             state.send_window += count
-            return CreditGranted(frame.stream, state.send_window)
-        else:
-            raise ProtocolError(f"{frame.type.name} frame on data stream {frame.stream}")
+            return CreditGranted(stream, state.send_window)
+        raise ProtocolError(f"{frame_type.name} frame on data stream {stream}")
 
-    def _handle_control(self, frame: Frame) -> Event:
-        if frame.type is FrameType.HELLO:
+    def _handle_control(self, frame_type: FrameType, payload: bytes) -> Event:
+        if frame_type is FrameType.HELLO:
             if self._hello_received:
                 raise ProtocolError("second HELLO")
-            info = _load_json(frame.payload, "HELLO")
+            info = _load_json(payload, "HELLO")
             if info.get("protocol") != PROTOCOL_VERSION:
                 raise ProtocolError(
                     f"peer speaks channel protocol {info.get('protocol')!r}, this side {PROTOCOL_VERSION}",
@@ -449,46 +480,46 @@ class ChannelState:
             self._peer_window = window
             self._hello_received = True
             return Hello(info)
-        if frame.type is FrameType.CONTROL:
+        if frame_type is FrameType.CONTROL:
             if not self._hello_received:
                 raise ProtocolError("CONTROL frame before HELLO")
-            message = _load_json(frame.payload, "CONTROL")
+            message = _load_json(payload, "CONTROL")
             if not isinstance(message.get("op"), str):
                 raise ProtocolError("CONTROL message without an 'op' string")
-            return Control(message, len(frame.payload))
-        raise ProtocolError(f"{frame.type.name} frame on the control stream")
+            return Control(message, len(payload))
+        raise ProtocolError(f"{frame_type.name} frame on the control stream")
 
-    def _handle_open(self, frame: Frame) -> Event:
-        if frame.stream % 2 == self._first_id % 2:  # the keep opens even ids, the host odd
-            raise ProtocolError(f"peer opened stream {frame.stream} with this side's parity")
-        if frame.stream in self._streams:
-            raise ProtocolError(f"stream {frame.stream} opened twice")
+    def _handle_open(self, stream: int, payload: bytes) -> Event:
+        if stream % 2 == self._first_id % 2:  # the keep opens even ids, the host odd
+            raise ProtocolError(f"peer opened stream {stream} with this side's parity")
+        if stream in self._streams:
+            raise ProtocolError(f"stream {stream} opened twice")
         if len(self._streams) >= MAX_STREAMS:
             raise ProtocolError(f"too many open streams (limit {MAX_STREAMS})")
-        meta = _load_json(frame.payload, "OPEN")
+        meta = _load_json(payload, "OPEN")
         if not isinstance(meta.get("kind"), str):
-            raise ProtocolError(f"OPEN of stream {frame.stream} without a 'kind' string")
-        self._peer_highest = max(self._peer_highest, frame.stream)
-        self._add_stream(frame.stream)
-        return StreamOpened(frame.stream, meta)
+            raise ProtocolError(f"OPEN of stream {stream} without a 'kind' string")
+        self._peer_highest = max(self._peer_highest, stream)
+        self._add_stream(stream)
+        return StreamOpened(stream, meta)
 
-    def _refuse(self, frame: Frame) -> Event | None:
+    def _refuse(self, stream: int, frame_type: FrameType) -> Event | None:
         """A frame for a stream that is not open. Late frames on a closed stream are normal
         (crossing RESET/EOF) and dropped; a stream that never existed gets a RESET. Neither ends
         the channel, but a peer that keeps sending on streams that never existed is cut off."""
-        if frame.type is FrameType.RESET or frame.type is FrameType.CREDIT:
+        if frame_type is _RESET or frame_type is _CREDIT:
             return None
-        if frame.stream % 2 == self._first_id % 2:
-            existed = self._ids_wrapped or frame.stream < self._next_id
+        if stream % 2 == self._first_id % 2:
+            existed = self._ids_wrapped or stream < self._next_id
         else:
-            existed = frame.stream <= self._peer_highest
+            existed = stream <= self._peer_highest
         if existed:
             return None
         self._refused += 1
         if self._refused > MAX_REFUSED:
             raise ProtocolError(f"the peer sent frames on more than {MAX_REFUSED} streams that never existed")
-        self._emit(frame.stream, FrameType.RESET, b"unknown stream")
-        return StreamRefused(frame.stream, frame.type)
+        self._emit(stream, _RESET, b"unknown stream")
+        return StreamRefused(stream, frame_type)
 
     def _forget_if_done(self, stream: int, state: _Stream) -> None:
         if state.local_eof and state.remote_eof:

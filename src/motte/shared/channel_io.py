@@ -80,6 +80,26 @@ class Timeout(MotteError):
     pass
 
 
+class _Condition(threading.Condition):
+    """A condition variable that knows whether any thread waits on it: ``notify_all`` is called for
+    every read of the channel, and with nobody to wake it would still cost a chain of Python calls."""
+
+    def __init__(self, lock: threading.Lock):
+        super().__init__(lock)
+        self.waiting = 0  # threads in wait() (changed with the lock held)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting += 1
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting -= 1
+
+    def notify_all(self) -> None:
+        if self.waiting:
+            super().notify_all()
+
+
 class _Inbox:
     __slots__ = ("chunks", "eof", "reset", "size", "waiters")
 
@@ -96,11 +116,11 @@ class ChannelIO:
     calls application threads make."""
 
     def __init__(self, transport: Transport, role: Role, *, window: int | None = None, name: str = "channel",
-                 read_when_waiting: bool = False, yield_after_send: bool = False):
+                 read_when_waiting: bool = False):
         self._transport = transport
         self._state = ChannelState(role) if window is None else ChannelState(role, window)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # inboxes, credit, queues, closure
+        self._changed = _Condition(self._lock)  # inboxes, credit, queues, closure
         self._to_send = threading.Condition(self._lock)
         self._pending: list[bytes | memoryview] = []
         self._inboxes: dict[int, _Inbox] = {}
@@ -124,8 +144,6 @@ class ChannelIO:
         self.bytes_received = 0
         self.bytes_sent = 0
         self._read_when_waiting = read_when_waiting
-        self._yield_after_send = yield_after_send
-        self._answering = False  # a waiting thread was just woken by input: its next send answers it
         self._reading = False  # a thread is receiving from the transport, outside the lock
         self._waiting = 0  # threads blocked in _wait_for (reading, or sleeping while another reads)
         self._waits_ended = 0.0  # when _waiting last dropped to 0
@@ -186,27 +204,28 @@ class ChannelIO:
                 raise self._closed
             raise ChannelClosed(f"channel closed: {self._closed}")
 
-    def _queue_outgoing(self) -> bool:
-        """Send or queue what the protocol state has for the peer: True if it all went out here."""
+    def _queue_outgoing(self) -> None:
+        """Send or queue what the protocol state has for the peer."""
         buffers = self._state.outgoing()
         if not buffers:
-            return False
+            return
         if (self._send_nowait is not None and not self._pending and not self._writing and self._closed is None
-                and sum(len(b) for b in buffers) <= DIRECT_SEND_MAX):
+                and (size := sum(map(len, buffers))) <= DIRECT_SEND_MAX):
             # The writer thread is idle: send from this thread, without blocking. A small message
             # then costs no thread switch, which is most of its latency.
             try:
                 sent = self._send_nowait(buffers)
             except OSError as exc:
                 self._close_with(ChannelClosed(f"channel write failed: {exc.strerror or exc}"))
-                return False
+                return
             self.bytes_sent += sent
+            if sent == size:
+                return
             buffers = drop_sent(buffers, sent)
             if not buffers:
-                return True
+                return
         self._pending += buffers
         self._to_send.notify()
-        return False
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
@@ -232,29 +251,29 @@ class ChannelIO:
             return bool(self._changed.wait_for(ready, timeout))
         if ready():
             return True
+        if timeout is not None and timeout <= 0:
+            return False
         end = None if timeout is None else time.monotonic() + timeout
+        remaining = timeout
         # Counted as waiting only once it blocks: a thread that polls in a loop must not keep the
         # reader thread from the transport.
-        blocked = False
+        self._waiting += 1
         try:
             while True:
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                if not blocked:
-                    self._waiting += 1
-                    blocked = True
                 if self._reading or self._closed is not None:
                     self._changed.wait(remaining)
                 else:
                     self._read_here(remaining)
                 if ready():
                     return True
+                if end is not None:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        return False
         finally:
-            if blocked:
-                self._waiting -= 1
-                if not self._waiting:
-                    self._waits_ended = time.monotonic()
+            self._waiting -= 1
+            if not self._waiting:
+                self._waits_ended = time.monotonic()
 
     def _read_here(self, timeout: float | None) -> None:
         """Lock held: one read of the transport by this thread, up to ``timeout``."""
@@ -273,7 +292,6 @@ class ChannelIO:
                 self._changed.notify_all()  # the transport is free: another waiting thread may read it
         if data is None:
             return
-        self._answering = self._yield_after_send
         self._received(data)
 
     def _poll_input(self, timeout: float | None) -> bool:
@@ -328,12 +346,17 @@ class ChannelIO:
         """What one read of the transport gave, handled, and the observer told: False once closed."""
         with self._lock:
             self._received(data)
-            touched, self._touched = self._touched, []
+            touched = self._touched
+            if touched:
+                self._touched = []
             observer = self._observer
             closed = self._closed is not None
         if observer is not None:
-            for stream in dict.fromkeys(touched):  # each once, in order
-                observer(stream)
+            if len(touched) == 1:
+                observer(touched[0])
+            elif touched:
+                for stream in dict.fromkeys(touched):  # each once, in order
+                    observer(stream)
             if closed:
                 observer(0)
         return not closed
@@ -390,9 +413,13 @@ class ChannelIO:
         self.bytes_received += len(data)
         self._wake_waiters = False
         try:
-            for event in self._state.receive(data):
-                self._dispatch(event)
-            self._queue_outgoing()
+            one = self._state.receive_data(data)
+            if one is not None:  # the common case: one DATA frame (it leaves nothing to send)
+                self._on_data(*one)
+            else:
+                for event in self._state.receive(data):
+                    self._dispatch(event)
+                self._queue_outgoing()
         except ProtocolError as exc:
             self._close_with(exc)
             return
@@ -403,17 +430,15 @@ class ChannelIO:
             self._changed.notify_all()
 
     def _dispatch(self, event: object) -> None:
-        if not isinstance(event, Data | StreamEnded | StreamReset | CreditGranted):
-            self._wake_waiters = True  # control messages, opened streams, HELLO
-        if isinstance(event, Data):
-            inbox = self._inboxes.get(event.stream)
-            if inbox is not None and event.data:
-                inbox.chunks.append(event.data)
-                inbox.size += len(event.data)
-            self._notify(event.stream)
+        if isinstance(event, Data):  # the common case first
+            self._on_data(event.stream, event.data)
+        elif isinstance(event, CreditGranted):
+            self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
         elif isinstance(event, Control):
+            self._wake_waiters = True
             self._queue_control(event)
         elif isinstance(event, StreamOpened):
+            self._wake_waiters = True
             self._inboxes[event.stream] = _Inbox()
             kind = event.meta["kind"]
             handler = self._routes.get(kind)
@@ -435,12 +460,11 @@ class ChannelIO:
             if inbox is not None:
                 inbox.reset = event.reason or "reset"
             self._notify(event.stream)
-        elif isinstance(event, CreditGranted):
-            self._notify(event.stream)  # blocked writers re-check credit on notify_all; observers here
         elif isinstance(event, Hello):
+            self._wake_waiters = True
             self._peer_hello = event.info
         elif isinstance(event, StreamRefused):
-            pass  # answered with RESET by the state machine
+            self._wake_waiters = True  # (nothing for them: it is answered with RESET by the state machine)
 
     def _queue_control(self, control: Control) -> None:
         if len(self._controls) >= MAX_UNREAD_CONTROLS:
@@ -456,11 +480,20 @@ class ChannelIO:
         self._unread_control_bytes -= control.size
         return control.message
 
-    def _notify(self, stream: int) -> None:
+    def _on_data(self, stream: int, data: bytes) -> None:
+        inbox = self._inboxes.get(stream)
+        if inbox is not None and data:
+            inbox.chunks.append(data)
+            inbox.size += len(data)  # (after the data: see Endpoint.readable)
+        self._notify(stream, inbox)
+
+    def _notify(self, stream: int, inbox: _Inbox | None = None) -> None:
+        """Wake what waits on ``stream`` (its ``inbox``, if the caller has it at hand)."""
         if stream in self._claimed:
             self._touched.append(stream)
             return
-        inbox = self._inboxes.get(stream)
+        if inbox is None:
+            inbox = self._inboxes.get(stream)
         if inbox is not None and inbox.waiters is not None:
             inbox.waiters.notify_all()
         if inbox is None or self._stream_watchers or self._read_when_waiting:

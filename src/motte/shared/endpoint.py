@@ -7,9 +7,8 @@ threads that move the bytes are in :mod:`motte.shared.channel_io`.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from motte.shared.channel import buffer_budget
@@ -134,10 +133,10 @@ class Endpoint(ChannelIO):
     def write(self, stream: int, data: bytes | memoryview, deadline: float | None = None) -> None:
         """Send all of ``data``, waiting for credit as needed."""
         view = memoryview(data)
-        sent_here = False
         with self._lock:
             while view:
-                self._raise_if_closed()
+                if self._closed is not None:
+                    self._raise_if_closed()
                 inbox = self._inboxes.get(stream)
                 if inbox is not None and inbox.reset is not None:
                     raise StreamAborted(f"stream {stream} was reset by the peer: {inbox.reset}")
@@ -145,21 +144,15 @@ class Endpoint(ChannelIO):
                     raise StreamAborted(f"stream {stream} is closed")
                 taken = self._state.send_data(stream, view)
                 if taken:
+                    self._queue_outgoing()
+                    if taken == len(view):
+                        break
                     view = view[taken:]
-                    sent_here = self._queue_outgoing()
                     continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"stream {stream}: no credit from the peer before the deadline")
                 self._wait_on_stream(inbox, lambda: self._closed is not None or self._writable(stream), remaining)
-        if sent_here and self._answering:
-            # An answer to a request this side slept waiting for: the peer thread just woken to
-            # read it was likely queued on this CPU (a sync wake-up), to run once this thread
-            # sleeps again. Let it run now rather than after this thread's way back to sleep.
-            # (A busy side, which reads without waiting, does not yield: that would only cost
-            # switches and the peer's batching.)
-            self._answering = False
-            os.sched_yield()
 
     def _writable(self, stream: int) -> bool:
         """A write on ``stream`` would not wait (it has credit, or it is closed or reset)."""
@@ -168,8 +161,9 @@ class Endpoint(ChannelIO):
                 or (inbox is not None and inbox.reset is not None))
 
     def write_window(self, stream: int) -> int:
-        with self._lock:
-            return self._state.send_window(stream)
+        # Read without the lock (one look-up, atomic under the GIL): the answer may change once
+        # returned either way, and every write checks again under the lock.
+        return self._state.send_window(stream)
 
     def read(self, stream: int, size: int, timeout: float | None = None) -> bytes:
         """Up to ``size`` bytes; ``b""`` at EOF. Blocks until data, EOF, reset or timeout."""
@@ -185,7 +179,12 @@ class Endpoint(ChannelIO):
 
     def read_nowait(self, stream: int, size: int) -> bytes | None:
         """Like :meth:`read` but returns ``None`` instead of blocking."""
+        if not self.readable(stream):
+            return None  # the common answer of a poll, without the lock (see readable)
         with self._lock:
+            inbox = self._inboxes.get(stream)
+            if inbox is not None and inbox.size:  # the common case when readable
+                return self._take(stream, inbox, size)
             return self._take_available(stream, self._open_inbox(stream), size)
 
     def _open_inbox(self, stream: int) -> _Inbox:
@@ -206,18 +205,22 @@ class Endpoint(ChannelIO):
         return None
 
     def _take(self, stream: int, inbox: _Inbox, size: int) -> bytes:
-        pieces: list[bytes] = []
-        wanted = size
-        while wanted and inbox.chunks:
-            chunk = inbox.chunks[0]
-            if len(chunk) <= wanted:
-                pieces.append(inbox.chunks.popleft())
-                wanted -= len(chunk)
-            else:
-                pieces.append(chunk[:wanted])
-                inbox.chunks[0] = chunk[wanted:]
-                wanted = 0
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        chunks = inbox.chunks
+        if len(chunks) == 1 and len(chunks[0]) <= size:  # the common case: all of one chunk
+            data = chunks.popleft()
+        else:
+            pieces: list[bytes] = []
+            wanted = size
+            while wanted and chunks:
+                chunk = chunks[0]
+                if len(chunk) <= wanted:
+                    pieces.append(chunks.popleft())
+                    wanted -= len(chunk)
+                else:
+                    pieces.append(chunk[:wanted])
+                    chunks[0] = chunk[wanted:]
+                    wanted = 0
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         inbox.size -= len(data)
         # Credit goes back in batches (a quarter of the stream's credit at a time), not per read:
         # with many request/response connections a CREDIT frame per message would double the frames.
@@ -226,16 +229,15 @@ class Endpoint(ChannelIO):
         return data
 
     def readable(self, stream: int) -> bool:
-        """True when a read on ``stream`` would not block."""
-        with self._lock:
-            inbox = self._inboxes.get(stream)
-            return (
-                inbox is None
-                or bool(inbox.size)
-                or inbox.eof
-                or inbox.reset is not None
-                or self._closed is not None
-            )
+        """True when a read on ``stream`` would not block.
+
+        Looked at without the lock: under the GIL each field read is atomic, and a thread adding
+        to the inbox sets ``size`` after the data, so a reader sees the data in the inbox or it
+        sees nothing yet, never a size without the data; an answer is only a snapshot anyway, and
+        every wait checks again under the lock.
+        """
+        inbox = self._inboxes.get(stream)
+        return inbox is None or bool(inbox.size) or inbox.eof or inbox.reset is not None or self._closed is not None
 
     def reset_reason(self, stream: int) -> str | None:
         """Why the peer reset ``stream`` (None if it did not)."""
@@ -243,24 +245,23 @@ class Endpoint(ChannelIO):
             inbox = self._inboxes.get(stream)
             return None if inbox is None else inbox.reset
 
-    def wait(self, predicate_streams: Iterable[int], timeout: float | None, *, writable: Iterable[int] = (),
+    def wait(self, streams: Sequence[int], timeout: float | None, *, writable: Sequence[int] = (),
              condition: Callable[[], bool] | None = None) -> bool:
         """Wait until any of the streams is readable, any ``writable`` stream has credit (or is
         closed), ``condition()`` holds, or the channel closes; up to ``timeout``.
 
         ``condition`` runs with the endpoint's lock held: it must not call the endpoint.
         """
-        streams = list(predicate_streams)
-        outputs = list(writable)
+        inboxes = self._inboxes
 
         def ready() -> bool:
             if self._closed is not None:
                 return True
             for stream in streams:
-                inbox = self._inboxes.get(stream)
+                inbox = inboxes.get(stream)
                 if inbox is None or inbox.size or inbox.eof or inbox.reset is not None:
                     return True
-            for stream in outputs:
+            for stream in writable:
                 if self._writable(stream):
                     return True
             return condition is not None and condition()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 READ_SIZE = 256 << 10
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # (a plain int: the flag is an enum member)
 
 
 class Transport(Protocol):
@@ -81,7 +82,7 @@ class SocketTransport:
     def send_nowait(self, buffers: list[bytes | memoryview]) -> int:
         """Send what the socket takes without blocking; how many bytes that was."""
         try:
-            return self.sock.sendmsg(buffers[:512], [], socket.MSG_DONTWAIT)
+            return self.sock.sendmsg(buffers if len(buffers) <= 512 else buffers[:512], (), _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return 0
 

@@ -87,13 +87,17 @@ class StreamSocket(WasiFile):
 
     # ---- the workload's operations ----
 
-    def read(self, size: int, deadline: float | None) -> bytes:
+    def read(self, size: int, deadline: float | None) -> bytes | None:
+        if self._inbound:  # the common case: what the poll that found the socket readable decrypted
+            return self._take(size)
+        if int(self.flags) & _NONBLOCK and not self._read_shut and self._nothing_new():
+            return None  # the other common case: EAGAIN
         return self.recv(size, deadline)
 
     def recv(self, size: int, deadline: float | None, *, peek: bool = False, waitall: bool = False) -> bytes:
         if self._read_shut:
             return b""
-        if not self._inbound_step():
+        if self._nothing_new() or not self._inbound_step():
             if int(self.flags) & _NONBLOCK:
                 raise WasiError(Errno.AGAIN)
             self._block_until(self._inbound_step, deadline, read=True)
@@ -179,7 +183,7 @@ class StreamSocket(WasiFile):
     def readable_now(self) -> bool:
         if self._unsent:
             self._drain_unsent()
-        return self._read_shut or self._inbound_step()
+        return self._read_shut or (not self._nothing_new() and self._inbound_step())
 
     def writable_now(self) -> bool:
         if self._error is not None or self._write_shut:
@@ -259,6 +263,14 @@ class StreamSocket(WasiFile):
             else:
                 tls.feed_eof()
 
+    def _nothing_new(self) -> bool:
+        """Nothing to read: no plaintext, nothing for TLS to decrypt, nothing on the stream, no EOF
+        nor error. The state of an idle connection, found without stepping it (a poll asks every
+        connection it watches, each time)."""
+        tls = self.tls
+        return (not self._inbound and not self._peer_eof and self._error is None and not self._connecting
+                and (tls is None or tls.needs_input) and not self.endpoint.readable(self.stream))
+
     def _inbound_step(self) -> bool:
         """Take what has arrived: True when a read would not block (data, EOF or an error)."""
         if self._inbound or self._peer_eof or self._error is not None:
@@ -280,7 +292,8 @@ class StreamSocket(WasiFile):
             return True
         while True:
             try:
-                plain = tls.read(RECV_CHUNK)
+                # (Not when nothing was fed since TLS ran dry: the usual state when data arrives.)
+                plain = tls.read(RECV_CHUNK) if not tls.needs_input or tls.closed_by_peer else None
             except TlsError as exc:
                 self._queue_tls_output()
                 self._fail(Errno.CONNABORTED, str(exc))
@@ -329,11 +342,10 @@ class StreamSocket(WasiFile):
         if self.tls is None:
             return data
         try:
-            self.tls.write(data)
+            return self.tls.encrypt(data)
         except TlsError as exc:
             self._fail(Errno.CONNABORTED, str(exc))
             raise WasiError(Errno.CONNABORTED) from None
-        return self.tls.outgoing()
 
     def _queue_tls_output(self) -> None:
         if self.tls is not None:

@@ -67,7 +67,7 @@ class TlsSession:
     :meth:`outgoing` returns after every call. :meth:`read` and :meth:`write` move plaintext.
     """
 
-    __slots__ = ("_incoming", "_object", "_outgoing", "closed_by_peer", "established", "server_side")
+    __slots__ = ("_incoming", "_object", "_outgoing", "closed_by_peer", "established", "needs_input", "server_side")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None):
         self._incoming = ssl.MemoryBIO()
@@ -77,12 +77,17 @@ class TlsSession:
         self.server_side = server_side
         self.established = False
         self.closed_by_peer = False
+        # True once a read found nothing more to decrypt, until more is fed: no read can give
+        # plaintext before then, which a poll of every idle connection learns without a call.
+        self.needs_input = False
 
     def feed(self, data: bytes) -> None:
         self._incoming.write(data)
+        self.needs_input = False
 
     def feed_eof(self) -> None:
         self._incoming.write_eof()
+        self.needs_input = False
 
     @property
     def peer_eof(self) -> bool:
@@ -111,9 +116,10 @@ class TlsSession:
     def read(self, size: int) -> bytes | None:
         """Up to ``size`` bytes of plaintext (several records if available); ``b""`` once the peer
         closed the session; None when more ciphertext is needed."""
-        if not self._incoming.pending and not self._incoming.eof and not self._object.pending():
+        if self.needs_input or (not self._incoming.pending and not self._incoming.eof and not self._object.pending()):
             # Nothing to decrypt: skip the read that would only raise SSLWantReadError (costly when
             # a poll asks every idle connection). OpenSSL leaves unprocessed records in the BIO.
+            self.needs_input = True
             return b"" if self.closed_by_peer else None
         pieces: list[bytes] = []
         wanted = size
@@ -121,6 +127,7 @@ class TlsSession:
             try:
                 piece = self._object.read(min(wanted, MAX_RECORD))
             except ssl.SSLWantReadError:
+                self.needs_input = True  # (the rest of a record is still to come)
                 break
             except ssl.SSLZeroReturnError:
                 self.closed_by_peer = True
@@ -139,6 +146,7 @@ class TlsSession:
             pieces.append(piece)
             wanted -= len(piece)
             if not self._object.pending() and not self._incoming.pending and not self._incoming.eof:
+                self.needs_input = True
                 break  # nothing left to decrypt: another read would only raise SSLWantReadError
         if pieces:
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -150,6 +158,12 @@ class TlsSession:
             self._object.write(data)
         except ssl.SSLError as exc:
             raise TlsError(f"TLS failure: {_reason(exc)}") from None
+
+    def encrypt(self, data: bytes | memoryview) -> bytes:
+        """:meth:`write`, then :meth:`outgoing`: the records that carry ``data`` (and whatever was
+        queued before them)."""
+        self.write(data)
+        return self._outgoing.read()
 
     def close(self) -> None:
         """Queue a close_notify alert (when the session is up); the peer learns this side is done."""

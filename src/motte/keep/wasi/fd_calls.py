@@ -26,6 +26,7 @@ _STAT, _SET_SIZE, _SET_TIMES = (
     int(Rights.FD_FILESTAT_GET), int(Rights.FD_FILESTAT_SET_SIZE), int(Rights.FD_FILESTAT_SET_TIMES)
 )
 _READDIR = int(Rights.FD_READDIR)
+_AGAIN = int(Errno.AGAIN)
 _WRITING = _WRITE | _ALLOCATE | _SET_SIZE  # rights that need the file open for writing
 _PATH_OPEN, _CREATE_FILE, _CREATE_DIRECTORY = (
     int(Rights.PATH_OPEN), int(Rights.PATH_CREATE_FILE), int(Rights.PATH_CREATE_DIRECTORY)
@@ -185,11 +186,15 @@ class FdCalls:
         if count == 1:  # the common case, without building a list
             ptr, length = self.memory.read_iovec(iovs)
             data = file.read(min(length, MAX_IO), self.deadline) if length else b""
+            if data is None:
+                return _AGAIN
             self.memory.write(ptr, data)
         else:
             vectors = self.memory.read_iovecs(iovs, count)
             total = min(sum(length for _, length in vectors), MAX_IO)
             data = file.read(total, self.deadline) if total else b""
+            if data is None:
+                return _AGAIN
             self._scatter(vectors, data)
         self.memory.write_u32(nread_ptr, len(data))
         return Errno.SUCCESS

@@ -64,7 +64,10 @@ class WasiFile:
             return Errno.NOTCAPABLE  # dropped with fd_fdstat_set_rights, or not asked for at path_open
         return self.cannot_seek if missing & _SEEK_TELL else Errno.BADF  # never for this kind of fd
 
-    def read(self, size: int, deadline: float | None) -> bytes:
+    def read(self, size: int, deadline: float | None) -> bytes | None:
+        """Up to ``size`` bytes, ``b""`` at the end. None if the fd is non-blocking and the read
+        would block (EAGAIN: returned rather than raised, since an event loop meets it on every
+        read, and raising costs several microseconds)."""
         raise WasiError(Errno.BADF)
 
     def write(self, data: bytes, deadline: float | None) -> int:

@@ -18,10 +18,10 @@ from wasmtime import _ffi as ffi
 I32, I64 = "i", "I"
 _VALTYPES = {I32: wasmtime.ValType.i32, I64: wasmtime.ValType.i64}
 _string_at = ctypes.string_at
-_memmove = ctypes.memmove
-_u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
 _IOVEC = struct.Struct("<II")  # buf, buf_len
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _memory_data = ffi.wasmtime_memory_data
 _memory_size = ffi.wasmtime_memory_data_size
 _c_void_p = ctypes.c_void_p
@@ -45,9 +45,9 @@ class GuestMemory:
     """The workload's exported linear memory. Bounds are checked on every access.
 
     The engine is configured so memories never move (``memory_may_move = False``), and wasm
-    memories never shrink: the base address and a lower bound of the size can be cached, and the
-    size is re-read only when an access falls beyond the cached bound. A host call then costs no
-    foreign-function call to locate memory.
+    memories never shrink: a view of the memory as it is (a ``memoryview`` over its pages) stays
+    valid, and is made anew, larger, only when an access falls beyond it. A host call then costs
+    no foreign-function call to locate or copy memory: slicing the view does both.
     """
 
     def __init__(self) -> None:
@@ -55,52 +55,69 @@ class GuestMemory:
         self._memory: Any = None
         self._base = 0
         self._size = 0
+        self._view = memoryview(b"")
 
     def bind(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
         self._context = store._context()
         self._memory = ctypes.byref(memory._memory)
         self._base = ctypes.cast(_memory_data(self._context, self._memory), _c_void_p).value or 0
+        self._view_all()
+
+    def _view_all(self) -> None:
         self._size = int(_memory_size(self._context, self._memory))
+        if self._size:
+            self._view = memoryview((ctypes.c_char * self._size).from_address(self._base)).cast("B")
 
     @property
     def bound(self) -> bool:
         return self._memory is not None
 
-    def _span(self, ptr: int, length: int) -> int:
-        if ptr + length <= self._size:  # ptr and length are unsigned: no negative values here
-            return self._base + ptr
+    def _check(self, ptr: int, length: int) -> None:
+        """``ptr + length`` lies beyond the view: fail unless the memory has grown that far."""
         if self._memory is None:
             raise GuestFault("the workload exports no memory")
-        self._size = int(_memory_size(self._context, self._memory))  # it may have grown
+        self._view_all()
         if ptr + length > self._size:
             raise GuestFault(f"range {ptr:#x}+{length} outside memory of {self._size} bytes")
-        return self._base + ptr
 
     def size(self) -> int:
         return 0 if self._memory is None else int(_memory_size(self._context, self._memory))
 
+    # ptr and length are unsigned (the calls unpack them so): no negative values here.
+
     def read(self, ptr: int, length: int) -> bytes:
-        return _string_at(self._span(ptr, length), length)
+        end = ptr + length
+        if end > self._size:
+            self._check(ptr, length)
+        return self._view[ptr:end].tobytes()
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        length = len(data)
-        address = self._span(ptr, length)
-        if length:
-            _memmove(address, bytes(data), length)
+        end = ptr + len(data)
+        if end > self._size:
+            self._check(ptr, len(data))
+        self._view[ptr:end] = data
 
     def read_u32(self, ptr: int) -> int:
-        return _u32.from_address(self._span(ptr, 4)).value
+        if ptr + 4 > self._size:
+            self._check(ptr, 4)
+        value: int = _U32.unpack_from(self._view, ptr)[0]
+        return value
 
     def write_u32(self, ptr: int, value: int) -> None:
-        _u32.from_address(self._span(ptr, 4)).value = value
+        if ptr + 4 > self._size:
+            self._check(ptr, 4)
+        _U32.pack_into(self._view, ptr, value)
 
     def write_u64(self, ptr: int, value: int) -> None:
-        _u64.from_address(self._span(ptr, 8)).value = value
+        if ptr + 8 > self._size:
+            self._check(ptr, 8)
+        _U64.pack_into(self._view, ptr, value)
 
     def read_iovec(self, ptr: int) -> tuple[int, int]:
         """One (address, length) iovec."""
-        buf, length = _IOVEC.unpack(_string_at(self._span(ptr, 8), 8))
-        return buf, length
+        if ptr + 8 > self._size:
+            self._check(ptr, 8)
+        return _IOVEC.unpack_from(self._view, ptr)  # ("<II": two ints)
 
     def read_iovecs(self, ptr: int, count: int) -> list[tuple[int, int]]:
         if count > 1024:  # IOV_MAX: bounds the work one call can ask for
@@ -112,6 +129,8 @@ class GuestMemory:
 
 
 HostFunction = Callable[..., int | None]
+#: The result a host function's failure gives the workload (an errno); it raises what is no errno.
+ErrorResult = Callable[[Exception], int]
 
 
 class HostFunctions:
@@ -131,7 +150,10 @@ class HostFunctions:
         self.stop: Any = None
         self._finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: None)
 
-    def define(self, module: str, name: str, params: str, results: str, func: HostFunction) -> None:
+    def define(self, module: str, name: str, params: str, results: str, func: HostFunction,
+               error_result: ErrorResult | None = None) -> None:
+        """Import ``func`` as ``module.name``; with ``error_result``, what it raises is turned into
+        its result first (in the same frame: this runs on every host call)."""
         functype = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results])
         # The arguments, unsigned, in one unpack of the raw value array (16 bytes a value, little
         # endian): cheaper than a ctypes union object per argument.
@@ -144,7 +166,12 @@ class HostFunctions:
             try:
                 if owner.stop is not None:
                     raise HostTrap(owner.stop)
-                result = func(*unpack(_string_at(values, size))) if size else func()
+                try:
+                    result = func(*unpack(_string_at(values, size))) if size else func()
+                except Exception as exc:
+                    if error_result is None:
+                        raise
+                    result = error_result(exc)
                 if has_result:
                     _u64.from_address(values).value = int(result or 0)
                 return 0

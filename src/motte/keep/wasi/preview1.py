@@ -20,6 +20,7 @@ from motte.shared.wasi_abi import Errno, FdFlags, Rights, WasiError
 
 if TYPE_CHECKING:
     from motte.keep.net.sockets import StreamSocket
+    from motte.shared.endpoint import Endpoint
 
 MODULE = "wasi_snapshot_preview1"
 #: Longest one wait of poll_oneoff: a longer timeout (up to 2^64 ns) is waited out in turns.
@@ -27,6 +28,13 @@ MAX_WAIT_NS = 3600 * 10**9
 _POLL = int(Rights.POLL_FD_READWRITE)
 _SOCK_ACCEPT, _SOCK_SHUTDOWN = int(Rights.SOCK_ACCEPT), int(Rights.SOCK_SHUTDOWN)
 _READ, _WRITE = int(Rights.FD_READ), int(Rights.FD_WRITE)
+_CLOCK, _FD_READ, _FD_WRITE = abi.EVENT_CLOCK, abi.EVENT_FD_READ, abi.EVENT_FD_WRITE
+_SUBSCRIPTION_SIZE = abi.SUBSCRIPTION_SIZE
+_pack_event = abi.EVENT.pack
+#: (due monotonic ns, userdata) of each clock a poll_oneoff watches
+Clocks = list[tuple[int, int]]
+#: (fd, whether for reading, the event that reports it ready) of each fd a poll_oneoff watches
+FdWatches = list[tuple[int, bool, bytes]]
 
 
 class ProcExit(NamedTuple):
@@ -35,6 +43,43 @@ class ProcExit(NamedTuple):
 
 class DeadlineHit(NamedTuple):
     pass
+
+
+class WaitSet(NamedTuple):
+    """What a poll_oneoff waits on, gathered from the WakeOns of the files it polls."""
+
+    wakes: list[WakeOn | None]  # what it was made of
+    endpoint: Endpoint | None
+    readable: list[int]
+    writable: list[int]
+    condition: Callable[[], bool] | None
+    until: float | None  # the earliest time to look again regardless
+
+    @classmethod
+    def of(cls, wakes: list[WakeOn | None]) -> WaitSet:
+        readable: list[int] = []
+        writable: list[int] = []
+        conditions: list[Callable[[], bool]] = []
+        endpoint = None
+        until = None
+        for wake in wakes:
+            if wake is None:
+                continue
+            endpoint = wake.endpoint
+            if wake.readable is not None:
+                readable.append(wake.readable)
+            if wake.writable is not None:
+                writable.append(wake.writable)
+            if wake.condition is not None:
+                conditions.append(wake.condition)
+            if wake.until is not None:
+                until = wake.until if until is None else min(until, wake.until)
+        condition = None
+        if len(conditions) == 1:
+            condition = conditions[0]
+        elif conditions:
+            condition = lambda: any(check() for check in conditions)  # noqa: E731
+        return cls(wakes, endpoint, readable, writable, condition, until)
 
 
 class Preview1(FdCalls):
@@ -47,6 +92,10 @@ class Preview1(FdCalls):
         self.args = [a.encode() for a in args]
         self.env = [f"{k}={v}".encode() for k, v in env.items()]
         self._before_block = before_block or (lambda: None)
+        # The last poll_oneoff's subscriptions, parsed, when they had no clock, and what it waited
+        # on (an event loop polls the same fds again and again).
+        self._polled: tuple[bytes, FdWatches] = (b"", [])
+        self._waits = WaitSet.of([])
 
     # ---- registration ----
 
@@ -100,7 +149,7 @@ class Preview1(FdCalls):
             ("sock_shutdown", "ii", "i", self.sock_shutdown),
         ]
         for name, params, results, func in table:
-            host.define(MODULE, name, params.replace("i", I32).replace("I", I64), results, _errno_boundary(func))
+            host.define(MODULE, name, params.replace("i", I32).replace("I", I64), results, func, _errno_of)
 
     # ---- args, environment, clocks, random ----
 
@@ -158,14 +207,27 @@ class Preview1(FdCalls):
     def poll_oneoff(self, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
         if count == 0 or count > 4096:
             raise WasiError(Errno.INVAL)
-        raw = self.memory.read(in_ptr, abi.SUBSCRIPTION_SIZE * count)
+        raw = self.memory.read(in_ptr, _SUBSCRIPTION_SIZE * count)
+        clocks: Clocks
+        if raw == self._polled[0]:
+            clocks, fds = [], self._polled[1]
+        else:
+            clocks, fds = self._subscriptions(raw, count)
+            self._polled = (b"", []) if clocks else (raw, fds)
+        self._before_block()
+        events = self._poll_wait(clocks, fds)
+        self.memory.write(out_ptr, b"".join(events))
+        self.memory.write_u32(nevents_ptr, len(events))
+        return Errno.SUCCESS
+
+    def _subscriptions(self, raw: bytes, count: int) -> tuple[Clocks, FdWatches]:
         now = time.monotonic_ns()
-        clocks: list[tuple[int, int]] = []  # (due monotonic ns, userdata)
-        fds: list[tuple[int, int, int]] = []  # (userdata, kind, fd)
+        clocks: Clocks = []
+        fds: FdWatches = []
         for index in range(count):
-            base = index * abi.SUBSCRIPTION_SIZE
+            base = index * _SUBSCRIPTION_SIZE
             userdata, tag = abi.SUBSCRIPTION_HEAD.unpack_from(raw, base)
-            if tag == abi.EVENT_CLOCK:
+            if tag == _CLOCK:
                 clock_id, timeout, _precision, flags = abi.SUBSCRIPTION_CLOCK.unpack_from(raw, base + 16)
                 if clock_id not in self._CLOCKS:
                     raise WasiError(Errno.INVAL)
@@ -175,34 +237,31 @@ class Preview1(FdCalls):
                 else:
                     due = now + timeout
                 clocks.append((due, userdata))
-            elif tag in (abi.EVENT_FD_READ, abi.EVENT_FD_WRITE):
+            elif tag in (_FD_READ, _FD_WRITE):
                 (fd,) = abi.SUBSCRIPTION_FD.unpack_from(raw, base + 16)
-                fds.append((userdata, tag, fd))
+                fds.append((fd, tag == _FD_READ, _pack_event(userdata, 0, tag, 0, 0)))
             else:
                 raise WasiError(Errno.INVAL)
-        self._before_block()
-        events = self._poll_wait(clocks, fds)
-        out = b"".join(events)
-        self.memory.write(out_ptr, out)
-        self.memory.write_u32(nevents_ptr, len(events))
-        return Errno.SUCCESS
+        return clocks, fds
 
-    def _poll_wait(self, clocks: list[tuple[int, int]], fds: list[tuple[int, int, int]]) -> list[bytes]:
-        first_due = min((due for due, _ in clocks), default=None)
+    def _poll_wait(self, clocks: Clocks, fds: FdWatches) -> list[bytes]:
+        first_due = min(due for due, _ in clocks) if clocks else None
+        files = self.fds
         while True:
             events: list[bytes] = []
-            for userdata, kind, fd in fds:
-                file = self.fds.get(fd)
-                if file is None:
-                    events.append(abi.EVENT.pack(userdata, Errno.BADF, kind, 0, 0))
-                elif not file.rights_base & _POLL:
-                    events.append(abi.EVENT.pack(userdata, file.refusal(_POLL), kind, 0, 0))
-                elif (file.readable_now() if kind == abi.EVENT_FD_READ else file.writable_now()):
-                    events.append(abi.EVENT.pack(userdata, 0, kind, 0, 0))
+            wakes: list[WakeOn | None] = []  # (what to wait on, gathered while nothing is ready)
+            for fd, reading, ready_event in fds:
+                file = files.get(fd)
+                if file is None or not file.rights_base & _POLL:
+                    events.append(_failed(ready_event, Errno.BADF if file is None else file.refusal(_POLL)))
+                elif file.readable_now() if reading else file.writable_now():
+                    events.append(ready_event)
+                elif not events:
+                    wakes.append(file.wake_on(not reading))
             now = time.monotonic_ns()
             for due, userdata in clocks:
                 if due <= now:
-                    events.append(abi.EVENT.pack(userdata, 0, abi.EVENT_CLOCK, 0, 0))
+                    events.append(_pack_event(userdata, 0, _CLOCK, 0, 0))
             if events:
                 return events
             wait_ns = None if first_due is None else min(first_due - now, MAX_WAIT_NS)
@@ -211,36 +270,19 @@ class Preview1(FdCalls):
                 if left <= 0:
                     raise HostTrap(DeadlineHit())
                 wait_ns = left if wait_ns is None else min(wait_ns, left)
-            self._wait_any(fds, None if wait_ns is None else wait_ns / 1e9)
+            self._wait_any(wakes, None if wait_ns is None else wait_ns / 1e9)
 
-    def _wait_any(self, fds: list[tuple[int, int, int]], timeout: float | None) -> None:
-        readable: list[int] = []
-        writable: list[int] = []
-        conditions: list[Callable[[], bool]] = []
-        endpoint = None
-        for _, kind, fd in fds:
-            file = self.fds.get(fd)
-            wake: WakeOn | None = None if file is None else file.wake_on(kind == abi.EVENT_FD_WRITE)
-            if wake is None:
-                continue
-            endpoint = wake.endpoint
-            if wake.readable is not None:
-                readable.append(wake.readable)
-            if wake.writable is not None:
-                writable.append(wake.writable)
-            if wake.condition is not None:
-                conditions.append(wake.condition)
-            if wake.until is not None:  # e.g. a TLS handshake deadline
-                left = max(0.0, wake.until - time.monotonic())
-                timeout = left if timeout is None else min(timeout, left)
-        if endpoint is not None:
+    def _wait_any(self, wakes: list[WakeOn | None], timeout: float | None) -> None:
+        waits = self._waits
+        if waits.wakes != wakes:  # (an event loop's poll mostly waits on what it waited on before)
+            waits = self._waits = WaitSet.of(wakes)
+        if waits.until is not None:  # e.g. a TLS handshake deadline
+            left = max(0.0, waits.until - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        if waits.endpoint is not None:
             # Waits on the channel, so a stream event (data, credit, a new connection) ends it early.
-            condition = None
-            if len(conditions) == 1:
-                condition = conditions[0]
-            elif conditions:
-                condition = lambda: any(check() for check in conditions)  # noqa: E731
-            endpoint.wait(readable, timeout if timeout is not None else 1.0, writable=writable, condition=condition)
+            waits.endpoint.wait(waits.readable, timeout if timeout is not None else 1.0, writable=waits.writable,
+                                condition=waits.condition)
         elif timeout is not None:
             time.sleep(max(0.0, timeout))
         else:
@@ -310,20 +352,20 @@ class Preview1(FdCalls):
         return Errno.SUCCESS
 
 
-def _errno_boundary(func: Callable[..., int | None]) -> Callable[..., int | None]:
-    """Turn the failures a WASI call may have into the errno the workload gets."""
+def _failed(ready_event: bytes, errno: int) -> bytes:
+    """The event of a subscription that fails with ``errno``, made from the one that reports it ready."""
+    userdata, _, kind, nbytes, flags = abi.EVENT.unpack(ready_event)
+    return _pack_event(userdata, errno, kind, nbytes, flags)
 
-    def call(*args: int) -> int | None:
-        try:
-            return func(*args)
-        except WasiError as exc:
-            return int(exc.errno)
-        except GuestFault:
-            return int(Errno.FAULT)
-        except OSError as exc:
-            return int(abi.wasi_errno(exc))
-        except DeadlineExceeded:
-            raise HostTrap(DeadlineHit()) from None
 
-    call.__name__ = func.__name__
-    return call
+def _errno_of(exc: Exception) -> int:
+    """The errno a WASI call's failure gives the workload; a failure that has none is raised again."""
+    if isinstance(exc, WasiError):
+        return int(exc.errno)
+    if isinstance(exc, GuestFault):
+        return int(Errno.FAULT)
+    if isinstance(exc, OSError):
+        return int(abi.wasi_errno(exc))
+    if isinstance(exc, DeadlineExceeded):
+        raise HostTrap(DeadlineHit()) from None
+    raise exc
