@@ -91,13 +91,18 @@ def test_guest_memory_is_the_cap_plus_the_runtime() -> None:
 
 def test_accelerator_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_accel("tcg")[0] == "tcg"
-    assert resolve_accel("kvm")[0] == "kvm"
     with pytest.raises(MotteError, match="unknown accelerator"):
         resolve_accel("hvf")
     monkeypatch.setattr(accel, "kvm_verdict", lambda **_: accel.KvmVerdict(False, "PVM", False))
     assert resolve_accel("auto") == ("tcg", "KVM unusable: PVM")
+    assert resolve_accel("kvm")[0] == "kvm"  # (a probe boot asks for KVM whatever the verdict)
+    with pytest.raises(MotteError, match="--accel kvm: KVM cannot boot a guest on this host: PVM"):
+        accel.refuse_known_unusable_kvm()  # a user's --accel kvm: at once, not after a boot timeout
+    monkeypatch.setattr(accel, "kvm_verdict", lambda **_: accel.KvmVerdict(None, "not probed", False))
+    accel.refuse_known_unusable_kvm()  # unknown: the user's choice is tried
     monkeypatch.setattr(accel, "kvm_verdict", lambda **_: accel.KvmVerdict(True, "probe ok", True))
     assert resolve_accel("auto") == ("kvm", "probe ok")
+    accel.refuse_known_unusable_kvm()
 
 
 @pytest.fixture

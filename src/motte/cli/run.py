@@ -141,6 +141,10 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     if program is not None:
         check_interpreter(request.wasm_sha256)  # the digest the launch carries: hashed once
     chosen = default_backend() if backend == "auto" else backend
+    if accel == "kvm" and chosen == "kvm":
+        from motte.host.backends.kvm.accel import refuse_known_unusable_kvm
+
+        refuse_known_unusable_kvm()
     for warning in plaintext_warnings(config):
         click.echo(f"motte: warning: {warning}", err=True)
     network = prepare_network(request)  # binds listen ports: one in use fails here, before any keep starts

@@ -134,6 +134,16 @@ def resolve_accel(requested: str, progress: Progress | None = None) -> tuple[Acc
     return accel_for(kvm_verdict(progress=progress))
 
 
+def refuse_known_unusable_kvm() -> None:
+    """For a user's ``--accel kvm``: where KVM is known not to boot a guest (no /dev/kvm, PVM, a
+    failed probe), say so now rather than after a boot timeout. (A probe boot asks for KVM too,
+    and must try: it does not come through here.)"""
+    verdict = kvm_verdict(allow_boot=False)
+    if verdict.usable is False:
+        raise MotteError(f"--accel kvm: KVM cannot boot a guest on this host: {verdict.reason}",
+                         hint="use --accel auto (it picks TCG here) or --accel tcg; motte platform info says why")
+
+
 # ---- what TCG needs -------------------------------------------------------------------------
 
 
