@@ -12,6 +12,7 @@ from collections import defaultdict
 import pytest
 
 from motte.host.net import KEEP_BACKLOG
+from motte.host.relay import Poller
 from tests.net.conftest import InThread, Served, connect, free_port, listen_toml, recv_all, recv_exactly
 
 pytestmark = pytest.mark.timeout(240)  # a kvm keep: see PATIENCE
@@ -145,3 +146,19 @@ def test_a_fast_sender_is_held_back_while_the_workload_does_not_read(serve, back
     assert recv_all(client) == b""
     assert server.wait() == 0
     assert server.lines_so_far() == [f"received {total}"]
+
+
+def test_the_relay_poller_lets_go_of_a_descriptor_closed_while_registered() -> None:
+    # The channel's socket is closed by the endpoint when the keep ends, while the relay thread
+    # still has it registered: unregistering it then must not fail the relay thread.
+    poller = Poller()
+    left, right = socket.socketpair()
+    try:
+        fd = left.fileno()
+        poller.register(fd, 1, lambda _mask: None)
+        left.close()
+        poller.unregister(fd)
+        assert poller.poll(0) == []
+    finally:
+        right.close()
+        poller.close()

@@ -61,8 +61,11 @@ class Poller:
 
     def unregister(self, fileobj: socket.socket | int) -> None:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        self._epoll.unregister(fd)
-        del self._handlers[fd]
+        self._handlers.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # closed since it was registered (the channel, when the keep ends): epoll dropped it
 
     def poll(self, timeout: float) -> list[tuple[Handler, int]]:
         """The handlers of the file descriptors that are ready, with their events."""
