@@ -321,8 +321,11 @@ class ChannelIO:
         # Wait in poll, then receive: a thread blocked in recv on a socket is also woken each time
         # the peer reads from its end (the kernel signals "writable" on the same wait queue), which
         # costs the peer a cross-CPU wake-up per message. poll waits for input only.
+        transport_fd = self._transport.fileno()
+        if transport_fd < 0:
+            return  # closed before this thread started (reclaim_reading races the channel's end)
         ready_to_read = select.poll()
-        ready_to_read.register(self._transport.fileno(), select.POLLIN)
+        ready_to_read.register(transport_fd, select.POLLIN)
         ready_to_read.register(self._lend_r, select.POLLIN)
         while True:
             if self._read_when_waiting and not self._take_reader_turn():
