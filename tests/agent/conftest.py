@@ -84,8 +84,9 @@ class PairBackend(Backend):
         return self.launched.get(timeout=10)
 
 
-def spawn_standin() -> tuple[int, socket.socket]:
-    """A stand-in keep process on a socketpair (the nil backend's spawn, with another program)."""
+def spawn_standin() -> tuple[int, socket.socket, None]:
+    """A stand-in keep process on a socketpair (the nil backend's spawn, with another program; it
+    takes no listen sockets)."""
     host_sock, keep_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
     try:
@@ -94,7 +95,7 @@ def spawn_standin() -> tuple[int, socket.socket]:
     finally:
         keep_sock.close()
     process.returncode = 0  # the NilKeep handle reaps it by pid
-    return process.pid, host_sock
+    return process.pid, host_sock, None
 
 
 @pytest.fixture

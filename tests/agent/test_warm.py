@@ -31,10 +31,10 @@ class Spawned:
     def __init__(self) -> None:
         self.pids: list[int] = []
 
-    def __call__(self) -> tuple[int, object]:
-        pid, sock = spawn_standin()
+    def __call__(self) -> tuple[int, object, None]:
+        pid, sock, handover = spawn_standin()
         self.pids.append(pid)
-        return pid, sock
+        return pid, sock, handover
 
 
 @pytest.fixture

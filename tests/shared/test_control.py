@@ -16,6 +16,7 @@ from motte.shared.control import (
     SEQUENCE,
     Accepted,
     Bye,
+    ConnectionFailed,
     ControlError,
     ControlMessage,
     Conversation,
@@ -61,7 +62,8 @@ def over_the_wire(message: ControlMessage) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("message", [
-    LAUNCH, Accepted(12), Stats(cached=True, compile_us=1500), Exit(0, "exit"),
+    LAUNCH, Accepted(12), ConnectionFailed(3, "[::1]:50211", "TLS handshake failed: http request"),
+    Stats(cached=True, compile_us=1500), Exit(0, "exit"),
     Exit(134, "trap", "unreachable", ("0: 0x2a - main.wasm!f",)), Bye(),
 ], ids=lambda m: m.to_message()["op"])
 def test_every_message_round_trips(message: ControlMessage) -> None:
@@ -135,6 +137,8 @@ def test_a_keep_that_refuses_the_launch_still_reports_its_exit() -> None:
     ("host", [LAUNCH], {"op": "exit", "status": 1, "reason": "crash", "message": "", "backtrace": []},
      r"malformed 'exit' message: reason must be one of"),
     ("host", [LAUNCH], {"op": "accepted", "stream": True}, r"malformed 'accepted' message: stream must be an integer"),
+    ("host", [LAUNCH], {"op": "connection_failed", "fd": 3, "peer": "x" * 65, "reason": ""},
+     r"malformed 'connection_failed' message: peer is longer than 64 characters"),
 ])
 def test_out_of_order_unknown_and_malformed_messages_name_the_side(
     role: str, before: list[ControlMessage], data: dict[str, Any], error: str,
@@ -167,7 +171,8 @@ def test_a_side_cannot_send_out_of_turn_either() -> None:
 def test_the_table_says_who_sends_what() -> None:
     senders = {op: {s for (_, s, o) in SEQUENCE if o == op} for op in MESSAGES}
     assert senders == {"launch": {"host"}, "provision": {"host"}, "served": {"host"}, "bye": {"host"},
-                       "serve": {"keep"}, "accepted": {"keep"}, "stats": {"keep"}, "exit": {"keep"}}
+                       "serve": {"keep"}, "accepted": {"keep"}, "connection_failed": {"keep"}, "stats": {"keep"},
+                       "exit": {"keep"}}
     reachable = {Phase.AWAITING_LAUNCH} | set(SEQUENCE.values())
     assert reachable == set(Phase)
 

@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from motte.host.relay import Connection, Relay
 from motte.host.relay import Tap as Tap  # what run_workload's callers pass
 from motte.outside.net_config import NetworkError, read_network_files
 from motte.shared import netstreams
+from motte.shared.control import ConnectionFailed
 from motte.shared.enarx_config import FileSpec, WorkloadConfig
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
@@ -42,11 +43,6 @@ _STEWARD_LABEL = "steward"  # the keep runtime's own connection to the config's 
 def _stderr_warning(text: str) -> None:
     sys.stderr.write(f"motte: warning: {printable(text)}\n")  # it may quote a peer or the keep
     sys.stderr.flush()
-
-
-def _address(sockaddr: Any) -> str:
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Listener:
@@ -78,6 +74,7 @@ class HostNetwork:
         self._steward: tuple[str, int] | None = None  # where the keep may connect to reach its Steward
         self._listeners: list[_Listener] = []
         self._relay = Relay(warn=self._warn, tap=tap, on_round=self._resume_listeners, on_stop=self._close_listeners)
+        self._tap = tap
         self._closed = False
 
     # ---- before the launch ----
@@ -94,6 +91,22 @@ class HostNetwork:
             self._relay.close_all()
             raise
         return self.ca_bundles
+
+    def hand_over(self, take: Callable[[Mapping[int, socket.socket]], bool]) -> None:
+        """Offer the listen sockets to the keep (``take``: the keep handle's ``take_listen_sockets``):
+        a keep that takes them accepts on them itself and the host relays none of their connections.
+        Not when a tap must see what is relayed."""
+        if self._tap is None and self._listeners and take({listener.fd: listener.sock for listener in self._listeners}):
+            for listener in self._listeners:
+                listener.sock.close()  # the keep holds them now: a copy here would keep the port open
+            self._listeners = []
+
+    def connection_failed(self, failed: ConnectionFailed) -> None:
+        """The keep gave up a connection it accepted on a socket it was handed: warn as for a relayed one."""
+        files = self.config.files
+        name = files[failed.fd].name if failed.fd < len(files) else None
+        self._warn(f"files[{failed.fd}] (listen {name!r}): connection from {failed.peer}: closed by the keep: "
+                   f"{failed.reason}")
 
     # ---- running ----
 
@@ -172,7 +185,7 @@ class HostNetwork:
                 break
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            where = _address(peer)
+            where = netstreams.address(peer)
             try:
                 stream = self.endpoint.open_stream(netstreams.ACCEPTED, fd=listener.fd, peer=where)
             except MotteError:
@@ -276,7 +289,7 @@ def _bind(fd: int, spec: FileSpec) -> socket.socket:
             sock = socket.socket(family, kind, proto)
         else:
             raise NetworkError(f"{what}: cannot create a socket: {exc.strerror}") from None
-    where = _address(sockaddr)
+    where = netstreams.address(sockaddr)
     try:
         # A port left in TIME_WAIT by an earlier run may be reused; one still listening may not.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -22,6 +22,7 @@ from motte.host.module_cache import ModuleCacheServer
 from motte.shared.control import (
     Accepted,
     Bye,
+    ConnectionFailed,
     ControlError,
     Conversation,
     Exit,
@@ -143,6 +144,7 @@ def _run_workload(keep: KeepHandle, request: RunRequest, stdio: HostStdio, netwo
         if os.isatty(host_fd):
             terminals.add(fd)
     if network is not None:
+        network.hand_over(keep.take_listen_sockets)  # (a nil keep accepts on them itself)
         network.start(endpoint)  # before the launch: the keep may ask for connections as soon as it has it
     if dirs is not None:
         dirs.start()
@@ -202,6 +204,8 @@ def _await_exit(keep: KeepHandle, request: RunRequest, conversation: Conversatio
             return RunResult(received.status, received.reason, received.message, list(received.backtrace), cached)
         elif isinstance(received, Accepted) and network is not None:
             network.accepted(received.stream)
+        elif isinstance(received, ConnectionFailed) and network is not None:
+            network.connection_failed(received)
 
 
 def ended_without_exit(keep: KeepHandle, closed: ChannelClosed) -> str:

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from motte.shared.transport import Transport
 
-USAGE = "usage: python -m motte.keep (--channel-fd N | --channel-device NAME)"
+USAGE = "usage: python -m motte.keep (--channel-fd N [--handover-fd M] | --channel-device NAME)"
 
 
-def serve(channel: socket.socket | Transport, backend: str) -> int:
-    """Run the keep on a channel: a connected socket (nil), or a transport such as a virtio port."""
+def serve(channel: socket.socket | Transport, backend: str, handover: socket.socket | None = None) -> int:
+    """Run the keep on a channel: a connected socket (nil), or a transport such as a virtio port.
+    A nil keep's host may hand it its listen sockets on ``handover`` (:mod:`motte.shared.socket_handover`)."""
     from motte.shared.endpoint import Endpoint
     from motte.shared.errors import MotteError
     from motte.shared.transport import SocketTransport
@@ -35,7 +36,7 @@ def serve(channel: socket.socket | Transport, backend: str) -> int:
         endpoint.await_hello(timeout=60.0)
 
         # Only a nil keep shares the host's file system, so only it may use the host's cache.
-        KeepRuntime(endpoint, allow_host_cache=backend == "nil", backend=backend).serve()
+        KeepRuntime(endpoint, allow_host_cache=backend == "nil", backend=backend, handover=handover).serve()
     except MotteError as exc:
         print(f"motte keep: {exc}", file=sys.stderr)
         return 1
@@ -61,11 +62,14 @@ def main(argv: list[str]) -> int:
     # Ctrl-C in the user's terminal reaches the whole process group; the host decides when the
     # keep ends (it tells it, or kills it), so the keep itself ignores SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if argv[0:1] == ["--channel-fd"] and len(argv) == 4 and argv[2] == "--handover-fd":
+        die_with_parent()  # a nil keep is a child process of the host: it must not outlive it
+        return serve(socket.socket(fileno=int(argv[1])), backend="nil", handover=socket.socket(fileno=int(argv[3])))
     if len(argv) != 2 or argv[0] not in ("--channel-fd", "--channel-device"):
         print(USAGE, file=sys.stderr)
         return 2
     if argv[0] == "--channel-fd":
-        die_with_parent()  # a nil keep is a child process of the host: it must not outlive it
+        die_with_parent()
         return serve(socket.socket(fileno=int(argv[1])), backend="nil")
     from motte.keep.platform import vm_technology
     from motte.keep.vm_channel import PortTransport, open_virtio_port, park

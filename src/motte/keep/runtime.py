@@ -10,6 +10,7 @@ channel differs. The control messages it exchanges with the host, and their orde
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -65,13 +66,23 @@ class LaunchError(MotteError):
 
 class KeepRuntime:
     def __init__(self, endpoint: Endpoint, *, allow_host_cache: bool = False, backend: str = "nil",
-                 evidence: EvidenceSource | None = None):
+                 evidence: EvidenceSource | None = None, handover: socket.socket | None = None):
         self.endpoint = endpoint
+        self.handover = handover  # where a nil keep's host hands over its listen sockets
         self.allow_host_cache = allow_host_cache
         self.backend = backend  # chooses the evidence source (unless one is given)
         self._evidence = evidence
         self.hostfs_clients: list[HostFsClient] = []  # one per served directory
         self.conversation = Conversation("keep")
+
+    def _handed_over(self) -> dict[int, socket.socket]:
+        """The listen sockets the host handed over (none but to a nil keep; the host sends them
+        before the launch)."""
+        if self.handover is None:
+            return {}
+        from motte.shared.socket_handover import receive_sockets
+
+        return receive_sockets(self.handover)
 
     def report(self, message: ControlMessage) -> None:
         """Send a control message to the host, once the sequence allows it."""
@@ -239,7 +250,8 @@ class KeepRuntime:
         if steward is not None or any(spec.kind in ("listen", "connect") for spec in terms.config.files):
             from motte.keep.net.setup import NetworkSetup  # only workloads with sockets load ssl
 
-            network = NetworkSetup(self.endpoint, terms.ca_bundles, report=self.report, on_block=outputs.flush_all)
+            network = NetworkSetup(self.endpoint, terms.ca_bundles, report=self.report, on_block=outputs.flush_all,
+                                   handed_over=self._handed_over())
             if steward is not None:
                 from motte.shared.binding import KeepClaims
 

@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 from motte.shared.channel import (
@@ -66,6 +66,14 @@ StreamObserver = Callable[[int], None]
 #: to refuse it (the stream is then reset). Runs on the reader thread with the endpoint's lock
 #: held: it must only take note and return, never call back into the endpoint.
 OpenHandler = Callable[[int, dict[str, Any]], str | None]
+
+
+#: A file descriptor a waiting thread watches besides the channel, and the poll events it waits for.
+FdWatch = tuple[int, int]
+
+
+def _poll_ms(timeout: float) -> int:
+    return math.ceil(min(max(timeout, 0.0), 86400.0) * 1000)  # poll takes an int of ms
 
 
 class ChannelClosed(MotteError):
@@ -149,6 +157,7 @@ class ChannelIO:
         self._waits_ended = 0.0  # when _waiting last dropped to 0
         self._reader_turn = threading.Condition(self._lock)  # the reader thread, stepping aside
         self._poller: select.poll | None = None
+        self._fd_poller: tuple[tuple[tuple[FdWatch, ...], int], select.poll] | None = None  # see _poller_with
         self._lent = False  # another thread's event loop reads the transport (lend_reading)
         self._lend_r, self._lend_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
@@ -244,10 +253,13 @@ class ChannelIO:
         self._to_send.notify_all()
         self._reader_turn.notify_all()
 
-    def _wait_for(self, ready: Callable[[], object], timeout: float | None) -> bool:
+    def _wait_for(self, ready: Callable[[], object], timeout: float | None, fds: Sequence[FdWatch] = ()) -> bool:
         """``Condition.wait_for`` on ``_changed`` (lock held), reading the transport in this thread
-        while no other thread does, if the endpoint reads when waiting."""
+        while no other thread does, if the endpoint reads when waiting. With ``fds`` (only where
+        the endpoint reads when waiting) it also ends when one of those descriptors is ready."""
         if not self._read_when_waiting:
+            if fds:
+                raise ValueError("only an endpoint that reads when waiting watches other descriptors")
             return bool(self._changed.wait_for(ready, timeout))
         if ready():
             return True
@@ -261,9 +273,12 @@ class ChannelIO:
         try:
             while True:
                 if self._reading or self._closed is not None:
-                    self._changed.wait(remaining)
-                else:
-                    self._read_here(remaining)
+                    if not fds:
+                        self._changed.wait(remaining)
+                    elif self._poll_beside_reader(fds, remaining):
+                        return True
+                elif self._read_here(remaining, fds):
+                    return True
                 if ready():
                     return True
                 if end is not None:
@@ -275,13 +290,21 @@ class ChannelIO:
             if not self._waiting:
                 self._waits_ended = time.monotonic()
 
-    def _read_here(self, timeout: float | None) -> None:
-        """Lock held: one read of the transport by this thread, up to ``timeout``."""
+    def _read_here(self, timeout: float | None, fds: Sequence[FdWatch] = ()) -> bool:
+        """Lock held: one read of the transport by this thread, up to ``timeout``, unless one of
+        ``fds`` is ready first (then True)."""
+        transport_fd = self._transport.fileno()
+        poller = self._poller_with(fds, transport_fd)
         self._reading = True
         self._lock.release()
         data: bytes | BaseException | None = None
+        others_ready = False
         try:
-            if self._poll_input(timeout):  # (poll, not a blocked recv: see _read_loop)
+            # (poll, not a blocked recv: see _read_loop)
+            events = poller.poll(None if timeout is None else _poll_ms(timeout))
+            channel_ready = bool(events) if not fds else any(fd == transport_fd for fd, _ in events)
+            others_ready = len(events) > channel_ready
+            if channel_ready:
                 data = self._transport.recv(READ_SIZE)
         except OSError as exc:
             data = exc
@@ -290,17 +313,44 @@ class ChannelIO:
             if data is None:  # nothing came (or this thread is leaving with an exception)
                 self._reading = False
                 self._changed.notify_all()  # the transport is free: another waiting thread may read it
-        if data is None:
-            return
-        self._received(data)
+        if data is not None:
+            self._received(data)
+        return others_ready
 
-    def _poll_input(self, timeout: float | None) -> bool:
-        if self._poller is None:
-            self._poller = select.poll()
-            self._poller.register(self._transport.fileno(), select.POLLIN)
-        if timeout is None:
-            return bool(self._poller.poll())
-        return bool(self._poller.poll(math.ceil(min(timeout, 86400.0) * 1000)))  # poll takes an int of ms
+    def _poll_beside_reader(self, fds: Sequence[FdWatch], timeout: float | None) -> bool:
+        """Lock held, another thread reading the transport (or the channel closed): wait for one of
+        ``fds`` (then True) or for the transport to have input, which that thread takes; then wait
+        until it has."""
+        transport_fd = -1 if self._closed is not None else self._transport.fileno()
+        poller = self._poller_with(fds, transport_fd)
+        self._lock.release()
+        try:
+            events = poller.poll(None if timeout is None else _poll_ms(timeout))
+        finally:
+            self._lock.acquire()
+        if any(fd != transport_fd for fd, _ in events):
+            return True
+        if events and self._reading:
+            self._changed.wait(timeout)  # woken when the reader has handled what came
+        return False
+
+    def _poller_with(self, fds: Sequence[FdWatch], transport_fd: int) -> select.poll:
+        """Lock held: a poll object for ``fds`` and the transport (``transport_fd``; -1: none),
+        made once for the descriptors a waiting thread watches again and again."""
+        if not fds and transport_fd >= 0:
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(transport_fd, select.POLLIN)
+            return self._poller
+        key = (tuple(fds), transport_fd)
+        if self._fd_poller is None or self._fd_poller[0] != key:
+            poller = select.poll()
+            if transport_fd >= 0:
+                poller.register(transport_fd, select.POLLIN)
+            for fd, events in fds:
+                poller.register(fd, events)
+            self._fd_poller = (key, poller)
+        return self._fd_poller[1]
 
     def _take_reader_turn(self) -> bool:
         """The reader thread of an endpoint that reads when waiting: wait until no thread has waited

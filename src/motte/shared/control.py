@@ -18,6 +18,7 @@ The order is one table, :data:`SEQUENCE`, that both ends follow through :class:`
     serving           host    served     running     the sockets are bound (or why they could not be)
     serving           keep    exit       exited
     running           keep    accepted   running     the workload took a network connection
+    running           keep    connection_failed  running  the keep gave up a connection it accepted itself
     running           keep    stats      reported    once, after the workload ended
     running           keep    exit       exited      how the workload ended
     reported          keep    exit       exited
@@ -48,6 +49,7 @@ MAX_PREOPENS = 64
 MAX_GUEST_PATH = 1024
 MAX_BACKTRACE = 64  # frames of a trap's backtrace the keep reports
 MAX_EXIT_TEXT = 4096  # characters of an exit message or of one backtrace line
+MAX_PEER = 64  # characters of a peer's address ("[v6 address]:port")
 MAX_TIMEOUT_MS = 366 * 24 * 3600 * 1000  # a year and a day: more than the CLI allows, less than a thread can wait
 WASM_PAGE = 64 << 10
 STDIO_KINDS = frozenset({"stdin", "stdout", "stderr"})
@@ -293,6 +295,24 @@ class Accepted(NamedTuple):
         return cls(_stream(_get(data, "stream"), "stream"))
 
 
+class ConnectionFailed(NamedTuple):
+    """keep -> host: the keep gave up a connection it accepted on a listen socket the host handed
+    over (``fd``, the WASI fd), from ``peer``: the host warns as it does for a relayed one."""
+
+    fd: int
+    peer: str
+    reason: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"op": "connection_failed", "fd": self.fd, "peer": self.peer[:MAX_PEER],
+                "reason": self.reason[:MAX_EXIT_TEXT]}
+
+    @classmethod
+    def from_message(cls, data: Any) -> ConnectionFailed:
+        return cls(_int(_get(data, "fd"), "fd", 0, (1 << 31) - 1), _str(_get(data, "peer"), "peer", MAX_PEER),
+                   _str(_get(data, "reason"), "reason", MAX_EXIT_TEXT))
+
+
 class Stats(NamedTuple):
     """keep -> host, once the workload ended: how its module was compiled."""
 
@@ -351,10 +371,11 @@ class Bye(NamedTuple):
         return cls()
 
 
-ControlMessage: TypeAlias = Launch | Provision | Serve | Served | Accepted | Stats | Exit | Bye
+ControlMessage: TypeAlias = (Launch | Provision | Serve | Served | Accepted | ConnectionFailed | Stats | Exit
+                              | Bye)
 MESSAGES: dict[str, type[ControlMessage]] = {
     "launch": Launch, "provision": Provision, "serve": Serve, "served": Served,
-    "accepted": Accepted, "stats": Stats, "exit": Exit, "bye": Bye,
+    "accepted": Accepted, "connection_failed": ConnectionFailed, "stats": Stats, "exit": Exit, "bye": Bye,
 }
 
 
@@ -381,6 +402,7 @@ SEQUENCE: dict[tuple[Phase, Role, str], Phase] = {
     (Phase.SERVING, "host", "served"): Phase.RUNNING,
     (Phase.SERVING, "keep", "exit"): Phase.EXITED,
     (Phase.RUNNING, "keep", "accepted"): Phase.RUNNING,
+    (Phase.RUNNING, "keep", "connection_failed"): Phase.RUNNING,
     (Phase.RUNNING, "keep", "stats"): Phase.REPORTED,
     (Phase.RUNNING, "keep", "exit"): Phase.EXITED,
     (Phase.REPORTED, "keep", "exit"): Phase.EXITED,

@@ -16,6 +16,7 @@ from motte.shared.channel_io import (
     READER_GRACE,
     ChannelClosed,
     ChannelIO,
+    FdWatch,
     OpenHandler,
     StreamAborted,
     StreamObserver,
@@ -23,7 +24,8 @@ from motte.shared.channel_io import (
     _Inbox,
 )
 
-__all__ = ["READER_GRACE", "ChannelClosed", "Endpoint", "OpenHandler", "StreamAborted", "StreamObserver", "Timeout"]
+__all__ = ["READER_GRACE", "ChannelClosed", "Endpoint", "FdWatch", "OpenHandler", "StreamAborted", "StreamObserver",
+           "Timeout"]
 
 
 class Endpoint(ChannelIO):
@@ -246,9 +248,10 @@ class Endpoint(ChannelIO):
             return None if inbox is None else inbox.reset
 
     def wait(self, streams: Sequence[int], timeout: float | None, *, writable: Sequence[int] = (),
-             condition: Callable[[], bool] | None = None) -> bool:
+             condition: Callable[[], bool] | None = None, fds: Sequence[FdWatch] = ()) -> bool:
         """Wait until any of the streams is readable, any ``writable`` stream has credit (or is
-        closed), ``condition()`` holds, or the channel closes; up to ``timeout``.
+        closed), ``condition()`` holds, one of ``fds`` is ready (an endpoint that reads when
+        waiting only), or the channel closes; up to ``timeout``.
 
         ``condition`` runs with the endpoint's lock held: it must not call the endpoint.
         """
@@ -269,7 +272,7 @@ class Endpoint(ChannelIO):
         with self._lock:
             self._stream_watchers += 1
             try:
-                return self._wait_for(ready, timeout)
+                return self._wait_for(ready, timeout, fds)
             finally:
                 self._stream_watchers -= 1
 

@@ -23,6 +23,8 @@ the wire carries (TLS records for ``prot = "tls"``: the session ends inside the 
 
 from __future__ import annotations
 
+from typing import Any
+
 ACCEPTED = "accepted"
 CONNECT = "connect"
 STEWARD = "steward"
@@ -35,6 +37,12 @@ ERRNO_NAMES = frozenset({
     "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EACCES",
     "EPIPE", "EADDRNOTAVAIL", "ENETDOWN",
 })
+
+
+def address(sockaddr: tuple[Any, ...]) -> str:
+    """A peer's or a socket's address as shown to people: ``host:port``, ``[v6 host]:port``."""
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def failure(errno_name: str, text: str) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from motte.shared.endpoint import Endpoint
 
 if TYPE_CHECKING:
+    import socket
+
     from motte.host.channel_tap import Tap as ChannelTap
 
 Progress = Callable[[str], None]
@@ -48,6 +50,12 @@ class KeepHandle(abc.ABC):
         """End the keep (after ``grace`` seconds, by force) and remove every resource it held.
 
         Idempotent; safe to call from error paths."""
+
+    def take_listen_sockets(self, sockets: Mapping[int, socket.socket]) -> bool:
+        """Hand the workload's listen sockets (WASI fd -> bound socket) to the keep, which then
+        accepts on them itself; False if this keep cannot take them (its connections are relayed).
+        Only a nil keep can: a VM's only way out is its channel."""
+        return False
 
 
 @dataclass(frozen=True)

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from motte.host.backends.base import Backend, Check, KeepHandle, LaunchSpec, Progress
 from motte.host.channel_tap import channel_transport
 from motte.host.nil_process import spawn_nil_keep, take_prespawned
 from motte.shared.endpoint import Endpoint
 from motte.shared.errors import MotteError
+from motte.shared.socket_handover import MAX_SOCKETS, send_sockets
 
 
 class NilKeep(KeepHandle):
     backend = "nil"
     isolation = "a child process of the host: no isolation, no memory protection, no attestation"
 
-    def __init__(self, pid: int, endpoint: Endpoint):
+    def __init__(self, pid: int, endpoint: Endpoint, handover: socket.socket | None = None):
         self.pid = pid
         self.endpoint = endpoint
+        self.handover = handover
         self._status: int | None = None
         self._closed = False
 
@@ -51,11 +54,22 @@ class NilKeep(KeepHandle):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    def take_listen_sockets(self, sockets: Mapping[int, socket.socket]) -> bool:
+        if self.handover is None or not 0 < len(sockets) <= MAX_SOCKETS:
+            return False
+        try:
+            send_sockets(self.handover, sockets)
+        except OSError:
+            return False  # the keep is gone: the launch fails on the channel
+        return True
+
     def close(self, grace: float = 2.0) -> None:
         if self._closed:
             return
         self._closed = True
         self.endpoint.close()
+        if self.handover is not None:
+            self.handover.close()
         if self.wait(grace) is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -81,11 +95,11 @@ class NilBackend(Backend):
 
     def launch(self, spec: LaunchSpec, progress: Progress | None = None) -> KeepHandle:
         try:
-            pid, host_sock = take_prespawned() or spawn_nil_keep()
+            pid, host_sock, handover = take_prespawned() or spawn_nil_keep()
         except OSError as exc:
             raise MotteError(f"cannot start the nil keep: {exc}") from exc
         endpoint = Endpoint(channel_transport(host_sock, spec.channel_tap), "host", name="nil-keep").start()
-        keep = NilKeep(pid, endpoint)
+        keep = NilKeep(pid, endpoint, handover)
         try:
             endpoint.hello(timeout=spec.boot_timeout)
         except MotteError as exc:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from motte.keep.net.carriers import ChannelCarrier
 from motte.keep.net.sockets import NOTHING, StreamSocket, remaining
 from motte.keep.wasi.files import WakeOn, WasiFile
 from motte.shared import netstreams
@@ -27,11 +28,27 @@ LISTEN_RIGHTS = Rights.SOCK_ACCEPT | Rights.POLL_FD_READWRITE | Rights.FD_FDSTAT
 BACKLOG_LIMIT = 1024  # connections a listen socket holds for the workload; the host should send far fewer
 
 
-class ListenSocket(WasiFile):
-    """A listen socket: the host bound the port; each connection it accepts arrives as a stream."""
+class Listener(WasiFile):
+    """A listen socket, however its connections arrive: what ``sock_accept`` takes."""
 
     filetype = Filetype.SOCKET_STREAM
     rights_base = LISTEN_RIGHTS
+
+    def accept(self, flags: FdFlags, deadline: float | None) -> StreamSocket:
+        raise NotImplementedError
+
+    def read(self, size: int, deadline: float | None) -> bytes:
+        raise WasiError(Errno.NOTCONN)
+
+    def write(self, data: bytes, deadline: float | None) -> int:
+        raise WasiError(Errno.NOTCONN)
+
+    def writable_now(self) -> bool:
+        return False  # as poll(2) on a listening socket: never writable
+
+
+class ListenSocket(Listener):
+    """A listen socket: the host bound the port; each connection it accepts arrives as a stream."""
 
     def __init__(self, endpoint: Endpoint, fd: int, *, tls_context: ssl.SSLContext | None,
                  report: Callable[[ControlMessage], None], on_block: Callable[[], None] = NOTHING,
@@ -85,21 +102,12 @@ class ListenSocket(WasiFile):
             from motte.keep.net.tls import TlsSession
 
             tls = TlsSession(self.tls_context, server_side=True)
-        return StreamSocket(self.endpoint, stream, tls=tls, flags=flags, on_block=self._on_block,
+        return StreamSocket(ChannelCarrier(self.endpoint, stream), tls=tls, flags=flags, on_block=self._on_block,
                             handshake_timeout=self._handshake_timeout)
-
-    def read(self, size: int, deadline: float | None) -> bytes:
-        raise WasiError(Errno.NOTCONN)
-
-    def write(self, data: bytes, deadline: float | None) -> int:
-        raise WasiError(Errno.NOTCONN)
 
     def readable_now(self) -> bool:
         # With the channel gone, accept fails at once: report that rather than wait for ever.
         return bool(self._backlog) or self.endpoint.closed is not None
-
-    def writable_now(self) -> bool:
-        return False  # as poll(2) on a listening socket: never writable
 
     def wake_on(self, write: bool) -> WakeOn | None:
         return None if write else self._wake_on_connection
@@ -146,7 +154,7 @@ class KeepNetwork:
             from motte.keep.net.tls import TlsSession
 
             tls = TlsSession(tls_context, server_side=False, server_hostname=host)
-        return StreamSocket(self.endpoint, stream, tls=tls, connecting=True, on_block=self.on_block,
+        return StreamSocket(ChannelCarrier(self.endpoint, stream), tls=tls, connecting=True, on_block=self.on_block,
                             handshake_timeout=self.handshake_timeout)
 
     def start(self) -> None:

@@ -9,13 +9,16 @@ Imported only when a workload has sockets, so other workloads never pay for ``ss
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from motte.keep.identity import KeepIdentity
-from motte.keep.net.listen import KeepNetwork, ListenSocket
+from motte.keep.net.direct import HandedOverListenSocket
+from motte.keep.net.listen import KeepNetwork, Listener
 from motte.keep.net.sockets import StreamSocket
 from motte.keep.net.tls import HANDSHAKE_TIMEOUT, TlsError, client_context, server_context
 from motte.keep.wasi.files import DeadlineExceeded
@@ -29,26 +32,39 @@ if TYPE_CHECKING:
     from motte.keep.evidence import EvidenceSource
     from motte.shared.binding import KeepClaims
 
+_NONE: Mapping[int, socket.socket] = MappingProxyType({})
 STEWARD_TIMEOUT = 30.0  # seconds for the whole certificate request: connect, TLS, the Steward's answer
 
 
 class NetworkSetup:
     def __init__(self, endpoint: Endpoint, ca_bundles: Mapping[int, str], *, report: Callable[[ControlMessage], None],
-                 on_block: Callable[[], None], handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                 on_block: Callable[[], None], handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 handed_over: Mapping[int, socket.socket] = _NONE):
         self.network = KeepNetwork(endpoint, report=report, on_block=on_block, handshake_timeout=handshake_timeout)
+        self._handed_over = dict(handed_over)  # listen sockets the host handed over (a nil keep's), by fd
         self._ca_bundles = ca_bundles
         self._server: ssl.SSLContext | None = None
         self._default_client: ssl.SSLContext | None = None
 
-    def socket(self, fd: int, spec: FileSpec) -> ListenSocket | StreamSocket:
+    def socket(self, fd: int, spec: FileSpec) -> Listener | StreamSocket:
         tls = spec.prot == "tls"
         if spec.kind == "listen":
+            handed_over = self._handed_over.pop(fd, None)
+            if handed_over is not None:
+                network = self.network
+                return HandedOverListenSocket(network.endpoint, fd, handed_over,
+                                              tls_context=self._server_context() if tls else None,
+                                              report=network.report, on_block=network.on_block,
+                                              handshake_timeout=network.handshake_timeout)
             return self.network.listen(fd, self._server_context() if tls else None)
         if spec.kind != "connect" or spec.host is None or spec.port is None:
             raise MotteError(f"not a socket file: {spec.kind!r}")
         return self.network.connect(fd, spec.host, spec.port, self._client_context(fd) if tls else None)
 
     def start(self) -> None:
+        for sock in self._handed_over.values():  # for no listen file of the config: not ours to serve
+            sock.close()
+        self._handed_over.clear()
         self.network.start()
 
     def use_steward(self, steward: str, source: EvidenceSource, ca_pem: str | None = None,

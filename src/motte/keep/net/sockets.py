@@ -1,8 +1,10 @@
-"""Connected sockets inside the keep: WASI file descriptors over channel streams, one per connection.
+"""Connected sockets inside the keep: WASI file descriptors, one per connection, over a carrier.
 
 The host does TCP (it binds, accepts, connects) and relays bytes; for ``prot = "tls"`` those bytes
 are TLS records, and the session (:class:`~motte.keep.net.tls.TlsSession`) runs here, so the
-host never sees plaintext. The conventions on the channel are in :mod:`motte.shared.netstreams`.
+host never sees plaintext. The conventions on the channel are in :mod:`motte.shared.netstreams`;
+what carries a connection's bytes (a channel stream, or a socket the host handed over) is in
+:mod:`motte.keep.net.carriers`.
 
 Everything runs on the workload's thread. Listen sockets and the factory of sockets,
 :class:`~motte.keep.net.listen.KeepNetwork`, are in :mod:`motte.keep.net.listen`.
@@ -17,12 +19,13 @@ from typing import TYPE_CHECKING
 from motte.keep.net import TlsError
 from motte.keep.wasi.files import DeadlineExceeded, WakeOn, WasiFile
 from motte.shared import netstreams
-from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
+from motte.shared.endpoint import ChannelClosed, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
 from motte.shared.wasi_abi import SDFLAGS_RD, SDFLAGS_WR, Errno, FdFlags, Filetype, Rights, WasiError
 
 if TYPE_CHECKING:  # ssl is loaded only by keeps that do TLS
 
+    from motte.keep.net.carriers import Carrier
     from motte.keep.net.tls import TlsSession
 
 
@@ -59,13 +62,12 @@ class StreamSocket(WasiFile):
     filetype = Filetype.SOCKET_STREAM
     rights_base = SOCKET_RIGHTS
 
-    def __init__(self, endpoint: Endpoint, stream: int, *, tls: TlsSession | None = None, connecting: bool = False,
+    def __init__(self, carrier: Carrier, *, tls: TlsSession | None = None, connecting: bool = False,
                  flags: FdFlags = _NO_FLAGS, on_block: Callable[[], None] = NOTHING,
                  handshake_timeout: float = 10.0):
         super().__init__()
         self.flags = flags
-        self.endpoint = endpoint
-        self.stream = stream
+        self.carrier = carrier
         self.tls = tls
         self._on_block = on_block
         self._handshake_timeout = handshake_timeout
@@ -83,7 +85,6 @@ class StreamSocket(WasiFile):
         self.failure: str | None = None  # why the connection failed, when known (for the keep's own messages)
         self._closed = False
         self._handshake_bytes = False  # the peer sent something during the handshake
-        self._wake_on_data = WakeOn(endpoint, readable=stream)  # what an established reader waits for
 
     # ---- the workload's operations ----
 
@@ -125,7 +126,7 @@ class StreamSocket(WasiFile):
     def write(self, data: bytes, deadline: float | None) -> int:
         if (self._error is None and not self._write_shut and not self._unsent and not self._connecting
                 and (self.tls is None or self.tls.established) and 0 < len(data) <= SEND_CHUNK
-                and self.endpoint.write_window(self.stream) >= len(data) + TLS_OVERHEAD_MAX):
+                and self.carrier.write_window() >= len(data) + TLS_OVERHEAD_MAX):
             # The common case, in one step: an open connection with the credit for all of it.
             self._channel_write(self._encrypt(data), deadline)
             return len(data)
@@ -147,7 +148,7 @@ class StreamSocket(WasiFile):
                 raise WasiError(Errno.AGAIN)
             self._block_until(self._drain_unsent, deadline, write=True)
         if nonblocking:
-            window = self.endpoint.write_window(self.stream)
+            window = self.carrier.write_window()
             if window <= 0:
                 self._check_peer_reset()
                 raise WasiError(Errno.AGAIN)
@@ -178,7 +179,7 @@ class StreamSocket(WasiFile):
             self._finish_sending()
         # RESET after EOF: the data already sent still arrives (it precedes the RESET); nothing more
         # is read, so the channel may forget the stream.
-        self.endpoint.reset(self.stream, netstreams.CLOSED)
+        self.carrier.reset(netstreams.CLOSED)
 
     def readable_now(self) -> bool:
         if self._unsent:
@@ -194,7 +195,7 @@ class StreamSocket(WasiFile):
             return True
         if not self._drain_unsent():
             return self._error is not None
-        if self.endpoint.write_window(self.stream) > 0:
+        if self.carrier.write_window() > 0:
             return True
         self._check_peer_reset(raise_error=False)
         return self._error is not None
@@ -202,13 +203,12 @@ class StreamSocket(WasiFile):
     def wake_on(self, write: bool) -> WakeOn | None:
         waiting_for_peer = not self.established
         if not write and not waiting_for_peer and not self._unsent:
-            return self._wake_on_data  # the common case, made once
-        return WakeOn(
-            self.endpoint,
-            readable=self.stream if (not write or waiting_for_peer) else None,
+            return self.carrier.wake_on(read=True, write=False, until=None)  # the common case
+        return self.carrier.wake_on(
+            read=not write or waiting_for_peer,
             # During the handshake only the peer's bytes (or credit for ours) move it on: waking
             # on the stream's credit would only spin.
-            writable=self.stream if ((write and not waiting_for_peer) or self._unsent) else None,
+            write=(write and not waiting_for_peer) or bool(self._unsent),
             until=self._handshake_deadline if waiting_for_peer else None,
         )
 
@@ -269,7 +269,7 @@ class StreamSocket(WasiFile):
         connection it watches, each time)."""
         tls = self.tls
         return (not self._inbound and not self._peer_eof and self._error is None and not self._connecting
-                and (tls is None or tls.needs_input) and not self.endpoint.readable(self.stream))
+                and (tls is None or tls.needs_input) and not self.carrier.readable())
 
     def _inbound_step(self) -> bool:
         """Take what has arrived: True when a read would not block (data, EOF or an error)."""
@@ -329,11 +329,11 @@ class StreamSocket(WasiFile):
     def _take_channel(self, size: int) -> bytes | None:
         """Bytes from the stream; b"" at EOF; None if none yet (or the stream failed: see _error)."""
         try:
-            return self.endpoint.read_nowait(self.stream, size)
+            return self.carrier.read_nowait(size)
         except StreamAborted:
-            self.failure = self.endpoint.reset_reason(self.stream)
+            self.failure = self.carrier.reset_reason()
             self._error = reset_errno(self.failure)
-            self.endpoint.reset(self.stream)  # forget it on this side too
+            self.carrier.reset()  # forget it on this side too
         except ChannelClosed:
             self._error = Errno.CONNRESET
         return None
@@ -358,13 +358,13 @@ class StreamSocket(WasiFile):
         """Hand queued bytes to the channel as far as credit allows: True when none are left."""
         if not self._unsent:
             return True
-        window = self.endpoint.write_window(self.stream)
+        window = self.carrier.write_window()
         if window <= 0:
             self._check_peer_reset(raise_error=False)
             return self._error is not None
         count = min(window, len(self._unsent))
         try:
-            self.endpoint.write(self.stream, self._unsent[:count])
+            self.carrier.write(self._unsent[:count])
         except (StreamAborted, ChannelClosed):
             self._check_peer_reset(raise_error=False)
             self._error = self._error or Errno.CONNRESET
@@ -374,7 +374,7 @@ class StreamSocket(WasiFile):
 
     def _channel_write(self, data: bytes | memoryview, deadline: float | None) -> None:
         try:
-            self.endpoint.write(self.stream, data, deadline=deadline)
+            self.carrier.write(data, deadline=deadline)
         except EndpointTimeout:
             raise DeadlineExceeded() from None
         except (StreamAborted, ChannelClosed):
@@ -390,12 +390,12 @@ class StreamSocket(WasiFile):
 
     def _check_peer_reset(self, raise_error: bool = True) -> None:
         """A stream without credit may be one the peer reset: find out, and fail if so."""
-        reason = self.endpoint.reset_reason(self.stream)
+        reason = self.carrier.reset_reason()
         if reason is not None:
             self.failure = reason
             self._error = reset_errno(reason)
-            self.endpoint.reset(self.stream)
-        elif self.endpoint.closed is not None:
+            self.carrier.reset()
+        elif self.carrier.gone():
             self._error = Errno.CONNRESET
         if raise_error and self._error is not None:
             raise WasiError(self._error)
@@ -409,7 +409,7 @@ class StreamSocket(WasiFile):
         self._error = errno
         self.failure = reason
         self._drain_unsent()
-        self.endpoint.reset(self.stream, reason)
+        self.carrier.reset(reason)
 
     def _finish_sending(self) -> None:
         if self.tls is not None and self.tls.established:
@@ -418,12 +418,12 @@ class StreamSocket(WasiFile):
         if self._unsent and self._error is None:
             deadline = time.monotonic() + LINGER
             while not self._drain_unsent() and time.monotonic() < deadline:
-                self.endpoint.wait((), deadline - time.monotonic(), writable=(self.stream,))
-        self.endpoint.eof(self.stream)
+                self.carrier.wait(read=False, write=True, timeout=deadline - time.monotonic())
+        self.carrier.eof()
 
     def _block_until(self, step: Callable[[], bool], deadline: float | None, *, read: bool = False,
                      write: bool = False) -> None:
-        """Wait on the channel until ``step()`` reports progress, the deadline or a handshake timeout."""
+        """Wait on the carrier until ``step()`` reports progress, the deadline or a handshake timeout."""
         self._on_block()  # output written so far (a prompt, a log line) must reach the host first
         while not step():  # first: TLS may already hold whole records that came with earlier bytes
             timeout = remaining(deadline)
@@ -431,10 +431,6 @@ class StreamSocket(WasiFile):
                 # Wake at the handshake deadline so step() can declare the timeout.
                 left = max(0.0, self._handshake_deadline - time.monotonic()) + 0.001
                 timeout = left if timeout is None else min(timeout, left)
-            self.endpoint.wait(
-                (self.stream,) if read else (),
-                timeout,
-                writable=(self.stream,) if (write or self._unsent) else (),
-            )
+            self.carrier.wait(read=read, write=write or bool(self._unsent), timeout=timeout)
             if self._unsent:
                 self._drain_unsent()

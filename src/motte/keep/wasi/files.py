@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted
+from motte.shared.endpoint import ChannelClosed, Endpoint, FdWatch, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
 from motte.shared.wasi_abi import (
     FILESTAT,
@@ -38,6 +38,7 @@ class WakeOn(NamedTuple):
     writable: int | None = None  # a stream whose credit matters
     condition: Callable[[], bool] | None = None  # checked with the endpoint's lock held
     until: float | None = None  # a monotonic time by which to look again regardless (a timer)
+    fd: FdWatch | None = None  # a descriptor of the keep's own (a socket the host handed over) and its poll events
 
 
 class WasiFile:

@@ -20,7 +20,7 @@ from motte.shared.wasi_abi import Errno, FdFlags, Rights, WasiError
 
 if TYPE_CHECKING:
     from motte.keep.net.sockets import StreamSocket
-    from motte.shared.endpoint import Endpoint
+    from motte.shared.endpoint import Endpoint, FdWatch
 
 MODULE = "wasi_snapshot_preview1"
 #: Longest one wait of poll_oneoff: a longer timeout (up to 2^64 ns) is waited out in turns.
@@ -54,12 +54,14 @@ class WaitSet(NamedTuple):
     writable: list[int]
     condition: Callable[[], bool] | None
     until: float | None  # the earliest time to look again regardless
+    fds: list[FdWatch]
 
     @classmethod
     def of(cls, wakes: list[WakeOn | None]) -> WaitSet:
         readable: list[int] = []
         writable: list[int] = []
         conditions: list[Callable[[], bool]] = []
+        fds: list[FdWatch] = []
         endpoint = None
         until = None
         for wake in wakes:
@@ -74,12 +76,14 @@ class WaitSet(NamedTuple):
                 conditions.append(wake.condition)
             if wake.until is not None:
                 until = wake.until if until is None else min(until, wake.until)
+            if wake.fd is not None:
+                fds.append(wake.fd)
         condition = None
         if len(conditions) == 1:
             condition = conditions[0]
         elif conditions:
             condition = lambda: any(check() for check in conditions)  # noqa: E731
-        return cls(wakes, endpoint, readable, writable, condition, until)
+        return cls(wakes, endpoint, readable, writable, condition, until, fds)
 
 
 class Preview1(FdCalls):
@@ -282,7 +286,7 @@ class Preview1(FdCalls):
         if waits.endpoint is not None:
             # Waits on the channel, so a stream event (data, credit, a new connection) ends it early.
             waits.endpoint.wait(waits.readable, timeout if timeout is not None else 1.0, writable=waits.writable,
-                                condition=waits.condition)
+                                condition=waits.condition, fds=waits.fds)
         elif timeout is not None:
             time.sleep(max(0.0, timeout))
         else:
@@ -303,21 +307,21 @@ class Preview1(FdCalls):
     def _socket(self, fd: int, right: int) -> StreamSocket:
         """The connected socket of ``fd``, which must have ``right``."""
         # Imported here: only workloads with sockets need the module (keep start-up time).
-        from motte.keep.net.listen import ListenSocket
+        from motte.keep.net.listen import Listener
         from motte.keep.net.sockets import StreamSocket
 
         file = self._file(fd)
         if not isinstance(file, StreamSocket):
-            raise WasiError(Errno.NOTCONN if isinstance(file, ListenSocket) else Errno.NOTSOCK)
+            raise WasiError(Errno.NOTCONN if isinstance(file, Listener) else Errno.NOTSOCK)
         self._granted(fd, right)
         return file
 
     def sock_accept(self, fd: int, flags: int, fd_ptr: int) -> int:
-        from motte.keep.net.listen import ListenSocket
+        from motte.keep.net.listen import Listener
         from motte.keep.net.sockets import StreamSocket
 
         listener = self._file(fd)
-        if not isinstance(listener, ListenSocket):
+        if not isinstance(listener, Listener):
             raise WasiError(Errno.INVAL if isinstance(listener, StreamSocket) else Errno.NOTSOCK)
         self._granted(fd, _SOCK_ACCEPT)
         self.memory.read_u32(fd_ptr)  # a bad pointer fails before a connection is taken
