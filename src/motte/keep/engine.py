@@ -7,6 +7,9 @@ compiled: a nil keep's is a directory only this user can write
 (:class:`motte.shared.module_store.DirectoryStore`); a kvm keep's is served by its host, which
 controls that keep anyway; an SNP keep seals what it stores (:mod:`motte.keep.sealing`). A stale
 or foreign entry is simply recompiled.
+
+What is compiled is the module with its ``table.grow`` instructions guarded
+(:mod:`motte.keep.table_guard`), so a cached artefact is already guarded.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from motte.keep.memory_limit import MemoryLimit
+from motte.keep.table_guard import guard_table_growth
 from motte.shared.module_store import ModuleStore
 
 WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
@@ -27,7 +31,8 @@ WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
 
 def engine_settings(interruptible: bool) -> str:
     """The settings that shape compiled code; part of the cache key."""
-    return f"epoch_interruption={int(interruptible)};opt=speed;memory_may_move=0;host_memory=1;cow=0;cranelift"
+    return (f"epoch_interruption={int(interruptible)};opt=speed;memory_may_move=0;host_memory=1;cow=0;cranelift;"
+            "table_guard=1")
 
 
 def make_engine(interruptible: bool, memory: MemoryLimit) -> wasmtime.Engine:
@@ -67,7 +72,7 @@ class ModuleCache:
         """The module whose SHA-256 is ``digest``: from the store, else compiled from ``wasm`` (the
         bytes, or what fetches them: on a hit they are never needed)."""
         if self.store is None:
-            return CompiledModule(wasmtime.Module(engine, _bytes(wasm)), digest, False)
+            return CompiledModule(compile_module(engine, _bytes(wasm)), digest, False)
         key = self.key(digest)
         try:
             cached = self.store.get(key)
@@ -76,11 +81,16 @@ class ModuleCache:
                     return CompiledModule(wasmtime.Module.deserialize(engine, cached), digest, True)
                 except wasmtime.WasmtimeError:
                     pass  # from another CPU or engine build: recompiled, and replaced below
-            module = wasmtime.Module(engine, _bytes(wasm))
+            module = compile_module(engine, _bytes(wasm))
             self.store.put(key, module.serialize())
             return CompiledModule(module, digest, False)
         finally:
             self.store.close()
+
+
+def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+    """``wasm`` compiled, its table growth guarded."""
+    return wasmtime.Module(engine, guard_table_growth(engine, wasm))
 
 
 def _bytes(wasm: bytes | Callable[[], bytes]) -> bytes:

@@ -8,11 +8,12 @@ motte therefore supplies the memory itself (wasmtime's host memory creator): the
 memory too, so it counts against the cap.
 
 Tables are wasmtime's own, capped by the store's limits: together they may hold
-:func:`table_bytes` of elements, on top of the linear memory. A ``table.grow`` past the cap
-returns -1 to the workload, as the specification allows; unlike a refused memory grow it is not
-recorded, since wasmtime's embedding API says nothing of it (and a grow that jumps past the cap
-leaves no trace in the table's size). The store also holds one instance and a few tables and
-memories at most.
+:func:`table_bytes` of elements, on top of the linear memory. wasmtime answers a ``table.grow``
+past the cap with -1 and says nothing to the embedder (a grow that jumps past the cap leaves no
+trace in the table's size either), so the keep guards every ``table.grow`` of the module before
+compiling it: the guard records a refused grow and traps (:mod:`motte.keep.table_guard`), and the
+runtime ends the workload as for a refused memory grow. The store also holds one instance and a
+few tables and memories at most.
 """
 
 from __future__ import annotations

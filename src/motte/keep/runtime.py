@@ -13,7 +13,7 @@ import hashlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import wasmtime
@@ -21,6 +21,7 @@ import wasmtime
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.keep.module_stores import module_store
+from motte.keep.table_guard import REFUSED_EXPORT
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
@@ -379,7 +380,8 @@ class KeepRuntime:
         try:
             start(store)
         except wasmtime.Trap as exc:
-            return _classify_trap(exc, host, terms)
+            refused = _refused_table_grow(store, exports)
+            return _ended(refused, terms) if refused is not None else _classify_trap(exc, host, terms)
         except wasmtime.WasmtimeError as exc:
             pending = host.take_pending()
             if isinstance(pending, HostTrap):
@@ -396,6 +398,8 @@ def _ended(how: object, terms: LaunchTerms) -> Exit:
         return _timeout(terms)
     if isinstance(how, MemoryRefused):
         return _memory_outcome(terms, f"a memory.grow to {how.wanted} bytes was refused")
+    if isinstance(how, TableGrowRefused):
+        return _memory_outcome(terms, f"a table.grow by {how.elements} elements was refused")
     assert isinstance(how, ProcExit)
     if how.status > 255:
         return Exit(EXIT_MOTTE_ERROR, "exit", f"the workload exited with status {how.status}, beyond 255")
@@ -428,6 +432,20 @@ def _timeout(terms: LaunchTerms) -> Exit:
 
 class MemoryRefused(NamedTuple):
     wanted: int  # bytes the refused grow asked for
+
+
+class TableGrowRefused(NamedTuple):
+    elements: int  # how many the refused grow asked to add
+
+
+def _refused_table_grow(store: wasmtime.Store, exports: Mapping[str, object]) -> TableGrowRefused | None:
+    """The table.grow the cap refused, if that is what the workload trapped on: the module's
+    guard (:mod:`motte.keep.table_guard`) recorded it just before trapping."""
+    refused = exports.get(REFUSED_EXPORT)
+    if not isinstance(refused, wasmtime.Global):
+        return None
+    elements = refused.value(store)
+    return TableGrowRefused(elements % (1 << 64)) if isinstance(elements, int) and elements else None
 
 
 def _memory_outcome(terms: LaunchTerms, then: str) -> Exit:
