@@ -20,6 +20,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from motte.keep.memory_limit import MemoryLimit
+from motte.keep.module_stores import MappedStore
 from motte.shared.module_store import ModuleStore
 
 WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
@@ -70,17 +71,30 @@ class ModuleCache:
             return CompiledModule(wasmtime.Module(engine, _bytes(wasm)), digest, False)
         key = self.key(digest)
         try:
-            cached = self.store.get(key)
+            cached = _stored(engine, self.store, key)
             if cached is not None:
-                try:
-                    return CompiledModule(wasmtime.Module.deserialize(engine, cached), digest, True)
-                except wasmtime.WasmtimeError:
-                    pass  # from another CPU or engine build: recompiled, and replaced below
+                return CompiledModule(cached, digest, True)
             module = wasmtime.Module(engine, _bytes(wasm))
             self.store.put(key, module.serialize())
             return CompiledModule(module, digest, False)
         finally:
             self.store.close()
+
+
+def _stored(engine: wasmtime.Engine, store: ModuleStore, key: str) -> wasmtime.Module | None:
+    """The module ``store`` holds under ``key``; None if none, or if it does not load (from another
+    CPU or engine build: the caller recompiles it and replaces it)."""
+    try:
+        if isinstance(store, MappedStore):
+            mapped = store.get_mapped(key)
+            if mapped is None:
+                return None
+            with mapped:
+                return wasmtime.Module.deserialize_file(engine, mapped.path)
+        cached = store.get(key)
+        return None if cached is None else wasmtime.Module.deserialize(engine, cached)
+    except wasmtime.WasmtimeError:
+        return None
 
 
 def _bytes(wasm: bytes | Callable[[], bytes]) -> bytes:
