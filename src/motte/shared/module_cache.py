@@ -16,12 +16,12 @@ Every message is length-prefixed on the stream's bytes, as in :mod:`motte.shared
 
 The key is the cache key :class:`motte.keep.engine.ModuleCache` computes (a SHA-256 of the module's
 digest and everything that shapes the machine code). GET has one answer; PUT has none (the keep
-does not wait for the host's disk). The keep sends EOF after its last request. The keep reads an
-answer's head (:func:`decode_answer_head`) and then the artefact straight into where it loads it
-from, so a large artefact is not copied on the way. What the keep
-stores is opaque to the host: a plain compiled module from a kvm keep, a sealed one from an SNP
-keep (:mod:`motte.keep.sealing`). Each side treats what the other sends as untrusted input:
-malformed input raises :class:`ModuleCacheProtocolError`.
+does not wait for the host's disk). The keep sends EOF after its last request. It reads an
+answer's head (:func:`decode_answer_head`), then the artefact straight into where it loads it
+from, so a large artefact is not copied on the way. What the keep stores is opaque to the host: a
+plain compiled module from a kvm keep, a sealed one from an SNP keep (:mod:`motte.keep.sealing`).
+Each side treats what the other sends as untrusted input: malformed input raises
+:class:`ModuleCacheProtocolError`.
 """
 
 from __future__ import annotations
