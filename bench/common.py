@@ -11,11 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+QUICK_REPEATS, REPEATS = 5, 15
+
+
 def repetitions() -> int:
     """How many times to repeat each measurement (the command line's ``--quick``: fewer)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    return 5 if parser.parse_args().quick else 15
+    return QUICK_REPEATS if parser.parse_args().quick else REPEATS
 
 
 def compile_motte() -> None:

@@ -38,6 +38,7 @@ def test_command_line_for_tcg_and_kvm() -> None:
     text = " ".join(tcg)
     assert tcg[0] == "qemu-system-x86_64" and "-nodefaults" in tcg and "-no-user-config" in tcg
     assert "-accel tcg -cpu max" in text, "wasmtime needs SSE4.1: never the default qemu64 CPU"
+    assert "-cpu max,erms=off,fsrm=off" in text, "TCG runs rep movsb a byte at a time: the guest must not prefer it"
     assert "-machine microvm,x-option-roms=off,isa-serial=off" in text
     assert "-m 320 -smp 2" in text and "-kernel /k -initrd /i -append quiet" in text
     assert "-no-reboot" in tcg and "-display none" in text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import marshal
 import zipfile
 from pathlib import Path
 
@@ -58,6 +60,25 @@ def test_the_stdlib_directory_is_made_once_and_remade_when_damaged(tmp_path: Pat
     site.write_text("import os; os.system('anything')\n")  # changed: motte's own is put back
     assert stdlib_dir() == lib and site.read_bytes() == python_runtime.SITECUSTOMIZE.read_bytes()
     assert [p.name for p in lib.parent.parent.iterdir()] == [lib.parent.name]  # no staging left behind
+
+
+def test_motte_s_site_hook_is_served_compiled_for_the_guest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTTE_CACHE_DIR", str(tmp_path))
+    lib = stdlib_dir()
+    with zipfile.ZipFile(lib / "python311.zip") as archive:  # the pinned interpreter's bytecode
+        assert archive.read("os.pyc")[:4] == python_runtime.GUEST_PYC_MAGIC
+    pyc = lib / "python3.11" / python_runtime.SITECUSTOMIZE_PYC
+    source = python_runtime.SITECUSTOMIZE.read_bytes()
+    if importlib.util.MAGIC_NUMBER != python_runtime.GUEST_PYC_MAGIC:  # another CPython: the guest compiles it
+        assert python_runtime.sitecustomize_pyc(source) is None and not pyc.exists()
+        return
+    data = pyc.read_bytes()
+    assert data[4:8] == (0b11).to_bytes(4, "little")  # hash-based, checked: never stale against the source
+    assert data[8:16] == importlib.util.source_hash(source)
+    code = marshal.loads(data[16:])
+    assert code.co_filename == "/usr/local/lib/python3.11/sitecustomize.py"
+    pyc.write_bytes(data[:8] + bytes(8) + data[16:])  # compiled from another source: made anew
+    assert stdlib_dir() == lib and pyc.read_bytes()[8:16] == importlib.util.source_hash(source)
 
 
 def test_a_py_file_or_a_folder_with_main_py_is_a_program(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from collections.abc import Callable
@@ -10,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from motte.host.module_cache import ModuleCacheServer
+from motte.keep.engine import ModuleCache, make_engine
 from motte.keep.module_stores import ChannelStore, module_store
 from motte.shared import module_cache
 from motte.shared.endpoint import StreamAborted
 from motte.shared.hostfs import HostFsProtocolError
 from motte.shared.module_store import DirectoryStore
 from tests.conftest import endpoint_pair
+from tests.vmcache.test_sealing import MEMORY
 
 KEY = "ab" * 32
 OTHER = "cd" * 32
@@ -38,8 +41,9 @@ def test_round_trips() -> None:
     bodies = [body for i in range(0, len(wire), 7) for body in reader.feed(wire[i : i + 7])]
     assert [module_cache.decode_request(b) for b in bodies] == [
         module_cache.Request(module_cache.Op.GET, KEY), module_cache.Request(module_cache.Op.PUT, OTHER, b"\0" * 1000)]
-    assert module_cache.decode_answer(_joined(module_cache.encode_answer(b"code"))[4:]) == b"code"
-    assert module_cache.decode_answer(_joined(module_cache.encode_answer(None))[4:]) is None
+    head = module_cache.ANSWER_HEAD_SIZE
+    assert module_cache.decode_answer_head(_joined(module_cache.encode_answer(b"code"))[:head]) == len(b"code")
+    assert module_cache.decode_answer_head(_joined(module_cache.encode_answer(None))[:head]) is None
 
 
 @pytest.mark.parametrize("body", [b"", b"\1" + bytes(31), b"\3" + bytes(32), b"\1" + bytes(33)])
@@ -48,10 +52,10 @@ def test_malformed_requests_are_refused(body: bytes) -> None:
         module_cache.decode_request(body)
 
 
-@pytest.mark.parametrize("body", [b"", b"\2", b"\0x"])
-def test_malformed_answers_are_refused(body: bytes) -> None:
+@pytest.mark.parametrize("length, found", [(0, 0), (1, 2), (2, 0), (module_cache.MAX_ARTEFACT + 2, 1)])
+def test_malformed_answers_are_refused(length: int, found: int) -> None:
     with pytest.raises(module_cache.ModuleCacheProtocolError):
-        module_cache.decode_answer(body)
+        module_cache.decode_answer_head(struct.pack(">IB", length, found))
 
 
 def test_bounds() -> None:
@@ -79,7 +83,24 @@ def test_a_keep_store_gets_what_it_put_through_the_host(tmp_path: Path) -> None:
         assert _eventually(lambda: DirectoryStore(tmp_path / "kvm").get(KEY) is not None)
         assert again.get(KEY) == b"compiled" * 1000
         assert again.get(OTHER) is None
+        mapped = again.get_mapped(KEY)  # in an in-memory file, which wasmtime maps
+        assert mapped is not None
+        with mapped, open(mapped.path, "rb") as file:
+            assert file.read() == b"compiled" * 1000
         again.close()
+
+
+def test_a_keep_loads_a_module_the_host_stored_from_an_in_memory_file(tmp_path: Path, wasm: object) -> None:
+    engine = make_engine(False, MEMORY)
+    module = Path(wasm("hello")).read_bytes()  # type: ignore[operator]
+    digest = hashlib.sha256(module).hexdigest()
+    with endpoint_pair() as (host, keep):
+        ModuleCacheServer(host, str(tmp_path), "kvm").start()
+        assert not ModuleCache(ChannelStore(keep, timeout=5.0)).load(engine, module, digest).from_cache
+        assert _eventually(lambda: len(list((tmp_path / "kvm").glob("*.cwasm"))) == 1)
+        ModuleCacheServer(host, str(tmp_path), "kvm").start()
+        loaded = ModuleCache(ChannelStore(keep, timeout=5.0)).load(engine, module, digest)
+        assert loaded.from_cache and "_start" in [export.name for export in loaded.module.exports]
 
 
 def test_a_host_without_a_cache_refuses_and_the_keep_compiles(tmp_path: Path) -> None:

@@ -151,12 +151,19 @@ def run(wasm: Path, args: tuple[str, ...], backend: str, wasmcfgfile: Path | Non
     try:
         check_launch_fits(request, network)
         keep = _launch(get_backend(chosen), LaunchSpec(memory_bytes=memory, accel=accel))
+        ran = False
         try:
             if sys.stderr.isatty():
                 click.echo(f"motte: keep on backend {keep.backend}: {keep.isolation}", err=True)
             result = run_workload(keep, request, network=network)
+            ran = True
         finally:
-            keep.close()
+            if ran:
+                # After its exit report and the host's bye a keep has nothing left to say (and the
+                # channel closes first): ending it at once spares a VM keep's guest shutdown (0.1 s under TCG).
+                keep.close(grace=0)
+            else:
+                keep.close()
     finally:
         if network is not None:
             network.close()

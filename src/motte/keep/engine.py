@@ -23,6 +23,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from motte.keep.memory_limit import MemoryLimit
+from motte.keep.module_stores import MappedStore
 from motte.keep.table_guard import guard_table_growth
 from motte.shared.module_store import ModuleStore
 
@@ -75,12 +76,9 @@ class ModuleCache:
             return CompiledModule(compile_module(engine, _bytes(wasm)), digest, False)
         key = self.key(digest)
         try:
-            cached = self.store.get(key)
+            cached = _stored(engine, self.store, key)
             if cached is not None:
-                try:
-                    return CompiledModule(wasmtime.Module.deserialize(engine, cached), digest, True)
-                except wasmtime.WasmtimeError:
-                    pass  # from another CPU or engine build: recompiled, and replaced below
+                return CompiledModule(cached, digest, True)
             module = compile_module(engine, _bytes(wasm))
             self.store.put(key, module.serialize())
             return CompiledModule(module, digest, False)
@@ -91,6 +89,22 @@ class ModuleCache:
 def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
     """``wasm`` compiled, its table growth guarded."""
     return wasmtime.Module(engine, guard_table_growth(engine, wasm))
+
+
+def _stored(engine: wasmtime.Engine, store: ModuleStore, key: str) -> wasmtime.Module | None:
+    """The module ``store`` holds under ``key``; None if none, or if it does not load (from another
+    CPU or engine build: the caller recompiles it and replaces it)."""
+    try:
+        if isinstance(store, MappedStore):
+            mapped = store.get_mapped(key)
+            if mapped is None:
+                return None
+            with mapped:
+                return wasmtime.Module.deserialize_file(engine, mapped.path)
+        cached = store.get(key)
+        return None if cached is None else wasmtime.Module.deserialize(engine, cached)
+    except wasmtime.WasmtimeError:
+        return None
 
 
 def _bytes(wasm: bytes | Callable[[], bytes]) -> bytes:

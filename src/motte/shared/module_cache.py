@@ -16,10 +16,12 @@ Every message is length-prefixed on the stream's bytes, as in :mod:`motte.shared
 
 The key is the cache key :class:`motte.keep.engine.ModuleCache` computes (a SHA-256 of the module's
 digest and everything that shapes the machine code). GET has one answer; PUT has none (the keep
-does not wait for the host's disk). The keep sends EOF after its last request. What the keep
-stores is opaque to the host: a plain compiled module from a kvm keep, a sealed one from an SNP
-keep (:mod:`motte.keep.sealing`). Each side treats what the other sends as untrusted input:
-malformed input raises :class:`ModuleCacheProtocolError`.
+does not wait for the host's disk). The keep sends EOF after its last request. It reads an
+answer's head (:func:`decode_answer_head`), then the artefact straight into where it loads it
+from, so a large artefact is not copied on the way. What the keep stores is opaque to the host: a
+plain compiled module from a kvm keep, a sealed one from an SNP keep (:mod:`motte.keep.sealing`).
+Each side treats what the other sends as untrusted input: malformed input raises
+:class:`ModuleCacheProtocolError`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ MAX_PUTS = 4  # artefacts one stream may store: a run compiles one module
 _LENGTH = struct.Struct(">I")
 _REQUEST_HEAD = struct.Struct(f">B{KEY_SIZE}s")
 _FOUND = struct.Struct(">B")
+_ANSWER_HEAD = struct.Struct(">IB")  # length, found
+ANSWER_HEAD_SIZE = _ANSWER_HEAD.size
 
 
 class Op(IntEnum):
@@ -110,11 +114,17 @@ def decode_request(body: bytes) -> Request:
     raise ModuleCacheProtocolError(f"unknown module cache op {op}")
 
 
-def decode_answer(body: bytes) -> bytes | None:
-    if not body or body[0] > 1:
+def decode_answer_head(head: bytes) -> int | None:
+    """From an answer's first :data:`ANSWER_HEAD_SIZE` bytes: the size of the artefact that follows
+    them, or None for "not stored". The keep receives the artefact itself where it wants it."""
+    length, found = _ANSWER_HEAD.unpack(head)
+    if length < _FOUND.size or found > 1:
         raise ModuleCacheProtocolError("a module cache answer must start with found = 0 or 1")
-    if body[0] == 0:
-        if len(body) != _FOUND.size:
+    if found == 0:
+        if length != _FOUND.size:
             raise ModuleCacheProtocolError("a module cache miss carries trailing bytes")
         return None
-    return body[_FOUND.size :]
+    size: int = length - _FOUND.size
+    if size > MAX_ARTEFACT:
+        raise ModuleCacheProtocolError(f"an artefact of {size} bytes exceeds the maximum {MAX_ARTEFACT}")
+    return size

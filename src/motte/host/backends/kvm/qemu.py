@@ -53,6 +53,14 @@ KVM_BOOT_PARAMS: tuple[str, ...] = (
 )
 
 
+#: The CPU TCG emulates: ``max`` (wasmtime needs SSE4.1 or later: never the default ``qemu64``),
+#: less ERMS and FSRM, which only say that ``rep movsb``/``rep stosb`` are fast. They are not
+#: under TCG, which runs them a byte per iteration; with them the guest kernel's copies to user
+#: space (every read of the channel's port) and page clearing, and glibc's memcpy, take that
+#: path. Cranelift does not use either, so compiled modules are the same (docs/vm-keep.md).
+TCG_CPU = "max,erms=off,fsrm=off"
+
+
 def kvm_boot_params() -> str:
     return " ".join(KVM_BOOT_PARAMS)
 
@@ -80,7 +88,7 @@ def microvm_command(
     sandbox: bool = True,
 ) -> list[str]:
     """The QEMU command line of a kvm keep. Pure: what the tests check, what launch runs."""
-    cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", TCG_CPU]
     # isa-serial only for the debug console; rtc stays on (rtc=off made boots slow or hang).
     machine = "microvm,x-option-roms=off,isa-serial=" + ("on" if console_log else "off")
     command = [
