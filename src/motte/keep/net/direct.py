@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from motte.keep.net.listen import Listener
-from motte.keep.net.sockets import LINGER, NOTHING, RECV_CHUNK, StreamSocket, remaining
+from motte.keep.net.sockets import LINGER, NOTHING, RECV_CHUNK, StreamSocket, remaining, split_at
 from motte.keep.wasi.files import WakeOn
 from motte.shared import netstreams
 from motte.shared.control import ConnectionFailed, ControlMessage
@@ -62,12 +62,8 @@ class SocketCarrier:
 
     def read_nowait(self, size: int) -> bytes | None:
         if self._inbound:
-            data = self._inbound
-            if len(data) <= size:
-                self._inbound = b""
-                return data
-            self._inbound = data[size:]
-            return data[:size]
+            data, self._inbound = split_at(self._inbound, size)
+            return data
         if self._reset is not None:
             raise StreamAborted(self._reset)
         if self._eof:

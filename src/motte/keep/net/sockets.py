@@ -47,6 +47,13 @@ def reset_errno(reason: str | None) -> Errno:
     return Errno[netstreams.failure_errno(reason)[1:]]
 
 
+def split_at(data: bytes, size: int) -> tuple[bytes, bytes]:
+    """The first ``size`` bytes of ``data`` and the rest (without a copy when it all fits)."""
+    if len(data) <= size:
+        return data, b""
+    return data[:size], data[size:]
+
+
 def remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -316,12 +323,8 @@ class StreamSocket(WasiFile):
 
     def _take(self, size: int) -> bytes:
         if self._inbound:
-            data = self._inbound
-            if len(data) <= size:
-                self._inbound = b""
-                return data
-            self._inbound = data[size:]
-            return data[:size]
+            data, self._inbound = split_at(self._inbound, size)
+            return data
         if self._error is not None:
             raise WasiError(self._error)
         return b""  # EOF
