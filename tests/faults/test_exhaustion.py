@@ -96,3 +96,13 @@ def test_table_growth_is_bounded_by_the_memory_limit(wasm) -> None:
     # does for a refused memory.grow, before the workload sees -1.
     assert status == 137, "\n".join(stderr)
     assert "a table.grow by 16777216 elements was refused" in "\n".join(stderr)
+
+
+def test_a_table_grow_refused_in_the_start_function_exits_as_the_memory_limit(wasm) -> None:
+    # The start function runs before there is an instance whose record could be read: the guard
+    # is known by its name in the trap's innermost frame, on a compiled and on a cached module.
+    command = [sys.executable, "-m", "motte", "run", "--backend", "nil", "--max-memory", "64M", wasm("tablegrow_start")]
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 137, result.stderr
+        assert "a table.grow in the module's start function was refused" in result.stderr

@@ -15,7 +15,7 @@ from tests.workloads import names, workload
 from motte.keep import table_guard
 from motte.keep.engine import ModuleCache, make_engine
 from motte.keep.memory_limit import MemoryLimit
-from motte.keep.table_guard import REFUSED_EXPORT, TableGuardError, guard_table_growth
+from motte.keep.table_guard import GUARD_NAME, REFUSED_EXPORT, TableGuardError, guard_table_growth
 from motte.shared.module_store import DirectoryStore
 
 #: Outlives every engine made with it (see tests/keep/test_module_cache.py).
@@ -182,7 +182,7 @@ def _every_shipped_module() -> list[tuple[str, bytes]]:
 def test_every_test_workload_and_demo_passes_through_unchanged_but_tablegrow() -> None:
     for name, wasm in _every_shipped_module():
         guarded = guard_table_growth(ENGINE, wasm)
-        assert (guarded is wasm) == (name != "tablegrow"), name
+        assert (guarded is wasm) == (name not in ("tablegrow", "tablegrow_start")), name
     tablegrow = Path(workload("tablegrow")).read_bytes()
     wasmtime.Module.validate(ENGINE, guard_table_growth(ENGINE, tablegrow))
 
@@ -296,3 +296,49 @@ def test_a_cached_artefact_is_the_guarded_module(tmp_path: Path) -> None:
         compiled = cache.load(ENGINE, wasm, digest)
         assert compiled.from_cache is from_cache
         assert REFUSED_EXPORT in [export.name for export in compiled.module.exports]
+
+
+START_GROW = """(module
+  (table $t 1 funcref)
+  (func $grow (drop (table.grow $t (ref.null func) (i32.const 0x1000000))))
+  (start $grow))
+"""
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_the_guards_are_named_so_a_refusal_in_the_start_function_is_known(named: bool) -> None:
+    wasm = _wasm(START_GROW)
+    if not named:  # without a name section (a stripped module): the guard adds one
+        wasm = _wasm(START_GROW.replace("$grow", "$0").replace("(start $0)", "(start 0)"))
+        wasm = _without_custom_sections(wasm)
+    store = wasmtime.Store(ENGINE)
+    MEMORY.limit_store(store)
+    with pytest.raises(wasmtime.Trap) as trapped:
+        wasmtime.Instance(store, wasmtime.Module(ENGINE, guard_table_growth(ENGINE, wasm)), [])
+    names = [frame.func_name for frame in trapped.value.frames]
+    assert names == [GUARD_NAME, "grow" if named else None]  # the module's own names are kept
+
+
+def test_a_name_section_with_module_and_local_names_keeps_them() -> None:
+    wasm = _wasm("""(module $m (table $t 1 funcref)
+      (func $f (export "f") (param $n i32) (result i32) (table.grow $t (ref.null func) (local.get $n))))""")
+    guarded = guard_table_growth(ENGINE, wasm)
+    store = wasmtime.Store(ENGINE)
+    MEMORY.limit_store(store)
+    assert b"\x04name\x00\x02\x01m\x01" in guarded  # the module's name, then the function names
+    assert b"\x02\x06\x01\x00\x01\x00\x01n" in guarded  # the local names, kept
+    module = wasmtime.Module(ENGINE, guarded)
+    exports = wasmtime.Instance(store, module, []).exports(store)
+    with pytest.raises(wasmtime.Trap) as trapped:
+        exports["f"](store, 1 << 24)
+    assert [frame.func_name for frame in trapped.value.frames] == [GUARD_NAME, "f"]
+
+
+def _without_custom_sections(wasm: bytes) -> bytes:
+    out, pos = [wasm[:8]], 8
+    while pos < len(wasm):
+        size, start = table_guard._uleb(wasm, pos + 1)
+        if wasm[pos] != 0:
+            out.append(wasm[pos:start + size])
+        pos = start + size
+    return b"".join(out)

@@ -33,7 +33,7 @@ WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
 def engine_settings(interruptible: bool) -> str:
     """The settings that shape compiled code; part of the cache key."""
     return (f"epoch_interruption={int(interruptible)};opt=speed;memory_may_move=0;host_memory=1;cow=0;cranelift;"
-            "table_guard=1")
+            "table_guard=2")
 
 
 def make_engine(interruptible: bool, memory: MemoryLimit) -> wasmtime.Engine:

@@ -21,7 +21,7 @@ import wasmtime
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.keep.module_stores import module_store
-from motte.keep.table_guard import REFUSED_EXPORT
+from motte.keep.table_guard import GUARD_NAME, REFUSED_EXPORT
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
@@ -361,6 +361,8 @@ class KeepRuntime:
         try:
             instance = linker.instantiate(store, module)
         except wasmtime.Trap as exc:
+            if _trapped_in_guard(exc):  # the start function's table.grow: no instance holds the count
+                return _memory_outcome(terms, "a table.grow in the module's start function was refused")
             return _classify_trap(exc, host, terms)
         except wasmtime.WasmtimeError as exc:
             text = _first_line(exc)
@@ -446,6 +448,11 @@ def _refused_table_grow(store: wasmtime.Store, exports: Mapping[str, object]) ->
         return None
     elements = refused.value(store)
     return TableGrowRefused(elements % (1 << 64)) if isinstance(elements, int) and elements else None
+
+
+def _trapped_in_guard(trap: wasmtime.Trap) -> bool:
+    frames = trap.frames
+    return bool(frames) and frames[0].func_name == GUARD_NAME
 
 
 def _memory_outcome(terms: LaunchTerms, then: str) -> Exit:

@@ -15,11 +15,11 @@ instruction. A module that is rewritten is validated by wasmtime first, so an in
 wasmtime's own error; a valid one this decoder cannot read is refused (:class:`TableGuardError`),
 never run unguarded.
 
-The record is a global, not the trap's frames, so that it survives the compiled-module cache (which
-holds the guarded module) without a record of where the guards are. Two consequences: a refusal in
-the module's start function, which runs before there is an instance to read the global from, still
-ends the workload as an ordinary trap; and a backtrace of a rewritten module gives offsets in the
-rewritten bytes.
+The record is a global, which survives the compiled-module cache (which holds the guarded module)
+without a record of where the guards are; and the guards are named (:data:`GUARD_NAME`) in the
+module's name section, so that a refusal in the start function, which runs before there is an
+instance to read the global from, is known by the trap's innermost frame (without the count). A
+backtrace of a rewritten module gives offsets in the rewritten bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from motte.shared.errors import MotteError
 
 #: The exported i64 global a guard sets to the element count of the grow it saw refused (0: none).
 REFUSED_EXPORT = "motte:table.grow refused"
+#: The guards' name in the module's name section: a trap's innermost frame shows it (a refusal in
+#: the start function, before there is an instance whose global could be read).
+GUARD_NAME = "motte:table.grow guard"
 
 # table.grow is 0xFC then the u32 LEB128 15, which an encoder may pad up to five bytes.
 _TABLE_GROW = re.compile(rb"\xfc(?:\x0f|\x8f\x80{0,3}\x00)")
@@ -339,7 +342,7 @@ class _Rewrite:
             _EXPORT: self._extended(_EXPORT, _name(REFUSED_EXPORT) + b"\x03" + _encode_uleb(refused), 1),
             _CODE: self._code(bodies, grows, guard_of, [self._guard_body(t, refused) for t in used]),
         }
-        return self._assemble(replaced)
+        return self._assemble(replaced, *self._named(self.functions, len(used)))
 
     def _read_imports(self) -> None:
         count, pos = self._vector(_IMPORT)
@@ -493,7 +496,43 @@ class _Rewrite:
         parts += [wasm[copied:section.end], *guards]
         return b"".join(parts)
 
-    def _assemble(self, replaced: dict[int, bytes]) -> bytes:
+    def _named(self, first: int, count: int) -> tuple[_Section | None, bytes | None]:
+        """The module's name section (None if it has none) and its payload with the ``count`` guards
+        from function ``first`` on named; None for a name section this cannot read (it stays as it
+        is, and the guards unnamed)."""
+        entries = b"".join(_encode_uleb(first + n) + _name(GUARD_NAME) for n in range(count))
+        wasm = self.wasm
+        section = next((s for s in self.sections if s.id == 0 and _custom_name(wasm, s) == b"name"), None)
+        if section is None:
+            return None, _name("name") + b"\x01" + _sized(_encode_uleb(count) + entries)
+        out = [_name("name")]
+        named = False  # the function names subsection (id 1) comes after the module's name (0)
+        try:
+            length, pos = _uleb(wasm, section.start)
+            pos += length  # past the custom section's own name
+            while pos < section.end:
+                kind = wasm[pos]
+                size, content = _uleb(wasm, pos + 1)
+                end = content + size
+                if kind == 1:
+                    existing, first_entry = _uleb(wasm, content)
+                    out.append(b"\x01" + _sized(_encode_uleb(existing + count) + wasm[first_entry:end] + entries))
+                    named = True
+                else:
+                    if kind > 1 and not named:
+                        out.append(b"\x01" + _sized(_encode_uleb(count) + entries))
+                        named = True
+                    out.append(wasm[pos:end])
+                pos = end
+            if pos != section.end:
+                return section, None
+        except IndexError:
+            return section, None
+        if not named:
+            out.append(b"\x01" + _sized(_encode_uleb(count) + entries))
+        return section, b"".join(out)
+
+    def _assemble(self, replaced: dict[int, bytes], names: _Section | None, names_payload: bytes | None) -> bytes:
         out = [_HEADER]
         missing = {section_id for section_id in replaced if section_id not in self.by_id}
         for section in self.sections:
@@ -504,8 +543,12 @@ class _Rewrite:
                     missing.discard(section_id)
             if section.id in replaced:
                 out.append(_section(section.id, replaced[section.id]))
+            elif section is names and names_payload is not None:
+                out.append(_section(0, names_payload))
             else:
                 out.append(self.wasm[section.header:section.end])
+        if names is None and names_payload is not None:
+            out.append(_section(0, names_payload))  # (a name section comes last)
         return b"".join(out)
 
 
@@ -519,6 +562,18 @@ def _skip_constant(data: bytes, pos: int) -> int:
 def _name(text: str) -> bytes:
     raw = text.encode()
     return _encode_uleb(len(raw)) + raw
+
+
+def _sized(payload: bytes) -> bytes:
+    return _encode_uleb(len(payload)) + payload
+
+
+def _custom_name(wasm: bytes, section: _Section) -> bytes | None:
+    try:
+        length, pos = _uleb(wasm, section.start)
+    except IndexError:
+        return None
+    return wasm[pos:pos + length]
 
 
 def _section(section_id: int, payload: bytes) -> bytes:
