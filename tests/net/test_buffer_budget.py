@@ -78,3 +78,30 @@ def test_connections_nobody_reads_are_held_within_the_budget(serve, backend: str
     assert server.wait() == 0, server.stderr
     for client in clients:
         client.close()
+
+
+@pytest.mark.parametrize("backend", ["nil"])  # (a kvm keep relays: the test above covers the channel)
+def test_answers_nobody_reads_leave_a_nil_keep_bounded(serve, backend: str) -> None:
+    # An echo server on the sockets the host handed over writes back to clients that never read:
+    # the kernel holds most of it, the keep what its queue budget allows (tests/keep/
+    # test_queue_budget.py), and nothing dies: the clients just wait.
+    port = free_port()
+    server: Served = serve("net_echo", listen_toml(port, prot="tcp"), backend=backend,
+                           options=("--max-memory", "64M"))
+    server.expect("listening")
+    clients = [connect(port, prot="tcp") for _ in range(CLIENTS)]
+    for client in clients:
+        client.setblocking(False)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # (the kernel holds less for them)
+    keep = descendants(server.process.pid)
+    time.sleep(1.0)
+    keep_before = _resident(keep)
+    sent = _send_what_they_take(clients, seconds=60.0)
+    time.sleep(1.0)
+    keep_grew = _resident(keep) - keep_before
+    print(f"{sent >> 20} MiB sent; the keep grew by {keep_grew >> 20} MiB")
+    assert keep_grew < BOUND, f"the keep grew by {keep_grew >> 20} MiB ({sent >> 20} MiB sent)"
+    assert server.process.poll() is None, server.stderr
+    for client in clients:  # the answers wait for them
+        assert client.recv(1 << 16)
+        client.close()

@@ -93,6 +93,11 @@ class Endpoint(ChannelIO):
             if self._expected is not None:
                 self._expected.update(kinds)
 
+    @property
+    def buffer_budget(self) -> int:
+        """What this side may buffer of the streams' received data, in total (see :meth:`limit_buffers`)."""
+        return self._state.budget
+
     def limit_buffers(self, memory_limit: int) -> None:
         """Buffer at most what a keep with ``memory_limit`` may, of the streams' received data
         (:func:`~motte.shared.channel.buffer_budget`); the rest waits, for credit, at the sender."""

@@ -25,6 +25,7 @@ from motte.keep.net.listen import Listener
 from motte.keep.net.sockets import LINGER, NOTHING, RECV_CHUNK, StreamSocket, remaining, split_at
 from motte.keep.wasi.files import WakeOn
 from motte.shared import netstreams
+from motte.shared.channel import INITIAL_WINDOW
 from motte.shared.control import ConnectionFailed, ControlMessage
 from motte.shared.endpoint import Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
@@ -34,8 +35,8 @@ from motte.shared.wasi_abi import Errno, FdFlags, WasiError
 if TYPE_CHECKING:  # ssl is loaded only by keeps that do TLS
     import ssl
 
-#: Bytes a connection holds in the keep beyond what the kernel's send buffer took: as a relayed
-#: connection's channel window, what lets a write return before the peer has read.
+#: The most a connection holds queued in the keep beyond what the kernel's send buffer took (what
+#: lets a write return before the peer has read, as a relayed connection's channel credit).
 WINDOW = 256 << 10
 _READABLE = select.POLLIN
 _WRITABLE = select.POLLOUT
@@ -44,12 +45,32 @@ _ACCEPT_RETRY = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _received = ReceiveBuffer(RECV_CHUNK)  # one for all sockets: the workload's thread is the only reader
 
 
+class QueueBudget:
+    """What all of a keep's own sockets may hold queued together: each may always hold
+    ``INITIAL_WINDOW``, and more, up to ``WINDOW``, only while the total stays within ``total`` (the
+    keep's budget for buffered stream data, as for the credit of relayed connections)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.queued = 0
+
+    def cap(self, queued_here: int) -> int:
+        """What a socket holding ``queued_here`` may hold."""
+        return max(INITIAL_WINDOW, min(WINDOW, self.total - self.queued + queued_here))
+
+    def window(self, queued_here: int) -> int:
+        """What a socket holding ``queued_here`` may queue more."""
+        return max(0, self.cap(queued_here) - queued_here)
+
+
 class SocketCarrier:
     """A :class:`~motte.keep.net.carriers.Carrier` over a TCP socket of the keep's own."""
 
-    def __init__(self, endpoint: Endpoint, sock: socket.socket, on_failure: Callable[[str], None] = lambda _r: None):
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, budget: QueueBudget,
+                 on_failure: Callable[[str], None] = lambda _r: None):
         sock.setblocking(False)
         self.endpoint = endpoint
+        self.budget = budget
         self.sock = sock
         self.fd = sock.fileno()
         self._on_failure = on_failure  # told why this side gave the connection up (the host warns)
@@ -97,7 +118,7 @@ class SocketCarrier:
             return 0
         if self._queued and not self._send_queued():
             return 0
-        return WINDOW - len(self._queued)
+        return self.budget.window(len(self._queued))
 
     def write(self, data: bytes | memoryview, deadline: float | None = None) -> None:
         if self._reset is not None:
@@ -112,9 +133,9 @@ class SocketCarrier:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-        self._queued += data
+        self._queue(data)
         # Beyond the window (a blocking write) wait for the peer to read, as for channel credit.
-        while len(self._queued) > WINDOW and not self._send_queued():
+        while len(self._queued) > self.budget.cap(len(self._queued)) and not self._send_queued():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise EndpointTimeout("the peer did not read in time")
@@ -138,6 +159,7 @@ class SocketCarrier:
         if reason not in ("", netstreams.CLOSED) and self._reset is None:
             self._on_failure(reason)
             self._send_queued()  # e.g. the TLS alert that tells the peer why
+        self._unqueue(len(self._queued))
         self.sock.close()
 
     def reset_reason(self) -> str | None:
@@ -172,12 +194,20 @@ class SocketCarrier:
                     self._failed(exc)
                 except StreamAborted:
                     return True
-            del self._queued[:sent]
+            self._unqueue(sent)
         return not self._queued
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        self._queued += data
+        self.budget.queued += len(data)
+
+    def _unqueue(self, count: int) -> None:
+        del self._queued[:count]
+        self.budget.queued -= count
 
     def _failed(self, exc: OSError) -> NoReturn:
         """The peer reset the connection (or the network failed it): as a RESET from the host."""
-        self._queued.clear()
+        self._unqueue(len(self._queued))
         self._reset = netstreams.failure(errno.errorcode.get(exc.errno or 0, ""), (exc.strerror or str(exc)).lower())
         raise StreamAborted(self._reset)
 
@@ -186,11 +216,12 @@ class HandedOverListenSocket(Listener):
     """A listen socket the host bound and handed over: the keep accepts on it itself."""
 
     def __init__(self, endpoint: Endpoint, fd: int, sock: socket.socket, *, tls_context: ssl.SSLContext | None,
-                 report: Callable[[ControlMessage], None], on_block: Callable[[], None] = NOTHING,
+                 budget: QueueBudget, report: Callable[[ControlMessage], None], on_block: Callable[[], None] = NOTHING,
                  handshake_timeout: float = 10.0):
         super().__init__()
         sock.setblocking(False)
         self.endpoint = endpoint
+        self.budget = budget  # the keep's, shared by all its own sockets
         self.fd = fd
         self.sock = sock
         self.tls_context = tls_context
@@ -219,7 +250,7 @@ class HandedOverListenSocket(Listener):
                     raise WasiError(Errno.NFILE if exc.errno in (errno.EMFILE, errno.ENFILE) else Errno.NOMEM) from None
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         where = netstreams.address(peer)
-        carrier = SocketCarrier(self.endpoint, conn, lambda reason: self._report_failure(where, reason))
+        carrier = SocketCarrier(self.endpoint, conn, self.budget, lambda reason: self._report_failure(where, reason))
         tls = None
         if self.tls_context is not None:
             from motte.keep.net.tls import TlsSession
