@@ -12,7 +12,7 @@ import pytest
 import wasmtime
 from tests.workloads import names, workload
 
-from motte.keep import table_guard
+from motte.keep import table_guard, wasm_binary
 from motte.keep.engine import ModuleCache, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.keep.table_guard import GUARD_NAME, REFUSED_EXPORT, TableGuardError, guard_table_growth
@@ -195,7 +195,7 @@ def test_an_invalid_module_gets_wasmtimes_own_error() -> None:
 
 def test_a_valid_module_the_decoder_cannot_read_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     wasm = _wasm(TABLES.replace("(local.get 0)))", "(i32.add (local.get 0) (i32.const 0))))", 1))
-    monkeypatch.delitem(table_guard._OPCODES, 0x6A)  # as if i32.add were a new instruction
+    monkeypatch.delitem(wasm_binary.OPCODES, 0x6A)  # as if i32.add were a new instruction
     with pytest.raises(TableGuardError, match=r"opcode 0x6a, unknown to the decoder at offset 0x[0-9a-f]+") as error:
         guard_table_growth(ENGINE, wasm)
     assert "\n" not in str(error.value)
@@ -337,7 +337,7 @@ def test_a_name_section_with_module_and_local_names_keeps_them() -> None:
 def _without_custom_sections(wasm: bytes) -> bytes:
     out, pos = [wasm[:8]], 8
     while pos < len(wasm):
-        size, start = table_guard._uleb(wasm, pos + 1)
+        size, start = wasm_binary.uleb(wasm, pos + 1)
         if wasm[pos] != 0:
             out.append(wasm[pos:start + size])
         pos = start + size
