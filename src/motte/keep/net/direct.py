@@ -15,8 +15,10 @@ Everything runs on the workload's thread. Waits go through the channel's endpoin
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
@@ -45,14 +47,23 @@ _ACCEPT_RETRY = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 _received = ReceiveBuffer(RECV_CHUNK)  # one for all sockets: the workload's thread is the only reader
 
 
-class QueueBudget:
-    """What all of a keep's own sockets may hold queued together: each may always hold
-    ``INITIAL_WINDOW``, and more, up to ``WINDOW``, only while the total stays within ``total`` (the
-    keep's budget for buffered stream data, as for the credit of relayed connections)."""
+class SendQueues:
+    """The bytes a keep's own sockets hold beyond what their kernels took.
+
+    Bounded together: each socket may always hold ``INITIAL_WINDOW``, and more, up to ``WINDOW``,
+    only while the total stays within ``total`` (the keep's budget for buffered stream data, as for
+    the credit of relayed connections). And sent by a thread of their own as soon as the kernels
+    take them, as a kernel sends what a socket's buffer holds: a workload that wrote, and then waits
+    on something else, does not hold its peer up (the thread runs only while something is queued).
+    """
 
     def __init__(self, total: int):
         self.total = total
         self.queued = 0
+        self.lock = threading.RLock()  # the queues and their sockets' sends
+        self._waiting: dict[int, SocketCarrier] = {}  # by fd: the sockets holding queued bytes
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sender: threading.Thread | None = None
 
     def cap(self, queued_here: int) -> int:
         """What a socket holding ``queued_here`` may hold."""
@@ -62,15 +73,52 @@ class QueueBudget:
         """What a socket holding ``queued_here`` may queue more."""
         return max(0, self.cap(queued_here) - queued_here)
 
+    def send_later(self, carrier: SocketCarrier) -> None:
+        """Lock held: ``carrier`` holds queued bytes; send them once its kernel takes them."""
+        self._waiting[carrier.fd] = carrier
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_loop, name="keep-socket-sender", daemon=True)
+            self._sender.start()
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # woken already
+
+    def sent(self, carrier: SocketCarrier) -> None:
+        """Lock held: ``carrier`` holds nothing queued any more."""
+        if self._waiting.get(carrier.fd) is carrier:
+            del self._waiting[carrier.fd]
+
+    def _send_loop(self) -> None:
+        while True:
+            poller = select.poll()
+            poller.register(self._wake_r, _READABLE)
+            with self.lock:
+                for fd in self._waiting:
+                    poller.register(fd, _WRITABLE)
+            ready = poller.poll()
+            with self.lock:
+                for fd, _events in ready:
+                    if fd == self._wake_r:
+                        while True:
+                            try:
+                                os.read(self._wake_r, 4096)
+                            except BlockingIOError:
+                                break
+                        continue
+                    carrier = self._waiting.get(fd)
+                    if carrier is not None:
+                        carrier.send_queued()
+
 
 class SocketCarrier:
     """A :class:`~motte.keep.net.carriers.Carrier` over a TCP socket of the keep's own."""
 
-    def __init__(self, endpoint: Endpoint, sock: socket.socket, budget: QueueBudget,
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, queues: SendQueues,
                  on_failure: Callable[[str], None] = lambda _r: None):
         sock.setblocking(False)
         self.endpoint = endpoint
-        self.budget = budget
+        self.queues = queues
         self.sock = sock
         self.fd = sock.fileno()
         self._on_failure = on_failure  # told why this side gave the connection up (the host warns)
@@ -100,8 +148,6 @@ class SocketCarrier:
         return data
 
     def readable(self) -> bool:
-        if self._queued:
-            self._send_queued()  # (a poll for input comes here: the only chance to send the rest)
         if self._inbound or self._eof or self._reset is not None:
             return True
         try:
@@ -116,9 +162,9 @@ class SocketCarrier:
     def write_window(self) -> int:
         if self._reset is not None or self._closed:
             return 0
-        if self._queued and not self._send_queued():
+        if self._queued and not self.send_queued():
             return 0
-        return self.budget.window(len(self._queued))
+        return self.queues.window(len(self._queued))
 
     def write(self, data: bytes | memoryview, deadline: float | None = None) -> None:
         if self._reset is not None:
@@ -135,7 +181,7 @@ class SocketCarrier:
             data = memoryview(data)[sent:]
         self._queue(data)
         # Beyond the window (a blocking write) wait for the peer to read, as for channel credit.
-        while len(self._queued) > self.budget.cap(len(self._queued)) and not self._send_queued():
+        while len(self._queued) > self.queues.cap(len(self._queued)) and not self.send_queued():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise EndpointTimeout("the peer did not read in time")
@@ -145,7 +191,7 @@ class SocketCarrier:
 
     def eof(self) -> None:
         deadline = time.monotonic() + LINGER  # what a relayed connection waits for credit at close
-        while self._queued and self._reset is None and not self._send_queued() and time.monotonic() < deadline:
+        while self._queued and self._reset is None and not self.send_queued() and time.monotonic() < deadline:
             self.wait(read=False, write=True, timeout=deadline - time.monotonic())
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -155,12 +201,13 @@ class SocketCarrier:
     def reset(self, reason: str = "") -> None:
         if self._closed:
             return
-        self._closed = True
         if reason not in ("", netstreams.CLOSED) and self._reset is None:
             self._on_failure(reason)
-            self._send_queued()  # e.g. the TLS alert that tells the peer why
-        self._unqueue(len(self._queued))
-        self.sock.close()
+            self.send_queued()  # e.g. the TLS alert that tells the peer why
+        with self.queues.lock:
+            self._closed = True
+            self._unqueue(len(self._queued))
+            self.sock.close()
 
     def reset_reason(self) -> str | None:
         return self._reset
@@ -169,45 +216,50 @@ class SocketCarrier:
         return False  # the connection does not depend on the channel
 
     def wait(self, *, read: bool, write: bool, timeout: float | None) -> None:
-        if self._queued:
-            self._send_queued()
         self.endpoint.wait((), timeout, fds=((self.fd, self._events(read, write)),))
 
     def wake_on(self, *, read: bool, write: bool, until: float | None) -> WakeOn:
-        if read and not write and until is None and not self._queued:
+        if read and not write and until is None:
             return self._readable_wake
         return WakeOn(self.endpoint, until=until, fd=(self.fd, self._events(read, write)))
 
     def _events(self, read: bool, write: bool) -> int:
-        # Bytes still queued wake the wait when the kernel can take them: nobody else sends them.
-        return (_READABLE if read else 0) | (_WRITABLE if write or self._queued else 0)
+        return (_READABLE if read else 0) | (_WRITABLE if write else 0)
 
-    def _send_queued(self) -> bool:
-        """Hand queued bytes to the kernel as far as it takes them: True when none are left."""
-        while self._queued and self._reset is None:
-            try:
-                sent = self.sock.send(self._queued)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError as exc:
+    def send_queued(self) -> bool:
+        """Hand queued bytes to the kernel as far as it takes them: True when none are left. (The
+        workload's thread, or the queues' sender.)"""
+        with self.queues.lock:
+            while self._queued and self._reset is None and not self._closed:
                 try:
-                    self._failed(exc)
-                except StreamAborted:
-                    return True
-            self._unqueue(sent)
-        return not self._queued
+                    sent = self.sock.send(self._queued)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError as exc:
+                    try:
+                        self._failed(exc)
+                    except StreamAborted:
+                        return True
+                self._unqueue(sent)
+            return not self._queued
 
     def _queue(self, data: bytes | memoryview) -> None:
-        self._queued += data
-        self.budget.queued += len(data)
+        with self.queues.lock:
+            self._queued += data
+            self.queues.queued += len(data)
+            self.queues.send_later(self)
 
     def _unqueue(self, count: int) -> None:
+        """Lock held."""
         del self._queued[:count]
-        self.budget.queued -= count
+        self.queues.queued -= count
+        if not self._queued:
+            self.queues.sent(self)
 
     def _failed(self, exc: OSError) -> NoReturn:
         """The peer reset the connection (or the network failed it): as a RESET from the host."""
-        self._unqueue(len(self._queued))
+        with self.queues.lock:
+            self._unqueue(len(self._queued))
         self._reset = netstreams.failure(errno.errorcode.get(exc.errno or 0, ""), (exc.strerror or str(exc)).lower())
         raise StreamAborted(self._reset)
 
@@ -216,12 +268,12 @@ class HandedOverListenSocket(Listener):
     """A listen socket the host bound and handed over: the keep accepts on it itself."""
 
     def __init__(self, endpoint: Endpoint, fd: int, sock: socket.socket, *, tls_context: ssl.SSLContext | None,
-                 budget: QueueBudget, report: Callable[[ControlMessage], None], on_block: Callable[[], None] = NOTHING,
+                 queues: SendQueues, report: Callable[[ControlMessage], None], on_block: Callable[[], None] = NOTHING,
                  handshake_timeout: float = 10.0):
         super().__init__()
         sock.setblocking(False)
         self.endpoint = endpoint
-        self.budget = budget  # the keep's, shared by all its own sockets
+        self.queues = queues  # the keep's, shared by all its own sockets
         self.fd = fd
         self.sock = sock
         self.tls_context = tls_context
@@ -250,7 +302,7 @@ class HandedOverListenSocket(Listener):
                     raise WasiError(Errno.NFILE if exc.errno in (errno.EMFILE, errno.ENFILE) else Errno.NOMEM) from None
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         where = netstreams.address(peer)
-        carrier = SocketCarrier(self.endpoint, conn, self.budget, lambda reason: self._report_failure(where, reason))
+        carrier = SocketCarrier(self.endpoint, conn, self.queues, lambda reason: self._report_failure(where, reason))
         tls = None
         if self.tls_context is not None:
             from motte.keep.net.tls import TlsSession

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from motte.keep.identity import KeepIdentity
-from motte.keep.net.direct import HandedOverListenSocket, QueueBudget
+from motte.keep.net.direct import HandedOverListenSocket, SendQueues
 from motte.keep.net.listen import KeepNetwork, Listener
 from motte.keep.net.sockets import StreamSocket
 from motte.keep.net.tls import HANDSHAKE_TIMEOUT, TlsError, client_context, server_context
@@ -42,7 +42,7 @@ class NetworkSetup:
                  handed_over: Mapping[int, socket.socket] = _NONE):
         self.network = KeepNetwork(endpoint, report=report, on_block=on_block, handshake_timeout=handshake_timeout)
         self._handed_over = dict(handed_over)  # listen sockets the host handed over (a nil keep's), by fd
-        self._queue_budget = QueueBudget(endpoint.buffer_budget)  # what their connections may queue, together
+        self._send_queues = SendQueues(endpoint.buffer_budget)  # what their connections queue, together
         self._ca_bundles = ca_bundles
         self._server: ssl.SSLContext | None = None
         self._default_client: ssl.SSLContext | None = None
@@ -55,7 +55,7 @@ class NetworkSetup:
                 network = self.network
                 return HandedOverListenSocket(network.endpoint, fd, handed_over,
                                               tls_context=self._server_context() if tls else None,
-                                              budget=self._queue_budget, report=network.report,
+                                              queues=self._send_queues, report=network.report,
                                               on_block=network.on_block, handshake_timeout=network.handshake_timeout)
             return self.network.listen(fd, self._server_context() if tls else None)
         if spec.kind != "connect" or spec.host is None or spec.port is None:
