@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from motte.tenant.deploy.package import load_package
 from motte.tenant.deploy.policy import load_tenant_policy
 from motte.tenant.deploy.session import Limits, deploy
 from motte.tenant.deploy.verify import KeepRefused
-from tests.deploy.harness import Host
+from tests.deploy.harness import Host, SessionChannel
 from tests.workloads import workload
 
 DEV = load_tenant_policy("allow_unattested = true\n")
@@ -182,6 +183,28 @@ def test_detach_leaves_the_workload_running_and_its_output_goes_nowhere(keep: Ke
     end = host.join()
     assert end.exit is not None and (end.exit.status, end.exit.reason) == (0, "exit")
     assert sum(map(len, tap)) == seen  # nothing more reached the tenant's connection
+
+
+class SlowTenant(SessionChannel):
+    """A tenant that takes its time over each message it receives: meanwhile the workload's output
+    uses up the stream's credit, and the keep's output waits for more."""
+
+    def receive(self) -> bytes:
+        data = super().receive()
+        time.sleep(0.3)
+        return data
+
+
+def test_a_detach_gets_through_while_the_output_waits_for_credit(keep: KeepHandle, tmp_path: Path) -> None:
+    # The Detach arrives while the workload's output waits for credit the tenant will never give:
+    # the session's reader must still take it (the output used to wait holding the lock it needs).
+    host = Host(keep, Provision(wait_ms=30_000, memory_limit=MEMORY))
+    package = load_package(package_dir(tmp_path, "writer", 'args = ["64"]\n' + STDIO))
+    outcome = deploy(SlowTenant(host.driver.open_session()), package, DEV, Limits(MEMORY),
+                     output=lambda f, d: None, detach=True)
+    assert outcome.exit is None
+    end = host.join(30)
+    assert end.exit is not None and (end.exit.status, end.exit.reason) == (0, "exit")
 
 
 def test_secrets_are_found_behind_an_enarx_socket_at_fd_3(keep: KeepHandle, tmp_path: Path) -> None:

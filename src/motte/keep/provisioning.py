@@ -24,6 +24,7 @@ from motte.shared.endpoint import ChannelClosed, Endpoint, StreamAborted, Timeou
 from motte.shared.errors import MotteError
 from motte.shared.netstreams import CLOSED
 from motte.shared.provision import (
+    HEADER,
     MAX_CHUNK,
     Abort,
     Deploy,
@@ -110,13 +111,46 @@ class TenantSession:
             self._write(self.pipe.encrypt(encode(message)), deadline)
 
     def send_output(self, frame: Frame, data: bytes, deadline: float | None) -> None:
-        """Workload output, in frames of at most the protocol's chunk size."""
+        """Workload output, in frames that fit the stream's credit: the output never waits for
+        credit holding the session's lock, which the thread taking the tenant's messages needs (a
+        tenant that detaches stops reading: its Detach must get through). Once the tenant has
+        detached, the rest is dropped."""
         view = memoryview(data)
-        with self._lock:
-            for offset in range(0, len(view), MAX_CHUNK):
-                chunk = view[offset : offset + MAX_CHUNK]
-                self.order.sent_raw(frame, len(chunk))
-                self._write(self.pipe.encrypt(encode_raw(frame, chunk)), deadline)
+        while view:
+            with self._lock:
+                if self.detached:
+                    return
+                if self.gone:  # nobody takes the tenant's messages any more: the write may wait
+                    for offset in range(0, len(view), MAX_CHUNK):
+                        chunk = view[offset : offset + MAX_CHUNK]
+                        self.order.sent_raw(frame, len(chunk))
+                        self._write(self.pipe.encrypt(encode_raw(frame, chunk)), deadline)
+                    return
+                piece = _fitting(self.endpoint.write_window(self.stream), len(view))
+                if piece:
+                    self.order.sent_raw(frame, piece)
+                    self._write(self.pipe.encrypt(encode_raw(frame, view[:piece])), deadline)  # within the credit
+                    view = view[piece:]
+                    continue
+            self._await_credit(len(view), deadline)
+
+    def _await_credit(self, wanted: int, deadline: float | None) -> None:
+        """Without the lock: until a piece of ``wanted`` bytes of output fits the stream's credit,
+        the stream is reset or closed, the tenant sends something (a Detach, say: the session's
+        reader takes it), or a while has passed (the reader's own reset of the stream on a Detach
+        does not wake a thread waiting on the channel: the caller looks again)."""
+        endpoint, stream = self.endpoint, self.stream
+        timeout = CREDIT_LOOK_AGAIN
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise Timeout("the tenant did not read the output in time")
+        endpoint.wait((stream,), timeout, condition=lambda: _fitting(endpoint.write_window(stream), wanted) > 0)
+        reason = endpoint.reset_reason(stream)
+        if reason is not None:
+            raise StreamAborted(f"the tenant's connection was reset: {reason}")
+        if endpoint.closed is not None:
+            raise ChannelClosed("the channel closed")
 
     def abort(self, why: str) -> None:
         """Tell the tenant why the session ends, as far as it still listens; never raises."""
@@ -168,6 +202,22 @@ class TenantSession:
     def _write(self, ciphertext: bytes, deadline: float | None) -> None:
         if ciphertext:
             self.endpoint.write(self.stream, ciphertext, deadline=deadline)
+
+
+#: A TLS 1.3 record's overhead (header, content type, tag: 22 bytes) with room to spare, per record
+#: of at most 16 KiB of plaintext; and the smallest piece of output worth a frame of its own.
+_TLS_RECORD_OVERHEAD = 64
+CREDIT_LOOK_AGAIN = 0.25  # seconds output waits for credit before it looks whether the tenant detached
+_TLS_RECORD = 16 << 10
+_SMALLEST_PIECE = 1024
+
+
+def _fitting(window: int, wanted: int) -> int:
+    """How much of ``wanted`` bytes of output, framed and encrypted, fits ``window`` bytes of credit
+    (0: too little of it to be worth sending now)."""
+    room = window - HEADER.size - _TLS_RECORD_OVERHEAD * (window // _TLS_RECORD + 1)
+    piece = min(room, wanted, MAX_CHUNK)
+    return piece if piece >= min(wanted, _SMALLEST_PIECE) else 0
 
 
 def preload() -> None:
