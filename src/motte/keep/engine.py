@@ -24,7 +24,6 @@ from wasmtime import _ffi as ffi
 
 from motte.keep.memory_limit import MemoryLimit
 from motte.keep.module_stores import MappedStore
-from motte.keep.table_guard import guard_table_growth
 from motte.shared.module_store import ModuleStore
 
 WASMTIME_VERSION = "50.0.1"  # pinned in pyproject.toml; part of the cache key
@@ -88,6 +87,8 @@ class ModuleCache:
 
 def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
     """``wasm`` compiled, its table growth guarded."""
+    from motte.keep.table_guard import guard_table_growth  # only on a cache miss: not on a cached start
+
     return wasmtime.Module(engine, guard_table_growth(engine, wasm))
 
 

@@ -21,7 +21,6 @@ import wasmtime
 from motte.keep.engine import ModuleCache, engine_settings, make_engine
 from motte.keep.memory_limit import MemoryLimit
 from motte.keep.module_stores import module_store
-from motte.keep.table_guard import GUARD_NAME, REFUSED_EXPORT
 from motte.keep.wasi.files import ChannelInput, ChannelOutput, ChannelOutputs, NullFile, WasiFile
 from motte.keep.wasi.hostcall import GuestMemory, HostFunctions, HostTrap
 from motte.keep.wasi.preview1 import DeadlineHit, Preview1, ProcExit
@@ -443,6 +442,8 @@ class TableGrowRefused(NamedTuple):
 def _refused_table_grow(store: wasmtime.Store, exports: Mapping[str, object]) -> TableGrowRefused | None:
     """The table.grow the cap refused, if that is what the workload trapped on: the module's
     guard (:mod:`motte.keep.table_guard`) recorded it just before trapping."""
+    from motte.keep.table_guard import REFUSED_EXPORT  # (only after a trap)
+
     refused = exports.get(REFUSED_EXPORT)
     if not isinstance(refused, wasmtime.Global):
         return None
@@ -451,6 +452,8 @@ def _refused_table_grow(store: wasmtime.Store, exports: Mapping[str, object]) ->
 
 
 def _trapped_in_guard(trap: wasmtime.Trap) -> bool:
+    from motte.keep.table_guard import GUARD_NAME  # (only after a trap)
+
     frames = trap.frames
     return bool(frames) and frames[0].func_name == GUARD_NAME
 

@@ -111,17 +111,12 @@ class _Locator:
             if self.pos >= len(self.text):
                 return
             start = self.pos
-            if self._peek("[["):
-                self.pos += 2
-                table = self._resolve_header(self._key(), array=True)
+            array = self._peek("[[")
+            if array or self._peek("["):
+                self.pos += 2 if array else 1
+                table = self._resolve_header(self._key(), array=array)
                 self._skip_blank(newlines=False)
-                self._expect("]]")
-                self._record(table, start)
-            elif self._peek("["):
-                self.pos += 1
-                table = self._resolve_header(self._key(), array=False)
-                self._skip_blank(newlines=False)
-                self._expect("]")
+                self._expect("]]" if array else "]")
                 self._record(table, start)
             else:
                 self._key_value(table)

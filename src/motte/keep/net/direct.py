@@ -31,6 +31,7 @@ from motte.shared.channel import INITIAL_WINDOW
 from motte.shared.control import ConnectionFailed, ControlMessage
 from motte.shared.endpoint import Endpoint, StreamAborted
 from motte.shared.endpoint import Timeout as EndpointTimeout
+from motte.shared.errors import MotteError
 from motte.shared.transport import ReceiveBuffer
 from motte.shared.wasi_abi import Errno, FdFlags, WasiError
 
@@ -314,8 +315,8 @@ class HandedOverListenSocket(Listener):
     def _report_failure(self, peer: str, reason: str) -> None:
         try:
             self.report(ConnectionFailed(self.fd, peer, reason))
-        except Exception:
-            pass
+        except MotteError:
+            pass  # the channel is gone, or the run is over: nobody left to warn
 
     def readable_now(self) -> bool:
         return bool(self._probe.poll(0))

@@ -42,7 +42,8 @@ class NetworkSetup:
                  handed_over: Mapping[int, socket.socket] = _NONE):
         self.network = KeepNetwork(endpoint, report=report, on_block=on_block, handshake_timeout=handshake_timeout)
         self._handed_over = dict(handed_over)  # listen sockets the host handed over (a nil keep's), by fd
-        self._send_queues = SendQueues(endpoint.buffer_budget)  # what their connections queue, together
+        # What their connections queue, together (made only for a keep that has such sockets).
+        self._send_queues = SendQueues(endpoint.buffer_budget) if handed_over else None
         self._ca_bundles = ca_bundles
         self._server: ssl.SSLContext | None = None
         self._default_client: ssl.SSLContext | None = None
@@ -53,6 +54,7 @@ class NetworkSetup:
             handed_over = self._handed_over.pop(fd, None)
             if handed_over is not None:
                 network = self.network
+                assert self._send_queues is not None  # (made with the handed-over sockets)
                 return HandedOverListenSocket(network.endpoint, fd, handed_over,
                                               tls_context=self._server_context() if tls else None,
                                               queues=self._send_queues, report=network.report,
